@@ -1,0 +1,56 @@
+"""One Hydra app per stage, so `-m` sweeps of a single stage work (locally or as a SLURM array).
+
+    sslprune-train   signal=<s> seed=<n>                  IMP level 0 (dense pretraining)
+    sslprune-imp     signal=<s> seed=<n> [level=<L>]      one IMP level, or the whole chain 0..prune.levels
+    sslprune-retrain signal=<s> seed=<n> level=<L> scheme=<winning_ticket|random_reinit|random>
+    sslprune-probe   signal=<s> seed=<n> level=<L> [probe_dataset=<i>]
+"""
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from launch.compose import CONF_DIR, typed, user_errors
+from sslprune import dataset
+from sslprune.config import Config
+from sslprune.runtime import local
+from sslprune.stage import ImpLevel, Probe, Retrain
+
+
+def _levels(c: Config) -> list[int]:
+    return list(range(c.prune.levels + 1)) if c.level is None else [c.level]
+
+
+def plan(kind: str, c: Config) -> list:
+    if kind == "train":
+        return [ImpLevel(c, c.signal, c.seed, 0)]
+    if kind == "imp":
+        return [ImpLevel(c, c.signal, c.seed, lv) for lv in _levels(c)]
+    if kind == "retrain":
+        return [Retrain(c, c.signal, c.seed, lv, c.scheme) for lv in _levels(c)]
+    return [Probe(c, c.signal, c.seed, lv, c.probe.datasets[c.probe_dataset]) for lv in _levels(c)]
+
+
+@user_errors
+def execute(kind: str, cfg: DictConfig) -> list[dict]:
+    c = typed(cfg)
+    todo = plan(kind, c)
+    if kind == "probe" and not c.probe.datasets:
+        raise dataset.ConfigError("probe.datasets is empty: nothing to probe on")
+    for d in {"train": [c.data], "imp": [c.data], "retrain": [c.retrain.data],
+              "probe": [c.probe.datasets[c.probe_dataset]] if c.probe.datasets else []}[kind]:
+        dataset.check(d)
+    # A single-level request needs its parent already done (a chain request produces its own parents).
+    todo[0].require_parents()
+    rt = local(c.run)
+    return [s.run(rt) for s in todo]
+
+
+def _app(kind: str):
+    @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
+    def main(cfg: DictConfig) -> None:
+        execute(kind, cfg)
+    return main
+
+
+train, imp, retrain, probe = (_app(k) for k in ("train", "imp", "retrain", "probe"))

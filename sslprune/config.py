@@ -1,0 +1,290 @@
+"""Typed configuration: the schema Hydra composes into, its validation, and run identity.
+
+Plain dataclasses only; Hydra/OmegaConf live in `launch/`. Fields whose metadata says
+`identity=False` (paths, worker counts, logging cadence, launcher settings) never change
+the numbers a stage produces, so they are left out of the hash that names its directory.
+Fields equal to their default are left out too (as in open_lth), so adding a field with a
+no-op default keeps every existing run directory valid.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+DATASETS = ("digits", "fashion_mnist", "cifar10", "imagenet", "places205")
+MODELS = ("resnet_small", "resnet18_cifar", "resnet50")
+TASKS = ("labels", "rotnet")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("step", "cosine")
+SCHEMES = ("winning_ticket", "random_reinit", "random")
+DEVICES = ("auto", "cpu", "cuda")
+REWIND = re.compile(r"^(\d+(?:\.\d+)?)(it|ep|sa|%)$")
+
+
+def runtime(default: Any = dataclasses.MISSING, **kw) -> Any:
+    """A field that does not change results: excluded from run identity."""
+    if "default_factory" in kw:
+        return field(metadata={"identity": False}, **kw)
+    return field(default=default, metadata={"identity": False})
+
+
+class ConfigError(ValueError):
+    """Bad user input, raised before any work starts."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    root: Optional[str] = runtime(None)  # where the files are; not identity
+    image_size: int = 224  # crop size for ImageFolder data sets (ignored by fixed-size ones)
+    train_limit: Optional[int] = None  # keep only the first N training images (quick runs)
+    test_limit: Optional[int] = None
+    workers: int = runtime(4)  # DataLoader workers for ImageFolder data
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet_small"
+    width: int = 16  # channels of the first stage; later stages double it
+
+
+@dataclass
+class TaskConfig:
+    name: str = "rotnet"
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    epochs: int = 10
+    warmup_epochs: int = 0
+    schedule: str = "step"
+    milestones: List[int] = field(default_factory=list)  # epochs at which lr is multiplied by gamma
+    gamma: float = 0.1
+
+
+@dataclass
+class SignalConfig:
+    """One pruning signal: the task whose loss drives IMP, and how it is optimised."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class PruneConfig:
+    rate: float = 0.2  # fraction of the remaining prunable weights removed per level
+    levels: int = runtime(14)  # last level of the chain; a path part, not identity (levels can be added later)
+    rewind: str = "1ep"  # late-resetting point: <n>it (updates), <n>ep (epochs), <n>sa (samples), <n>% (of training)
+    ignore: List[str] = field(default_factory=list)  # parameter-name prefixes never pruned (the head never is)
+
+
+@dataclass
+class RetrainConfig:
+    signals: List[str] = field(default_factory=list)  # whose masks to re-train; empty = every signal
+    schemes: List[str] = field(default_factory=lambda: list(SCHEMES))
+    levels: Optional[List[int]] = None  # None = every level
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class ProbeConfig:
+    signals: List[str] = field(default_factory=list)  # whose weights to probe; empty = none
+    datasets: List[DataConfig] = field(default_factory=list)
+    levels: Optional[List[int]] = None
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class RunConfig:
+    """How a stage runs, not what it computes: never part of identity."""
+
+    device: str = "auto"
+    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    amp: bool = True  # bf16 autocast on CUDA (CPU always runs fp32)
+    log_every: int = 50  # steps between progress lines (and the finite-loss check)
+    checkpoint_steps: int = 0  # 0 = only by time
+    checkpoint_minutes: float = 10.0
+    eval_batch_size: int = 1024
+    quiet: bool = False
+    workers: int = 0  # local parallel processes for independent chains; 0 = one per core (CPU), 1 on GPU
+
+
+@dataclass
+class Config:
+    experiment: str = "demo"
+    store: str = "./runs"
+    seeds: List[int] = field(default_factory=lambda: [0, 1])
+    # Stage apps run one stage; these select it.
+    seed: int = 0
+    signal: str = "rotnet"
+    level: Optional[int] = None
+    scheme: str = "winning_ticket"
+    probe_dataset: int = 0  # index into probe.datasets
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    signals: Dict[str, SignalConfig] = field(default_factory=dict)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _choice(key: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _positive(key: str, value) -> None:
+    if not (isinstance(value, (int, float)) and value > 0):
+        raise ConfigError(f"{key}={value!r} must be > 0")
+
+
+def validate_data(key: str, d: DataConfig) -> None:
+    _choice(f"{key}.name", d.name, DATASETS)
+    _positive(f"{key}.image_size", d.image_size)
+    for k in ("train_limit", "test_limit"):
+        v = getattr(d, k)
+        if v is not None and v <= 0:
+            raise ConfigError(f"{key}.{k}={v} must be > 0 or null")
+
+
+def validate_optim(key: str, o: OptimConfig) -> None:
+    _choice(f"{key}.optimizer", o.optimizer, OPTIMIZERS)
+    _choice(f"{key}.schedule", o.schedule, SCHEDULES)
+    _positive(f"{key}.lr", o.lr)
+    _positive(f"{key}.batch_size", o.batch_size)
+    _positive(f"{key}.epochs", o.epochs)
+    if o.weight_decay < 0:
+        raise ConfigError(f"{key}.weight_decay={o.weight_decay} must be >= 0")
+    if not 0 <= o.momentum < 1:
+        raise ConfigError(f"{key}.momentum={o.momentum} must be in [0, 1)")
+    if not 0 <= o.warmup_epochs < o.epochs:
+        raise ConfigError(f"{key}.warmup_epochs={o.warmup_epochs} must be in [0, epochs={o.epochs})")
+    for m in o.milestones:
+        if not 0 < m < o.epochs:
+            raise ConfigError(f"{key}.milestones contains {m}, outside (0, epochs={o.epochs})")
+
+
+def validate_levels(key: str, levels: Optional[List[int]], last: int) -> None:
+    for lv in levels or []:
+        if lv < 0:
+            raise ConfigError(f"{key} contains {lv}: levels are >= 0")
+        if lv > last:
+            raise ConfigError(f"{key} contains {lv}, beyond prune.levels={last}")
+
+
+def validate(cfg: Config) -> None:
+    """Everything that can be checked before work starts; raises ConfigError naming the key."""
+    validate_data("data", cfg.data)
+    _choice("model.name", cfg.model.name, MODELS)
+    _positive("model.width", cfg.model.width)
+    p = cfg.prune
+    if not (isinstance(p.rate, (int, float)) and 0 < p.rate < 1):
+        raise ConfigError(f"prune.rate={p.rate} must be in the open interval (0, 1)")
+    if p.levels < 0:
+        raise ConfigError(f"prune.levels={p.levels} must be >= 0")
+    if not REWIND.match(p.rewind):
+        raise ConfigError(
+            f"prune.rewind={p.rewind!r} must be <number><unit> with unit it (updates), ep (epochs), "
+            "sa (samples) or % (of training), e.g. 1ep, 2500it, 3840000sa, 3.3%")
+    if not cfg.signals:
+        raise ConfigError("signals is empty: an experiment needs at least one pruning signal")
+    for name, s in cfg.signals.items():
+        _choice(f"signals.{name}.task.name", s.task.name, TASKS)
+        validate_optim(f"signals.{name}.optim", s.optim)
+    if cfg.level is not None and cfg.level < 0:
+        raise ConfigError(f"level={cfg.level} must be >= 0")
+    if cfg.level is not None and cfg.level > p.levels:
+        raise ConfigError(f"level={cfg.level} is beyond prune.levels={p.levels}")
+    _choice("signal", cfg.signal, tuple(cfg.signals))
+    _choice("scheme", cfg.scheme, SCHEMES)
+    if not cfg.seeds:
+        raise ConfigError("seeds is empty")
+    for s in list(cfg.seeds) + [cfg.seed]:
+        if s < 0:
+            raise ConfigError(f"seed {s} must be >= 0")
+    r = cfg.retrain
+    for s in r.signals:
+        _choice("retrain.signals", s, tuple(cfg.signals))
+    for s in r.schemes:
+        _choice("retrain.schemes", s, SCHEMES)
+    validate_levels("retrain.levels", r.levels, p.levels)
+    validate_data("retrain.data", r.data)
+    validate_optim("retrain.optim", r.optim)
+    pr = cfg.probe
+    for s in pr.signals:
+        _choice("probe.signals", s, tuple(cfg.signals))
+    for i, d in enumerate(pr.datasets):
+        validate_data(f"probe.datasets[{i}]", d)
+    if pr.signals and not pr.datasets:
+        raise ConfigError("probe.signals is set but probe.datasets is empty")
+    if pr.datasets and not 0 <= cfg.probe_dataset < len(pr.datasets):
+        raise ConfigError(f"probe_dataset={cfg.probe_dataset} must index probe.datasets (0..{len(pr.datasets) - 1})")
+    validate_levels("probe.levels", pr.levels, p.levels)
+    validate_optim("probe.optim", pr.optim)
+    _choice("run.device", cfg.run.device, DEVICES)
+    _positive("run.log_every", cfg.run.log_every)
+    if cfg.run.checkpoint_steps < 0 or cfg.run.checkpoint_minutes < 0:
+        raise ConfigError("run.checkpoint_steps and run.checkpoint_minutes must be >= 0")
+
+
+# ---------------------------------------------------------------- identity
+
+
+def identity(obj: Any) -> Any:
+    """The part of a config that changes numbers, as plain JSON data, defaults left out."""
+    if dataclasses.is_dataclass(obj):
+        out = {}
+        default = type(obj)()
+        for f in dataclasses.fields(obj):
+            if not f.metadata.get("identity", True):
+                continue
+            value = identity(getattr(obj, f.name))
+            if value == identity(getattr(default, f.name)):
+                continue
+            out[f.name] = value
+        return out
+    if isinstance(obj, dict):
+        return {str(k): identity(v) for k, v in sorted(obj.items())}
+    if isinstance(obj, (list, tuple)):
+        return [identity(v) for v in obj]
+    if isinstance(obj, float) and obj.is_integer():
+        return int(obj)  # 1.0 and 1 name the same run
+    return obj
+
+
+def digest(*parts: Any) -> str:
+    text = json.dumps([identity(p) for p in parts], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def rewind_steps(rewind: str, steps_per_epoch: int, batch_size: int, total_steps: int) -> int:
+    """Convert the rewind point to optimizer updates (k of late resetting)."""
+    m = REWIND.match(rewind)
+    if not m:
+        raise ConfigError(f"prune.rewind={rewind!r} is malformed")
+    amount, unit = float(m.group(1)), m.group(2)
+    steps = {
+        "it": amount,
+        "ep": amount * steps_per_epoch,
+        "sa": amount / batch_size,
+        "%": amount / 100 * total_steps,
+    }[unit]
+    k = int(math.floor(steps + 1e-9))
+    if k > total_steps:
+        raise ConfigError(f"prune.rewind={rewind} is {k} updates, beyond the {total_steps} updates of training")
+    return k

@@ -1,0 +1,177 @@
+"""The training loop: one plain loop, read top to bottom.
+
+What varies between stages enters through the task (what a batch means), the mask (what stays
+zero), the step at which the schedule starts (rewinding), and step-boundary hooks (saving the
+rewind point). Resuming is loading the latest checkpoint: batches, augmentation and the
+learning rate are pure functions of the step, so a resumed run is bit-identical on CPU.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import random
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import checkpoint, mask as masks
+from .config import OptimConfig, RunConfig
+from .progress import Progress
+from .schedule import lr_at
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+Hook = Callable[[int, nn.Module], None]  # called with the number of updates done so far
+
+
+@dataclass
+class Fit:
+    model: nn.Module  # possibly DDP-wrapped; `net` below is the bare module
+    task: object
+    loader: object
+    optim: OptimConfig
+    mask: masks.Mask
+    checkpoint: Path
+    start_step: int = 0  # the schedule starts here (k when rewound), training runs to the end
+    params: Optional[Iterable[nn.Parameter]] = None  # default: all parameters
+    hooks: list[Hook] = field(default_factory=list)
+    net: Optional[nn.Module] = None
+
+
+def optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
+    params = list(params)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) -> dict:
+    """Train to the end of the schedule (resuming from job.checkpoint if present)."""
+    net = job.net or job.model
+    device = next(net.parameters()).device
+    spe = job.loader.steps_per_epoch
+    total = job.optim.epochs * spe
+    opt = optimizer(job.optim, job.params if job.params is not None else net.parameters())
+    apply_mask = masks.Applier(net, job.mask)
+    step = job.start_step
+    if job.checkpoint.exists():
+        state = checkpoint.load(job.checkpoint, device)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        step = state["step"]
+        progress.note(f"resumed from {job.checkpoint} at step {step}/{total}")
+    apply_mask()  # masks hold on load too
+
+    amp = run.amp and device.type == "cuda"
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)
+    last_save, last_log, last_log_step = time.monotonic(), time.monotonic(), step
+    progress.start(step, total)
+
+    def save(at_step: int) -> None:
+        if is_writer:
+            checkpoint.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": at_step,
+                             "rng": rng_state(), "mask": job.mask}, job.checkpoint)
+
+    def check_finite(at_step: int) -> None:
+        bad = int(first_bad.item())
+        if bad >= 0:
+            raise NonFiniteLoss(
+                f"non-finite loss at step {bad} (epoch {bad // spe}) while training towards step {total}; "
+                f"stopped at step {at_step}; the last good checkpoint ({job.checkpoint}) is kept")
+
+    job.model.train()
+    batches = None
+    while step < total:
+        for hook in job.hooks:
+            hook(step, net)
+        epoch, index = divmod(step, spe)
+        if batches is None or index == 0:
+            batches = iter(job.loader.batches(epoch, index))
+        x, y = next(batches)
+        x, target = job.task.prepare(x, y)
+        lr = lr_at(step, job.optim, spe)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = job.model(x)
+            loss = job.task.loss(logits.float(), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        apply_mask()
+        step += 1
+
+        loss = loss.detach()
+        first_bad = torch.where(~torch.isfinite(loss) & (first_bad < 0), step - 1, first_bad)
+        loss_sum += loss
+        correct += (logits.detach().argmax(1) == target).sum()
+        seen += len(target)
+        if step % run.log_every == 0 or step == total:
+            check_finite(step)
+            n = step - last_log_step
+            now = time.monotonic()
+            progress.update(step, total, epoch=step / spe, loss=loss_sum.item() / max(n, 1),
+                            acc=correct.item() / max(seen, 1), lr=lr, ips=seen / max(now - last_log, 1e-9))
+            loss_sum.zero_(), correct.zero_()
+            seen, last_log, last_log_step = 0, now, step
+        due = (run.checkpoint_steps and step % run.checkpoint_steps == 0) or \
+              (run.checkpoint_minutes and time.monotonic() - last_save > 60 * run.checkpoint_minutes)
+        if due and step < total:
+            check_finite(step)
+            save(step)
+            last_save = time.monotonic()
+    check_finite(step)
+    for hook in job.hooks:
+        hook(step, net)
+    save(step)
+    return {"steps": total, "start_step": job.start_step}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, task, loader, batch_size: int, amp: bool = True) -> dict:
+    """Accuracy of the task on the test split, counting every test image exactly once across ranks."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    count = torch.zeros((), device=device, dtype=torch.long)
+    loss_sum = torch.zeros((), device=device)
+    for x, y in loader.eval_batches(batch_size):
+        x, target = task.prepare(x, y)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            logits = model(x).float()
+        loss_sum += task.loss(logits, target) * len(target)
+        correct += (logits.argmax(1) == target).sum()
+        count += len(target)
+    stats = torch.stack([correct.double(), count.double(), loss_sum.double()])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(stats)
+    model.train(was_training)
+    correct_, count_, loss_ = stats.tolist()
+    return {"accuracy": correct_ / count_, "loss": loss_ / count_, "count": int(count_)}
