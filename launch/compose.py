@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from sslprune.config import Config, ConfigError, validate
 from sslprune.dataset import DataMissing
 from sslprune.stage import MissingInput
+from sslprune.trainer import NonFiniteLoss
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -36,4 +37,7 @@ def user_errors(fn):
         except (ConfigError, DataMissing, MissingInput) as e:
             print(f"sslprune: error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)
+        except NonFiniteLoss as e:
+            print(f"sslprune: training diverged: {e}", file=sys.stderr, flush=True)
+            sys.exit(1)
     return wrapper

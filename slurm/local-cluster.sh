@@ -75,7 +75,7 @@ stop_daemon() {
         rm -f "$pidfile"
         return 0
     fi
-    log "stopping $name (pid $(echo $pids))"
+    log "stopping $name (pid ${pids//$'\n'/ })"
     # shellcheck disable=SC2086
     kill -TERM $pids 2>/dev/null || true
     for ((i = 0; i < 300; i++)); do
@@ -93,9 +93,9 @@ stop_daemon() {
     rm -f "$pidfile"
 }
 
-# wait_for SECONDS DESCRIPTION COMMAND...: poll COMMAND every 0.2 s until it succeeds.
+# wait_for SECONDS DESCRIPTION COMMAND...: poll COMMAND every 0.2 s until it succeeds (DESCRIPTION is for the reader).
 wait_for() {
-    local secs="$1" what="$2"; shift 2
+    local secs="$1"; shift 2
     local deadline=$((SECONDS + secs))
     until "$@" >/dev/null 2>&1; do
         ((SECONDS < deadline)) || return 1
@@ -127,7 +127,7 @@ wait_for_apt() {
         local deadline=$((SECONDS + APT_TIMEOUT))
         while apt_busy; do
             ((SECONDS < deadline)) || die "apt-get/dpkg still running after ${APT_TIMEOUT} s: $(pgrep -a -x 'apt-get|apt|dpkg' | head -3 | tr '\n' ';')"
-            sleep 2
+            sleep 1
         done
         log "apt/dpkg finished"
     fi
@@ -286,7 +286,7 @@ start_munge() {
     running "$MUNGE_PID" munged && stop_daemon "$MUNGE_PID" munged
     log "starting munged"
     # --force: take over a stale socket left by an unclean stop.
-    runuser -u munge -- /usr/sbin/munged --force </dev/null >>"$LOG_DIR/munged.stderr" 2>&1 \
+    runuser -u munge -- /usr/sbin/munged --force </dev/null >>"$LOG_DIR/munged.stderr" 2>&1 9>&- \
         || fail_with_logs "munged failed to start" "$MUNGE_LOG" "$LOG_DIR/munged.stderr"
     wait_for 20 munge munge_ok || fail_with_logs "munge -n | unmunge fails" "$MUNGE_LOG"
     STARTED=1
@@ -305,7 +305,7 @@ start_mariadb() {
             log "starting mariadbd"
             setsid /usr/sbin/mariadbd --user=mysql --bind-address=127.0.0.1 --pid-file="$MYSQL_PID" \
                 --log-error="$MYSQL_LOG" --innodb-lock-wait-timeout=900 --innodb-buffer-pool-size=256M \
-                </dev/null >>"$MYSQL_LOG" 2>&1 &
+                </dev/null >>"$MYSQL_LOG" 2>&1 9>&- &
             disown || true
             STARTED=1
         fi
@@ -330,7 +330,7 @@ start_slurmdbd() {
     fi
     if ! running "$DBD_PID" slurmdbd; then
         log "starting slurmdbd"
-        /usr/sbin/slurmdbd </dev/null >>"$LOG_DIR/slurmdbd.stderr" 2>&1 \
+        /usr/sbin/slurmdbd </dev/null >>"$LOG_DIR/slurmdbd.stderr" 2>&1 9>&- \
             || fail_with_logs "slurmdbd failed to start" "$LOG_DIR/slurmdbd.log" "$LOG_DIR/slurmdbd.stderr"
         STARTED=1
     fi
@@ -353,7 +353,7 @@ start_slurm() {
     fi
     if ! running "$CTLD_PID" slurmctld; then
         log "starting slurmctld"
-        /usr/sbin/slurmctld </dev/null >>"$LOG_DIR/slurmctld.stderr" 2>&1 \
+        /usr/sbin/slurmctld </dev/null >>"$LOG_DIR/slurmctld.stderr" 2>&1 9>&- \
             || fail_with_logs "slurmctld failed to start" "$LOG_DIR/slurmctld.log" "$LOG_DIR/slurmctld.stderr"
         STARTED=1
     fi
@@ -361,7 +361,7 @@ start_slurm() {
         || fail_with_logs "slurmctld does not answer (scontrol ping)" "$LOG_DIR/slurmctld.log"
     if ! running "$SLURMD_PID" slurmd; then
         log "starting slurmd"
-        /usr/sbin/slurmd </dev/null >>"$LOG_DIR/slurmd.stderr" 2>&1 \
+        /usr/sbin/slurmd </dev/null >>"$LOG_DIR/slurmd.stderr" 2>&1 9>&- \
             || fail_with_logs "slurmd failed to start" "$LOG_DIR/slurmd.log" "$LOG_DIR/slurmd.stderr"
         STARTED=1
     fi
@@ -400,8 +400,12 @@ wait_node() {
 }
 
 smoke_test() {
-    log "smoke test: srun -N1 -n1 true"
     local out
+    if [[ "$(node_state)" == allocated ]]; then
+        log "node $HOST is fully allocated by running jobs: skipping the srun smoke test"
+        return 0
+    fi
+    log "smoke test: srun -N1 -n1 true"
     if ! out="$(timeout 60 srun -J local-cluster-smoke -N1 -n1 -t 1 --immediate=45 true 2>&1)"; then
         fail_with_logs "smoke test 'srun -N1 -n1 true' failed: $out" "$LOG_DIR/slurmctld.log" "$LOG_DIR/slurmd.log"
     fi
@@ -447,7 +451,7 @@ cmd_status() {
         name="${pair%%:*}"; pidfile="${pair#*:}"
         pids="$(daemon_pids "$pidfile" "$name")"
         if [[ -n "$pids" ]]; then
-            printf '%-10s running (pid %s)\n' "$name" "$(echo $pids)"
+            printf '%-10s running (pid %s)\n' "$name" "${pids//$'\n'/ }"
         else
             printf '%-10s NOT running\n' "$name"
             ok=1
@@ -473,10 +477,17 @@ cmd_status() {
 
 usage() { echo "usage: $0 start|stop|status" >&2; exit 2; }
 
+# Serialise concurrent start/stop calls (for example from parallel test workers).
+take_lock() {
+    mkdir -p /run/lock
+    exec 9>/run/lock/sslprune-local-cluster.lock
+    flock -w 900 9 || die "another local-cluster.sh start/stop holds /run/lock/sslprune-local-cluster.lock"
+}
+
 [[ $# -eq 1 ]] || usage
 case "$1" in
-    start) cmd_start ;;
-    stop) cmd_stop ;;
+    start) take_lock; cmd_start ;;
+    stop) take_lock; cmd_stop ;;
     status) cmd_status ;;
     *) usage ;;
 esac

@@ -13,8 +13,9 @@ it resumes from its checkpoint. A stage whose parent is not done fails at once n
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Optional
 import torch
 
 from . import checkpoint, dataset, loader as loaders, mask as masks, model as models, seed as seeds, task as tasks
@@ -96,34 +97,61 @@ class Stage:
         progress.note(f"done: accuracy {result['accuracy']:.4f} in {clock(time.monotonic() - t0)}")
         return result
 
-    def _run(self, rt: Runtime, progress: Progress) -> dict:
+    def prepare(self, rt: Runtime) -> "Setup":
+        """Everything training starts from: network (weights loaded), mask, task, data, schedule start."""
         raise NotImplementedError
 
-    def _write_config(self, rt: Runtime, extra: dict) -> None:
+    def _run(self, rt: Runtime, progress: Progress) -> dict:
+        s = self.prepare(rt)
         if rt.is_writer:
-            checkpoint.write_json({"chain": chain_identity(self.cfg, self.signal), **extra}, self.dir / "config.json")
-
-    def _train(self, rt: Runtime, progress: Progress, net, task, data, optim: OptimConfig, mask, seed_parts,
-               start_step=0, hooks=(), params=None) -> dict:
-        loader = loaders.make(data, optim.batch_size, seeds.derive(*seed_parts), rt.device, rt.rank, rt.world,
+            checkpoint.write_json({"chain": chain_identity(self.cfg, self.signal), **s.identity},
+                                  self.dir / "config.json")
+            if s.save_mask and not (self.dir / "mask.pt").exists():
+                checkpoint.write_json(masks.report(s.mask), self.dir / "sparsity_report.json")
+                checkpoint.save(s.mask, self.dir / "mask.pt")
+        net = s.net.to(rt.device)
+        loader = loaders.make(s.data, s.optim.batch_size, seeds.derive(*s.seed_parts), rt.device, rt.rank, rt.world,
                               rt.channels_last)
-        start_step = start_step(loader) if callable(start_step) else start_step  # rewinding needs steps/epoch
         if rt.channels_last:
             net = net.to(memory_format=torch.channels_last)
         model = net
         if rt.world > 1:
             model = torch.nn.parallel.DistributedDataParallel(
                 net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-        job = Fit(model=model, net=net, task=task, loader=loader, optim=optim, mask=mask,
-                  checkpoint=self.dir / "checkpoint.pt", start_step=start_step, params=params,
-                  hooks=[h(loader) for h in hooks])
+        params = s.params(net) if s.params else None
+        job = Fit(model=model, net=net, task=s.task, loader=loader, optim=s.optim, mask=s.train_mask,
+                  checkpoint=self.dir / "checkpoint.pt", start_step=s.start(loader) if s.start else 0,
+                  params=params, hooks=[h(loader) for h in s.hooks])
         info = fit(job, self.cfg.run, progress, rt.is_writer)
-        metrics = evaluate(net, task, loader, self.cfg.run.eval_batch_size, self.cfg.run.amp)
-        return {**info, **metrics}
+        metrics = evaluate(net, s.task, loader, self.cfg.run.eval_batch_size, self.cfg.run.amp)
+        if s.check:
+            s.check(net)
+        if rt.is_writer and s.save_model:
+            checkpoint.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, self.dir / "model.pt")
+        return {**info, **metrics, "remaining": masks.density(s.mask), "evaluation": s.evaluation}
 
 
-def _remaining(mask: masks.Mask) -> float:
-    return masks.density(mask)
+@dataclass
+class Setup:
+    net: torch.nn.Module
+    task: object
+    data: object
+    optim: OptimConfig
+    mask: masks.Mask  # the mask this stage's weights live under (reported as `remaining`)
+    seed_parts: tuple  # what seeds the data order and augmentation
+    evaluation: str
+    identity: dict
+    train_mask: Optional[masks.Mask] = None  # what the loop applies; defaults to `mask`
+    start: Optional[Callable] = None  # loader -> first step of the schedule (rewinding)
+    hooks: list = field(default_factory=list)  # loader -> step hook
+    params: Optional[Callable] = None  # net -> the parameters to optimise (default all)
+    check: Optional[Callable] = None  # net -> None, raises if the result is inconsistent
+    save_mask: bool = True
+    save_model: bool = True
+
+    def __post_init__(self):
+        if self.train_mask is None:
+            self.train_mask = self.mask
 
 
 class ImpLevel(Stage):
@@ -141,20 +169,20 @@ class ImpLevel(Stage):
     def rewind_file(self) -> Path:
         return ImpLevel(self.cfg, self.signal, self.seed, 0).dir / "rewind.pt"
 
-    def _run(self, rt, progress):
+    def prepare(self, rt):
         cfg, sig = self.cfg, self.cfg.signals[self.signal]
         data = dataset.load(cfg.data)
         task = tasks.make(sig.task, data.num_classes)
-        net = models.build(cfg.model, data.channels, task.num_outputs, seeds.derive(self.seed, "init")).to(rt.device)
+        net = models.build(cfg.model, data.channels, task.num_outputs, seeds.derive(self.seed, "init"))
         rewind_file = self.rewind_file()
 
         def k_of(loader) -> int:
             spe = loader.steps_per_epoch
             return rewind_steps(cfg.prune.rewind, spe, sig.optim.batch_size, sig.optim.epochs * spe)
 
+        hooks, start = [], None
         if self.level == 0:
             mask = masks.ones(net, cfg.prune.ignore)
-            start = 0
 
             def save_rewind(loader):
                 k = k_of(loader)
@@ -165,21 +193,15 @@ class ImpLevel(Stage):
                 return hook
             hooks = [save_rewind]
         else:
+            # Prune the previous level's trained weights, then rewind the survivors to W_k (late resetting);
+            # the schedule resumes at step k, as if training had continued from there.
             parent = self.parents()[0]
             mask = masks.magnitude(checkpoint.load(parent.dir / "model.pt"), checkpoint.load(parent.dir / "mask.pt"),
                                    cfg.prune.rate)
-            rewound = checkpoint.load(rewind_file, rt.device)
-            net.load_state_dict(rewound["model"])
-            start, hooks = k_of, []
-        self._write_config(rt, {"stage": "imp", "level": self.level})
-        if rt.is_writer and not (self.dir / "mask.pt").exists():
-            checkpoint.write_json(masks.report(mask), self.dir / "sparsity_report.json")
-            checkpoint.save(mask, self.dir / "mask.pt")
-        out = self._train(rt, progress, net, task, data, sig.optim, mask, (self.seed, "imp", self.level),
-                          start_step=start, hooks=hooks)
-        if rt.is_writer:
-            checkpoint.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, self.dir / "model.pt")
-        return {**out, "remaining": _remaining(mask), "evaluation": "pretext"}
+            net.load_state_dict(checkpoint.load(rewind_file)["model"])
+            start = k_of
+        return Setup(net=net, task=task, data=data, optim=sig.optim, mask=mask, seed_parts=(self.seed, "imp", self.level),
+                     evaluation="pretext", identity={"stage": "imp", "level": self.level}, start=start, hooks=hooks)
 
 
 class Retrain(Stage):
@@ -203,7 +225,7 @@ class Retrain(Stage):
     def parents(self):
         return [ImpLevel(self.cfg, self.signal, self.seed, self.level)]
 
-    def _run(self, rt, progress):
+    def prepare(self, rt):
         cfg, r = self.cfg, self.cfg.retrain
         imp = self.parents()[0]
         data = dataset.load(r.data)
@@ -218,16 +240,11 @@ class Retrain(Stage):
             backbone = {k: v for k, v in rewound.items() if k.startswith("backbone.")}
             net.load_state_dict({**net.state_dict(), **backbone})
             net.new_head(task.num_outputs, seeds.generator(self.seed, "head"))
-        net = net.to(rt.device)
-        self._write_config(rt, {"stage": "retrain", "scheme": self.scheme, "data": identity(r.data),
-                                "optim": identity(r.optim)})
-        if rt.is_writer and not (self.dir / "mask.pt").exists():
-            checkpoint.save(mask, self.dir / "mask.pt")
-            checkpoint.write_json(masks.report(mask), self.dir / "sparsity_report.json")
-        out = self._train(rt, progress, net, task, data, r.optim, mask, (self.seed, "retrain", self.level))
-        if rt.is_writer:
-            checkpoint.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, self.dir / "model.pt")
-        return {**out, "remaining": _remaining(mask), "evaluation": self.scheme}
+        # All three starts see the same batches: they differ only in mask and initial weights.
+        return Setup(net=net, task=task, data=data, optim=r.optim, mask=mask,
+                     seed_parts=(self.seed, "retrain", self.level), evaluation=self.scheme,
+                     identity={"stage": "retrain", "scheme": self.scheme, "data": identity(r.data),
+                               "optim": identity(r.optim)})
 
 
 class Probe(Stage):
@@ -250,23 +267,25 @@ class Probe(Stage):
     def parents(self):
         return [ImpLevel(self.cfg, self.signal, self.seed, self.level)]
 
-    def _run(self, rt, progress):
+    def prepare(self, rt):
         cfg = self.cfg
         imp = self.parents()[0]
         data = dataset.load(self.data)
         trained = checkpoint.load(imp.dir / "model.pt")
-        pretext = tasks.make(cfg.signals[self.signal].task, data.num_classes)
         net = models.build(cfg.model, data.channels, trained["head.weight"].shape[0], 0)
         net.load_state_dict(trained)
         net.new_head(data.num_classes, seeds.generator(self.seed, "probe-head", self.data.name))
-        net = models.FrozenBackbone(net).to(rt.device)
-        before = [v.detach().clone() for v in net.backbone.state_dict().values()]
-        self._write_config(rt, {"stage": "probe", "data": identity(self.data), "optim": identity(cfg.probe.optim),
-                                "pretext": pretext.name})
-        out = self._train(rt, progress, net, tasks.Labels(data.num_classes), data, cfg.probe.optim, {},
-                          (self.seed, "probe", self.level, self.data.name), params=net.head.parameters())
-        after = list(net.backbone.state_dict().values())
-        if any(not torch.equal(a, b) for a, b in zip(before, after)):
-            raise RuntimeError(f"{self.label}: the frozen backbone changed during probing")
-        return {**out, "remaining": _remaining(checkpoint.load(imp.dir / "mask.pt")),
-                "evaluation": f"probe:{self.data.name}"}
+        net = models.FrozenBackbone(net)
+        frozen = {k: v.detach().clone() for k, v in net.backbone.state_dict().items()}
+
+        def unchanged(trained_net):
+            now = trained_net.backbone.state_dict()
+            if any(not torch.equal(frozen[k], now[k].cpu()) for k in frozen):
+                raise RuntimeError(f"{self.label}: the frozen backbone changed during probing")
+
+        return Setup(net=net, task=tasks.Labels(data.num_classes), data=data, optim=cfg.probe.optim,
+                     mask=checkpoint.load(imp.dir / "mask.pt"), train_mask={},
+                     seed_parts=(self.seed, "probe", self.level, self.data.name),
+                     evaluation=f"probe:{self.data.name}",
+                     identity={"stage": "probe", "data": identity(self.data), "optim": identity(cfg.probe.optim)},
+                     params=lambda n: n.head.parameters(), check=unchanged, save_mask=False, save_model=False)

@@ -98,12 +98,17 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
             checkpoint.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": at_step,
                              "rng": rng_state(), "mask": job.mask}, job.checkpoint)
 
-    def check_finite(at_step: int) -> None:
+    def check_finite(at_step: int, weights: bool = False) -> None:
         bad = int(first_bad.item())
+        where = None
         if bad >= 0:
+            where = f"non-finite loss at step {bad} (epoch {bad // spe})"
+        elif weights and not all(bool(torch.isfinite(p).all()) for p in net.parameters()):
+            where = f"non-finite weights after step {at_step} (epoch {at_step // spe}), the loss was still finite"
+        if where:
             raise NonFiniteLoss(
-                f"non-finite loss at step {bad} (epoch {bad // spe}) while training towards step {total}; "
-                f"stopped at step {at_step}; the last good checkpoint ({job.checkpoint}) is kept")
+                f"{where} while training towards step {total}; stopped at step {at_step}; "
+                f"the last good checkpoint ({job.checkpoint}) is kept")
 
     job.model.train()
     batches = None
@@ -143,10 +148,10 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
         due = (run.checkpoint_steps and step % run.checkpoint_steps == 0) or \
               (run.checkpoint_minutes and time.monotonic() - last_save > 60 * run.checkpoint_minutes)
         if due and step < total:
-            check_finite(step)
+            check_finite(step, weights=True)  # never overwrite a good checkpoint with a diverged one
             save(step)
             last_save = time.monotonic()
-    check_finite(step)
+    check_finite(step, weights=True)
     for hook in job.hooks:
         hook(step, net)
     save(step)

@@ -1,0 +1,142 @@
+"""The run store: stable names, done means done, killed means resumable, bit for bit."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from launch.compose import CONF_DIR, typed
+from sslprune import checkpoint
+from sslprune.config import identity, digest, DataConfig, RunConfig
+from sslprune.stage import ImpLevel, chain_identity
+
+from conftest import ROOT, cli, tiny_config
+
+GOLDEN = {"labels": "538474715f6b", "rotnet": "f1bea8120fc2"}
+GOLDEN_DEMO = {"labels": "aa5ba3b08e19", "rotnet": "f0fc87b9fae1"}
+
+
+def test_golden_hashes_of_a_fixed_config():
+    cfg = tiny_config(Path("/anywhere"))
+    for signal, h in GOLDEN.items():
+        assert digest(chain_identity(cfg, signal)) == h
+    assert ImpLevel(cfg, "labels", 3, 7).dir == Path("/anywhere/imp/538474715f6b/seed_3/level_7")
+
+
+def test_golden_hashes_of_the_demo_preset():
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        cfg = typed(compose("config", overrides=["store=/s"]))
+    for signal, h in GOLDEN_DEMO.items():
+        assert digest(chain_identity(cfg, signal)) == h, chain_identity(cfg, signal)
+
+
+def test_identity_ignores_paths_levels_and_runtime_but_not_numbers():
+    base = tiny_config(Path("/a"))
+    h = digest(chain_identity(base, "labels"))
+    moved = tiny_config(Path("/b"), data=DataConfig(name="digits", root="/elsewhere", workers=32),
+                        run=RunConfig(device="cpu", threads=7, log_every=3, checkpoint_steps=5, workers=4))
+    moved.prune = replace(moved.prune, levels=30)
+    moved.seeds = [0, 1, 2, 3]
+    assert digest(chain_identity(moved, "labels")) == h
+    changed = tiny_config(Path("/a"))
+    changed.signals["labels"].optim = replace(changed.signals["labels"].optim, lr=0.06)
+    assert digest(chain_identity(changed, "labels")) != h
+    # A value spelled as a float or an int names the same run; a default-valued field is left out.
+    assert identity(replace(base.signals["labels"].optim, epochs=2.0)) == identity(base.signals["labels"].optim)
+    assert "optimizer" not in identity(base.signals["labels"].optim)
+
+
+TINY = ["model.width=4", "signal=labels", "run.threads=1", "run.checkpoint_steps=1", "run.log_every=10",
+        "prune.levels=1", "prune.rewind=5it", "signals.labels.optim.epochs=12", "signals.labels.optim.milestones=[8]"]
+
+
+def _imp(store: Path, *extra: str) -> list[str]:
+    return ["sslprune-imp", f"store={store}", *TINY, *extra]
+
+
+def _chain_dir(store: Path) -> Path:
+    (d,) = (store / "imp").iterdir()
+    return d / "seed_0"
+
+
+def _kill_when(cmd: list[str], ready, delay: float) -> None:
+    """Start cmd, wait until ready() holds, wait `delay` more, then SIGKILL it (no chance to clean up)."""
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    t0 = time.monotonic()
+    while not ready():
+        if p.poll() is not None:
+            raise AssertionError(f"{cmd} finished before it could be killed")
+        if time.monotonic() - t0 > 120:
+            p.kill()
+            raise AssertionError("never became ready")
+        time.sleep(0.01)
+    time.sleep(delay)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+
+
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    cli(*_imp(ref))
+    # Kill during level 0 (checkpoints are written every step, so some kills land mid-write) ...
+    _kill_when(_imp(killed), lambda: (killed / "imp").exists() and
+               any((killed / "imp").glob("*/seed_0/level_0/checkpoint.pt")), 0.7)
+    level0 = _chain_dir(killed) / "level_0"
+    assert not (level0 / "result.json").exists(), "killed too late: level 0 already finished"
+    # ... then again during level 1, after resuming level 0.
+    _kill_when(_imp(killed), lambda: any((killed / "imp").glob("*/seed_0/level_1/checkpoint.pt")), 0.3)
+    assert (level0 / "result.json").exists() and not (_chain_dir(killed) / "level_1" / "result.json").exists()
+    out = cli(*_imp(killed)).stdout
+    assert "resumed from" in out
+    for level in (0, 1):
+        a, b = _chain_dir(ref) / f"level_{level}", _chain_dir(killed) / f"level_{level}"
+        wa, wb = checkpoint.load(a / "model.pt"), checkpoint.load(b / "model.pt")
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            assert torch.equal(wa[k], wb[k]), f"level {level}: {k} differs after resume"
+        assert checkpoint.read_json(a / "result.json")["accuracy"] == checkpoint.read_json(b / "result.json")["accuracy"]
+        for f in ("mask.pt",):
+            ma, mb = checkpoint.load(a / f), checkpoint.load(b / f)
+            assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    rewind_a = checkpoint.load(_chain_dir(ref) / "level_0" / "rewind.pt")["model"]
+    rewind_b = checkpoint.load(_chain_dir(killed) / "level_0" / "rewind.pt")["model"]
+    assert all(torch.equal(rewind_a[k], rewind_b[k]) for k in rewind_a)
+
+
+def test_finished_stage_is_not_recomputed(tmp_path):
+    store = tmp_path / "s"
+    cli(*_imp(store, "prune.levels=0", "signals.labels.optim.epochs=1", "signals.labels.optim.milestones=[]"))
+    files = {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()}
+    out = cli(*_imp(store, "prune.levels=0", "signals.labels.optim.epochs=1", "signals.labels.optim.milestones=[]"))
+    assert "step" not in out.stdout  # no training progress at all
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()} == files
+
+
+def test_missing_parent_fails_at_once_naming_the_path(tmp_path):
+    store = tmp_path / "s"
+    p = cli(*_imp(store, "level=1"), check=False)
+    assert p.returncode == 2
+    assert "level_0/result.json" in p.stderr and "not done" in p.stderr
+    assert not any(store.rglob("*.pt"))
+    p = cli("sslprune-retrain", f"store={store}", "model.width=4", "signal=labels", "level=0", check=False)
+    assert p.returncode == 2 and "level_0/result.json" in p.stderr
+
+
+def test_nonfinite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    store = tmp_path / "s"
+    p = cli(*_imp(store, "prune.levels=0", "signals.labels.optim.lr=1e12", "signals.labels.optim.momentum=0.0",
+                  "run.log_every=1"), check=False)
+    assert p.returncode != 0
+    assert "training diverged: non-finite" in p.stderr and "stopped at step" in p.stderr
+    level0 = _chain_dir(store) / "level_0"
+    assert not (level0 / "result.json").exists()
+    state = checkpoint.load(level0 / "checkpoint.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
