@@ -121,6 +121,20 @@ class RunConfig:
 
 
 @dataclass
+class LauncherConfig:
+    """Where stages run: `local` (this process), or submitted through submitit. Never identity."""
+
+    name: str = "local"
+
+
+@dataclass
+class WandbConfig:
+    """W&B mirroring of the store (issue: W&B). Never identity."""
+
+    mode: str = "auto"
+
+
+@dataclass
 class Config:
     experiment: str = "demo"
     store: str = "./runs"
@@ -138,6 +152,8 @@ class Config:
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    launcher: LauncherConfig = runtime(default_factory=LauncherConfig)
+    wandb: WandbConfig = runtime(default_factory=WandbConfig)
 
 
 # ---------------------------------------------------------------- validation

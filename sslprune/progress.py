@@ -13,8 +13,13 @@ def clock(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, label: str, quiet: bool = False, stream=None):
+    """Prints progress lines and forwards every logged metric to its sinks (progress file, W&B).
+
+    A sink has `log(step: int, total: int, metrics: dict)`; sinks must never raise into training."""
+
+    def __init__(self, label: str, quiet: bool = False, stream=None, sinks=()):
         self.label, self.quiet, self.stream = label, quiet, stream or sys.stdout
+        self.sinks = list(sinks)
         self.t0 = time.monotonic()
         self.first_step = 0
 
@@ -29,6 +34,8 @@ class Progress:
         self.t0, self.first_step = time.monotonic(), step
 
     def update(self, step: int, total: int, **metrics) -> None:
+        for sink in self.sinks:
+            sink.log(step, total, dict(metrics))
         elapsed = time.monotonic() - self.t0
         done = step - self.first_step
         eta = elapsed / done * (total - step) if done else 0.0

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional
 import torch
 
-from . import checkpoint, dataset, loader as loaders, mask as masks, model as models, seed as seeds, task as tasks
+from . import checkpoint, dataset, monitor as monitors, loader as loaders, mask as masks, model as models, seed as seeds, task as tasks
 from .config import Config, DataConfig, OptimConfig, SignalConfig, digest, identity, rewind_steps
 from .progress import Progress, clock
 from .runtime import Runtime
@@ -81,19 +81,25 @@ class Stage:
                     "Run that stage first (or run the whole experiment with sslprune-run).")
 
     # --- running
-    def run(self, rt: Runtime) -> dict:
+    def run(self, rt: Runtime, interrupt=None) -> dict:
         """Run (or resume) this stage; a done stage returns its stored result without work."""
         if self.done():
             return self.result()
         self.require_parents()
-        progress = Progress(self.label, quiet=self.cfg.run.quiet)
+        monitor = monitors.open_for(self, rt)
+        progress = Progress(self.label, quiet=self.cfg.run.quiet, sinks=[monitor])
         t0 = time.monotonic()
-        result = self._run(rt, progress)
+        try:
+            result = self._run(rt, progress, interrupt)
+        except BaseException as e:
+            monitor.fail(e)
+            raise
         result.update({"kind": self.kind, "signal_task": self.cfg.signals[self.signal].task.name,
                        "seed": self.seed, "level": self.level, "seconds": round(time.monotonic() - t0, 3)})
         if rt.is_writer:
             checkpoint.write_json(result, self.dir / DONE)
             (self.dir / "checkpoint.pt").unlink(missing_ok=True)  # the final weights are in model.pt
+        monitor.finish(result)
         progress.note(f"done: accuracy {result['accuracy']:.4f} in {clock(time.monotonic() - t0)}")
         return result
 
@@ -101,7 +107,7 @@ class Stage:
         """Everything training starts from: network (weights loaded), mask, task, data, schedule start."""
         raise NotImplementedError
 
-    def _run(self, rt: Runtime, progress: Progress) -> dict:
+    def _run(self, rt: Runtime, progress: Progress, interrupt=None) -> dict:
         s = self.prepare(rt)
         if rt.is_writer:
             checkpoint.write_json({"chain": chain_identity(self.cfg, self.signal), **s.identity},
@@ -121,7 +127,7 @@ class Stage:
         params = s.params(net) if s.params else None
         job = Fit(model=model, net=net, task=s.task, loader=loader, optim=s.optim, mask=s.train_mask,
                   checkpoint=self.dir / "checkpoint.pt", start_step=s.start(loader) if s.start else 0,
-                  params=params, hooks=[h(loader) for h in s.hooks])
+                  params=params, hooks=[h(loader) for h in s.hooks], interrupt=interrupt)
         info = fit(job, self.cfg.run, progress, rt.is_writer)
         metrics = evaluate(net, s.task, loader, self.cfg.run.eval_batch_size, self.cfg.run.amp)
         if s.check:

@@ -28,6 +28,14 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+class Interrupted(Exception):
+    """Training stopped on request (preemption, time limit) right after checkpointing at `step`."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted at step {step}, checkpoint saved")
+        self.step = step
+
+
 Hook = Callable[[int, nn.Module], None]  # called with the number of updates done so far
 
 
@@ -43,6 +51,9 @@ class Fit:
     params: Optional[Iterable[nn.Parameter]] = None  # default: all parameters
     hooks: list[Hook] = field(default_factory=list)
     net: Optional[nn.Module] = None
+    # Polled at every step boundary (a cheap Python check); when it returns True the loop
+    # checkpoints at once and raises Interrupted. Set by the cluster code on SLURM's signal.
+    interrupt: Optional[Callable[[], bool]] = None
 
 
 def optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
@@ -113,6 +124,10 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
     job.model.train()
     batches = None
     while step < total:
+        if job.interrupt is not None and job.interrupt():
+            check_finite(step, weights=True)
+            save(step)
+            raise Interrupted(step)
         for hook in job.hooks:
             hook(step, net)
         epoch, index = divmod(step, spe)
