@@ -86,7 +86,10 @@ def run_local(cfg: Config) -> int:
                 ran += len(f.result())
                 finished = sum(1 for c in all_chains for s in c if s.done())
                 elapsed = time.monotonic() - t0
-                print(f"[sslprune] {finished}/{total} stages done, elapsed {clock(elapsed)}", flush=True)
+                rate = (finished - (total - missing)) / max(elapsed, 1e-9)
+                eta = (total - finished) / rate if rate > 0 else 0.0
+                print(f"[sslprune] {finished}/{total} stages done, elapsed {clock(elapsed)}, "
+                      f"remaining about {clock(eta)}", flush=True)
     print(f"[sslprune] ran {ran} stages in {clock(time.monotonic() - t0)}", flush=True)
     return ran
 

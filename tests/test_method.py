@@ -205,3 +205,30 @@ def test_probe_keeps_backbone_frozen_and_in_eval_mode(chain, tmp_path):
     # The stage itself checks the same and records an accuracy of the label head.
     result = probe.run(rt)
     assert result["evaluation"] == "probe:digits" and 0.1 < result["accuracy"] <= 1.0
+
+
+def test_rewind_units_convert_to_updates():
+    from sslprune.config import ConfigError, rewind_steps
+
+    spe, batch, total = 834, 1536, 90 * 834  # ImageNet at batch 1536: 834 updates per epoch
+    assert rewind_steps("3ep", spe, batch, total) == 2502
+    assert rewind_steps("3840000sa", spe, batch, total) == 2500  # 3 x 1.28M samples
+    assert rewind_steps("2500it", spe, batch, total) == 2500
+    assert rewind_steps("3.3%", spe, batch, total) == int(0.033 * total)
+    assert rewind_steps("0it", spe, batch, total) == 0
+    with pytest.raises(ConfigError, match="beyond"):
+        rewind_steps("91ep", spe, batch, total)
+
+
+def test_rewind_to_zero_keeps_the_initial_weights(tmp_path):
+    cfg = tiny_config(tmp_path / "s")
+    cfg.prune = replace(cfg.prune, rewind="0it", levels=0)
+    rt = local(cfg.run)
+    lv = ImpLevel(cfg, "labels", 0, 0)
+    init = lv.prepare(rt).net.state_dict()
+    lv.run(rt)
+    rewound = checkpoint.load(lv.rewind_file())
+    assert rewound["step"] == 0
+    assert all(torch.equal(rewound["model"][k], init[k]) for k in init)
+    trained = checkpoint.load(lv.dir / "model.pt")
+    assert any(not torch.equal(trained[k], init[k]) for k in init)
