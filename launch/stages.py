@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from launch.compose import CONF_DIR, typed, user_errors
 from sslprune import dataset
-from sslprune.config import Config
+from sslprune.config import Config, ConfigError
 from sslprune.runtime import local
 from sslprune.stage import ImpLevel, Probe, Retrain
 
@@ -36,7 +36,7 @@ def execute(kind: str, cfg: DictConfig) -> list[dict]:
     c = typed(cfg)
     todo = plan(kind, c)
     if kind == "probe" and not c.probe.datasets:
-        raise dataset.ConfigError("probe.datasets is empty: nothing to probe on")
+        raise ConfigError("probe.datasets is empty: nothing to probe on")
     for d in {"train": [c.data], "imp": [c.data], "retrain": [c.retrain.data],
               "probe": [c.probe.datasets[c.probe_dataset]] if c.probe.datasets else []}[kind]:
         dataset.check(d)
