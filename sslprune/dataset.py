@@ -61,6 +61,7 @@ class FolderData:
     mean: tuple = (0.485, 0.456, 0.406)
     std: tuple = (0.229, 0.224, 0.225)
     channels: int = 3
+    classes: tuple = ()  # train/'s class folder names; a class's label is its index here, in both splits
 
 
 def _limit(split: Split, n: Optional[int]) -> Split:
@@ -100,30 +101,47 @@ def _find_idx(root: Path, stem: str) -> Optional[Path]:
     return None
 
 
+FASHION_MNIST_FILES = [f"{p}-{k}-idx{d}-ubyte" for p in ("train", "t10k") for k, d in (("images", 3), ("labels", 1))]
+
+
+def _fashion_mnist_missing(root: Path) -> None:
+    missing = [n for n in FASHION_MNIST_FILES if _find_idx(root, n) is None]
+    if missing:
+        raise DataMissing(
+            f"Fashion-MNIST IDX files {', '.join(n + '[.gz]' for n in missing)} "
+            f"not found under {root} (nor {root}/FashionMNIST/raw). Install Debian's package "
+            f"dataset-fashion-mnist (files in {FASHION_MNIST_DEBIAN}) or use torchvision's "
+            "FashionMNIST(root, download=True) on a machine with internet, then set data.root.")
+
+
 def fashion_mnist(root: Path) -> tuple[Split, Split]:
+    _fashion_mnist_missing(root)
     splits = []
     for prefix in ("train", "t10k"):
         img, lab = _find_idx(root, f"{prefix}-images-idx3-ubyte"), _find_idx(root, f"{prefix}-labels-idx1-ubyte")
-        if img is None or lab is None:
-            raise DataMissing(
-                f"Fashion-MNIST IDX files ({prefix}-images-idx3-ubyte[.gz], {prefix}-labels-idx1-ubyte[.gz]) "
-                f"not found under {root} (nor {root}/FashionMNIST/raw). Install Debian's package "
-                f"dataset-fashion-mnist (files in {FASHION_MNIST_DEBIAN}) or use torchvision's "
-                "FashionMNIST(root, download=True) on a machine with internet, then set data.root.")
         images = torch.from_numpy(read_idx(img).copy())[:, None]
         splits.append(Split(images, torch.from_numpy(read_idx(lab).astype(np.int64))))
     return splits[0], splits[1]
 
 
-def cifar10(root: Path) -> tuple[Split, Split]:
+CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
+def _cifar10_base(root: Path) -> Path:
+    """The folder holding the batches: data.root may name it or the folder above it."""
     base = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
-    names = [f"data_batch_{i}" for i in range(1, 6)]
-    missing = [n for n in names + ["test_batch"] if not (base / n).is_file()]
+    missing = [n for n in CIFAR10_FILES if not (base / n).is_file()]
     if missing:
         raise DataMissing(
             f"CIFAR-10 python batches {', '.join(missing)} not found under {base}. Download "
             "cifar-10-python.tar.gz (torchvision.datasets.CIFAR10(root, download=True) does it) and "
             "set data.root to the folder holding cifar-10-batches-py/.")
+    return base
+
+
+def cifar10(root: Path) -> tuple[Split, Split]:
+    base = _cifar10_base(root)
+    names = CIFAR10_FILES[:5]
 
     def read(files):
         xs, ys = [], []
@@ -137,6 +155,7 @@ def cifar10(root: Path) -> tuple[Split, Split]:
     return read(names), read(["test_batch"])
 
 
+NUM_CLASSES = {"digits": 10, "fashion_mnist": 10, "cifar10": 10}
 DEFAULT_ROOTS = {"fashion_mnist": FASHION_MNIST_DEBIAN}
 HOW_TO_GET = {
     "imagenet": "ImageNet (ILSVRC-2012) from image-net.org, arranged as train/<wnid>/*.JPEG and val/<wnid>/*.JPEG",
@@ -160,10 +179,35 @@ def check(cfg: DataConfig) -> None:
         raise DataMissing(f"{cfg.name} needs data.root (the folder holding the data set); none given")
     if not root.is_dir():
         raise DataMissing(f"{cfg.name} data root {root} does not exist. " + _how(cfg.name))
-    if cfg.name in HOW_TO_GET:
-        for split in ("train", "val"):
-            if not (root / split).is_dir():
-                raise DataMissing(f"{cfg.name}: {root / split} does not exist. " + _how(cfg.name))
+    if cfg.name == "fashion_mnist":
+        _fashion_mnist_missing(root)
+    elif cfg.name == "cifar10":
+        _cifar10_base(root)
+    else:
+        folder_classes(cfg.name, root)
+
+
+def _subdirs(path: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(path) if e.is_dir())
+
+
+def folder_classes(name: str, root: Path) -> list[str]:
+    """The class folders of an ImageFolder data set (those of train/); val/ may hold a subset.
+
+    Only folder names are read (cheap even for ImageNet). The class index is the position in
+    train/'s sorted list, for both splits, so a val/ lacking a class keeps the labels aligned."""
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise DataMissing(f"{name}: {root / split} does not exist. " + _how(name))
+    classes = _subdirs(root / "train")
+    if not classes:
+        raise DataMissing(f"{name}: {root / 'train'} holds no class folders (train/<class>/<image>). " + _how(name))
+    unknown = sorted(set(_subdirs(root / "val")) - set(classes))
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise DataMissing(f"{name}: {root / 'val'} has class folders that {root / 'train'} lacks: {shown}. "
+                          "Both splits must use the same class folder names.")
+    return classes
 
 
 def _how(name: str) -> str:
@@ -181,11 +225,9 @@ def load(cfg: DataConfig):
     check(cfg)
     root = root_of(cfg)
     if cfg.name in HOW_TO_GET:
-        from torchvision.datasets.folder import find_classes
-
-        classes, _ = find_classes(str(root / "train"))
+        classes = folder_classes(cfg.name, root)
         return FolderData(cfg.name, root / "train", root / "val", len(classes), cfg.image_size,
-                          cfg.train_limit, cfg.test_limit, cfg.workers)
+                          cfg.train_limit, cfg.test_limit, cfg.workers, classes=tuple(classes))
     key = (cfg.name, str(root))
     if key not in _CACHE:
         reader = {"digits": lambda: digits(), "fashion_mnist": lambda: fashion_mnist(root),
@@ -197,5 +239,9 @@ def load(cfg: DataConfig):
         "fashion_mnist": dict(mean=(0.286,), std=(0.353,), pad=2, flip=True),
         "cifar10": dict(mean=(0.491, 0.482, 0.447), std=(0.247, 0.243, 0.262), pad=2, flip=True),
     }[cfg.name]
-    num_classes = int(train.labels.max()) + 1
+    # A fixed fact of each data set, not the largest label seen (a subset may lack the last class).
+    num_classes = NUM_CLASSES[cfg.name]
+    top = max(int(train.labels.max()), int(test.labels.max()))
+    if top >= num_classes or min(int(train.labels.min()), int(test.labels.min())) < 0:
+        raise ValueError(f"{cfg.name} under {root} has labels outside 0..{num_classes - 1} (max {top})")
     return MemoryData(cfg.name, _limit(train, cfg.train_limit), _limit(test, cfg.test_limit), num_classes, **spec)

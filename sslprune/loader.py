@@ -8,13 +8,15 @@ Evaluation splits the test set by rank with no padding, so every image is counte
 """
 from __future__ import annotations
 
-from typing import Iterator
+import collections
+import functools
+from typing import Iterator, Optional
 
 import torch
 from torch.nn import functional as F
 
 from . import seed as seeds
-from .dataset import FolderData, MemoryData
+from .dataset import DataMissing, FolderData, MemoryData
 
 
 class MemoryLoader:
@@ -83,21 +85,54 @@ def crop(padded: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, h: int, w: in
     return x.gather(3, cols)
 
 
-class _SeededFolder(torch.utils.data.Dataset):
-    """ImageFolder whose random transforms draw from a seed carried with each index."""
+def _balanced(samples: list, n: Optional[int]) -> list:
+    """The first n samples taking the classes in turn (class 0's first image, class 1's first, ...),
+    in their original order. ImageFolder lists samples class by class, so a plain prefix of a
+    quick run's `train_limit` would hold the first class only."""
+    if not n or n >= len(samples):
+        return list(samples)
+    rank = collections.Counter()
+    keyed = []
+    for i, (_, label) in enumerate(samples):
+        keyed.append((rank[label], label, i))
+        rank[label] += 1
+    keep = sorted(i for _, _, i in sorted(keyed)[:n])
+    return [samples[i] for i in keep]
 
-    def __init__(self, folder, transform):
-        self.folder, self.transform = folder, transform
+
+@functools.lru_cache(maxsize=8)
+def _scan(directory: str, classes: tuple, allow_empty: bool) -> tuple:
+    """(path, label) of every image under directory/<class>/, labels from `classes` (train/'s list).
+
+    Cached per process: every stage builds a loader, and listing ImageNet's train/ takes a while."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    try:
+        return tuple(make_dataset(directory, {c: i for i, c in enumerate(classes)}, IMG_EXTENSIONS,
+                                  allow_empty=allow_empty))
+    except FileNotFoundError as e:
+        raise DataMissing(f"{directory}: {e}") from None
+
+
+class _SeededFolder(torch.utils.data.Dataset):
+    """ImageFolder samples whose random transforms draw from a seed carried with each index."""
+
+    def __init__(self, samples, transform):
+        self.samples, self.transform = samples, transform
 
     def __len__(self):
-        return len(self.folder)
+        return len(self.samples)
 
     def __getitem__(self, item):
+        from torchvision.datasets.folder import default_loader
+
         index, sample_seed = item
-        path, label = self.folder.samples[index]
-        image = self.folder.loader(path)
+        path, label = self.samples[index]
+        image = default_loader(path)
+        # The transforms draw from torch's default CPU generator: seed that one alone and put it
+        # back afterwards, leaving the caller's random state (CPU and CUDA) as it was.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
+            torch.default_generator.manual_seed(sample_seed)
             return self.transform(image), label
 
 
@@ -106,7 +141,8 @@ class FolderLoader:
 
     def __init__(self, data: FolderData, batch_size: int, seed: int, device: torch.device,
                  rank: int = 0, world: int = 1, channels_last: bool = False):
-        from torchvision import datasets, transforms as T
+        from torchvision import transforms as T
+        from torchvision.datasets.folder import find_classes
 
         if batch_size % world:
             raise ValueError(f"batch size {batch_size} is not divisible by {world} ranks")
@@ -116,16 +152,16 @@ class FolderLoader:
         s = data.image_size
         train_t = T.Compose([T.RandomResizedCrop(s), T.RandomHorizontalFlip(), T.ToTensor(), norm])
         test_t = T.Compose([T.Resize(int(round(s * 256 / 224))), T.CenterCrop(s), T.ToTensor(), norm])
-        train = datasets.ImageFolder(str(data.train_dir))
-        test = datasets.ImageFolder(str(data.test_dir))
-        if data.train_limit:
-            train.samples = train.samples[: data.train_limit]
-        if data.test_limit:
-            test.samples = test.samples[: data.test_limit]
+        # Both splits take their labels from train/'s classes, so a val/ lacking a class stays aligned.
+        classes = tuple(data.classes) or tuple(find_classes(str(data.train_dir))[0])
+        train = _balanced(list(_scan(str(data.train_dir), classes, False)), data.train_limit)
+        test = _balanced(list(_scan(str(data.test_dir), classes, True)), data.test_limit)
+        if not test:
+            raise DataMissing(f"{data.name}: no images under {data.test_dir}")
         self.train, self.test = _SeededFolder(train, train_t), _SeededFolder(test, test_t)
-        if len(train.samples) < batch_size:
-            raise ValueError(f"{data.name} has {len(train.samples)} training images, fewer than one batch of {batch_size}")
-        self.steps_per_epoch = len(train.samples) // batch_size
+        if len(train) < batch_size:
+            raise ValueError(f"{data.name} has {len(train)} training images, fewer than one batch of {batch_size}")
+        self.steps_per_epoch = len(train) // batch_size
 
     def _to(self, x, y):
         x = x.to(self.device, non_blocking=True)
@@ -140,16 +176,20 @@ class FolderLoader:
         for i in range(start, self.steps_per_epoch):
             lo = i * self.batch_size + self.rank * per_rank
             plan.append([(j, seeds.derive(self.seed, "augment", epoch, j)) for j in order[lo:lo + per_rank]])
-        for x, y in torch.utils.data.DataLoader(self.train, batch_sampler=plan, num_workers=self.workers,
-                                                pin_memory=self.device.type == "cuda"):
+        for x, y in self._loader(self.train, plan):
             yield self._to(x, y)
 
     def eval_batches(self, batch_size: int):
         mine = list(range(self.rank, len(self.test), self.world))
         plan = [[(j, 0) for j in mine[i:i + batch_size]] for i in range(0, len(mine), batch_size)]
-        for x, y in torch.utils.data.DataLoader(self.test, batch_sampler=plan, num_workers=self.workers,
-                                                pin_memory=self.device.type == "cuda"):
+        for x, y in self._loader(self.test, plan):
             yield self._to(x, y)
+
+    def _loader(self, dataset, plan):
+        # A private generator for the DataLoader's base seed: iterating must not draw from (and so
+        # shift) the caller's global RNG. Worker seeds do not matter, every sample carries its own.
+        return torch.utils.data.DataLoader(dataset, batch_sampler=plan, num_workers=self.workers,
+                                           pin_memory=self.device.type == "cuda", generator=torch.Generator())
 
 
 def make(data, batch_size: int, seed: int, device: torch.device, rank: int = 0, world: int = 1,
