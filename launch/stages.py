@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from launch.compose import CONF_DIR, typed, user_errors
-from sslprune import dataset
+from sslprune import pipeline
 from sslprune.config import Config, ConfigError
 from sslprune.runtime import local
 from sslprune.stage import ImpLevel, Probe, Retrain
@@ -37,9 +37,7 @@ def execute(kind: str, cfg: DictConfig) -> list[dict]:
     todo = plan(kind, c)
     if kind == "probe" and not c.probe.datasets:
         raise ConfigError("probe.datasets is empty: nothing to probe on")
-    for d in {"train": [c.data], "imp": [c.data], "retrain": [c.retrain.data],
-              "probe": [c.probe.datasets[c.probe_dataset]] if c.probe.datasets else []}[kind]:
-        dataset.check(d)
+    pipeline.check_inputs(c)
     # A single-level request needs its parent already done (a chain request produces its own parents).
     todo[0].require_parents()
     rt = local(c.run)

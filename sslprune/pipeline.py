@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 
 from . import dataset
-from .config import Config, validate
+from .config import Config, ConfigError, rewind_steps, validate
 from .progress import clock
 from .runtime import local
 from .stage import ImpLevel, Probe, Retrain, Stage
@@ -42,10 +42,24 @@ def stages(cfg: Config) -> list[Stage]:
 
 
 def check_inputs(cfg: Config) -> None:
-    """Everything that can fail before training: config values and data roots."""
+    """Everything that can fail before training: config values, data roots, sizes that need the data."""
     validate(cfg)
     for d in [cfg.data, cfg.retrain.data, *cfg.probe.datasets]:
         dataset.check(d)
+    uses = [("data", cfg.data, f"signals.{n}.optim", s.optim) for n, s in cfg.signals.items()]
+    uses.append(("retrain.data", cfg.retrain.data, "retrain.optim", cfg.retrain.optim))
+    uses += [(f"probe.datasets[{i}]", d, "probe.optim", cfg.probe.optim) for i, d in enumerate(cfg.probe.datasets)]
+    for data_key, data_cfg, optim_key, optim in uses:
+        data = dataset.load(data_cfg)
+        if not isinstance(data, dataset.MemoryData):
+            continue  # ImageFolder trees are counted when their loader is built
+        n = len(data.train.labels)
+        if n < optim.batch_size:
+            raise ConfigError(f"{optim_key}.batch_size={optim.batch_size} is more than the {n} training images "
+                              f"of {data_key} ({data_cfg.name})")
+        if data_key == "data":
+            spe = n // optim.batch_size
+            rewind_steps(cfg.prune.rewind, spe, optim.batch_size, optim.epochs * spe)  # raises if beyond training
 
 
 def _run_chain(cfg: Config, chain_index: int, threads: int) -> list[str]:
