@@ -11,10 +11,26 @@ from sslprune import pipeline, report
 @user_errors
 def execute(cfg: DictConfig) -> None:
     c = typed(cfg)
-    pipeline.run_local(c)
+    if c.launcher.name == "slurm":  # submit and return at once (sslprune-status, then sslprune-report)
+        from sslprune import submission
+
+        pipeline.check_inputs(c)
+        submission.submit(c)
+        return
+    if c.launcher.name == "submitit_local":
+        from sslprune import submission
+
+        pipeline.check_inputs(c)
+        submission.run_submitit_local(c)
+    else:
+        pipeline.run_local(c)
     out, summary = report.write(c)
     print(report.markdown(summary), flush=True)
     print(f"[sslprune] report written to {out}", flush=True)
+    from sslprune import dashboard  # W&B summary run (no-op when W&B is disabled)
+
+    if (rid := dashboard.publish(c)) is not None:
+        print(f"[sslprune] W&B summary run {c.wandb.project}/{rid} updated", flush=True)
 
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")

@@ -42,7 +42,7 @@ class DataConfig:
     name: str = "digits"
     root: Optional[str] = runtime(None)  # where the files are; not identity
     image_size: int = 224  # crop size for ImageFolder data sets (ignored by fixed-size ones)
-    train_limit: Optional[int] = None  # keep only the first N training images (quick runs)
+    train_limit: Optional[int] = None  # keep only N training images (quick runs; ImageFolder data takes classes in turn)
     test_limit: Optional[int] = None
     workers: int = runtime(4)  # DataLoader workers for ImageFolder data
 
@@ -120,18 +120,72 @@ class RunConfig:
     workers: int = 0  # local parallel processes for independent chains; 0 = one per core (CPU), 1 on GPU
 
 
+LAUNCHERS = ("local", "submitit_local", "slurm")
+
+
 @dataclass
 class LauncherConfig:
-    """Where stages run: `local` (this process), or submitted through submitit. Never identity."""
+    """Where stages run: `local` (this process), or submitted through submitit. Never identity.
+
+    `slurm`: every missing stage becomes a task of a SLURM job array (one array per stage kind,
+    signal and level, over seeds) with dependencies between arrays; `sslprune-run` returns at once.
+    `submitit_local`: each chain runs as one submitit job on this machine; `sslprune-run` waits."""
 
     name: str = "local"
+    # --- SLURM resources (sbatch options); None = the cluster's default
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    exclude: Optional[str] = None  # nodes never to use
+    comment: Optional[str] = None
+    time_min: int = 1440  # time limit of one job (minutes); a job that reaches it requeues (max_num_timeout)
+    nodes: int = 1
+    tasks_per_node: int = 1  # ranks per node (DDP: one per GPU)
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    mem_gb: Optional[float] = None
+    array_parallelism: int = 256  # tasks of one array running at once
+    additional_parameters: Dict[str, Any] = field(default_factory=dict)  # any other sbatch option, e.g. {mail-type: END}
+    setup: List[str] = field(default_factory=list)  # shell lines run by every job after slurm/env.sh
+    # --- preemption, time limit, crashes
+    signal_delay_s: int = 120  # SLURM sends USR2 this long before the time limit: checkpoint at once, requeue
+    max_num_timeout: int = 3  # requeues after reaching the time limit (preemptions do not count)
+    max_requeues: int = 20  # cap on all restarts of one job (preemption, time limit, crash retries)
+    max_retries: int = 1  # automatic requeues of a job that crashed (it resumes from its checkpoint)
+    # --- where and what
+    snapshot: bool = True  # jobs run a copy of the code taken at submission (<store>/code/<hash>)
+    folder: Optional[str] = None  # submitit logs and pickles; default <store>/slurm
+
+
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+WANDB_FALLBACKS = ("offline", "disabled")
 
 
 @dataclass
 class WandbConfig:
-    """W&B mirroring of the store (issue: W&B). Never identity."""
+    """W&B mirroring of the store (sslprune/dashboard.py). Never identity.
+
+    mode: auto = the WANDB_MODE environment variable if set, else online when W&B credentials are
+    configured (WANDB_API_KEY, ~/.netrc, `wandb login`), else disabled (one line says so)."""
 
     mode: str = "auto"
+    project: str = "sslprune"
+    entity: Optional[str] = None  # None = the API key's default entity
+    tags: List[str] = field(default_factory=list)
+    group: Optional[str] = None  # None = the experiment name
+    init_timeout: float = 90.0  # seconds wandb.init may take (online: reaching the server)
+    service_wait: float = 30.0  # seconds to wait for the wandb-core service process to start
+    fallback: str = "offline"  # what an online stage does when wandb.init fails: offline | disabled
+    # Online start-up of SLURM array task i waits (i * stagger) % stagger_max seconds, so a large
+    # array does not open all its W&B connections at the same instant.
+    stagger: float = 0.2
+    stagger_max: float = 120.0
+    system_metrics: bool = True  # W&B's CPU/GPU/memory sampling (every 15 s)
+    flush_seconds: float = 5.0  # how often wandb-core writes the run's .wandb file (what a kill -9 can lose)
+    sync_workers: int = 4  # parallel `wandb sync` processes in sslprune-sync
+    sync_timeout: float = 600.0  # seconds one `wandb sync` process may take before it is stopped
+    check_timeout: float = 10.0  # seconds sslprune-sync waits for the server to answer before syncing
 
 
 @dataclass
@@ -217,11 +271,17 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"prune.rewind={p.rewind!r} must be <number><unit> with unit it (updates), ep (epochs), "
             "sa (samples) or % (of training), e.g. 1ep, 2500it, 3840000sa, 3.3%")
+    amount, unit = float(REWIND.match(p.rewind).group(1)), REWIND.match(p.rewind).group(2)
+    if unit == "%" and amount > 100:
+        raise ConfigError(f"prune.rewind={p.rewind} is beyond 100% of training")
     if not cfg.signals:
         raise ConfigError("signals is empty: an experiment needs at least one pruning signal")
     for name, s in cfg.signals.items():
         _choice(f"signals.{name}.task.name", s.task.name, TASKS)
         validate_optim(f"signals.{name}.optim", s.optim)
+        if unit == "ep" and amount > s.optim.epochs:
+            raise ConfigError(f"prune.rewind={p.rewind} is beyond the {s.optim.epochs} epochs of "
+                              f"signals.{name}.optim.epochs")
     if cfg.level is not None and cfg.level < 0:
         raise ConfigError(f"level={cfg.level} must be >= 0")
     if cfg.level is not None and cfg.level > p.levels:
@@ -256,6 +316,51 @@ def validate(cfg: Config) -> None:
     _positive("run.log_every", cfg.run.log_every)
     if cfg.run.checkpoint_steps < 0 or cfg.run.checkpoint_minutes < 0:
         raise ConfigError("run.checkpoint_steps and run.checkpoint_minutes must be >= 0")
+    validate_launcher("launcher", cfg.launcher)
+    validate_wandb(cfg.wandb)
+
+
+def validate_wandb(w: WandbConfig) -> None:
+    _choice("wandb.mode", w.mode, WANDB_MODES)
+    _choice("wandb.fallback", w.fallback, WANDB_FALLBACKS)
+    if not w.project or not re.fullmatch(r"[^/\\#?%:]{1,128}", w.project):
+        raise ConfigError(f"wandb.project={w.project!r} must be 1-128 characters without / \\ # ? % :")
+    for k in ("init_timeout", "service_wait", "sync_timeout", "check_timeout", "sync_workers"):
+        _positive(f"wandb.{k}", getattr(w, k))
+    for k in ("stagger", "stagger_max", "flush_seconds"):
+        v = getattr(w, k)
+        if not (isinstance(v, (int, float)) and v >= 0):
+            raise ConfigError(f"wandb.{k}={v!r} must be >= 0")
+    for t in w.tags:
+        if not isinstance(t, str) or not 0 < len(t) <= 64:
+            raise ConfigError(f"wandb.tags contains {t!r}: tags are 1-64 characters")
+
+
+def validate_launcher(key: str, L: LauncherConfig) -> None:
+    _choice(f"{key}.name", L.name, LAUNCHERS)
+    for k in ("time_min", "nodes", "tasks_per_node", "cpus_per_task", "array_parallelism"):
+        v = getattr(L, k)
+        if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+            raise ConfigError(f"{key}.{k}={v!r} must be an integer > 0")
+    for k in ("gpus_per_node", "signal_delay_s", "max_num_timeout", "max_requeues", "max_retries"):
+        v = getattr(L, k)
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            raise ConfigError(f"{key}.{k}={v!r} must be an integer >= 0")
+    if L.mem_gb is not None and not (isinstance(L.mem_gb, (int, float)) and L.mem_gb > 0):
+        raise ConfigError(f"{key}.mem_gb={L.mem_gb!r} must be > 0 or null")
+    if L.signal_delay_s >= 60 * L.time_min:
+        raise ConfigError(f"{key}.signal_delay_s={L.signal_delay_s} must be shorter than "
+                          f"{key}.time_min={L.time_min} minutes ({60 * L.time_min} s)")
+    for k in ("partition", "account", "qos", "constraint", "exclude", "comment", "folder"):
+        v = getattr(L, k)
+        if v is not None and (not isinstance(v, str) or not v.strip()):
+            raise ConfigError(f"{key}.{k}={v!r} must be a non-empty string or null")
+    if not all(isinstance(line, str) for line in L.setup):
+        raise ConfigError(f"{key}.setup must be a list of shell lines (strings)")
+    reserved = {"array", "dependency", "output", "error", "signal", "job-name", "job_name", "chdir", "open-mode"}
+    for k in L.additional_parameters:
+        if str(k) in reserved:
+            raise ConfigError(f"{key}.additional_parameters.{k} is set by sslprune itself; remove it")
 
 
 # ---------------------------------------------------------------- identity

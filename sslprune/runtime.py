@@ -1,10 +1,22 @@
-"""Where a stage runs: device, threads, and (when several processes run it) its rank."""
+"""Where a stage runs: device, threads, and (when several processes run it) its rank.
+
+`local(run)` is one process. `from_environment(run)` reads the SLURM/submitit environment: with
+more than one task it sets up torch.distributed (gloo on CPU, NCCL on GPU) with a rendezvous
+address and port derived from the job id and its restart count, so every requeue gets a fresh
+rendezvous. `Runtime.sync_batchnorm` makes batch-norm statistics global across ranks, so a
+2-process run matches a 1-process run at the same global batch.
+"""
 from __future__ import annotations
 
+import datetime
 import os
+import random
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 from .config import RunConfig
 
@@ -14,6 +26,7 @@ class Runtime:
     device: torch.device
     rank: int = 0
     world: int = 1
+    group: Optional[Any] = None  # process group for batch-norm statistics (separate from DDP's gradients)
 
     @property
     def is_writer(self) -> bool:
@@ -23,8 +36,20 @@ class Runtime:
     def channels_last(self) -> bool:
         return self.device.type == "cuda"
 
+    def sync_batchnorm(self, net: nn.Module) -> nn.Module:
+        """Batch norm over the global batch (all ranks); a no-op for one process."""
+        if self.world <= 1:
+            return net
+        if self.device.type == "cuda":
+            return nn.SyncBatchNorm.convert_sync_batchnorm(net, process_group=self.group)
+        return GlobalBatchNorm.convert(net, self.group)  # torch's SyncBatchNorm refuses CPU tensors
 
-def local(run: RunConfig) -> Runtime:
+    def close(self) -> None:
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _threads_and_device(run: RunConfig, local_rank: int = 0) -> torch.device:
     if run.threads:
         torch.set_num_threads(run.threads)
     if run.device == "auto":
@@ -34,7 +59,100 @@ def local(run: RunConfig) -> Runtime:
             raise RuntimeError("run.device=cuda but no CUDA device is visible")
         device = torch.device(run.device)
     if device.type == "cuda":
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Runtime(device)
+    return device
+
+
+def local(run: RunConfig) -> Runtime:
+    return Runtime(_threads_and_device(run))
+
+
+def rendezvous_port(job_id: str, restart: int) -> int:
+    """A port from the job id and its restart count: stable across ranks, new after each requeue."""
+    return random.Random(f"{job_id}/{restart}").randint(20000, 60000)
+
+
+def from_environment(run: RunConfig) -> Runtime:
+    """The runtime of a submitit job: one process, or one rank of a multi-task (DDP) job."""
+    import submitit
+
+    env = submitit.JobEnvironment()
+    if env.num_tasks <= 1:
+        return local(run)
+    os.environ["MASTER_PORT"] = str(rendezvous_port(env.job_id, int(os.environ.get("SLURM_RESTART_COUNT", 0))))
+    dist = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    device = _threads_and_device(run, dist.local_rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend, init_method="env://", rank=dist.rank, world_size=dist.world_size,
+                                         timeout=datetime.timedelta(minutes=30),
+                                         **({"device_id": device} if device.type == "cuda" else {}))
+    group = torch.distributed.new_group(backend=backend)
+    return Runtime(device, dist.rank, dist.world_size, group)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks, differentiable: the gradient of a sum is the sum of the gradients."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        x = x.clone()
+        torch.distributed.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class GlobalBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics cover the batches of all ranks (CPU/gloo SyncBatchNorm).
+
+    Mean and variance are computed in two passes over the global batch; running statistics use
+    the global unbiased variance, exactly as one process holding the whole batch would."""
+
+    group = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and torch.distributed.is_initialized()):
+            return super().forward(x)
+        dims = (0, 2, 3)
+        count = torch.tensor([float(x.numel() // x.shape[1])], device=x.device)
+        torch.distributed.all_reduce(count, group=self.group)
+        n = count.item()
+        mean = _AllReduceSum.apply(x.sum(dims), self.group) / n
+        centred = x - mean.view(1, -1, 1, 1)
+        var = _AllReduceSum.apply((centred * centred).sum(dims), self.group) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / max(n - 1, 1), alpha=m)
+                self.num_batches_tracked.add_(1)
+        y = centred * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
+        if self.affine:
+            y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return y
+
+    @classmethod
+    def convert(cls, module: nn.Module, group=None) -> nn.Module:
+        """Replace every BatchNorm2d by a GlobalBatchNorm sharing its parameters and buffers."""
+        if isinstance(module, nn.BatchNorm2d) and not isinstance(module, cls):
+            new = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+            new.group = group
+            if module.affine:
+                new.weight, new.bias = module.weight, module.bias
+            if module.track_running_stats:
+                new.running_mean, new.running_var = module.running_mean, module.running_var
+                new.num_batches_tracked = module.num_batches_tracked
+            new.train(module.training)
+            return new
+        for name, child in module.named_children():
+            module.add_module(name, cls.convert(child, group))
+        return module

@@ -122,6 +122,7 @@ class Stage:
             net = net.to(memory_format=torch.channels_last)
         model = net
         if rt.world > 1:
+            net = model = rt.sync_batchnorm(net)  # batch statistics over the global batch, as in one process
             model = torch.nn.parallel.DistributedDataParallel(
                 net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
         params = s.params(net) if s.params else None

@@ -204,6 +204,9 @@ BAD = {
     "negative-level": (["level=-1"], ["level=-1"]),
     "unknown-model": (["model.name=vgg99"], ["vgg99", *MODELS]),
     "unknown-dataset": (["data.name=mnist2"], ["mnist2", *DATASETS]),
+    "rewind-beyond-training": (["prune.rewind=20ep"], ["prune.rewind=20ep", "beyond"]),
+    "rewind-updates-beyond-training": (["prune.rewind=5000it"], ["prune.rewind=5000it", "beyond"]),
+    "batch-larger-than-data": (["retrain.optim.batch_size=5000"], ["retrain.optim.batch_size=5000", "1438"]),
     # data that is not there fails at the up-front check ({tmp} is the test's own empty folder)
     "empty-data-root": (["experiment=cifar10_resnet18", "data.root={tmp}"], ["{tmp}", "data_batch_1"]),
     "missing-probe-root": (["experiment=imagenet_resnet50", "data.root={tmp}/in", "retrain.data.root={tmp}/in",

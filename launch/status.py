@@ -1,0 +1,43 @@
+"""sslprune-status: per stage kind, done / running / pending / preempted / failed / blocked counts.
+
+    sslprune-status experiment=demo [store=...] [--json]
+
+Takes the same Hydra overrides as the other apps (they select the experiment's stages);
+`--json` is removed from the arguments before Hydra parses them and switches the output to
+one JSON document (the same content as the text view).
+"""
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from launch.compose import CONF_DIR, typed, user_errors
+from sslprune import status
+
+_JSON = False
+
+
+@user_errors
+def execute(cfg: DictConfig) -> None:
+    c = typed(cfg)
+    s = status.collect(c)
+    print(status.dumps(s) if _JSON else status.text(s), flush=True)
+
+
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
+def _main(cfg: DictConfig) -> None:
+    execute(cfg)
+
+
+def main() -> None:
+    global _JSON
+    if "--json" in sys.argv[1:]:
+        _JSON = True
+        sys.argv = [a for a in sys.argv if a != "--json"]
+    _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""What SLURM says about recorded jobs: live state from squeue, finished state from sacct.
+
+squeue answers at once and lists finished jobs for `MinJobAge`; sacct (accounting) knows older
+jobs but lags a second or so behind, so a job seen by neither within GRACE_S of its submission
+counts as pending.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+GRACE_S = 60
+
+RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "RESIZING", "SUSPENDED", "STOPPED"}
+WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "PREEMPTED"}
+LIVE = RUNNING | WAITING
+DEPENDENCY_FAILED = "DependencyNeverSatisfied"
+
+
+@dataclass
+class JobState:
+    state: str  # SLURM state, e.g. PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT
+    reason: str = ""
+    exit_code: str = ""
+    source: str = ""  # squeue | sacct
+
+    @property
+    def live(self) -> bool:
+        return self.source == "squeue" and self.state in LIVE
+
+
+def available() -> bool:
+    return shutil.which("sbatch") is not None and shutil.which("squeue") is not None
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return p.stdout if p.returncode == 0 else ""
+
+
+def _expand(job_id: str) -> list[str]:
+    """'12_[3-5,7%2]' -> ['12_3', '12_4', '12_5', '12_7']; '12_3' and '12' as they are."""
+    m = re.match(r"^(\d+)_\[([^\]]+)\]$", job_id)
+    if not m:
+        return [job_id]
+    base, spec = m.group(1), m.group(2).split("%")[0]
+    out = []
+    for part in spec.split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            out += [f"{base}_{i}" for i in range(int(a), int(b) + 1)]
+        elif part:
+            out.append(f"{base}_{part}")
+    return out
+
+
+def query(job_ids: Iterable[str], since: Optional[float] = None) -> dict[str, JobState]:
+    """State of each job id ('123' or '123_4'); ids SLURM does not know are absent."""
+    wanted = {j for j in job_ids if j}
+    if not wanted:
+        return {}
+    bases = sorted({j.split("_")[0] for j in wanted}, key=int)
+    states: dict[str, JobState] = {}
+    cmd = ["sacct", "-X", "-n", "-P", "-o", "JobID,State,ExitCode,Reason", "-j", ",".join(bases)]
+    if since is not None:
+        cmd += ["-S", time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 3600))]
+    for line in _run(cmd).splitlines():
+        parts = line.split("|")
+        if len(parts) < 4:
+            continue
+        jid, state, code, reason = parts[:4]
+        for j in _expand(jid):
+            states[j] = JobState(state.split()[0], reason, code, "sacct")  # "CANCELLED by 0" -> CANCELLED
+    out = _run(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(bases), "-o", "%i|%T|%r"])
+    if not out:  # one unknown id makes squeue -j fail: ask for all of this user's jobs instead
+        out = _run(["squeue", "-h", "-r", "-t", "all", "--me", "-o", "%i|%T|%r"])
+    for line in out.splitlines():
+        parts = line.split("|")
+        if len(parts) < 3:
+            continue
+        jid, state, reason = parts[:3]
+        for j in _expand(jid):
+            if j.split("_")[0] in bases:
+                old = states.get(j)
+                states[j] = JobState(state, reason, old.exit_code if old and old.state == state else "", "squeue")
+    return {j: s for j, s in states.items() if j in wanted}
+
+
+def cancel(job_ids: Iterable[str]) -> None:
+    ids = [j for j in job_ids if j]
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True, timeout=60)

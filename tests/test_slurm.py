@@ -1,0 +1,254 @@
+"""sslprune on a real SLURM cluster (slurm/local-cluster.sh: one node, accounting): no mock of SLURM.
+
+Run with `pytest -m slurm` (as root: the fixture starts the local cluster); skip with `-m "not slurm"`.
+Jobs are tiny (digits, width 4-8, one core each); the whole file takes a few minutes on 2 cores.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, cli
+
+pytestmark = pytest.mark.slurm
+
+SLURM = ["launcher=slurm_local", "launcher.time_min=20"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cluster():
+    p = subprocess.run(["bash", str(ROOT / "slurm" / "local-cluster.sh"), "start"], capture_output=True, text=True,
+                       timeout=1200)
+    if p.returncode != 0:
+        pytest.fail(f"local SLURM cluster did not start:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+
+
+def tiny(store: Path, *extra: str, signals=("labels", "rotnet"), seeds="[0,1]", levels=1, width=4, epochs=1,
+         quiet=True) -> list[str]:
+    args = [f"store={store}", "experiment=demo", f"seeds={seeds}", f"prune.levels={levels}", f"model.width={width}",
+            "run.threads=1", f"run.quiet={str(quiet).lower()}", "retrain.schemes=[winning_ticket]", f"retrain.optim.epochs={epochs}",
+            "retrain.optim.milestones=[]", f"probe.optim.epochs={epochs}", "probe.optim.milestones=[]"]
+    for s in ("labels", "rotnet"):
+        if s in signals:
+            args += [f"signals.{s}.optim.epochs={epochs}", f"signals.{s}.optim.milestones=[]"]
+        else:
+            args += [f"~signals.{s}"]
+    if "rotnet" not in signals:
+        args += ["probe.signals=[]", f"signal={signals[0]}"]
+    return args + list(extra)
+
+
+def status(args) -> dict:
+    return json.loads(cli("sslprune-status", *args, "--json").stdout)
+
+
+def counts(st: dict, *keys: str) -> dict:
+    return {kind: {k: c[k] for k in keys} for kind, c in st["kinds"].items()}
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 1.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{subprocess.run(['squeue'], capture_output=True, text=True).stdout}")
+
+
+def wait_complete(args, timeout: float = 420) -> dict:
+    return wait_for(lambda: (lambda s: s if s["complete"] else None)(status(args)), timeout, "all stages done", 3)
+
+
+def job_records(store: Path) -> dict[str, dict]:
+    return {str(p.parent): json.loads(p.read_text()) for p in store.rglob("job.json")}
+
+
+def step(stage_dir: Path) -> int:
+    try:
+        return json.loads((stage_dir / "progress.json").read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def sacct_states(job_id: str) -> list[str]:
+    out = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-o", "State", "-j", job_id], capture_output=True,
+                         text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def logs(store: Path, job_id: str) -> str:
+    return "".join(p.read_text() for p in sorted((store / "slurm" / job_id).glob("*_log.out")))
+
+
+def models_equal(a: Path, b: Path, atol: float = 0.0) -> bool:
+    x, y = torch.load(a), torch.load(b)
+    assert x.keys() == y.keys()
+    if atol == 0:
+        return all(torch.equal(x[k], y[k]) for k in x)
+    return all(torch.allclose(x[k].double(), y[k].double(), atol=atol, rtol=0) for k in x)
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_demo_through_arrays_matches_local_run(tmp_path):
+    """2 seeds x 2 signals x 2 levels + re-training + probes: 20 stages as 10 arrays with dependencies."""
+    args = tiny(tmp_path / "slurm")
+    local_args = tiny(tmp_path / "local", "run.workers=1")
+    p = cli("sslprune-run", *args, *SLURM)
+    assert f"store {tmp_path / 'slurm'}" in p.stdout
+    assert "submitted 20 stage(s) in 10 array(s)" in p.stdout, p.stdout
+    assert len(re.findall(r"job \d+", p.stdout)) >= 10
+    recs = job_records(tmp_path / "slurm")
+    assert len(recs) == 20
+    by = {(r["stage"]): r for r in recs.values()}
+    imp0 = by["imp labels seed=0 level=0"]
+    assert by["imp labels seed=1 level=0"]["array_job_id"] == imp0["array_job_id"]  # seeds are one array
+    assert by["imp labels seed=0 level=1"]["dependency"] == f"aftercorr:{imp0['array_job_id']}"
+    assert by["retrain labels winning_ticket seed=0 level=0"]["dependency"] == f"aftercorr:{imp0['array_job_id']}"
+    st = status(args)  # right after submission: children wait on their parents' arrays
+    c = st["kinds"]
+    assert {k: c[k]["total"] for k in c} == {"imp": 8, "retrain": 8, "probe": 4}
+    assert sum(c[k]["pending"] + c[k]["running"] + c[k]["done"] + c[k]["preempted"] for k in c) == 20
+    assert sum(c[k]["pending"] for k in c) > 0 and sum(c[k]["failed"] + c[k]["blocked"] for k in c) == 0
+    # The reference, on the same 2 cores, while the cluster works.
+    local = subprocess.Popen(["sslprune-run", *local_args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        # Re-running while jobs are pending or running submits nothing and changes no record.
+        again = cli("sslprune-run", *args, *SLURM)
+        assert "nothing to submit" in again.stdout, again.stdout
+        assert job_records(tmp_path / "slurm") == recs
+        final = wait_complete(args)
+        assert counts(final, "done") == {"imp": {"done": 8}, "retrain": {"done": 8}, "probe": {"done": 4}}
+    finally:
+        out, _ = local.communicate(timeout=600)
+    assert local.returncode == 0, out[-3000:]
+    cli("sslprune-report", *args)
+    slurm_csv = (tmp_path / "slurm" / "reports" / "demo" / "results.csv").read_text()
+    local_csv = (tmp_path / "local" / "reports" / "demo" / "results.csv").read_text()
+    assert slurm_csv == local_csv
+    # Every job ran the code snapshot taken at submission, not the checkout.
+    log = logs(tmp_path / "slurm", imp0["job_id"])
+    assert f"code {tmp_path / 'slurm' / 'code'}" in log, log[-2000:]
+
+
+def test_requeue_preemption_and_cancel_resume_to_the_same_result(tmp_path):
+    """One job: `scontrol requeue`, then USR2 (preemption/time limit), then scancel and re-submission."""
+    common = ["signals.labels.optim.batch_size=32", "run.log_every=10", "retrain.schemes=[]"]
+    args = tiny(tmp_path / "slurm", *common, signals=("labels",), seeds="[0]", levels=0, width=8, epochs=50,
+                quiet=False)
+    ref_args = tiny(tmp_path / "local", *common, signals=("labels",), seeds="[0]", levels=0, width=8, epochs=50,
+                quiet=False)
+    cli("sslprune-run", *args, *SLURM)
+    (rec_path,) = (tmp_path / "slurm").rglob("job.json")
+    d, job = rec_path.parent, json.loads(rec_path.read_text())["job_id"]
+    reference = subprocess.Popen(["sslprune-run", *ref_args], cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+    try:
+        total = 50 * (1437 // 32)
+        wait_for(lambda: step(d) >= 20, 300, "the job to start training")
+        st = status(args)
+        assert counts(st, "running", "pending", "done") == {"imp": {"running": 1, "pending": 0, "done": 0}}
+        (r,) = st["running"]
+        assert r["job_id"] == job and r["total"] == total and r["step"] >= 20
+        assert {"loss", "acc", "lr"} <= set(r["latest"]) and "acc" in r["best"]
+        s = step(d)
+        wait_for(lambda: step(d) >= s + 100, 300, "100 more steps")
+        assert not (d / "result.json").exists()
+        subprocess.run(["scontrol", "requeue", job], check=True)  # external: no checkpoint() call
+        wait_for(lambda: "preempted" if status(args)["kinds"]["imp"]["preempted"] == 1 else None, 30,
+                 "status to show the requeued job as preempted", 0.5)
+        s = step(d)
+        wait_for(lambda: step(d) >= s + 150, 300, "150 steps after the requeue")
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)  # what SLURM sends before the time limit
+        s = step(d)
+        wait_for(lambda: step(d) >= s + 150, 300, "150 steps after the USR2 requeue")
+        assert not (d / "result.json").exists()
+        subprocess.run(["scancel", job], check=True)
+        st = wait_for(lambda: (lambda s: s if s["kinds"]["imp"]["failed"] == 1 else None)(status(args)), 60,
+                      "status to show the cancelled job as failed")
+        assert st["problems"][0]["job_id"] == job
+        again = cli("sslprune-run", *args, *SLURM)  # re-submission resumes from the checkpoint
+        assert "submitted 1 stage(s)" in again.stdout, again.stdout
+        new_job = json.loads(rec_path.read_text())["job_id"]
+        assert new_job != job
+        wait_complete(args, 300)
+    finally:
+        out, _ = reference.communicate(timeout=600)
+    assert reference.returncode == 0, out[-3000:]
+    resumed = [int(s) for s in re.findall(r"resumed from .*checkpoint\.pt at step (\d+)/", logs(tmp_path / "slurm", job)
+                                          + logs(tmp_path / "slurm", new_job))]
+    assert len(resumed) == 3 and 0 < resumed[0] < resumed[1] < resumed[2] < total, resumed
+    assert sacct_states(job).count("REQUEUED") == 2
+    (ref_dir,) = [p.parent for p in (tmp_path / "local").rglob("result.json")]
+    assert models_equal(d / "model.pt", ref_dir / "model.pt")
+    assert json.loads((d / "result.json").read_text())["accuracy"] == \
+        json.loads((ref_dir / "result.json").read_text())["accuracy"]
+
+
+def test_failure_is_retried_then_only_the_failed_part_is_resubmitted(tmp_path):
+    base = tiny(tmp_path, signals=("labels",), seeds="[0]")
+    cli("sslprune-run", *[a for a in base if not a.startswith("prune.levels")], "prune.levels=0")  # level 0 here
+    # run.device is not identity and is only checked where the job runs: every try of level 1 crashes.
+    p = cli("sslprune-run", *base, *SLURM, "run.device=cuda", "launcher.max_retries=1")
+    assert "submitted 2 stage(s)" in p.stdout, p.stdout
+    recs = {r["stage"]: r for r in job_records(tmp_path).values()}
+    failing = recs["imp labels seed=0 level=1"]["job_id"]
+    st = wait_for(lambda: (lambda s: s if s["kinds"]["imp"]["failed"] == 1 and s["kinds"]["retrain"]["blocked"] == 1
+                           else None)(status(base)), 180, "the failure and the blocked child")
+    assert counts(st, "done", "failed", "blocked", "pending", "running") == {
+        "imp": {"done": 1, "failed": 1, "blocked": 0, "pending": 0, "running": 0},
+        "retrain": {"done": 1, "failed": 0, "blocked": 1, "pending": 0, "running": 0}}
+    blocked = [x for x in st["problems"] if x["state"] == "blocked"]
+    assert blocked[0]["blocked_by"] == "imp labels seed=0 level=1"
+    text = cli("sslprune-status", *base).stdout
+    assert "blocked by imp labels seed=0 level=1" in text and "FAILED" in text
+    # The crash was retried once (a requeue of the same job), then the job failed for good.
+    time.sleep(2)
+    assert sacct_states(failing) == ["REQUEUED", "FAILED"]
+    assert "retry 1/1" in logs(tmp_path, failing)
+    # Fixed and re-run: only the failed stage and the one it blocked are submitted.
+    again = cli("sslprune-run", *base, *SLURM)
+    assert "submitted 2 stage(s) in 2 array(s)" in again.stdout, again.stdout
+    new = {r["stage"]: r for r in job_records(tmp_path).values()}
+    assert set(new) == {"imp labels seed=0 level=1", "retrain labels winning_ticket seed=0 level=1"}
+    assert new["imp labels seed=0 level=1"]["history"] == [failing]
+    final = wait_complete(base, 240)
+    assert counts(final, "done") == {"imp": {"done": 2}, "retrain": {"done": 2}}
+
+
+def test_two_task_ddp_job_matches_one_process(tmp_path):
+    args = tiny(tmp_path / "ddp", "retrain.schemes=[]", "run.log_every=5", signals=("labels",), seeds="[0]",
+                levels=0, epochs=2)
+    ref = tiny(tmp_path / "one", "retrain.schemes=[]", signals=("labels",), seeds="[0]", levels=0, epochs=2)
+    cli("sslprune-run", *args, *SLURM, "launcher.tasks_per_node=2")
+    cli("sslprune-run", *ref)
+    wait_complete(args, 240)
+    (a,) = (tmp_path / "ddp").rglob("result.json")
+    (b,) = (tmp_path / "one").rglob("result.json")
+    job = json.loads((a.parent / "job.json").read_text())["job_id"]
+    log = logs(tmp_path / "ddp", job)
+    assert "rank 0/2" in log and "rank 1/2" in log
+    assert models_equal(a.parent / "model.pt", b.parent / "model.pt", atol=1e-5)
+    ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    assert ra["accuracy"] == rb["accuracy"] and ra["count"] == rb["count"]
+    assert abs(ra["loss"] - rb["loss"]) < 1e-5
+
+
+def test_stage_multirun_with_stock_submitit_launcher_is_one_array(tmp_path):
+    args = tiny(tmp_path, levels=0)
+    p = cli("sslprune-imp", "-m", *[a for a in args if not a.startswith("seeds=")], "signal=rotnet,labels",
+            "seed=0,1", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug",
+            "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10")
+    done = sorted(tmp_path.rglob("level_0/result.json"))
+    assert len(done) == 4, p.stdout[-3000:]
+    tasks = [d.name for d in tmp_path.glob("multirun/*/.submitit/*") if re.fullmatch(r"\d+_\d+", d.name)]
+    assert len(tasks) == 4 and len({t.split("_")[0] for t in tasks}) == 1, tasks
