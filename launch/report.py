@@ -5,7 +5,7 @@ import hydra
 from omegaconf import DictConfig
 
 from launch.compose import CONF_DIR, typed, user_errors
-from sslprune import report
+from sslprune import dashboard, report
 
 
 @user_errors
@@ -14,6 +14,8 @@ def execute(cfg: DictConfig) -> None:
     out, summary = report.write(c)
     print(report.markdown(summary), flush=True)
     print(f"[sslprune] report written to {out}", flush=True)
+    if (rid := dashboard.publish(c)) is not None:
+        print(f"[sslprune] W&B summary run {c.wandb.project}/{rid} updated", flush=True)
 
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")

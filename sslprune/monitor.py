@@ -59,4 +59,10 @@ class Monitor:
 def open_for(stage, rt) -> Monitor:
     if not rt.is_writer:
         return Monitor([])
-    return Monitor([ProgressFile(stage.dir / PROGRESS)])
+    observers = [ProgressFile(stage.dir / PROGRESS)]
+    from . import dashboard  # cheap: imports wandb only when W&B is enabled
+
+    wandb_run = dashboard.observer(stage)
+    if wandb_run is not None:
+        observers.append(wandb_run)
+    return Monitor(observers)

@@ -13,6 +13,9 @@ from sslprune.config import Config, DataConfig, ModelConfig, OptimConfig, ProbeC
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Tests never log to W&B, whatever the developer's credentials (tests/test_wandb.py sets its own env).
+os.environ["WANDB_MODE"] = "disabled"
+
 
 def tiny_optim(epochs: int = 2, **kw) -> OptimConfig:
     return OptimConfig(**{"optimizer": "sgd", "lr": 0.05, "batch_size": 128, "epochs": epochs, **kw})

@@ -1,0 +1,36 @@
+"""sslprune-sync: upload an experiment's offline W&B runs (finished and in progress) to the W&B server.
+
+    sslprune-sync experiment=<name> store=<store> [the overrides the experiment ran with]
+
+Run it from a machine that reaches the W&B server (a login node) and is logged in (`wandb login`).
+Safe to re-run: finished runs already uploaded are skipped, runs that grew since are uploaded again.
+Exits 1, naming the runs left to upload, when some could not be uploaded.
+"""
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from launch.compose import CONF_DIR, typed, user_errors
+from sslprune import upload
+
+
+@user_errors
+def execute(cfg: DictConfig) -> dict:
+    c = typed(cfg)
+    try:
+        return upload.sync(c)
+    except upload.SyncError as e:
+        print(f"sslprune-sync: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig) -> None:
+    execute(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,437 @@
+"""W&B mirror of the store: one W&B run per stage, one summary run per experiment.
+
+The store stays the source of truth; nothing here may fail a training job (every error is
+caught and reported once, then W&B is left alone for that stage). `wandb` is imported only
+when W&B is enabled.
+
+- Mode. `wandb.mode=auto` resolves once per process: WANDB_MODE if set, else online when W&B
+  credentials are configured, else disabled with one line saying so.
+- Run ids. A stage's W&B run id is a hash of the store's token (`<store>/.wandb_id`, created
+  once, so two stores of the same experiment never share runs, and a moved store keeps its
+  ids) and the stage directory relative to the store (which encodes config hash, seed, level,
+  scheme or probe). A requeued or re-run stage therefore resumes its W&B run (resume="allow").
+- Steps. Rows are logged at the training step. A resumed stage restarts from its checkpoint,
+  which may be behind what was already logged (kill -9): steps at or below the last step the
+  run already holds (the server's step when resuming online; offline, the last step in the
+  earlier attempts' `.wandb` files, read with wandb's own reader) are skipped, so the history
+  appends and never rewinds. wandb-core writes an offline run's file every
+  `wandb.flush_seconds`: a kill -9 loses at most that much of the curves (never the store's data).
+- Scale. Online start-up of SLURM array task i waits (i * stagger) % stagger_max seconds
+  (first stage of a process only); an online init that fails or times out (wandb.init_timeout)
+  falls back to offline (wandb.fallback) for the rest of the process.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from . import checkpoint
+from .config import Config, WandbConfig
+
+STORE_TOKEN = ".wandb_id"
+_process: dict = {"noted": False, "staggered": False, "fallback": None}
+
+
+def _say(text: str) -> None:
+    print(f"[sslprune] {text}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- mode
+
+
+def has_credentials() -> bool:
+    """Whether wandb would find an API key without prompting (env, .netrc or wandb settings)."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    try:
+        from wandb.sdk import wandb_setup
+        from wandb.sdk.lib import wbauth
+
+        host = wandb_setup.singleton().settings.base_url
+        return wbauth.authenticate_session(host=host, source="sslprune", prompt=False,
+                                           update_session=False) is not None
+    except ImportError:  # wandb moved its private API: fall back to the .netrc entry for the host
+        import netrc
+        from urllib.parse import urlsplit
+
+        host = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+        try:
+            return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+        except (OSError, netrc.NetrcParseError):
+            return False
+    except Exception:  # a malformed key is still "configured": wandb.init will say what is wrong
+        return True
+
+
+def resolve(w: WandbConfig) -> str:
+    """online, offline or disabled, for this process."""
+    if _process["fallback"] and w.mode in ("auto", "online"):
+        return _process["fallback"]
+    if w.mode != "auto":
+        return w.mode
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env in ("online", "offline", "disabled"):
+        return env
+    if env in ("dryrun", "run"):
+        return {"dryrun": "offline", "run": "online"}[env]
+    if os.environ.get("WANDB_DISABLED", "").strip().lower() in ("1", "true", "yes"):
+        return "disabled"
+    if _process.get("auto") is None:  # decided once per process
+        _process["auto"] = "online" if has_credentials() else "disabled"
+    if _process["auto"] == "online":
+        return "online"
+    if not _process["noted"]:
+        _process["noted"] = True
+        _say("W&B disabled: no W&B credentials configured (WANDB_API_KEY, ~/.netrc or `wandb login`). "
+             "Use wandb=offline to log locally and upload later with sslprune-sync, or wandb=disabled "
+             "to silence this line.")
+    return "disabled"
+
+
+# ---------------------------------------------------------------- identity
+
+
+def store_token(store: Path) -> str:
+    """A random token naming this store, created once (atomically: many jobs may race to create it)."""
+    path = Path(store) / STORE_TOKEN
+    for _ in range(50):
+        try:
+            text = path.read_text().strip()
+            if text:
+                return text
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{STORE_TOKEN}.{os.getpid()}.{secrets.token_hex(4)}")
+            tmp.write_text(secrets.token_hex(8) + "\n")
+            try:
+                os.link(tmp, path)  # fails if another job created it first; then read theirs
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+            continue
+        time.sleep(0.1)
+    raise RuntimeError(f"{path} exists but stays empty")
+
+
+def run_id(store: Path, what: str, kind: str) -> str:
+    """A W&B run id derived from the store and what the run mirrors (a path inside the store)."""
+    h = hashlib.sha256(f"{store_token(store)}/{what}".encode()).hexdigest()[:20]
+    return f"{re.sub(r'[^a-z0-9]+', '', kind.lower())[:8] or 'run'}-{h}"
+
+
+def stage_path(stage) -> str:
+    return Path(stage.dir).relative_to(stage.store).as_posix()
+
+
+def remaining(stage) -> Optional[float]:
+    """Fraction of weights remaining under the stage's mask (a probe uses its IMP level's)."""
+    for d in (stage.dir, *(p.dir for p in stage.parents() if stage.kind == "probe")):
+        f = Path(d) / "sparsity_report.json"
+        if f.exists():
+            try:
+                return float(checkpoint.read_json(f)["global"]["density"])
+            except (OSError, KeyError, ValueError, TypeError):
+                return None
+    return None
+
+
+def evaluation(stage) -> str:
+    return {"imp": "pretext", "retrain": getattr(stage, "scheme", ""),
+            "probe": f"probe:{getattr(getattr(stage, 'data', None), 'name', '')}"}.get(stage.kind, stage.kind)
+
+
+def describe(stage) -> dict:
+    """The fields that identify a stage (these override the stage-app selectors of the config)."""
+    return {"experiment": stage.cfg.experiment, "kind": stage.kind, "signal": stage.signal,
+            "signal_task": stage.cfg.signals[stage.signal].task.name, "seed": stage.seed, "level": stage.level,
+            "remaining": remaining(stage), "evaluation": evaluation(stage),
+            "scheme": getattr(stage, "scheme", None),
+            "probe_dataset": stage.data.name if stage.kind == "probe" else None,
+            "stage_dir": stage_path(stage), "store": str(stage.store)}
+
+
+def run_name(stage) -> str:
+    what = {"retrain": f"retrain {stage.signal} {getattr(stage, 'scheme', '')}",
+            "probe": f"{evaluation(stage)} {stage.signal}"}.get(stage.kind, f"{stage.kind} {stage.signal}")
+    return f"{what} s{stage.seed} L{stage.level}"
+
+
+# ---------------------------------------------------------------- runs
+
+
+def last_step(where: Path, rid: str, current: Path) -> int:
+    """The last history step in earlier offline attempts of run `rid` under `where` (-1 if none)."""
+    import json
+    import subprocess
+
+    last = -1
+    for d in sorted(where.glob(f"wandb/offline-run-*-{rid}")):
+        if d == current or d in current.parents:
+            continue
+        cli = Path(sys.executable).with_name("wandb")
+        try:
+            out = subprocess.run([str(cli) if cli.exists() else "wandb", "leet", "inspect", "--summary", "--json",
+                                  str(d)], capture_output=True, text=True, timeout=60, cwd=d).stdout
+            step = json.loads(out).get("step")
+        except (OSError, ValueError, subprocess.SubprocessError):
+            continue
+        if isinstance(step, int):
+            last = max(last, step)
+    return last
+
+
+def stagger_delay(w: WandbConfig, env=os.environ) -> float:
+    """Seconds SLURM array task i waits before going online: (i * stagger) % stagger_max."""
+    try:
+        task = int(env.get("SLURM_ARRAY_TASK_ID", "")) - int(env.get("SLURM_ARRAY_TASK_MIN", "0") or 0)
+    except ValueError:
+        return 0.0
+    if w.stagger <= 0 or w.stagger_max <= 0 or task <= 0:
+        return 0.0
+    return (task * w.stagger) % w.stagger_max
+
+
+def _stagger(w: WandbConfig) -> None:
+    """Spread the online start-up of a SLURM array over time (first W&B run of a process only)."""
+    if not _process["staggered"]:
+        _process["staggered"] = True
+        time.sleep(stagger_delay(w))
+
+
+def open_run(cfg: Config, mode: str, *, run_id: str, dir: Path, name: str, job_type: str, config: dict):
+    """wandb.init with our settings; online failures fall back (wandb.fallback) for the whole process."""
+    import wandb
+
+    w = cfg.wandb
+    dir.mkdir(parents=True, exist_ok=True)
+
+    def init(m: str):
+        settings = wandb.Settings(init_timeout=w.init_timeout, x_service_wait=w.service_wait, console="off",
+                                  silent=True, disable_git=True, save_code=False,
+                                  x_disable_stats=not w.system_metrics,
+                                  x_transaction_log_flush_interval=w.flush_seconds)
+        return wandb.init(project=w.project, entity=w.entity, group=w.group or cfg.experiment, job_type=job_type,
+                          name=name, id=run_id, resume="allow", config=config, tags=list(w.tags) or None,
+                          dir=str(dir), mode=m, settings=settings, reinit="create_new")
+
+    if mode != "online":
+        return init(mode)
+    _stagger(w)
+    try:
+        return init("online")
+    except Exception as e:
+        fallback = w.fallback
+        _process["fallback"] = fallback
+        try:
+            wandb.teardown()  # the failed run keeps its id registered in the service otherwise
+        except Exception:
+            pass
+        _say(f"W&B online start-up failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+             f"going on with wandb.mode={fallback} for the rest of this process"
+             + (" (upload later with sslprune-sync)" if fallback == "offline" else ""))
+        if fallback == "offline":
+            return init("offline")
+        return None
+
+
+class StageRun:
+    """Observer mirroring one stage to one W&B run (opened lazily at the first logged metrics)."""
+
+    def __init__(self, stage, mode: str):
+        self.stage, self.mode = stage, mode
+        self.run = None
+        self.broken = False
+        self.total = 0
+        self.floor = 0  # the first step this attempt may log (see _open)
+
+    def _guard(self, what: str, fn) -> None:
+        if self.broken:
+            return
+        try:
+            fn()
+        except Exception as e:
+            self.broken = True
+            _say(f"W&B {what} failed for {self.stage.label} ({type(e).__name__}: {e}); "
+                 "training goes on without W&B for this stage (the store has everything)")
+            try:
+                if self.run is not None:
+                    self.run.finish(exit_code=1)
+            except Exception:
+                pass
+
+    def _open(self) -> None:
+        if self.run is not None:
+            return
+        stage = self.stage
+        config = dataclasses.asdict(stage.cfg)
+        config.update(describe(stage))
+        self.run = open_run(stage.cfg, self.mode, run_id=run_id(stage.store, stage_path(stage), stage.kind), dir=Path(stage.dir),
+                            name=run_name(stage), job_type=stage.kind, config=config)
+        if self.run is None:
+            self.broken = True
+            return
+        r = self.run
+        # Resumed: log only after what the run already holds (online the server says; offline, earlier attempts).
+        self.floor = max(int(getattr(r, "step", 0) or 0), last_step(Path(stage.dir), r.id, Path(r.dir)) + 1)
+        r.define_metric("trainer/step")
+        r.define_metric("train/*", step_metric="trainer/step")
+        r.define_metric("train/acc", step_metric="trainer/step", summary="max,last")
+        r.define_metric("train/loss", step_metric="trainer/step", summary="min,last")
+        # Final metrics against sparsity: one point per stage run, so runs of a chain (or a group of
+        # seeds) draw accuracy-vs-remaining curves with x = `remaining`.
+        r.define_metric("remaining")
+        r.define_metric("eval/*", step_metric="remaining")
+
+    def log(self, step: int, total: int, metrics: dict) -> None:
+        self.total = total
+
+        def go():
+            self._open()
+            if self.run is None or step < self.floor:
+                return
+            m = metrics
+            row = {"trainer/step": step, "train/epoch": m.get("epoch"), "train/loss": m.get("loss"),
+                   "train/acc": m.get("acc"), "train/lr": m.get("lr"), "train/throughput": m.get("ips"),
+                   "train/progress": step / total if total else None}
+            self.run.log({k: v for k, v in row.items() if v is not None}, step=step)
+            self.floor = step + 1
+        self._guard("logging", go)
+
+    def finish(self, result: dict) -> None:
+        def go():
+            self._open()
+            if self.run is None:
+                return
+            r = self.run
+            rem = result.get("remaining")
+            row = {"remaining": rem, "eval/accuracy": result.get("accuracy"), "eval/loss": result.get("loss"),
+                   "eval/level": result.get("level")}
+            r.log({k: v for k, v in row.items() if v is not None},
+                  step=max(int(result.get("steps") or self.total or 0), self.floor))
+            keep = ("accuracy", "loss", "count", "remaining", "evaluation", "level", "seed", "kind", "steps",
+                    "start_step", "seconds")
+            r.summary.update({k: result[k] for k in keep if k in result})
+            r.summary["status"] = "done"
+            r.finish(exit_code=0)
+            self.run = None
+        self._guard("finish", go)
+
+    def fail(self, error: BaseException) -> None:
+        from .trainer import Interrupted
+
+        def go():
+            self._open()
+            if self.run is None:
+                return
+            r = self.run
+            if isinstance(error, Interrupted):
+                r.summary["status"] = f"interrupted at step {error.step} (resumes from its checkpoint)"
+                r.mark_preempting()
+            else:
+                r.summary["status"] = "failed"
+                r.summary["error"] = f"{type(error).__name__}: {error}"[:1000]
+            r.finish(exit_code=1)
+            self.run = None
+        self._guard("failure report", go)
+
+
+def observer(stage) -> Optional[StageRun]:
+    """The W&B observer of a stage, or None when W&B is disabled (nothing imported, nothing written)."""
+    try:
+        mode = resolve(stage.cfg.wandb)
+    except Exception as e:  # never fail training
+        _say(f"W&B disabled: could not resolve wandb.mode ({e})")
+        return None
+    return None if mode == "disabled" else StageRun(stage, mode)
+
+
+# ---------------------------------------------------------------- summary run
+
+
+def report_dir(cfg: Config) -> Path:
+    return Path(cfg.store) / "reports" / cfg.experiment
+
+
+def publish(cfg: Config) -> Optional[str]:
+    """Log the experiment's summary run (tidy results, summary, accuracy-vs-remaining charts).
+
+    The run id is derived from the store and experiment, so every sslprune-report updates the same
+    run. Returns the run's id, or None when W&B is disabled or failed (a warning says why)."""
+    try:
+        mode = resolve(cfg.wandb)
+        if mode == "disabled":
+            return None
+        return _publish(cfg, mode)
+    except Exception as e:
+        _say(f"W&B summary run failed ({type(e).__name__}: {e}); the report in {report_dir(cfg)} is complete")
+        return None
+
+
+def _publish(cfg: Config, mode: str) -> Optional[str]:
+    import wandb
+
+    from . import report
+
+    results = report.rows(cfg)
+    summary = report.summarize(results)
+    config = dataclasses.asdict(cfg)
+    config.update({"kind": "report", "store": str(cfg.store)})
+    run = open_run(cfg, mode, run_id=run_id(Path(cfg.store), f"reports/{cfg.experiment}", "report"), dir=report_dir(cfg),
+                   name=f"report {cfg.experiment}", job_type="report", config=config)
+    if run is None:
+        return None
+    try:
+        rows = [[r[c] for c in report.COLUMNS] for r in results]
+        cols = report.SUMMARY + ["lo", "hi"]
+        srows = []
+        for s in summary:
+            se = s["stderr"] or 0.0
+            srows.append([s[c] for c in report.SUMMARY] + [s["mean"] - se, s["mean"] + se])
+        data = {"results": wandb.Table(columns=report.COLUMNS, data=rows),
+                "summary": wandb.Table(columns=cols, data=srows)}
+        lines: dict = {}
+        for s in summary:
+            lines.setdefault((s["signal"], s["evaluation"]), []).append(s)
+        if lines:
+            keys, xs, ys = [], [], []
+            for (signal, ev), pts in sorted(lines.items()):
+                pts.sort(key=lambda p: -p["remaining"])
+                keys.append(f"{signal} / {ev}")
+                xs.append([100 * p["remaining"] for p in pts])
+                ys.append([100 * p["mean"] for p in pts])
+            data["charts/accuracy_vs_remaining"] = wandb.plot.line_series(
+                xs=xs, ys=ys, keys=keys, title=f"{cfg.experiment}: accuracy (mean over seeds) vs weights remaining",
+                xname="weights remaining (%)")
+            # One chart per evaluation (pretext, each re-training start, each probe): mean and mean ± s.e. per signal.
+            for ev in sorted({e for _, e in lines}):
+                keys, xs, ys = [], [], []
+                for (signal, e), pts in sorted(lines.items()):
+                    if e != ev:
+                        continue
+                    x = [100 * p["remaining"] for p in pts]
+                    for label, f in (("mean", lambda p: p["mean"]),
+                                     ("mean-se", lambda p: p["mean"] - (p["stderr"] or 0.0)),
+                                     ("mean+se", lambda p: p["mean"] + (p["stderr"] or 0.0))):
+                        keys.append(f"{signal} {label}")
+                        xs.append(x)
+                        ys.append([100 * f(p) for p in pts])
+                data[f"charts/{re.sub(r'[^A-Za-z0-9_.-]+', '_', ev)}"] = wandb.plot.line_series(
+                    xs=xs, ys=ys, keys=keys, title=f"{cfg.experiment}: {ev} accuracy (%) vs weights remaining (%)",
+                    xname="weights remaining (%)")
+        # A wall-clock step: always above what an earlier report logged, also across offline segments.
+        run.log(data, step=max(int(getattr(run, "step", 0) or 0), int(time.time())))
+        run.summary.update({"stages_done": len(results), "points": len(summary)})
+        rid = run.id
+        run.finish(exit_code=0)
+        return rid
+    except BaseException:
+        run.finish(exit_code=1)
+        raise
