@@ -9,10 +9,7 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from sslprune.config import Config, ConfigError, validate
-from sslprune.dataset import DataMissing
-from sslprune.stage import MissingInput
-from sslprune.trainer import NonFiniteLoss
+from sslprune.config import Config, ConfigError, validate  # torch-free: config errors come back at once
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -28,16 +25,30 @@ def typed(cfg: DictConfig) -> Config:
 
 
 def user_errors(fn):
-    """Report bad input as one clear line on stderr and exit 2, instead of a traceback."""
+    """Report bad input as one clear line on stderr and exit 2, instead of a traceback.
+
+    The library (and torch) is imported only once the config is known to be valid, so a typo
+    on the command line is answered in a fraction of a second."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, DataMissing, MissingInput) as e:
-            print(f"sslprune: error: {e}", file=sys.stderr, flush=True)
-            sys.exit(2)
-        except NonFiniteLoss as e:
-            print(f"sslprune: training diverged: {e}", file=sys.stderr, flush=True)
-            sys.exit(1)
+        except ConfigError as e:
+            _fail(f"sslprune: error: {e}", 2)
+        except Exception as e:
+            from sslprune.dataset import DataMissing
+            from sslprune.stage import MissingInput
+            from sslprune.trainer import NonFiniteLoss
+
+            if isinstance(e, (DataMissing, MissingInput)):
+                _fail(f"sslprune: error: {e}", 2)
+            if isinstance(e, NonFiniteLoss):
+                _fail(f"sslprune: training diverged: {e}", 1)
+            raise
     return wrapper
+
+
+def _fail(message: str, code: int) -> None:
+    print(message, file=sys.stderr, flush=True)
+    sys.exit(code)

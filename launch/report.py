@@ -5,17 +5,22 @@ import hydra
 from omegaconf import DictConfig
 
 from launch.compose import CONF_DIR, typed, user_errors
-from sslprune import dashboard, report
 
 
-@user_errors
-def execute(cfg: DictConfig) -> None:
-    c = typed(cfg)
+def publish(c) -> None:
+    """Write the report files, print the summary table, update the W&B summary run (if enabled)."""
+    from sslprune import dashboard, report
+
     out, summary = report.write(c)
     print(report.markdown(summary), flush=True)
     print(f"[sslprune] report written to {out}", flush=True)
     if (rid := dashboard.publish(c)) is not None:
         print(f"[sslprune] W&B summary run {c.wandb.project}/{rid} updated", flush=True)
+
+
+@user_errors
+def execute(cfg: DictConfig) -> None:
+    publish(typed(cfg))
 
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")

@@ -5,12 +5,13 @@ import hydra
 from omegaconf import DictConfig
 
 from launch.compose import CONF_DIR, typed, user_errors
-from sslprune import pipeline, report
+from launch.report import publish
 
 
 @user_errors
 def execute(cfg: DictConfig) -> None:
     c = typed(cfg)
+    from sslprune import pipeline
     if c.launcher.name == "slurm":  # submit and return at once (sslprune-status, then sslprune-report)
         from sslprune import submission
 
@@ -24,13 +25,7 @@ def execute(cfg: DictConfig) -> None:
         submission.run_submitit_local(c)
     else:
         pipeline.run_local(c)
-    out, summary = report.write(c)
-    print(report.markdown(summary), flush=True)
-    print(f"[sslprune] report written to {out}", flush=True)
-    from sslprune import dashboard  # W&B summary run (no-op when W&B is disabled)
-
-    if (rid := dashboard.publish(c)) is not None:
-        print(f"[sslprune] W&B summary run {c.wandb.project}/{rid} updated", flush=True)
+    publish(c)
 
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")

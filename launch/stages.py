@@ -11,10 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from launch.compose import CONF_DIR, typed, user_errors
-from sslprune import pipeline
 from sslprune.config import Config, ConfigError
-from sslprune.runtime import local
-from sslprune.stage import ImpLevel, Probe, Retrain
 
 
 def _levels(c: Config) -> list[int]:
@@ -22,6 +19,8 @@ def _levels(c: Config) -> list[int]:
 
 
 def plan(kind: str, c: Config) -> list:
+    from sslprune.stage import ImpLevel, Probe, Retrain
+
     if kind == "train":
         return [ImpLevel(c, c.signal, c.seed, 0)]
     if kind == "imp":
@@ -34,10 +33,13 @@ def plan(kind: str, c: Config) -> list:
 @user_errors
 def execute(kind: str, cfg: DictConfig) -> list[dict]:
     c = typed(cfg)
-    todo = plan(kind, c)
+    from sslprune import pipeline
+    from sslprune.runtime import local
+
     if kind == "probe" and not c.probe.datasets:
         raise ConfigError("probe.datasets is empty: nothing to probe on")
     pipeline.check_inputs(c)
+    todo = plan(kind, c)
     # A single-level request needs its parent already done (a chain request produces its own parents).
     todo[0].require_parents()
     rt = local(c.run)

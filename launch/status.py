@@ -14,7 +14,6 @@ import hydra
 from omegaconf import DictConfig
 
 from launch.compose import CONF_DIR, typed, user_errors
-from sslprune import status
 
 _JSON = False
 
@@ -22,6 +21,8 @@ _JSON = False
 @user_errors
 def execute(cfg: DictConfig) -> None:
     c = typed(cfg)
+    from sslprune import status
+
     s = status.collect(c)
     print(status.dumps(s) if _JSON else status.text(s), flush=True)
 

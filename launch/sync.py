@@ -14,12 +14,13 @@ import hydra
 from omegaconf import DictConfig
 
 from launch.compose import CONF_DIR, typed, user_errors
-from sslprune import upload
 
 
 @user_errors
 def execute(cfg: DictConfig) -> dict:
     c = typed(cfg)
+    from sslprune import upload
+
     try:
         return upload.sync(c)
     except upload.SyncError as e:
