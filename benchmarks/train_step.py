@@ -8,10 +8,15 @@ What it measures (images/s of loader images, warm-up excluded, same process, sam
   dense      the real `sslprune.trainer.fit` (MemoryLoader, the real task, OptimConfig, Progress)
              with an empty mask `{}`.
   masked     the same with a real global-magnitude mask of ~20% density (mask.magnitude).
-The project side is timed from a step hook: the clock starts at the hook of step `warmup` and
-stops at the hook fit() calls after the last step (which follows its end-of-run log and finite
-check, but precedes the final checkpoint save). Each repetition runs the three in a rotated order
-on a freshly built model; the table shows medians (and min/max) over repetitions.
+Both sides run warmup + steps + 1 steps and time the `steps` steps after the warm-up: the project
+side from its step hooks (Fit.hooks run at the start of every step) at steps `warmup` and
+`warmup + steps`, so fit()'s per-step work is timed but its one-off end-of-run log, finite checks
+and final checkpoint save (in the untimed last step's wake) are not. Each repetition runs the
+three in a rotated order on a freshly built model; the table shows medians (and min/max) over
+repetitions, plus the median process CPU time per image, which is steadier than wall time on a
+shared CPU (it counts every thread, spinning ones included; meaningless on CUDA). A warning is
+printed when img/s varied more than 1.25x across repetitions, and the median of per-repetition
+ratios is shown too: on a busy machine, trust the ratios only where these agree.
 
 Read the output: the last two lines are
   project/reference: R   (R < 1: fit() is slower than the plain loop; target >= 0.95)
@@ -52,6 +57,9 @@ from sslprune.runtime import local
 from sslprune.trainer import Fit, fit, optimizer
 
 
+PAIRS = (("dense", "reference"), ("masked", "dense"))
+
+
 def synthetic(n: int, channels: int, size: int, pad: int, seed: int = 0) -> MemoryData:
     g = torch.Generator().manual_seed(seed)
     train = Split(torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=g),
@@ -70,7 +78,8 @@ class Bench:
         self.args = args
         self.rt = local(RunConfig(device=args.device, threads=args.threads))
         self.device = self.rt.device
-        self.total = args.warmup + args.steps
+        self.end = args.warmup + args.steps  # timing stops at the start of step `end`
+        self.total = self.end + 1  # one untimed last step takes fit()'s end-of-run work
         # one epoch of exactly `total` steps: fit() runs epochs * steps_per_epoch steps
         self.data = synthetic(args.batch * self.total, args.channels, args.image_size, args.pad)
         self.loader = MemoryLoader(self.data, args.batch, seed=0, device=self.device,
@@ -81,7 +90,8 @@ class Bench:
         self.mcfg = ModelConfig(args.model, args.width)
         self.run_cfg = RunConfig(device=args.device, amp=True, log_every=10**9,
                                  checkpoint_steps=0, checkpoint_minutes=0, quiet=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix="sslprune-bench-"))
+        self._tmp = tempfile.TemporaryDirectory(prefix="sslprune-bench-")  # removed at exit
+        self.tmp = Path(self._tmp.name)
         net = self.net()
         self.mask = masks.magnitude(dict(net.named_parameters()), masks.ones(net), 0.8)  # 1 - 0.8 = 20% kept
         self.density = masks.density(self.mask)
@@ -95,15 +105,20 @@ class Bench:
         ckpt.unlink(missing_ok=True)  # never resume from a previous repetition
 
         def hook(step, _net):
-            if step in (self.args.warmup, self.total):
+            if step in (self.args.warmup, self.end):
                 sync(self.device)
-                marks[step] = time.perf_counter()
+                marks[step] = (time.perf_counter(), time.process_time())
 
         job = Fit(model=net, net=net, task=self.task, loader=self.loader, optim=self.optim,
                   mask=self.mask if masked else {}, checkpoint=ckpt, hooks=[hook])
         fit(job, self.run_cfg, Progress("bench", quiet=True))
         ckpt.unlink(missing_ok=True)
-        return self.args.batch * self.args.steps / (marks[self.total] - marks[self.args.warmup])
+        return self.rate(marks[self.args.warmup], marks[self.end])
+
+    def rate(self, start, end) -> tuple[float, float]:
+        """(images per wall second, process CPU milliseconds per image) between two marks."""
+        n = self.args.batch * self.args.steps
+        return n / (end[0] - start[0]), 1e3 * (end[1] - start[1]) / n
 
     def reference(self) -> float:
         a, dev, L = self.args, self.device, self.loader
@@ -118,11 +133,11 @@ class Bench:
         ar = torch.arange(s, device=dev)
         bidx = torch.arange(a.batch, device=dev).view(-1, 1, 1, 1)
         cidx = torch.arange(a.channels, device=dev).view(1, -1, 1, 1)
-        t0 = None
+        marks = {}
         for i in range(self.total):
-            if i == a.warmup:
+            if i in (a.warmup, self.end):
                 sync(dev)
-                t0 = time.perf_counter()
+                marks[i] = (time.perf_counter(), time.process_time())
             idx = order[i * a.batch:(i + 1) * a.batch]
             x, y = xs[idx], ys[idx]
             if p:
@@ -143,8 +158,7 @@ class Bench:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        sync(dev)
-        return a.batch * a.steps / (time.perf_counter() - t0)
+        return self.rate(marks[a.warmup], marks[self.end])
 
 
 def main(argv=None) -> None:
@@ -155,9 +169,9 @@ def main(argv=None) -> None:
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--channels", type=int, default=3)
     ap.add_argument("--pad", type=int, default=2, help="pad-and-crop padding (CIFAR-10 uses 2)")
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per repetition")
+    ap.add_argument("--steps", type=int, default=12, help="timed steps per repetition")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps before them")
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 = torch's default")
     ap.add_argument("--task", default="labels", choices=["labels", "rotnet"])
@@ -173,19 +187,26 @@ def main(argv=None) -> None:
           f"{args.warmup}+{args.steps} steps x {args.reps} reps | mask density {b.density:.3f}", flush=True)
     runs = {"reference": b.reference, "dense": lambda: b.project(False), "masked": lambda: b.project(True)}
     names = list(runs)
-    ips = {n: [] for n in names}
+    ips, cpu = {n: [] for n in names}, {n: [] for n in names}
     for r in range(args.reps):
         for n in names[r % 3:] + names[:r % 3]:  # rotate the order each repetition
-            ips[n].append(runs[n]())
+            rate, ms = runs[n]()
+            ips[n].append(rate), cpu[n].append(ms)
             gc.collect()
         print(f"rep {r}: " + "  ".join(f"{n} {ips[n][-1]:.1f}" for n in names), flush=True)
     med = {n: statistics.median(v) for n, v in ips.items()}
-    print(f"{'':10s} {'median img/s':>12s} {'min':>9s} {'max':>9s}")
+    print(f"{'':10s} {'median img/s':>12s} {'min':>9s} {'max':>9s} {'cpu ms/img':>10s}")
     for n in names:
-        print(f"{n:10s} {med[n]:12.1f} {min(ips[n]):9.1f} {max(ips[n]):9.1f}")
+        print(f"{n:10s} {med[n]:12.1f} {min(ips[n]):9.1f} {max(ips[n]):9.1f} {statistics.median(cpu[n]):10.3f}")
+    spread = max(max(v) / min(v) for v in ips.values())
+    if spread > 1.25:
+        print(f"warning: img/s varied {spread:.2f}x across repetitions: the machine is busy or throttling, "
+              "so the ratios are noisy; rerun on a quiet machine or with more --reps")
+    paired = [statistics.median(a / b for a, b in zip(ips[x], ips[y])) for x, y in PAIRS]
+    print("median of per-repetition ratios (steadier on a busy machine): "
+          f"project/reference {paired[0]:.3f}, masked/dense {paired[1]:.3f}")
     print(f"project/reference: {med['dense'] / med['reference']:.3f}")
     print(f"masked/dense: {med['masked'] / med['dense']:.3f}")
-
 
 if __name__ == "__main__":
     main()

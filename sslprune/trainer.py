@@ -114,7 +114,7 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
         where = None
         if bad >= 0:
             where = f"non-finite loss at step {bad} (epoch {bad // spe})"
-        elif weights and not all(bool(torch.isfinite(p).all()) for p in net.parameters()):
+        elif weights and not bool(torch.stack([torch.isfinite(p).all() for p in net.parameters()]).all()):  # one sync
             where = f"non-finite weights after step {at_step} (epoch {at_step // spe}), the loss was still finite"
         if where:
             raise NonFiniteLoss(
