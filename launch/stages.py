@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+import os
+
 import hydra
 from omegaconf import DictConfig
 
@@ -42,6 +44,12 @@ def execute(kind: str, cfg: DictConfig) -> list[dict]:
     todo = plan(kind, c)
     # A single-level request needs its parent already done (a chain request produces its own parents).
     todo[0].require_parents()
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        # Inside a job of Hydra's submitit launcher (`-m hydra/launcher=submitit_slurm`): run each stage
+        # as sslprune-run's jobs do, so USR2/SIGTERM checkpoint at once and DDP ranks come from SLURM.
+        from sslprune.job import StageJob
+
+        return [StageJob(s)() for s in todo]
     rt = local(c.run)
     return [s.run(rt) for s in todo]
 

@@ -252,3 +252,6 @@ def test_stage_multirun_with_stock_submitit_launcher_is_one_array(tmp_path):
     assert len(done) == 4, p.stdout[-3000:]
     tasks = [d.name for d in tmp_path.glob("multirun/*/.submitit/*") if re.fullmatch(r"\d+_\d+", d.name)]
     assert len(tasks) == 4 and len({t.split("_")[0] for t in tasks}) == 1, tasks
+    # Each task ran its stage as a preemption-safe StageJob (signal handlers, SLURM runtime).
+    logs = [f.read_text() for f in tmp_path.glob("multirun/*/.submitit/*/*_log.out")]
+    assert len(logs) == 4 and all("[sslprune job] imp" in log for log in logs), logs[:1]
