@@ -267,11 +267,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"prune.rate={p.rate} must be in the open interval (0, 1)")
     if p.levels < 0:
         raise ConfigError(f"prune.levels={p.levels} must be >= 0")
-    if not REWIND.match(p.rewind):
+    rewind = REWIND.match(p.rewind)
+    if not rewind:
         raise ConfigError(
             f"prune.rewind={p.rewind!r} must be <number><unit> with unit it (updates), ep (epochs), "
             "sa (samples) or % (of training), e.g. 1ep, 2500it, 3840000sa, 3.3%")
-    amount, unit = float(REWIND.match(p.rewind).group(1)), REWIND.match(p.rewind).group(2)
+    amount, unit = float(rewind.group(1)), rewind.group(2)
     if unit == "%" and amount > 100:
         raise ConfigError(f"prune.rewind={p.rewind} is beyond 100% of training")
     if not cfg.signals:

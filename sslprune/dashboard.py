@@ -143,16 +143,11 @@ def remaining(stage) -> Optional[float]:
     return None
 
 
-def evaluation(stage) -> str:
-    return {"imp": "pretext", "retrain": getattr(stage, "scheme", ""),
-            "probe": f"probe:{getattr(getattr(stage, 'data', None), 'name', '')}"}.get(stage.kind, stage.kind)
-
-
 def describe(stage) -> dict:
     """The fields that identify a stage (these override the stage-app selectors of the config)."""
     return {"experiment": stage.cfg.experiment, "kind": stage.kind, "signal": stage.signal,
             "signal_task": stage.cfg.signals[stage.signal].task.name, "seed": stage.seed, "level": stage.level,
-            "remaining": remaining(stage), "evaluation": evaluation(stage),
+            "remaining": remaining(stage), "evaluation": stage.evaluation,
             "scheme": getattr(stage, "scheme", None),
             "probe_dataset": stage.data.name if stage.kind == "probe" else None,
             "stage_dir": stage_path(stage), "store": str(stage.store)}
@@ -160,7 +155,7 @@ def describe(stage) -> dict:
 
 def run_name(stage) -> str:
     what = {"retrain": f"retrain {stage.signal} {getattr(stage, 'scheme', '')}",
-            "probe": f"{evaluation(stage)} {stage.signal}"}.get(stage.kind, f"{stage.kind} {stage.signal}")
+            "probe": f"{stage.evaluation} {stage.signal}"}.get(stage.kind, f"{stage.kind} {stage.signal}")
     return f"{what} s{stage.seed} L{stage.level}"
 
 

@@ -44,8 +44,7 @@ def stages(cfg: Config) -> list[Stage]:
 def check_inputs(cfg: Config) -> None:
     """Everything that can fail before training: config values, data roots, sizes that need the data."""
     validate(cfg)
-    for d in [cfg.data, cfg.retrain.data, *cfg.probe.datasets]:
-        dataset.check(d)
+    # dataset.load checks each root first (DataMissing naming the path), then sizes are checked.
     uses = [("data", cfg.data, f"signals.{n}.optim", s.optim) for n, s in cfg.signals.items()]
     uses.append(("retrain.data", cfg.retrain.data, "retrain.optim", cfg.retrain.optim))
     uses += [(f"probe.datasets[{i}]", d, "probe.optim", cfg.probe.optim) for i, d in enumerate(cfg.probe.datasets)]

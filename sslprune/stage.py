@@ -73,6 +73,11 @@ class Stage:
     def label(self) -> str:
         return f"{self.kind} {self.signal} seed={self.seed} level={self.level}"
 
+    @property
+    def evaluation(self) -> str:
+        """The `evaluation` column of results.csv: pretext, a re-training start, or probe:<dataset>."""
+        raise NotImplementedError
+
     def require_parents(self) -> None:
         for p in self.parents():
             if not p.done():
@@ -135,7 +140,7 @@ class Stage:
             s.check(net)
         if rt.is_writer and s.save_model:
             checkpoint.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, self.dir / "model.pt")
-        return {**info, **metrics, "remaining": masks.density(s.mask), "evaluation": s.evaluation}
+        return {**info, **metrics, "remaining": masks.density(s.mask), "evaluation": self.evaluation}
 
 
 @dataclass
@@ -146,7 +151,6 @@ class Setup:
     optim: OptimConfig
     mask: masks.Mask  # the mask this stage's weights live under (reported as `remaining`)
     seed_parts: tuple  # what seeds the data order and augmentation
-    evaluation: str
     identity: dict
     train_mask: Optional[masks.Mask] = None  # what the loop applies; defaults to `mask`
     start: Optional[Callable] = None  # loader -> first step of the schedule (rewinding)
@@ -165,6 +169,7 @@ class ImpLevel(Stage):
     """Level L of iterative magnitude pruning, driven by the signal's own task loss."""
 
     kind = "imp"
+    evaluation = "pretext"
 
     @property
     def dir(self) -> Path:
@@ -208,7 +213,7 @@ class ImpLevel(Stage):
             net.load_state_dict(checkpoint.load(rewind_file)["model"])
             start = k_of
         return Setup(net=net, task=task, data=data, optim=sig.optim, mask=mask, seed_parts=(self.seed, "imp", self.level),
-                     evaluation="pretext", identity={"stage": "imp", "level": self.level}, start=start, hooks=hooks)
+                     identity={"stage": "imp", "level": self.level}, start=start, hooks=hooks)
 
 
 class Retrain(Stage):
@@ -228,6 +233,10 @@ class Retrain(Stage):
     @property
     def label(self) -> str:
         return f"retrain {self.signal} {self.scheme} seed={self.seed} level={self.level}"
+
+    @property
+    def evaluation(self) -> str:
+        return self.scheme
 
     def parents(self):
         return [ImpLevel(self.cfg, self.signal, self.seed, self.level)]
@@ -249,7 +258,7 @@ class Retrain(Stage):
             net.new_head(task.num_outputs, seeds.generator(self.seed, "head"))
         # All three starts see the same batches: they differ only in mask and initial weights.
         return Setup(net=net, task=task, data=data, optim=r.optim, mask=mask,
-                     seed_parts=(self.seed, "retrain", self.level), evaluation=self.scheme,
+                     seed_parts=(self.seed, "retrain", self.level),
                      identity={"stage": "retrain", "scheme": self.scheme, "data": identity(r.data),
                                "optim": identity(r.optim)})
 
@@ -270,6 +279,10 @@ class Probe(Stage):
     @property
     def label(self) -> str:
         return f"probe:{self.data.name} {self.signal} seed={self.seed} level={self.level}"
+
+    @property
+    def evaluation(self) -> str:
+        return f"probe:{self.data.name}"
 
     def parents(self):
         return [ImpLevel(self.cfg, self.signal, self.seed, self.level)]
@@ -293,6 +306,5 @@ class Probe(Stage):
         return Setup(net=net, task=tasks.Labels(data.num_classes), data=data, optim=cfg.probe.optim,
                      mask=checkpoint.load(imp.dir / "mask.pt"), train_mask={},
                      seed_parts=(self.seed, "probe", self.level, self.data.name),
-                     evaluation=f"probe:{self.data.name}",
                      identity={"stage": "probe", "data": identity(self.data), "optim": identity(cfg.probe.optim)},
                      params=lambda n: n.head.parameters(), check=unchanged, save_mask=False, save_model=False)

@@ -29,6 +29,7 @@ def _progress(st: StageState) -> Optional[dict]:
 def collect(cfg: Config) -> dict:
     now = time.time()
     states = stage_states(cfg, now)
+    progress = {st.stage.key(): _progress(st) for st in states if st.state in ("running", "preempted")}
     kinds = {}
     for kind in KINDS:
         mine = [st for st in states if st.stage.kind == kind]
@@ -38,7 +39,7 @@ def collect(cfg: Config) -> dict:
         partial = 0.0
         for st in mine:
             if st.state in ("running", "preempted"):
-                pr = _progress(st)
+                pr = progress[st.stage.key()]
                 if pr and pr.get("total"):
                     partial += min(1.0, pr["step"] / pr["total"])
         kinds[kind] = {"total": len(mine), **counts,
@@ -47,7 +48,7 @@ def collect(cfg: Config) -> dict:
     for st in states:
         if st.state not in ("running", "preempted"):
             continue
-        pr = _progress(st) or {}
+        pr = progress[st.stage.key()] or {}
         running.append({"stage": st.stage.label, "kind": st.stage.kind, "state": st.state, "job_id": st.job_id,
                         "dir": str(st.stage.dir), "step": pr.get("step"), "total": pr.get("total"),
                         "latest": pr.get("latest", {}), "best": pr.get("best", {}),

@@ -27,13 +27,14 @@ import sys
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from . import checkpoint, slurm
 from .config import Config, LauncherConfig
-from .pipeline import chains
+from .monitor import PROGRESS
+from .pipeline import chains, stages
 from .stage import ImpLevel, Probe, Retrain, Stage
 
 JOB = "job.json"
@@ -72,7 +73,7 @@ def read_record(stage: Stage) -> Optional[dict]:
 def stage_states(cfg: Config, now: Optional[float] = None) -> list[StageState]:
     """Every stage of the experiment with its state, from the store, job records and SLURM."""
     now = time.time() if now is None else now
-    all_stages = [s for chain in chains(cfg) for s in chain]
+    all_stages = stages(cfg)
     records = {s.key(): read_record(s) for s in all_stages}
     ids = [r["job_id"] for r in records.values() if r]
     since = min((r.get("submitted", now) for r in records.values() if r), default=None)
@@ -86,7 +87,7 @@ def stage_states(cfg: Config, now: Optional[float] = None) -> list[StageState]:
         elif rec:
             st.job_id = rec["job_id"]
             js = st.slurm = states.get(rec["job_id"])
-            started = (s.dir / "checkpoint.pt").exists() or (s.dir / "progress.json").exists()
+            started = (s.dir / "checkpoint.pt").exists() or (s.dir / PROGRESS).exists()
             if js is None:
                 st.state = "pending" if now - rec.get("submitted", 0) < slurm.GRACE_S else "failed"
             elif js.state in slurm.RUNNING:
@@ -113,7 +114,7 @@ def stage_states(cfg: Config, now: Optional[float] = None) -> list[StageState]:
 
 
 def _fresh_progress(stage: Stage, now: float, window: float = 300) -> bool:
-    p = stage.dir / "progress.json"
+    p = stage.dir / PROGRESS
     try:
         return now - p.stat().st_mtime < window
     except OSError:
@@ -158,15 +159,6 @@ def snapshot(store: Path) -> Path:
 
 
 # ------------------------------------------------------------------ planning
-
-@dataclass
-class Array:
-    name: str
-    stages: list[Stage]
-    parents: list[Optional[str]] = field(default_factory=list)  # job id each task waits for (None = none)
-    dependency: Optional[str] = None
-    job_ids: list[str] = field(default_factory=list)
-
 
 def _variant(s: Stage) -> str:
     """What an array holds besides (signal, level): the kind and its variant (scheme, probe data)."""
@@ -243,7 +235,7 @@ def _executor(cfg: Config, folder: Path, code: Optional[Path], name: str, depend
     return ex
 
 
-def submit(cfg: Config, dry_run: bool = False) -> dict:
+def submit(cfg: Config) -> dict:
     """Submit every stage of the experiment that is neither done nor queued; returns what was submitted."""
     from .job import StageJob
 
@@ -264,8 +256,6 @@ def submit(cfg: Config, dry_run: bool = False) -> dict:
             return summary
         # Jobs of stages being re-submitted that SLURM still holds (e.g. pending on a failed parent).
         stale = [st.job_id for st in todo if st.slurm is not None and st.slurm.live]
-        if dry_run:
-            return {**summary, "submitted": len(todo)}
         slurm.cancel(stale)
         code = snapshot(store) if cfg.launcher.snapshot else None
         folder = Path(cfg.launcher.folder or store / "slurm")
@@ -291,16 +281,16 @@ def submit(cfg: Config, dry_run: bool = False) -> dict:
             first = group[0]
             name = f"sslprune-{cfg.experiment}-{_variant(first)}-{first.signal}-L{first.level}"
             for dependency, idx in _dependency(parents, array_sizes):
-                stages = [group[i] for i in idx]
+                members = [group[i] for i in idx]
                 ex = _executor(cfg, folder, code, name, dependency)
                 with ex.batch():
-                    jobs = [ex.submit(StageJob(s)) for s in stages]
+                    jobs = [ex.submit(StageJob(s)) for s in members]
                 ids = [j.job_id for j in jobs]
                 base = ids[0].split("_")[0]
                 if len(ids) > 1:
                     array_sizes[base] = len(ids)
                 now = time.time()
-                for i, (s, jid) in enumerate(zip(stages, ids)):
+                for i, (s, jid) in enumerate(zip(members, ids)):
                     old = by_key[s.key()].record or {}
                     history = list(old.get("history", [])) + ([old["job_id"]] if old.get("job_id") else [])
                     checkpoint.write_json({"job_id": jid, "array_job_id": base, "array_size": len(ids), "index": i,
@@ -312,9 +302,9 @@ def submit(cfg: Config, dry_run: bool = False) -> dict:
                 _say(f"submitted {name}: {len(ids)} task(s) job {base if len(ids) > 1 else ids[0]}"
                      + (f" after {dependency}" if dependency else ""))
                 summary["arrays"].append({"name": name, "job_id": base, "tasks": len(ids), "dependency": dependency,
-                                          "stages": [s.label for s in stages]})
+                                          "stages": [s.label for s in members]})
                 ledger.append({"array": base, "name": name, "dependency": dependency,
-                               "jobs": {jid: str(s.dir) for s, jid in zip(stages, ids)}})
+                               "jobs": {jid: str(s.dir) for s, jid in zip(members, ids)}})
         summary["submitted"] = len(new_jobs)
         with open(store / "jobs" / f"{cfg.experiment}.jsonl", "a") as f:
             f.write(json.dumps({"time": time.time(), "snapshot": str(code) if code else None,
