@@ -9,7 +9,7 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from sslprune.config import Config, ConfigError, validate  # torch-free: config errors come back at once
+from sslprune.config import Config, ConfigError, expand, validate  # torch-free: config errors come back at once
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -18,7 +18,7 @@ ConfigStore.instance().store(name="sslprune_schema", node=Config)
 
 def typed(cfg: DictConfig) -> Config:
     """A validated, plain-dataclass Config with an absolute store path."""
-    obj: Config = OmegaConf.to_object(cfg)
+    obj: Config = expand(OmegaConf.to_object(cfg))
     obj.store = os.path.abspath(os.path.expanduser(obj.store))
     validate(obj)
     return obj

@@ -16,12 +16,24 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-DATASETS = ("digits", "fashion_mnist", "cifar10", "imagenet", "places205")
-MODELS = ("resnet_small", "resnet18_cifar", "resnet50")
-TASKS = ("labels", "rotnet")
+DATASETS = ("digits", "fashion_mnist", "cifar10", "imagenet", "places205", "voc07")
+MODELS = ("resnet_small", "resnet18_cifar", "resnet50", "alexnet", "alexnet_cifar", "vgg19")
+TASKS = ("labels", "rotnet", "exemplar", "npid", "s4l")
+LABEL_SUBSETS = ("images", "classes")
+# Named cut points of each model, input to output: prune.scope=<cut> prunes the layers up to and
+# including that one (sslprune.model.cut_points maps each name to its parameters). Kept here,
+# torch-free, so a bad scope is refused before anything is imported or submitted.
+CUT_POINTS = {
+    "resnet_small": ("stem", "stage1", "stage2", "stage3"),
+    "resnet18_cifar": ("stem", "stage1", "stage2", "stage3", "stage4"),
+    "resnet50": ("conv1", "layer1", "layer2", "layer3", "layer4"),
+    "alexnet": ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"),
+    "alexnet_cifar": ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"),
+    "vgg19": ("block1", "block2", "block3", "block4", "block5"),
+}
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("step", "cosine")
-SCHEMES = ("winning_ticket", "random_reinit", "random")
+SCHEMES = ("winning_ticket", "random_reinit", "random", "random_adjusted")
 DEVICES = ("auto", "cpu", "cuda")
 REWIND = re.compile(r"^(\d+(?:\.\d+)?)(it|ep|sa|%)$")
 
@@ -56,6 +68,19 @@ class ModelConfig:
 @dataclass
 class TaskConfig:
     name: str = "rotnet"
+    # Label subset (tasks labels and s4l): keep `label_fraction` of the labels, either that fraction
+    # of every class's images (`images`) or that fraction of the classes with all their images
+    # (`classes`), drawn from `subset_seed`. `labels` trains on the subset alone ("10% labels");
+    # `s4l` keeps every image and uses the labels of the subset only. 1.0 = every label.
+    label_fraction: float = 1.0
+    label_subset: str = "images"
+    subset_seed: int = 0
+    embedding: int = 128  # exemplar and npid: size of the (L2-normalised) embedding the head outputs
+    margin: float = 0.5  # exemplar: triplet margin
+    temperature: float = 0.07  # npid: softmax temperature
+    negatives: int = 16384  # npid: negatives drawn from the memory bank per image
+    bank_momentum: float = 0.5  # npid: memory-bank update momentum
+    rotation_weight: float = 1.0  # s4l: weight of the rotation loss next to the label loss
 
 
 @dataclass
@@ -74,10 +99,18 @@ class OptimConfig:
 
 @dataclass
 class SignalConfig:
-    """One pruning signal: the task whose loss drives IMP, and how it is optimised."""
+    """One pruning signal: the task whose loss drives IMP, and how it is optimised.
+
+    The optional fields override the experiment-wide value for this signal's chains only."""
 
     task: TaskConfig = field(default_factory=TaskConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    scope: Optional[str] = None  # prune.scope for this signal
+    rewind: Optional[str] = None  # prune.rewind for this signal
+    data: Optional[DataConfig] = None  # train (and prune) on this data set instead of `data`
+    # Pruning during transfer: level 0 starts from the trained dense weights (level 0) of this
+    # other signal, with a fresh head, and IMP then runs on this signal's task and data.
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -86,6 +119,13 @@ class PruneConfig:
     levels: int = runtime(14)  # last level of the chain; a path part, not identity (levels can be added later)
     rewind: str = "1ep"  # late-resetting point: <n>it (updates), <n>ep (epochs), <n>sa (samples), <n>% (of training)
     ignore: List[str] = field(default_factory=list)  # parameter-name prefixes never pruned (the head never is)
+    # Layerwise pruning: prune only the layers up to and including this named cut point of the
+    # model (sslprune.model.cut_points), or `all` for the whole network.
+    scope: str = "all"
+    # Sweeps: one chain per scope / per rewind point for every signal, named <signal>@<scope>,
+    # <signal>@<rewind> (config.expand). Empty = the single prune.scope / prune.rewind.
+    scopes: List[str] = field(default_factory=list)
+    rewinds: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -100,6 +140,27 @@ class RetrainConfig:
 @dataclass
 class ProbeConfig:
     signals: List[str] = field(default_factory=list)  # whose weights to probe; empty = none
+    datasets: List[DataConfig] = field(default_factory=list)
+    levels: Optional[List[int]] = None
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class SvmConfig:
+    """Linear SVMs on frozen penultimate features, one per class (VOC07 protocol), test mAP."""
+
+    signals: List[str] = field(default_factory=list)  # whose weights to evaluate; empty = none
+    datasets: List[DataConfig] = field(default_factory=list)
+    levels: Optional[List[int]] = None
+    costs: List[float] = field(default_factory=lambda: [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0])
+    folds: int = 3  # cross-validation folds on the training split to choose each class's cost
+
+
+@dataclass
+class FinetuneConfig:
+    """Full fine-tuning of a pruned network on a target data set (mask kept), e.g. VOC07."""
+
+    signals: List[str] = field(default_factory=list)
     datasets: List[DataConfig] = field(default_factory=list)
     levels: Optional[List[int]] = None
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -198,13 +259,15 @@ class Config:
     signal: str = "rotnet"
     level: Optional[int] = None
     scheme: str = "winning_ticket"
-    probe_dataset: int = 0  # index into probe.datasets
+    probe_dataset: int = 0  # index into probe.datasets (svm.datasets, finetune.datasets for those apps)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     signals: Dict[str, SignalConfig] = field(default_factory=dict)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    svm: SvmConfig = field(default_factory=SvmConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     run: RunConfig = field(default_factory=RunConfig)
     launcher: LauncherConfig = runtime(default_factory=LauncherConfig)
     wandb: WandbConfig = runtime(default_factory=WandbConfig)
@@ -257,6 +320,44 @@ def validate_levels(key: str, levels: Optional[List[int]], last: int) -> None:
             raise ConfigError(f"{key} contains {lv}, beyond prune.levels={last}")
 
 
+def _rewind(key: str, value) -> tuple[float, str]:
+    m = REWIND.match(str(value))
+    if not m:
+        raise ConfigError(
+            f"{key}={value!r} must be <number><unit> with unit it (updates), ep (epochs), "
+            "sa (samples) or % (of training), e.g. 1ep, 2500it, 3840000sa, 3.3%")
+    amount, unit = float(m.group(1)), m.group(2)
+    if unit == "%" and amount > 100:
+        raise ConfigError(f"{key}={value} is beyond 100% of training")
+    return amount, unit
+
+
+def validate_task(key: str, t: TaskConfig) -> None:
+    _choice(f"{key}.name", t.name, TASKS)
+    if not (isinstance(t.label_fraction, (int, float)) and 0 < t.label_fraction <= 1):
+        raise ConfigError(f"{key}.label_fraction={t.label_fraction!r} must be in (0, 1]")
+    if t.label_fraction < 1 and t.name not in ("labels", "s4l"):
+        raise ConfigError(f"{key}.label_fraction={t.label_fraction} needs labels: only tasks labels and s4l use it "
+                          f"(task {t.name!r} uses no labels)")
+    _choice(f"{key}.label_subset", t.label_subset, LABEL_SUBSETS)
+    for k in ("embedding", "margin", "temperature", "negatives"):
+        _positive(f"{key}.{k}", getattr(t, k))
+    if not 0 <= t.bank_momentum < 1:
+        raise ConfigError(f"{key}.bank_momentum={t.bank_momentum} must be in [0, 1)")
+    if t.rotation_weight < 0:
+        raise ConfigError(f"{key}.rotation_weight={t.rotation_weight} must be >= 0")
+
+
+def _evaluation(key: str, signals: List[str], datasets: List[DataConfig], levels, cfg: "Config") -> None:
+    for s in signals:
+        _choice(f"{key}.signals", s, tuple(cfg.signals))
+    for i, d in enumerate(datasets):
+        validate_data(f"{key}.datasets[{i}]", d)
+    if signals and not datasets:
+        raise ConfigError(f"{key}.signals is set but {key}.datasets is empty")
+    validate_levels(f"{key}.levels", levels, cfg.prune.levels)
+
+
 def validate(cfg: Config) -> None:
     """Everything that can be checked before work starts; raises ConfigError naming the key."""
     validate_data("data", cfg.data)
@@ -267,22 +368,33 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"prune.rate={p.rate} must be in the open interval (0, 1)")
     if p.levels < 0:
         raise ConfigError(f"prune.levels={p.levels} must be >= 0")
-    rewind = REWIND.match(p.rewind)
-    if not rewind:
-        raise ConfigError(
-            f"prune.rewind={p.rewind!r} must be <number><unit> with unit it (updates), ep (epochs), "
-            "sa (samples) or % (of training), e.g. 1ep, 2500it, 3840000sa, 3.3%")
-    amount, unit = float(rewind.group(1)), rewind.group(2)
-    if unit == "%" and amount > 100:
-        raise ConfigError(f"prune.rewind={p.rewind} is beyond 100% of training")
+    _rewind("prune.rewind", p.rewind)
     if not cfg.signals:
         raise ConfigError("signals is empty: an experiment needs at least one pruning signal")
+    if p.scopes or p.rewinds:
+        raise ConfigError("prune.scopes / prune.rewinds must be expanded into signals first (config.expand)")
+    cuts = ("all",) + CUT_POINTS.get(cfg.model.name, ())
+    _choice("prune.scope", p.scope, cuts)
     for name, s in cfg.signals.items():
-        _choice(f"signals.{name}.task.name", s.task.name, TASKS)
+        validate_task(f"signals.{name}.task", s.task)
         validate_optim(f"signals.{name}.optim", s.optim)
+        if s.scope is not None:
+            _choice(f"signals.{name}.scope", s.scope, cuts)
+        if s.data is not None:
+            validate_data(f"signals.{name}.data", s.data)
+        key, rewind_ = (f"signals.{name}.rewind", s.rewind) if s.rewind is not None else ("prune.rewind", p.rewind)
+        amount, unit = _rewind(key, rewind_)
         if unit == "ep" and amount > s.optim.epochs:
-            raise ConfigError(f"prune.rewind={p.rewind} is beyond the {s.optim.epochs} epochs of "
+            raise ConfigError(f"{key}={rewind_} is beyond the {s.optim.epochs} epochs of "
                               f"signals.{name}.optim.epochs")
+        if s.init_from is not None:
+            _choice(f"signals.{name}.init_from", s.init_from, tuple(n for n in cfg.signals if n != name))
+            seen, at = {name}, s.init_from
+            while at is not None:
+                if at in seen:
+                    raise ConfigError(f"signals.{name}.init_from makes a cycle through {at}")
+                seen.add(at)
+                at = cfg.signals[at].init_from
     if cfg.level is not None and cfg.level < 0:
         raise ConfigError(f"level={cfg.level} must be >= 0")
     if cfg.level is not None and cfg.level > p.levels:
@@ -303,16 +415,19 @@ def validate(cfg: Config) -> None:
     validate_data("retrain.data", r.data)
     validate_optim("retrain.optim", r.optim)
     pr = cfg.probe
-    for s in pr.signals:
-        _choice("probe.signals", s, tuple(cfg.signals))
-    for i, d in enumerate(pr.datasets):
-        validate_data(f"probe.datasets[{i}]", d)
-    if pr.signals and not pr.datasets:
-        raise ConfigError("probe.signals is set but probe.datasets is empty")
+    _evaluation("probe", pr.signals, pr.datasets, pr.levels, cfg)
     if pr.datasets and not 0 <= cfg.probe_dataset < len(pr.datasets):
         raise ConfigError(f"probe_dataset={cfg.probe_dataset} must index probe.datasets (0..{len(pr.datasets) - 1})")
-    validate_levels("probe.levels", pr.levels, p.levels)
     validate_optim("probe.optim", pr.optim)
+    sv = cfg.svm
+    _evaluation("svm", sv.signals, sv.datasets, sv.levels, cfg)
+    if not sv.costs or any(not (isinstance(c, (int, float)) and c > 0) for c in sv.costs):
+        raise ConfigError(f"svm.costs={sv.costs} must be a non-empty list of costs > 0")
+    if not (isinstance(sv.folds, int) and sv.folds >= 2):
+        raise ConfigError(f"svm.folds={sv.folds!r} must be an integer >= 2")
+    ft = cfg.finetune
+    _evaluation("finetune", ft.signals, ft.datasets, ft.levels, cfg)
+    validate_optim("finetune.optim", ft.optim)
     _choice("run.device", cfg.run.device, DEVICES)
     _positive("run.log_every", cfg.run.log_every)
     if cfg.run.checkpoint_steps < 0 or cfg.run.checkpoint_minutes < 0:
@@ -362,6 +477,58 @@ def validate_launcher(key: str, L: LauncherConfig) -> None:
     for k in L.additional_parameters:
         if str(k) in reserved:
             raise ConfigError(f"{key}.additional_parameters.{k} is set by sslprune itself; remove it")
+
+
+# ---------------------------------------------------------------- sweeps and per-signal values
+
+
+def expand(cfg: Config) -> Config:
+    """Turn prune.scopes / prune.rewinds into one signal per (signal, scope, rewind).
+
+    `rotnet` with scopes [stage1, all] becomes `rotnet@stage1` and `rotnet@all`; with rewinds
+    [0it, 1ep] as well, `rotnet@stage1@0it`, ... Lists of signal names elsewhere (retrain, probe,
+    svm, finetune, init_from) are expanded the same way. Idempotent: the result has no sweeps left."""
+    p = cfg.prune
+    if not p.scopes and not p.rewinds:
+        return cfg
+    variants = [(sc, rw) for sc in (p.scopes or [None]) for rw in (p.rewinds or [None])]
+
+    def names(base: str) -> list[str]:
+        return [base + (f"@{sc}" if sc is not None else "") + (f"@{rw}" if rw is not None else "")
+                for sc, rw in variants]
+
+    signals = {}
+    for name, s in cfg.signals.items():
+        for new, (sc, rw) in zip(names(name), variants):
+            init = None
+            if s.init_from is not None:
+                init = s.init_from + new[len(name):]
+            signals[new] = dataclasses.replace(s, scope=sc if sc is not None else s.scope,
+                                               rewind=rw if rw is not None else s.rewind, init_from=init)
+
+    def many(lst: List[str]) -> List[str]:
+        return [n for base in lst for n in (names(base) if base in cfg.signals else [base])]
+
+    signal = cfg.signal if cfg.signal in signals else names(cfg.signal)[0] if cfg.signal in cfg.signals else cfg.signal
+    return dataclasses.replace(
+        cfg, signals=signals, signal=signal, prune=dataclasses.replace(p, scopes=[], rewinds=[]),
+        retrain=dataclasses.replace(cfg.retrain, signals=many(cfg.retrain.signals)),
+        probe=dataclasses.replace(cfg.probe, signals=many(cfg.probe.signals)),
+        svm=dataclasses.replace(cfg.svm, signals=many(cfg.svm.signals)),
+        finetune=dataclasses.replace(cfg.finetune, signals=many(cfg.finetune.signals)))
+
+
+def signal_prune(cfg: Config, signal: str) -> PruneConfig:
+    """The pruning settings of one signal's chains (its scope and rewind overrides applied)."""
+    s = cfg.signals[signal]
+    return dataclasses.replace(cfg.prune, scope=s.scope if s.scope is not None else cfg.prune.scope,
+                               rewind=s.rewind if s.rewind is not None else cfg.prune.rewind)
+
+
+def signal_data(cfg: Config, signal: str) -> DataConfig:
+    """The data set one signal trains and prunes on."""
+    s = cfg.signals[signal]
+    return s.data if s.data is not None else cfg.data
 
 
 # ---------------------------------------------------------------- identity

@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 
 from . import dataset
-from .config import Config, ConfigError, rewind_steps, validate
+from .config import Config, ConfigError, rewind_steps, signal_data, signal_prune, validate
 from .progress import clock
 from .runtime import local
 from .stage import ImpLevel, Probe, Retrain, Stage
@@ -45,10 +45,16 @@ def check_inputs(cfg: Config) -> None:
     """Everything that can fail before training: config values, data roots, sizes that need the data."""
     validate(cfg)
     # dataset.load checks each root first (DataMissing naming the path), then sizes are checked.
-    uses = [("data", cfg.data, f"signals.{n}.optim", s.optim) for n, s in cfg.signals.items()]
-    uses.append(("retrain.data", cfg.retrain.data, "retrain.optim", cfg.retrain.optim))
-    uses += [(f"probe.datasets[{i}]", d, "probe.optim", cfg.probe.optim) for i, d in enumerate(cfg.probe.datasets)]
-    for data_key, data_cfg, optim_key, optim in uses:
+    uses = [(f"signals.{n}.data" if s.data is not None else "data", signal_data(cfg, n), f"signals.{n}.optim",
+             s.optim, n) for n, s in cfg.signals.items()]
+    if any(not r.signals or n in r.signals for r in [cfg.retrain] for n in cfg.signals) and cfg.retrain.schemes:
+        uses.append(("retrain.data", cfg.retrain.data, "retrain.optim", cfg.retrain.optim, None))
+    uses += [(f"probe.datasets[{i}]", d, "probe.optim", cfg.probe.optim, None) for i, d in enumerate(cfg.probe.datasets)]
+    uses += [(f"finetune.datasets[{i}]", d, "finetune.optim", cfg.finetune.optim, None)
+             for i, d in enumerate(cfg.finetune.datasets)]
+    for i, d in enumerate(cfg.svm.datasets):
+        dataset.load(d)
+    for data_key, data_cfg, optim_key, optim, signal in uses:
         data = dataset.load(data_cfg)
         if not isinstance(data, dataset.MemoryData):
             continue  # ImageFolder trees are counted when their loader is built
@@ -56,9 +62,10 @@ def check_inputs(cfg: Config) -> None:
         if n < optim.batch_size:
             raise ConfigError(f"{optim_key}.batch_size={optim.batch_size} is more than the {n} training images "
                               f"of {data_key} ({data_cfg.name})")
-        if data_key == "data":
+        if signal is not None:
             spe = n // optim.batch_size
-            rewind_steps(cfg.prune.rewind, spe, optim.batch_size, optim.epochs * spe)  # raises if beyond training
+            rewind = signal_prune(cfg, signal).rewind
+            rewind_steps(rewind, spe, optim.batch_size, optim.epochs * spe)  # raises if beyond training
 
 
 def _run_chain(cfg: Config, chain_index: int, threads: int) -> list[str]:

@@ -19,7 +19,8 @@ from typing import Callable, Optional
 import torch
 
 from . import checkpoint, dataset, monitor as monitors, loader as loaders, mask as masks, model as models, seed as seeds, task as tasks
-from .config import Config, DataConfig, OptimConfig, SignalConfig, digest, identity, rewind_steps
+from .config import Config, DataConfig, OptimConfig, SignalConfig, digest, identity, rewind_steps, \
+    signal_data, signal_prune
 from .progress import Progress, clock
 from .runtime import Runtime
 from .trainer import Fit, evaluate, fit
@@ -33,8 +34,11 @@ class MissingInput(FileNotFoundError):
 
 def chain_identity(cfg: Config, signal: str) -> dict:
     s: SignalConfig = cfg.signals[signal]
-    return {"data": identity(cfg.data), "model": identity(cfg.model), "task": identity(s.task),
-            "optim": identity(s.optim), "prune": identity(cfg.prune)}
+    out = {"data": identity(signal_data(cfg, signal)), "model": identity(cfg.model), "task": identity(s.task),
+           "optim": identity(s.optim), "prune": identity(signal_prune(cfg, signal))}
+    if s.init_from is not None:  # pruning during transfer: the pretrained source is part of what it is
+        out["init_from"] = chain_identity(cfg, s.init_from)
+    return out
 
 
 class Stage:
@@ -183,18 +187,19 @@ class ImpLevel(Stage):
 
     def prepare(self, rt):
         cfg, sig = self.cfg, self.cfg.signals[self.signal]
-        data = dataset.load(cfg.data)
+        prune = signal_prune(cfg, self.signal)
+        data = dataset.load(signal_data(cfg, self.signal))
         task = tasks.make(sig.task, data.num_classes)
         net = models.build(cfg.model, data.channels, task.num_outputs, seeds.derive(self.seed, "init"))
         rewind_file = self.rewind_file()
 
         def k_of(loader) -> int:
             spe = loader.steps_per_epoch
-            return rewind_steps(cfg.prune.rewind, spe, sig.optim.batch_size, sig.optim.epochs * spe)
+            return rewind_steps(prune.rewind, spe, sig.optim.batch_size, sig.optim.epochs * spe)
 
         hooks, start = [], None
         if self.level == 0:
-            mask = masks.ones(net, cfg.prune.ignore)
+            mask = masks.ones(net, prune.ignore)
 
             def save_rewind(loader):
                 k = k_of(loader)
@@ -209,7 +214,7 @@ class ImpLevel(Stage):
             # the schedule resumes at step k, as if training had continued from there.
             parent = self.parents()[0]
             mask = masks.magnitude(checkpoint.load(parent.dir / "model.pt"), checkpoint.load(parent.dir / "mask.pt"),
-                                   cfg.prune.rate)
+                                   prune.rate)
             net.load_state_dict(checkpoint.load(rewind_file)["model"])
             start = k_of
         return Setup(net=net, task=task, data=data, optim=sig.optim, mask=mask, seed_parts=(self.seed, "imp", self.level),

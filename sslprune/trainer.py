@@ -91,6 +91,7 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
         state = checkpoint.load(job.checkpoint, device)
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        job.task.load_state_dict(state.get("task", {}))
         set_rng_state(state["rng"])
         step = state["step"]
         progress.note(f"resumed from {job.checkpoint} at step {step}/{total}")
@@ -107,7 +108,7 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
     def save(at_step: int) -> None:
         if is_writer:
             checkpoint.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": at_step,
-                             "rng": rng_state(), "mask": job.mask}, job.checkpoint)
+                             "rng": rng_state(), "mask": job.mask, "task": job.task.state_dict()}, job.checkpoint)
 
     def check_finite(at_step: int, weights: bool = False) -> None:
         bad = int(first_bad.item())
@@ -150,8 +151,9 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
         loss = loss.detach()
         first_bad = torch.where(~torch.isfinite(loss) & (first_bad < 0), step - 1, first_bad)
         loss_sum += loss
-        correct += (logits.detach().argmax(1) == target).sum()
-        seen += len(target)
+        right, n = job.task.score(logits.detach().float(), target)
+        correct += right
+        seen += n
         if step % run.log_every == 0 or step == total:
             check_finite(step)
             n = step - last_log_step
@@ -175,23 +177,19 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
 
 @torch.no_grad()
 def evaluate(model: nn.Module, task, loader, batch_size: int, amp: bool = True) -> dict:
-    """Accuracy of the task on the test split, counting every test image exactly once across ranks."""
+    """The task's test metric (`accuracy` is its headline number), every test image counted once
+    across ranks. Random draws a task makes (Exemplar's augmentation) come from a fixed seed, so
+    evaluation is repeatable and leaves the training random state untouched."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    count = torch.zeros((), device=device, dtype=torch.long)
-    loss_sum = torch.zeros((), device=device)
-    for x, y in loader.eval_batches(batch_size):
-        x, target = task.prepare(x, y)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            logits = model(x).float()
-        loss_sum += task.loss(logits, target) * len(target)
-        correct += (logits.argmax(1) == target).sum()
-        count += len(target)
-    stats = torch.stack([correct.double(), count.double(), loss_sum.double()])
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(stats)
+    metric = task.metric()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        for x, y in loader.eval_batches(batch_size):
+            x, target = task.eval_prepare(x, y)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+                outputs = model(x).float()
+            metric.add(outputs, target)
     model.train(was_training)
-    correct_, count_, loss_ = stats.tolist()
-    return {"accuracy": correct_ / count_, "loss": loss_ / count_, "count": int(count_)}
+    return metric.result()
