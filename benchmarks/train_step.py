@@ -84,7 +84,7 @@ class Bench:
         self.data = synthetic(args.batch * self.total, args.channels, args.image_size, args.pad)
         self.loader = MemoryLoader(self.data, args.batch, seed=0, device=self.device,
                                    channels_last=self.rt.channels_last)
-        self.task = tasks.make(TaskConfig(args.task), self.data.num_classes)
+        self.task = tasks.make(TaskConfig(args.task), self.data)
         self.optim = OptimConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
                                  batch_size=args.batch, epochs=1)
         self.mcfg = ModelConfig(args.model, args.width)

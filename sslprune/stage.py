@@ -189,7 +189,7 @@ class ImpLevel(Stage):
         cfg, sig = self.cfg, self.cfg.signals[self.signal]
         prune = signal_prune(cfg, self.signal)
         data = dataset.load(signal_data(cfg, self.signal))
-        task = tasks.make(sig.task, data.num_classes)
+        task = tasks.make(sig.task, data)
         net = models.build(cfg.model, data.channels, task.num_outputs, seeds.derive(self.seed, "init"))
         rewind_file = self.rewind_file()
 
@@ -250,7 +250,7 @@ class Retrain(Stage):
         cfg, r = self.cfg, self.cfg.retrain
         imp = self.parents()[0]
         data = dataset.load(r.data)
-        task = tasks.Labels(data.num_classes)
+        task = tasks.labels(data)
         mask = checkpoint.load(imp.dir / "mask.pt")
         # Fresh weights for both random starts come from one seed, so they differ only in the mask.
         net = models.build(cfg.model, data.channels, task.num_outputs, seeds.derive(self.seed, "reinit"))
@@ -308,7 +308,7 @@ class Probe(Stage):
             if any(not torch.equal(frozen[k], now[k].cpu()) for k in frozen):
                 raise RuntimeError(f"{self.label}: the frozen backbone changed during probing")
 
-        return Setup(net=net, task=tasks.Labels(data.num_classes), data=data, optim=cfg.probe.optim,
+        return Setup(net=net, task=tasks.labels(data), data=data, optim=cfg.probe.optim,
                      mask=checkpoint.load(imp.dir / "mask.pt"), train_mask={},
                      seed_parts=(self.seed, "probe", self.level, self.data.name),
                      identity={"stage": "probe", "data": identity(self.data), "optim": identity(cfg.probe.optim)},

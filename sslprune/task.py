@@ -94,7 +94,17 @@ class RotNet(Labels):
         return x, target
 
 
-def make(cfg: TaskConfig, num_classes: int):
+def labels(data):
+    """The supervised task of a data set: its own labels (re-training, probes, fine-tuning)."""
+    return make(TaskConfig("labels"), data)
+
+
+def make(cfg: TaskConfig, data):
+    """The task of a config on a data set (`data` is a dataset.MemoryData / FolderData)."""
     if cfg.name not in TASKS:
         raise ConfigError(f"task.name={cfg.name!r} is not one of {', '.join(TASKS)}")
-    return {"labels": Labels, "rotnet": RotNet}[cfg.name](num_classes)
+    if cfg.name == "labels":
+        return Labels(data.num_classes)
+    if cfg.name == "rotnet":
+        return RotNet()
+    raise ConfigError(f"task {cfg.name!r} is not implemented yet")
