@@ -2,6 +2,9 @@
 
 Prunable weights are the conv and linear weights, except the head (last fully-connected layer)
 and any name given in `ignore`; batch-norm parameters and biases are 1-D and never pruned.
+Layerwise pruning narrows them to the layers up to a cut point (`scope`): a mask holds only the
+weights it prunes, so everything downstream (magnitude pruning, the random controls, density)
+works on those layers alone while the others stay dense.
 Pruning strategies are pure functions from (weights, mask) to a new mask. A mask is applied by
 multiplying the weights after each optimizer step (one fused multi-tensor multiply) and on load,
 so the model itself stays a plain nn.Module.
@@ -14,26 +17,32 @@ from typing import Dict, Iterable
 import torch
 from torch import nn
 
-from .model import HEAD
+from .model import cut_points, weights as layer_weights
+from .sparsity import naturally_zero
 
 Mask = Dict[str, torch.Tensor]
 
 
-def prunable(model: nn.Module, ignore: Iterable[str] = ()) -> list[str]:
+def prunable(model: nn.Module, ignore: Iterable[str] = (), scope: str = "all") -> list[str]:
+    """Names of the weights IMP prunes: `scope` "all", or the layers up to and including that cut point."""
     ignore = tuple(ignore)
-    names = []
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            pname = f"{name}.weight" if name else "weight"
-            if pname.startswith(HEAD) or (ignore and pname.startswith(ignore)):
-                continue
-            names.append(pname)
-    return names
+    names = [n for n in layer_weights(model) if not (ignore and n.startswith(ignore))]
+    if scope == "all":
+        return names
+    points = cut_points(model)
+    if scope not in points:
+        raise ValueError(f"scope={scope!r} is not 'all' nor a cut point of this network: {', '.join(points)}")
+    inside: set[str] = set()
+    for cut, params in points.items():
+        inside.update(params)
+        if cut == scope:
+            break
+    return [n for n in names if n in inside]
 
 
-def ones(model: nn.Module, ignore: Iterable[str] = ()) -> Mask:
+def ones(model: nn.Module, ignore: Iterable[str] = (), scope: str = "all") -> Mask:
     params = dict(model.named_parameters())
-    return {n: torch.ones_like(params[n], dtype=torch.float32, device="cpu") for n in prunable(model, ignore)}
+    return {n: torch.ones_like(params[n], dtype=torch.float32, device="cpu") for n in prunable(model, ignore, scope)}
 
 
 def count(mask: Mask) -> tuple[int, int]:
@@ -67,6 +76,25 @@ def shuffled(mask: Mask, generator: torch.Generator) -> Mask:
     """A random mask with the same global number of survivors (a random permutation of the flat mask)."""
     flat = torch.cat([m.flatten() for m in mask.values()])
     return _unflatten(flat[torch.randperm(len(flat), generator=generator)], mask)
+
+
+def adjusted_random(mask: Mask, trained: Dict[str, torch.Tensor], generator: torch.Generator) -> Mask:
+    """The random baseline adjusted for natural sparsity (the paper's CIFAR-10 caveat).
+
+    `trained` holds the dense network's weights after training (IMP level 0 of the same chain).
+    Weights that training alone drove to zero (sparsity.naturally_zero) are removed first, then
+    randomly chosen others, until exactly as many weights survive as `mask` keeps: a plain random
+    mask would keep many weights that are zero anyway and so be sparser than its count says.
+    When the natural zeros alone remove more than that, every non-zero weight is kept and randomly
+    chosen zero ones make up the count, so the number kept always equals the IMP mask's."""
+    kept, _ = count(mask)
+    zero = torch.cat([naturally_zero(trained[n].detach().cpu()).flatten() for n in mask])
+    perm = torch.randperm(len(zero), generator=generator)
+    # A stable sort on "is zero" of a random permutation: non-zero weights first, each group in random order.
+    order = perm[torch.sort(zero[perm].to(torch.uint8), stable=True).indices]
+    flat = torch.zeros(len(zero))
+    flat[order[:kept]] = 1
+    return _unflatten(flat, mask)
 
 
 def _unflatten(flat: torch.Tensor, like: Mask) -> Mask:
