@@ -5,6 +5,10 @@ augmentation draws come from generators seeded by those, so a resumed run sees e
 batches an uninterrupted one would. With several ranks, each rank takes its contiguous slice
 of the same global batch, so the global batch does not depend on the number of ranks.
 Evaluation splits the test set by rank with no padding, so every image is counted once.
+
+With `index_targets`, training batches carry each image's index in the training set instead of
+its label (NPID's memory bank is indexed by image); `train_labels` holds every training image's
+label in that index order. Test batches always carry labels.
 """
 from __future__ import annotations
 
@@ -23,11 +27,12 @@ class MemoryLoader:
     """A small data set held as a uint8 tensor on the device, augmented a batch at a time."""
 
     def __init__(self, data: MemoryData, batch_size: int, seed: int, device: torch.device,
-                 rank: int = 0, world: int = 1, channels_last: bool = False):
+                 rank: int = 0, world: int = 1, channels_last: bool = False, index_targets: bool = False):
         if batch_size % world:
             raise ValueError(f"batch size {batch_size} is not divisible by {world} ranks")
         self.data, self.batch_size, self.seed, self.device = data, batch_size, seed, device
-        self.rank, self.world, self.channels_last = rank, world, channels_last
+        self.rank, self.world, self.channels_last, self.index_targets = rank, world, channels_last, index_targets
+        self.train_labels = data.train.labels.cpu()
         self.train_x = data.train.images.to(device)
         self.train_y = data.train.labels.to(device)
         self.test_x = data.test.images.to(device)
@@ -68,7 +73,7 @@ class MemoryLoader:
             idx = order[i * self.batch_size + self.rank * per_rank: i * self.batch_size + (self.rank + 1) * per_rank]
             g = seeds.generator(self.seed, "augment", epoch, i, device=self.device)
             x = self.augment(self.train_x[idx], g)
-            yield self._normalize(x), self.train_y[idx]
+            yield self._normalize(x), idx if self.index_targets else self.train_y[idx]
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         x, y = self.test_x[self.rank::self.world], self.test_y[self.rank::self.world]
@@ -91,6 +96,8 @@ def _balanced(samples: list, n: Optional[int]) -> list:
     quick run's `train_limit` would hold the first class only."""
     if not n or n >= len(samples):
         return list(samples)
+    if isinstance(samples[0][1], tuple):  # multi-label (VOC07): no single class to take turns by, and
+        return list(samples[:n])  # its image lists are not sorted by class, so a prefix is a fair sample
     rank = collections.Counter()
     keyed = []
     for i, (_, label) in enumerate(samples):
@@ -117,8 +124,8 @@ def _scan(directory: str, classes: tuple, allow_empty: bool) -> tuple:
 class _SeededFolder(torch.utils.data.Dataset):
     """ImageFolder samples whose random transforms draw from a seed carried with each index."""
 
-    def __init__(self, samples, transform):
-        self.samples, self.transform = samples, transform
+    def __init__(self, samples, transform, index_targets: bool = False):
+        self.samples, self.transform, self.index_targets = samples, transform, index_targets
 
     def __len__(self):
         return len(self.samples)
@@ -128,19 +135,42 @@ class _SeededFolder(torch.utils.data.Dataset):
 
         index, sample_seed = item
         path, label = self.samples[index]
+        if isinstance(label, tuple):  # a multi-label target (sslprune.voc): batches collate it into an N x C matrix
+            label = torch.tensor(label, dtype=torch.float32)
         image = default_loader(path)
         # The transforms draw from torch's default CPU generator: seed that one alone and put it
         # back afterwards, leaving the caller's random state (CPU and CUDA) as it was.
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(sample_seed)
-            return self.transform(image), label
+            return self.transform(image), index if self.index_targets else label
+
+
+def folder_train(data: FolderData) -> list:
+    """(path, label) of the training images a FolderData uses, before any label subset: the scan
+    of train/ cut to `train_limit`. Label subsets are indices into this list."""
+    from torchvision.datasets.folder import find_classes
+
+    if data.train_samples is not None:  # listed by the data set's own split files
+        return _balanced(list(data.train_samples), data.train_limit)
+    classes = tuple(data.classes) or tuple(find_classes(str(data.train_dir))[0])
+    return _balanced(list(_scan(str(data.train_dir), classes, False)), data.train_limit)
+
+
+def _labelled(samples: list, data: FolderData) -> list:
+    """A FolderData's label subset applied to its scanned training list."""
+    if data.labelled is None:
+        return samples
+    keep = set(data.labelled)
+    if data.unlabelled_kept:
+        return [(path, label if i in keep else -1) for i, (path, label) in enumerate(samples)]
+    return [samples[i] for i in sorted(keep)]
 
 
 class FolderLoader:
     """ImageNet-like trees: per-sample decoding and augmentation in DataLoader workers."""
 
     def __init__(self, data: FolderData, batch_size: int, seed: int, device: torch.device,
-                 rank: int = 0, world: int = 1, channels_last: bool = False):
+                 rank: int = 0, world: int = 1, channels_last: bool = False, index_targets: bool = False):
         from torchvision import transforms as T
         from torchvision.datasets.folder import find_classes
 
@@ -154,11 +184,13 @@ class FolderLoader:
         test_t = T.Compose([T.Resize(int(round(s * 256 / 224))), T.CenterCrop(s), T.ToTensor(), norm])
         # Both splits take their labels from train/'s classes, so a val/ lacking a class stays aligned.
         classes = tuple(data.classes) or tuple(find_classes(str(data.train_dir))[0])
-        train = _balanced(list(_scan(str(data.train_dir), classes, False)), data.train_limit)
-        test = _balanced(list(_scan(str(data.test_dir), classes, True)), data.test_limit)
+        train = _labelled(folder_train(data), data)
+        listed = data.test_samples if data.test_samples is not None else _scan(str(data.test_dir), classes, True)
+        test = _balanced(list(listed), data.test_limit)
         if not test:
             raise DataMissing(f"{data.name}: no images under {data.test_dir}")
-        self.train, self.test = _SeededFolder(train, train_t), _SeededFolder(test, test_t)
+        self.train, self.test = _SeededFolder(train, train_t, index_targets), _SeededFolder(test, test_t)
+        self.train_labels = torch.tensor([label for _, label in train], dtype=torch.int64)
         if len(train) < batch_size:
             raise ValueError(f"{data.name} has {len(train)} training images, fewer than one batch of {batch_size}")
         self.steps_per_epoch = len(train) // batch_size
@@ -193,6 +225,14 @@ class FolderLoader:
 
 
 def make(data, batch_size: int, seed: int, device: torch.device, rank: int = 0, world: int = 1,
-         channels_last: bool = False):
+         channels_last: bool = False, index_targets: bool = False):
     cls = MemoryLoader if isinstance(data, MemoryData) else FolderLoader
-    return cls(data, batch_size, seed, device, rank, world, channels_last)
+    return cls(data, batch_size, seed, device, rank, world, channels_last, index_targets)
+
+
+def train_labels(data) -> torch.Tensor:
+    """Every training image's label (CPU int64, index order) before any label subset, without
+    building a loader: what a label subset is drawn from."""
+    if isinstance(data, MemoryData):
+        return data.train.labels.cpu()
+    return torch.tensor([label for _, label in folder_train(data)], dtype=torch.int64)
