@@ -3,7 +3,11 @@
     sslprune-train   signal=<s> seed=<n>                  IMP level 0 (dense pretraining)
     sslprune-imp     signal=<s> seed=<n> [level=<L>]      one IMP level, or the whole chain 0..prune.levels
     sslprune-retrain signal=<s> seed=<n> level=<L> scheme=<winning_ticket|random_reinit|random>
-    sslprune-probe   signal=<s> seed=<n> level=<L> [probe_dataset=<i>]
+    sslprune-probe   signal=<s> seed=<n> level=<L> [probe_dataset=<i>]     linear probe on probe.datasets[i]
+    sslprune-svm     signal=<s> seed=<n> level=<L> [probe_dataset=<i>]     linear SVMs on svm.datasets[i] (VOC07)
+    sslprune-finetune signal=<s> seed=<n> level=<L> [probe_dataset=<i>]    fine-tuning on finetune.datasets[i]
+
+Without level=<L>, the evaluation apps run every level (each needs that IMP level done).
 """
 from __future__ import annotations
 
@@ -20,8 +24,21 @@ def _levels(c: Config) -> list[int]:
     return list(range(c.prune.levels + 1)) if c.level is None else [c.level]
 
 
+EVALUATIONS = ("probe", "svm", "finetune")  # apps that evaluate a level on one of their datasets (probe_dataset=<i>)
+
+
+def evaluated(kind: str, c: Config):
+    """The data set an evaluation app runs on: entry probe_dataset of <kind>.datasets."""
+    datasets = getattr(c, kind).datasets
+    if not datasets:
+        raise ConfigError(f"{kind}.datasets is empty: nothing to evaluate on")
+    if not 0 <= c.probe_dataset < len(datasets):
+        raise ConfigError(f"probe_dataset={c.probe_dataset} must index {kind}.datasets (0..{len(datasets) - 1})")
+    return datasets[c.probe_dataset]
+
+
 def plan(kind: str, c: Config) -> list:
-    from sslprune.stage import ImpLevel, Probe, Retrain
+    from sslprune.stage import Finetune, ImpLevel, Probe, Retrain, Svm
 
     if kind == "train":
         return [ImpLevel(c, c.signal, c.seed, 0)]
@@ -29,7 +46,8 @@ def plan(kind: str, c: Config) -> list:
         return [ImpLevel(c, c.signal, c.seed, lv) for lv in _levels(c)]
     if kind == "retrain":
         return [Retrain(c, c.signal, c.seed, lv, c.scheme) for lv in _levels(c)]
-    return [Probe(c, c.signal, c.seed, lv, c.probe.datasets[c.probe_dataset]) for lv in _levels(c)]
+    stage = {"probe": Probe, "svm": Svm, "finetune": Finetune}[kind]
+    return [stage(c, c.signal, c.seed, lv, evaluated(kind, c)) for lv in _levels(c)]
 
 
 @user_errors
@@ -38,8 +56,10 @@ def execute(kind: str, cfg: DictConfig) -> list[dict]:
     from sslprune import pipeline
     from sslprune.runtime import local
 
-    if kind == "probe" and not c.probe.datasets:
-        raise ConfigError("probe.datasets is empty: nothing to probe on")
+    if c.signal is None:
+        raise ConfigError(f"signal=<name> is required: one of {', '.join(c.signals)}")
+    if kind in EVALUATIONS:
+        evaluated(kind, c)  # before the data are checked: a bad index is the first thing to say
     pipeline.check_inputs(c)
     todo = plan(kind, c)
     # A single-level request needs its parent already done (a chain request produces its own parents).
@@ -61,4 +81,4 @@ def _app(kind: str):
     return main
 
 
-train, imp, retrain, probe = (_app(k) for k in ("train", "imp", "retrain", "probe"))
+train, imp, retrain, probe, svm, finetune = (_app(k) for k in ("train", "imp", "retrain", "probe", "svm", "finetune"))

@@ -2,10 +2,13 @@
 
 Small data sets (digits, Fashion-MNIST, CIFAR-10) are read whole into uint8 tensors so the
 loader can keep them on the accelerator and augment a batch at once. ImageNet-like data sets
-(ImageNet, Places205) stay ImageFolder trees read by a DataLoader.
+(ImageNet, Places205, VOC07) stay files on disk read by a DataLoader: ImageFolder trees, or
+explicit (path, target) lists read from the data set's own split files (Places205's official
+CSV lists, VOC07's ImageSets and Annotations, sslprune.voc).
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import pickle
@@ -17,6 +20,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from . import voc
 from .config import DataConfig, ConfigError, DATASETS
 
 FASHION_MNIST_DEBIAN = "/usr/share/datasets/fashion-mnist"
@@ -29,7 +33,7 @@ class DataMissing(FileNotFoundError):
 @dataclass
 class Split:
     images: torch.Tensor  # uint8, N x C x H x W
-    labels: torch.Tensor  # int64, N
+    labels: torch.Tensor  # int64, N; -1 = unlabelled (outside S4L's label subset)
 
 
 @dataclass
@@ -62,6 +66,17 @@ class FolderData:
     std: tuple = (0.229, 0.224, 0.225)
     channels: int = 3
     classes: tuple = ()  # train/'s class folder names; a class's label is its index here, in both splits
+    # Label subset (sslprune.subset), applied by the loader to its scanned training list (only the
+    # scan knows the labels): the indices whose labels are used, None = all; the other images are
+    # dropped, or kept with label -1 when `unlabelled_kept` (S4L).
+    labelled: Optional[tuple] = None
+    unlabelled_kept: bool = False
+    # Data sets whose split files list their images: ((path, target), ...) per split, used instead
+    # of scanning train_dir / test_dir. A target is an int label, or a tuple of per-class values
+    # when `multilabel` (VOC07: 1 present, 0 absent, -1 difficult only, see sslprune.voc).
+    train_samples: Optional[tuple] = None
+    test_samples: Optional[tuple] = None
+    multilabel: bool = False
 
 
 def _limit(split: Split, n: Optional[int]) -> Split:
@@ -159,8 +174,13 @@ NUM_CLASSES = {"digits": 10, "fashion_mnist": 10, "cifar10": 10}
 DEFAULT_ROOTS = {"fashion_mnist": FASHION_MNIST_DEBIAN}
 HOW_TO_GET = {
     "imagenet": "ImageNet (ILSVRC-2012) from image-net.org, arranged as train/<wnid>/*.JPEG and val/<wnid>/*.JPEG",
-    "places205": "Places205 from places.csail.mit.edu, arranged as train/<category>/*.jpg and val/<category>/*.jpg",
+    "places205": "Places205 from places.csail.mit.edu, either as released (trainvalsplit_places205/"
+                 "{train,val}_places205.csv with the images under images256/ or "
+                 "data/vision/torralba/deeplearning/images256/) or arranged as train/<category>/*.jpg "
+                 "and val/<category>/*.jpg",
 }
+PLACES205_SPLITS = "trainvalsplit_places205"
+PLACES205_IMAGES = ("images256", "data/vision/torralba/deeplearning/images256")
 
 
 def root_of(cfg: DataConfig) -> Optional[Path]:
@@ -183,6 +203,10 @@ def check(cfg: DataConfig) -> None:
         _fashion_mnist_missing(root)
     elif cfg.name == "cifar10":
         _cifar10_base(root)
+    elif cfg.name == "voc07":
+        voc.check(root)
+    elif cfg.name == "places205" and (root / PLACES205_SPLITS).exists():
+        _places205_files(root)
     else:
         folder_classes(cfg.name, root)
 
@@ -210,10 +234,73 @@ def folder_classes(name: str, root: Path) -> list[str]:
     return classes
 
 
+def _places205_files(root: Path) -> tuple[Path, Path, Path]:
+    """(train list, val list, image folder) of the official Places205 release."""
+    lists = [root / PLACES205_SPLITS / f"{s}_places205.csv" for s in ("train", "val")]
+    for p in lists:
+        if not p.is_file():
+            raise DataMissing(f"places205: {p} does not exist. " + _how("places205"))
+    for images in PLACES205_IMAGES:
+        if (root / images).is_dir():
+            return lists[0], lists[1], root / images
+    raise DataMissing(f"places205: no image folder under {root}: expected "
+                      + " or ".join(str(root / i) for i in PLACES205_IMAGES) + ". " + _how("places205"))
+
+
+def _places205_list(path: Path, images: Path) -> tuple:
+    """(image path, label) of every line "a/abbey/00000001.jpg 0" of an official split list."""
+    out = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 2 or not parts[1].isdigit():
+                raise ValueError(f"places205: {path} line {n} is {line.strip()!r}, not '<relative path> <label>'")
+            out.append((str(images / parts[0]), int(parts[1])))
+    if not out:
+        raise DataMissing(f"places205: {path} lists no images. " + _how("places205"))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=4)
+def _places205_samples(train_list: Path, val_list: Path, images: Path) -> tuple:
+    """(train, val, class names) of the official lists; cached per process (2.5 million lines, and
+    every stage loads its data)."""
+    train, test = _places205_list(train_list, images), _places205_list(val_list, images)
+    # 205 classes in the release; a subset (or a test fixture) may hold fewer.
+    num_classes = 1 + max(max(label for _, label in train), max(label for _, label in test))
+    names = {}
+    for path, label in train:
+        names.setdefault(label, os.path.relpath(os.path.dirname(path), images))  # "a/abbey"
+    return train, test, tuple(names.get(i, str(i)) for i in range(num_classes))
+
+
+def _places205(cfg: DataConfig, root: Path) -> FolderData:
+    train_list, val_list, images = _places205_files(root)
+    train, test, classes = _places205_samples(train_list, val_list, images)
+    # Listing 2.5 million images is the loader's business; the first of each list shows the image
+    # folder is the right one before any work.
+    for path, _ in (train[0], test[0]):
+        if not os.path.isfile(path):
+            raise DataMissing(f"places205: image {path} listed in {PLACES205_SPLITS}/ does not exist. "
+                              + _how("places205"))
+    return FolderData(cfg.name, images, images, len(classes), cfg.image_size, cfg.train_limit, cfg.test_limit,
+                      cfg.workers, classes=classes, train_samples=train, test_samples=test)
+
+
+def _voc07(cfg: DataConfig, root: Path) -> FolderData:
+    b = voc.check(root)
+    return FolderData(cfg.name, b / "JPEGImages", b / "JPEGImages", len(voc.CLASSES), cfg.image_size,
+                      cfg.train_limit, cfg.test_limit, cfg.workers, classes=voc.CLASSES,
+                      train_samples=voc.samples(b, "train"), test_samples=voc.samples(b, "test"), multilabel=True)
+
+
 def _how(name: str) -> str:
     return {
         "fashion_mnist": f"Install Debian's dataset-fashion-mnist ({FASHION_MNIST_DEBIAN}) or torchvision's layout.",
         "cifar10": "Download cifar-10-python.tar.gz and set data.root to the folder holding cifar-10-batches-py/.",
+        "voc07": voc.HOW,
     }.get(name, "Obtain " + HOW_TO_GET.get(name, name) + ".")
 
 
@@ -224,6 +311,10 @@ def load(cfg: DataConfig):
     """MemoryData or FolderData for a data config (small data sets are cached per process)."""
     check(cfg)
     root = root_of(cfg)
+    if cfg.name == "voc07":
+        return _voc07(cfg, root)
+    if cfg.name == "places205" and (root / PLACES205_SPLITS).exists():
+        return _places205(cfg, root)
     if cfg.name in HOW_TO_GET:
         classes = folder_classes(cfg.name, root)
         return FolderData(cfg.name, root / "train", root / "val", len(classes), cfg.image_size,
