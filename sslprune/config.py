@@ -34,6 +34,7 @@ CUT_POINTS = {
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("step", "cosine")
 SCHEMES = ("winning_ticket", "random_reinit", "random", "random_adjusted")
+DEFAULT_SCHEMES = ("winning_ticket", "random_reinit", "random")  # the paper's three starts
 DEVICES = ("auto", "cpu", "cuda")
 REWIND = re.compile(r"^(\d+(?:\.\d+)?)(it|ep|sa|%)$")
 
@@ -62,7 +63,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "resnet_small"
-    width: int = 16  # channels of the first stage; later stages double it
+    # ResNets: channels of the first stage, later stages double it (resnet50: width_per_group).
+    # alexnet, alexnet_cifar, vgg19: 64 is the published network; other widths scale every layer by width/64.
+    width: int = 16
 
 
 @dataclass
@@ -131,7 +134,7 @@ class PruneConfig:
 @dataclass
 class RetrainConfig:
     signals: List[str] = field(default_factory=list)  # whose masks to re-train; empty = every signal
-    schemes: List[str] = field(default_factory=lambda: list(SCHEMES))
+    schemes: List[str] = field(default_factory=lambda: list(DEFAULT_SCHEMES))
     levels: Optional[List[int]] = None  # None = every level
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -256,7 +259,7 @@ class Config:
     seeds: List[int] = field(default_factory=lambda: [0, 1])
     # Stage apps run one stage; these select it.
     seed: int = 0
-    signal: str = "rotnet"
+    signal: Optional[str] = None  # required by the stage apps; with sweeps, a full name like rotnet@layer2
     level: Optional[int] = None
     scheme: str = "winning_ticket"
     probe_dataset: int = 0  # index into probe.datasets (svm.datasets, finetune.datasets for those apps)
@@ -399,7 +402,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"level={cfg.level} must be >= 0")
     if cfg.level is not None and cfg.level > p.levels:
         raise ConfigError(f"level={cfg.level} is beyond prune.levels={p.levels}")
-    _choice("signal", cfg.signal, tuple(cfg.signals))
+    if cfg.signal is not None:
+        _choice("signal", cfg.signal, tuple(cfg.signals))
     _choice("scheme", cfg.scheme, SCHEMES)
     if not cfg.seeds:
         raise ConfigError("seeds is empty")
@@ -416,8 +420,8 @@ def validate(cfg: Config) -> None:
     validate_optim("retrain.optim", r.optim)
     pr = cfg.probe
     _evaluation("probe", pr.signals, pr.datasets, pr.levels, cfg)
-    if pr.datasets and not 0 <= cfg.probe_dataset < len(pr.datasets):
-        raise ConfigError(f"probe_dataset={cfg.probe_dataset} must index probe.datasets (0..{len(pr.datasets) - 1})")
+    if cfg.probe_dataset < 0:  # which list it indexes depends on the app (launch/stages.py checks the range)
+        raise ConfigError(f"probe_dataset={cfg.probe_dataset} must be >= 0")
     validate_optim("probe.optim", pr.optim)
     sv = cfg.svm
     _evaluation("svm", sv.signals, sv.datasets, sv.levels, cfg)
@@ -509,9 +513,8 @@ def expand(cfg: Config) -> Config:
     def many(lst: List[str]) -> List[str]:
         return [n for base in lst for n in (names(base) if base in cfg.signals else [base])]
 
-    signal = cfg.signal if cfg.signal in signals else names(cfg.signal)[0] if cfg.signal in cfg.signals else cfg.signal
     return dataclasses.replace(
-        cfg, signals=signals, signal=signal, prune=dataclasses.replace(p, scopes=[], rewinds=[]),
+        cfg, signals=signals, prune=dataclasses.replace(p, scopes=[], rewinds=[]),
         retrain=dataclasses.replace(cfg.retrain, signals=many(cfg.retrain.signals)),
         probe=dataclasses.replace(cfg.probe, signals=many(cfg.probe.signals)),
         svm=dataclasses.replace(cfg.svm, signals=many(cfg.svm.signals)),

@@ -132,8 +132,8 @@ def stage_path(stage) -> str:
 
 
 def remaining(stage) -> Optional[float]:
-    """Fraction of weights remaining under the stage's mask (a probe uses its IMP level's)."""
-    for d in (stage.dir, *(p.dir for p in stage.parents() if stage.kind == "probe")):
+    """Fraction of weights remaining under the stage's mask (a probe or SVM uses its IMP level's)."""
+    for d in (stage.dir, *(p.dir for p in stage.parents() if stage.kind in ("probe", "svm", "finetune"))):
         f = Path(d) / "sparsity_report.json"
         if f.exists():
             try:
@@ -149,7 +149,7 @@ def describe(stage) -> dict:
             "signal_task": stage.cfg.signals[stage.signal].task.name, "seed": stage.seed, "level": stage.level,
             "remaining": remaining(stage), "evaluation": stage.evaluation,
             "scheme": getattr(stage, "scheme", None),
-            "probe_dataset": stage.data.name if stage.kind == "probe" else None,
+            "probe_dataset": stage.data.name if stage.kind in ("probe", "svm", "finetune") else None,
             "stage_dir": stage_path(stage), "store": str(stage.store)}
 
 

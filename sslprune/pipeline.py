@@ -17,7 +17,7 @@ from . import dataset
 from .config import Config, ConfigError, rewind_steps, signal_data, signal_prune, validate
 from .progress import clock
 from .runtime import local
-from .stage import ImpLevel, Probe, Retrain, Stage
+from .stage import Finetune, ImpLevel, Probe, Retrain, Stage, Svm
 
 
 def chains(cfg: Config) -> list[list[Stage]]:
@@ -25,7 +25,7 @@ def chains(cfg: Config) -> list[list[Stage]]:
     out = []
     r, p = cfg.retrain, cfg.probe
     for seed in cfg.seeds:
-        for signal in cfg.signals:
+        for signal in sorted(cfg.signals, key=lambda n: depth(cfg, n)):  # transfer chains after their sources
             chain: list[Stage] = []
             for level in range(cfg.prune.levels + 1):
                 chain.append(ImpLevel(cfg, signal, seed, level))
@@ -33,8 +33,19 @@ def chains(cfg: Config) -> list[list[Stage]]:
                     chain += [Retrain(cfg, signal, seed, level, s) for s in r.schemes]
                 if signal in p.signals and (p.levels is None or level in p.levels):
                     chain += [Probe(cfg, signal, seed, level, d) for d in p.datasets]
+                for ev, stage in ((cfg.svm, Svm), (cfg.finetune, Finetune)):
+                    if signal in ev.signals and (ev.levels is None or level in ev.levels):
+                        chain += [stage(cfg, signal, seed, level, d) for d in ev.datasets]
             out.append(chain)
     return out
+
+
+def depth(cfg: Config, signal: str) -> int:
+    """How many init_from links lead from a signal back to one trained from scratch."""
+    d = 0
+    while cfg.signals[signal].init_from is not None:
+        signal, d = cfg.signals[signal].init_from, d + 1
+    return d
 
 
 def stages(cfg: Config) -> list[Stage]:
@@ -52,8 +63,6 @@ def check_inputs(cfg: Config) -> None:
     uses += [(f"probe.datasets[{i}]", d, "probe.optim", cfg.probe.optim, None) for i, d in enumerate(cfg.probe.datasets)]
     uses += [(f"finetune.datasets[{i}]", d, "finetune.optim", cfg.finetune.optim, None)
              for i, d in enumerate(cfg.finetune.datasets)]
-    for i, d in enumerate(cfg.svm.datasets):
-        dataset.load(d)
     for data_key, data_cfg, optim_key, optim, signal in uses:
         data = dataset.load(data_cfg)
         if not isinstance(data, dataset.MemoryData):
@@ -66,6 +75,25 @@ def check_inputs(cfg: Config) -> None:
             spe = n // optim.batch_size
             rewind = signal_prune(cfg, signal).rewind
             rewind_steps(rewind, spe, optim.batch_size, optim.epochs * spe)  # raises if beyond training
+    for d in cfg.svm.datasets:
+        dataset.load(d)  # its root (sizes are not checked: the SVMs see the whole split)
+    for key, ev in (("probe", cfg.probe), ("svm", cfg.svm), ("finetune", cfg.finetune)):
+        for i, d in enumerate(ev.datasets):  # the evaluated network's first layer must take these images
+            for name in ev.signals:
+                mine, theirs = dataset.load(d), dataset.load(signal_data(cfg, name))
+                if mine.channels != theirs.channels:
+                    raise ConfigError(f"{key}.datasets[{i}] ({mine.name}, {mine.channels} channels) cannot evaluate "
+                                      f"signal {name}, trained on {theirs.name} ({theirs.channels} channels)")
+    for name, sig in cfg.signals.items():
+        if sig.task.label_fraction < 1 and getattr(dataset.load(signal_data(cfg, name)), "multilabel", False):
+            raise ConfigError(f"signals.{name}.task.label_fraction={sig.task.label_fraction}: label subsets need "
+                              f"single-label data, {signal_data(cfg, name).name} is multi-label")
+        if sig.init_from is not None:  # the source network's first layer must take the target's images
+            mine, theirs = dataset.load(signal_data(cfg, name)), dataset.load(signal_data(cfg, sig.init_from))
+            if mine.channels != theirs.channels:
+                raise ConfigError(f"signals.{name}.init_from={sig.init_from}: {sig.init_from} trains on "
+                                  f"{theirs.name} ({theirs.channels} channels) but {name} on {mine.name} "
+                                  f"({mine.channels} channels)")
 
 
 def _run_chain(cfg: Config, chain_index: int, threads: int) -> list[str]:
@@ -91,17 +119,21 @@ def run_local(cfg: Config) -> int:
     if not todo:
         return 0
     cores = os.cpu_count() or 1
-    workers = cfg.run.workers or (1 if _uses_cuda(cfg) else min(cores, len(todo)))
     t0 = time.monotonic()
     ran = 0
-    if workers <= 1:
-        for i in todo:
-            ran += len(_run_chain(cfg, i, 0))
-    else:
+    # Chains that start from another chain's network (pruning during transfer) wait for a later wave.
+    waves = sorted({depth(cfg, all_chains[i][0].signal) for i in todo})
+    for wave in waves:
+        batch = [i for i in todo if depth(cfg, all_chains[i][0].signal) == wave]
+        workers = cfg.run.workers or (1 if _uses_cuda(cfg) else min(cores, len(batch)))
+        if workers <= 1:
+            for i in batch:
+                ran += len(_run_chain(cfg, i, 0))
+            continue
         threads = max(1, cores // workers)
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            futures = [pool.submit(_run_chain, cfg, i, threads) for i in todo]
+            futures = [pool.submit(_run_chain, cfg, i, threads) for i in batch]
             for f in as_completed(futures):
                 ran += len(f.result())
                 finished = sum(1 for c in all_chains for s in c if s.done())

@@ -1,11 +1,15 @@
-"""The three kinds of stage, each a self-contained, resumable job writing into its own directory.
+"""The kinds of stage (IMP level, re-training, probe, SVM, fine-tuning), each a self-contained,
+resumable job writing into its own directory.
 
 Store layout (open_lth style: hashes name what changes the numbers, seeds and levels are path parts):
 
     <store>/imp/<chain>/seed_<s>/level_<L>/             IMP level L (level 0 = dense pretraining)
         mask.pt sparsity_report.json model.pt result.json [rewind.pt at level 0] [checkpoint.pt while running]
+    .../level_0/label_subset.json                       the label subset a labels/s4l signal uses (if any)
     .../level_<L>/retrain_<hash>/<scheme>/              re-training of that mask on labels
     .../level_<L>/probe_<hash>/                         linear probe of that level's weights
+    .../level_<L>/svm_<hash>/                           linear SVMs on that level's frozen features (VOC07)
+    .../level_<L>/finetune_<hash>/                      full fine-tuning of that level's network, mask kept
 
 `result.json` is written last: a stage with it is done and is never recomputed; a stage without
 it resumes from its checkpoint. A stage whose parent is not done fails at once naming the path.
@@ -19,6 +23,7 @@ from typing import Callable, Optional
 import torch
 
 from . import checkpoint, dataset, monitor as monitors, loader as loaders, mask as masks, model as models, seed as seeds, task as tasks
+from . import subset as subsets
 from .config import Config, DataConfig, OptimConfig, SignalConfig, digest, identity, rewind_steps, \
     signal_data, signal_prune
 from .progress import Progress, clock
@@ -126,7 +131,10 @@ class Stage:
                 checkpoint.save(s.mask, self.dir / "mask.pt")
         net = s.net.to(rt.device)
         loader = loaders.make(s.data, s.optim.batch_size, seeds.derive(*s.seed_parts), rt.device, rt.rank, rt.world,
-                              rt.channels_last)
+                              rt.channels_last, s.task.index_targets)
+        s.task.bind(loader)  # before fit, which restores the task's checkpointed state (NPID's bank)
+        if s.task_state:
+            s.task.load_state_dict(s.task_state)  # rewound with the weights; a checkpoint overrides it
         if rt.channels_last:
             net = net.to(memory_format=torch.channels_last)
         model = net
@@ -163,6 +171,7 @@ class Setup:
     check: Optional[Callable] = None  # net -> None, raises if the result is inconsistent
     save_mask: bool = True
     save_model: bool = True
+    task_state: Optional[dict] = None  # the task's state to start from (NPID's bank at the rewind point)
 
     def __post_init__(self):
         if self.train_mask is None:
@@ -180,15 +189,30 @@ class ImpLevel(Stage):
         return self.level_dir
 
     def parents(self):
-        return [ImpLevel(self.cfg, self.signal, self.seed, self.level - 1)] if self.level > 0 else []
+        if self.level > 0:
+            return [ImpLevel(self.cfg, self.signal, self.seed, self.level - 1)]
+        source = self.cfg.signals[self.signal].init_from
+        return [ImpLevel(self.cfg, source, self.seed, 0)] if source is not None else []
 
     def rewind_file(self) -> Path:
         return ImpLevel(self.cfg, self.signal, self.seed, 0).dir / "rewind.pt"
+
+    def label_subset(self, data, rt):
+        """The signal's data restricted to its label subset, drawn once and saved at level 0
+        (label_subset.json): later levels and resumed runs read it back, so the chain keeps the
+        images it started with, and a file that disagrees with the config is an error."""
+        task = self.cfg.signals[self.signal].task
+        path = ImpLevel(self.cfg, self.signal, self.seed, 0).dir / subsets.FILE
+        indices = subsets.saved(path, task, loaders.train_labels(data), data.num_classes,
+                                write=rt.is_writer, must_exist=self.level > 0)
+        return subsets.restrict(data, task, indices)
 
     def prepare(self, rt):
         cfg, sig = self.cfg, self.cfg.signals[self.signal]
         prune = signal_prune(cfg, self.signal)
         data = dataset.load(signal_data(cfg, self.signal))
+        if sig.task.label_fraction < 1:
+            data = self.label_subset(data, rt)
         task = tasks.make(sig.task, data)
         net = models.build(cfg.model, data.channels, task.num_outputs, seeds.derive(self.seed, "init"))
         rewind_file = self.rewind_file()
@@ -197,16 +221,25 @@ class ImpLevel(Stage):
             spe = loader.steps_per_epoch
             return rewind_steps(prune.rewind, spe, sig.optim.batch_size, sig.optim.epochs * spe)
 
-        hooks, start = [], None
+        hooks, start, task_state = [], None, None
         if self.level == 0:
-            mask = masks.ones(net, prune.ignore)
+            if sig.init_from is not None:
+                # Pruning during transfer: start from the source signal's trained dense network, keep
+                # its backbone, and put a fresh head for this task on it.
+                trained = checkpoint.load(self.parents()[0].dir / "model.pt")
+                net.load_state_dict({**net.state_dict(), **{k: v for k, v in trained.items()
+                                                              if k.startswith("backbone.")}})
+                net.new_head(task.num_outputs, seeds.generator(self.seed, "transfer-head"))
+            mask = masks.ones(net, prune.ignore, prune.scope)
 
             def save_rewind(loader):
                 k = k_of(loader)
 
                 def hook(step, module):
                     if step == k and rt.is_writer and not rewind_file.exists():
-                        checkpoint.save({"model": module.state_dict(), "step": k}, rewind_file)
+                        # The task's state (NPID's memory bank) is rewound with the weights.
+                        checkpoint.save({"model": module.state_dict(), "step": k, "task": task.state_dict()},
+                                        rewind_file)
                 return hook
             hooks = [save_rewind]
         else:
@@ -215,10 +248,13 @@ class ImpLevel(Stage):
             parent = self.parents()[0]
             mask = masks.magnitude(checkpoint.load(parent.dir / "model.pt"), checkpoint.load(parent.dir / "mask.pt"),
                                    prune.rate)
-            net.load_state_dict(checkpoint.load(rewind_file)["model"])
+            rewound = checkpoint.load(rewind_file)
+            net.load_state_dict(rewound["model"])
+            task_state = rewound.get("task") or None
             start = k_of
         return Setup(net=net, task=task, data=data, optim=sig.optim, mask=mask, seed_parts=(self.seed, "imp", self.level),
-                     identity={"stage": "imp", "level": self.level}, start=start, hooks=hooks)
+                     identity={"stage": "imp", "level": self.level}, start=start, hooks=hooks,
+                     task_state=task_state)
 
 
 class Retrain(Stage):
@@ -256,6 +292,10 @@ class Retrain(Stage):
         net = models.build(cfg.model, data.channels, task.num_outputs, seeds.derive(self.seed, "reinit"))
         if self.scheme == "random":
             mask = masks.shuffled(mask, seeds.generator(self.seed, "random-mask", self.level))
+        elif self.scheme == "random_adjusted":
+            # Random, but the weights the trained dense network (level 0) has at zero are removed first.
+            dense = checkpoint.load(ImpLevel(cfg, self.signal, self.seed, 0).dir / "model.pt")
+            mask = masks.adjusted_random(mask, dense, seeds.generator(self.seed, "adjusted-mask", self.level))
         elif self.scheme == "winning_ticket":
             rewound = checkpoint.load(imp.rewind_file())["model"]
             backbone = {k: v for k, v in rewound.items() if k.startswith("backbone.")}
@@ -313,3 +353,103 @@ class Probe(Stage):
                      seed_parts=(self.seed, "probe", self.level, self.data.name),
                      identity={"stage": "probe", "data": identity(self.data), "optim": identity(cfg.probe.optim)},
                      params=lambda n: n.head.parameters(), check=unchanged, save_mask=False, save_model=False)
+
+
+class Svm(Stage):
+    """Linear SVMs, one per class, on the frozen penultimate features of IMP level L's weights (sslprune.svm).
+
+    No training loop: features of both splits, then the SVMs. It is short, so an interrupted run
+    simply starts again; only result.json (and config.json) are written."""
+
+    kind = "svm"
+
+    def __init__(self, cfg, signal, seed, level, data: DataConfig):
+        super().__init__(cfg, signal, seed, level)
+        self.data = data
+
+    @property
+    def dir(self) -> Path:
+        sv = self.cfg.svm
+        return self.level_dir / f"svm_{digest(self.data, {'costs': list(sv.costs), 'folds': sv.folds})}"
+
+    @property
+    def label(self) -> str:
+        return f"svm:{self.data.name} {self.signal} seed={self.seed} level={self.level}"
+
+    @property
+    def evaluation(self) -> str:
+        return f"svm:{self.data.name}"
+
+    def parents(self):
+        return [ImpLevel(self.cfg, self.signal, self.seed, self.level)]
+
+    def _run(self, rt, progress, interrupt=None) -> dict:
+        from . import svm
+
+        cfg, sv = self.cfg, self.cfg.svm
+        imp = self.parents()[0]
+        data = dataset.load(self.data)
+        trained = checkpoint.load(imp.dir / "model.pt")  # the mask is already applied to these weights
+        net = models.build(cfg.model, data.channels, trained["head.weight"].shape[0], 0)
+        net.load_state_dict(trained)
+        if rt.is_writer:
+            checkpoint.write_json({"chain": chain_identity(cfg, self.signal), "stage": "svm",
+                                   "data": identity(self.data), "costs": list(sv.costs), "folds": sv.folds},
+                                  self.dir / "config.json")
+        # Every rank computes the same numbers (no sharding): the stage is short, rank 0 writes.
+        split = {}
+        for name in ("train", "test"):
+            split[name] = svm.features(net.backbone, data, name, rt.device, cfg.run.eval_batch_size)
+            progress.note(f"{name} features: {split[name][0].shape[0]} x {split[name][0].shape[1]}")
+        (train_x, train_t), (test_x, test_t) = split["train"], split["test"]
+        result = svm.evaluate(train_x, train_t, test_x, test_t, sv.costs, sv.folds, seeds.derive(self.seed, "svm"),
+                              getattr(data, "classes", ()), jobs=cfg.run.threads or None, note=progress.note)
+        mask = checkpoint.load(imp.dir / "mask.pt")
+        return {**result, "remaining": masks.density(mask), "evaluation": self.evaluation}
+
+
+class Finetune(Stage):
+    """Fine-tune every weight of IMP level L's network on a target data set, its mask kept (VOC07)."""
+
+    kind = "finetune"
+
+    def __init__(self, cfg, signal, seed, level, data: DataConfig):
+        super().__init__(cfg, signal, seed, level)
+        self.data = data
+
+    @property
+    def dir(self) -> Path:
+        return self.level_dir / f"finetune_{digest(self.data, self.cfg.finetune.optim)}"
+
+    @property
+    def label(self) -> str:
+        return f"finetune:{self.data.name} {self.signal} seed={self.seed} level={self.level}"
+
+    @property
+    def evaluation(self) -> str:
+        return f"finetune:{self.data.name}"
+
+    def parents(self):
+        return [ImpLevel(self.cfg, self.signal, self.seed, self.level)]
+
+    def prepare(self, rt):
+        cfg = self.cfg
+        imp = self.parents()[0]
+        data = dataset.load(self.data)
+        task = tasks.labels(data)  # MultiLabel on VOC07
+        trained = checkpoint.load(imp.dir / "model.pt")
+        net = models.build(cfg.model, data.channels, trained["head.weight"].shape[0], 0)
+        net.load_state_dict(trained)
+        net.new_head(task.num_outputs, seeds.generator(self.seed, "finetune-head", self.data.name))
+        mask = checkpoint.load(imp.dir / "mask.pt")
+
+        def pruned_stay_zero(tuned):
+            params = dict(tuned.named_parameters())
+            if any(bool((params[n].detach().cpu()[m == 0] != 0).any()) for n, m in mask.items()):
+                raise RuntimeError(f"{self.label}: a pruned weight is non-zero after fine-tuning")
+
+        return Setup(net=net, task=task, data=data, optim=cfg.finetune.optim, mask=mask,
+                     seed_parts=(self.seed, "finetune", self.level, self.data.name),
+                     identity={"stage": "finetune", "data": identity(self.data),
+                               "optim": identity(cfg.finetune.optim)},
+                     check=pruned_stay_zero)

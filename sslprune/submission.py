@@ -34,11 +34,11 @@ from typing import Optional
 from . import checkpoint, slurm
 from .config import Config, LauncherConfig
 from .monitor import PROGRESS
-from .pipeline import chains, stages
-from .stage import ImpLevel, Probe, Retrain, Stage
+from .pipeline import chains, depth, stages
+from .stage import Finetune, ImpLevel, Probe, Retrain, Stage, Svm
 
 JOB = "job.json"
-KINDS = ("imp", "retrain", "probe")
+KINDS = ("imp", "retrain", "probe", "svm", "finetune")
 STATES = ("done", "running", "pending", "preempted", "failed", "blocked", "missing")
 
 
@@ -161,11 +161,11 @@ def snapshot(store: Path) -> Path:
 # ------------------------------------------------------------------ planning
 
 def _variant(s: Stage) -> str:
-    """What an array holds besides (signal, level): the kind and its variant (scheme, probe data)."""
+    """What an array holds besides (signal, level): the kind and its variant (scheme, evaluated data)."""
     if isinstance(s, Retrain):
         return f"retrain-{s.scheme}"
-    if isinstance(s, Probe):
-        return f"probe-{s.data.name}"
+    if isinstance(s, (Probe, Svm, Finetune)):
+        return f"{s.kind}-{s.data.name}"
     return "imp"
 
 
@@ -328,14 +328,17 @@ def run_submitit_local(cfg: Config) -> int:
     folder = Path(cfg.launcher.folder or store / "submitit_local")
     ex = submitit.LocalExecutor(folder=str(folder / "%j"), max_num_timeout=cfg.launcher.max_num_timeout)
     ex.update_parameters(timeout_min=cfg.launcher.time_min, signal_delay_s=cfg.launcher.signal_delay_s)
-    jobs = [ex.submit(ChainJob([s for s in c if not s.done()])) for c in todo]
-    _say("jobs " + " ".join(j.job_id for j in jobs))
     failed = []
-    for c, j in zip(todo, jobs):
-        try:
-            j.result()
-        except Exception as e:  # report every failure truthfully, then fail
-            failed.append(f"{c[0].signal} seed={c[0].seed}: job {j.job_id} failed: {str(e).strip()[-2000:]}")
-    if failed:
-        raise RuntimeError("; ".join(failed))
+    # Transfer chains (init_from) start from another chain's level 0: submit them in a later wave.
+    for wave in sorted({depth(cfg, c[0].signal) for c in todo}):
+        batch = [c for c in todo if depth(cfg, c[0].signal) == wave]
+        jobs = [ex.submit(ChainJob([s for s in c if not s.done()])) for c in batch]
+        _say("jobs " + " ".join(j.job_id for j in jobs))
+        for c, j in zip(batch, jobs):
+            try:
+                j.result()
+            except Exception as e:  # report every failure truthfully, then fail
+                failed.append(f"{c[0].signal} seed={c[0].seed}: job {j.job_id} failed: {str(e).strip()[-2000:]}")
+        if failed:
+            raise RuntimeError("; ".join(failed))
     return sum(len(c) for c in todo)

@@ -31,7 +31,8 @@ def test_demo_writes_results_for_every_signal_evaluation_level_and_seed(demo):
     store, out = demo
     report = store / "reports" / "demo"
     rows = _read(report / "results.csv")
-    assert list(rows[0]) == ["experiment", "signal", "evaluation", "level", "remaining", "seed", "accuracy"]
+    assert list(rows[0]) == ["experiment", "signal", "task", "scope", "evaluation", "metric", "level", "remaining", "seed",
+                            "accuracy"]
     expected = {("labels", e) for e in ("pretext", "winning_ticket", "random_reinit", "random")}
     expected |= {("rotnet", e) for e in ("pretext", "winning_ticket", "random_reinit", "random", "probe:digits")}
     got = {}
@@ -50,7 +51,8 @@ def test_demo_summary_is_mean_and_standard_error_over_seeds(demo):
     report = store / "reports" / "demo"
     rows = _read(report / "results.csv")
     summary = _read(report / "summary.csv")
-    assert list(summary[0]) == ["experiment", "signal", "evaluation", "level", "remaining", "mean", "stderr", "count"]
+    assert list(summary[0]) == ["experiment", "signal", "task", "scope", "evaluation", "metric", "level", "remaining",
+                                "mean", "stderr", "count"]
     for s in summary:
         accs = [float(r["accuracy"]) for r in rows if (r["signal"], r["evaluation"], r["level"]) ==
                 (s["signal"], s["evaluation"], s["level"])]

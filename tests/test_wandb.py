@@ -182,7 +182,8 @@ def test_report_logs_a_summary_run_with_the_results_table(demo):
         expected = list(csv.DictReader(f))
     assert table["columns"] == list(expected[0].keys())
     assert len(table["data"]) == len(expected) == 8
-    got = {(r[1], r[2], r[3]): r[6] for r in table["data"]}
+    col = {c: i for i, c in enumerate(table["columns"])}
+    got = {(r[col["signal"]], r[col["evaluation"]], r[col["level"]]): r[col["accuracy"]] for r in table["data"]}
     assert got == {(e["signal"], e["evaluation"], int(e["level"])): float(e["accuracy"]) for e in expected}
     curve = json.loads((dirs[-1] / "files" / media("charts/accuracy_vs_remaining_table")["path"]).read_text())
     assert len(curve["data"]) == 8  # (signal, evaluation) lines x 2 levels, one seed

@@ -1,0 +1,222 @@
+"""Every paper experiment as a preset: each composes (also with launcher=slurm) with the paper's
+hyper-parameters, each reduced-scale twin runs every one of its stage kinds for a few steps here,
+and the reduced Figure 3 runs to completion with a report that makes sense."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from launch.compose import CONF_DIR, typed
+from sslprune import checkpoint, pipeline, report
+from sslprune.config import DataConfig, OptimConfig, REWIND, signal_prune
+
+from conftest import ROOT, cli
+
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+PAPER = [e for e in EXPERIMENTS if re.match(r"(fig\d|table\d)_", e) and not e.endswith("_small")]
+SMALL = [e for e in EXPERIMENTS if re.match(r"(fig\d|table\d)_", e) and e.endswith("_small")]
+
+
+def load(name: str, *overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return typed(compose("config", overrides=[f"experiment={name}", *overrides]))
+
+
+def test_every_figure_and_table_1_has_a_preset_and_a_reduced_twin():
+    figures = {int(m.group(1)) for e in PAPER if (m := re.match(r"fig(\d)_", e))}
+    assert figures == set(range(1, 10))
+    assert any(e.startswith("table1_") for e in PAPER)
+    assert sorted(SMALL) == sorted(e + "_small" for e in PAPER)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_preset_composes_with_the_slurm_launcher(name, tmp_path):
+    cfg = load(name, "launcher=slurm", f"store={tmp_path}")
+    assert cfg.launcher.name == "slurm" and cfg.experiment == name
+    assert pipeline.stages(cfg)  # the experiment plans a non-empty set of stages
+
+
+def _optim(cfg, signal) -> OptimConfig:
+    return cfg.signals[signal].optim
+
+
+def test_paper_scale_presets_carry_the_published_hyper_parameters():
+    fig1 = load("fig1_transfer_resnet50")
+    ex, npid, rot = _optim(fig1, "exemplar"), _optim(fig1, "npid"), _optim(fig1, "rotnet")
+    assert (ex.epochs, ex.batch_size, ex.lr, ex.weight_decay, ex.milestones) == (40, 1536, 0.3, 1e-5, [20, 30])
+    assert (npid.epochs, npid.batch_size, npid.lr, npid.weight_decay, npid.schedule) == (150, 1024, 0.03, 1e-4, "cosine")
+    assert fig1.signals["npid"].task.negatives == 16384
+    assert (rot.lr, rot.warmup_epochs, rot.weight_decay) == (1.0, 5, 1e-5)
+    assert [d.name for d in fig1.svm.datasets] == ["voc07"]
+    assert [d.name for d in fig1.probe.datasets] == ["imagenet", "places205"]
+    assert fig1.prune.rate == 0.2 and fig1.prune.levels == 30 and fig1.prune.rewind == "3ep"
+
+    fig2 = load("fig2_voc07_finetune_resnet50")
+    ft = fig2.finetune.optim
+    assert (ft.epochs, ft.lr, ft.milestones) == (90, 0.01, [50, 65, 80])
+    assert fig2.signals["transfer"].init_from == "rotnet" and fig2.signals["transfer"].data.name == "voc07"
+
+    fig5 = load("fig5_alexnet_imagenet")
+    a_lab, a_rot, a_ex = (_optim(fig5, s) for s in ("labels", "rotnet", "exemplar"))
+    assert fig5.model.name == "alexnet"
+    assert (a_lab.epochs, a_lab.batch_size, a_lab.lr, a_lab.weight_decay, a_lab.milestones) == (90, 4096, 0.4, 1e-4, [30, 60])
+    assert (a_rot.epochs, a_rot.batch_size, a_rot.lr, a_rot.warmup_epochs, a_rot.weight_decay) == (90, 8192, 0.5, 2, 1e-5)
+    assert (a_ex.epochs, a_ex.batch_size, a_ex.lr, a_ex.weight_decay, a_ex.milestones) == (30, 4096, 0.1, 1e-4, [20])
+
+    fig6 = load("fig6_cifar10_vgg19")
+    c_ex = _optim(fig6, "exemplar")
+    assert fig6.model.name == "vgg19" and "random_adjusted" in fig6.retrain.schemes
+    assert (c_ex.optimizer, c_ex.epochs, c_ex.batch_size, c_ex.lr, c_ex.milestones) == ("adam", 180, 512, 3e-4, [120])
+
+    fig8 = load("fig8_semisupervised_resnet50")
+    s4l, ten = _optim(fig8, "s4l"), _optim(fig8, "labels_10pct")
+    assert (s4l.epochs, s4l.batch_size, s4l.lr, s4l.warmup_epochs, s4l.weight_decay, s4l.milestones) == (
+        200, 2048, 0.1, 5, 3e-4, [140, 160, 180])
+    assert (ten.batch_size, ten.lr, ten.weight_decay) == (768, 0.1, 1e-3)
+    assert (_optim(fig8, "labels_10pct_classes").lr, _optim(fig8, "labels_10pct_classes").weight_decay) == (0.3, 3e-4)
+    assert fig8.signals["s4l"].task.label_fraction == 0.1 and fig8.signals["s4l_classes"].task.label_subset == "classes"
+    assert signal_prune(fig8, "labels_10pct").rewind == "30ep"  # 5000 updates at batch 768 on the 10% subset
+
+    fig4 = load("fig4_layerwise_resnet50")
+    assert sorted(fig4.signals) == sorted(f"{s}@{c}" for s in ("labels", "rotnet")
+                                          for c in ("conv1", "layer1", "layer2", "layer3", "all"))
+    assert signal_prune(fig4, "rotnet@layer2").scope == "layer2"
+    fig7 = load("fig7_rewind_resnet50")
+    assert {signal_prune(fig7, s).rewind for s in fig7.signals} == {"0it", "1ep", "2500it", "5ep", "10ep"}
+
+
+def test_sweeps_name_one_chain_per_variant_and_share_nothing():
+    fig7 = load("table1_rewind_resnet50_small", "store=/s")
+    dirs = {pipeline.chains(fig7)[i][0].chain_dir for i in range(len(pipeline.chains(fig7)))}
+    assert len(dirs) == len(fig7.signals) == 4  # labels/rotnet x 0it/1ep: four different chains
+
+
+# ------------------------------------------------------------------ reduced twins, a few steps each
+
+
+def _shrink_data(d: DataConfig) -> DataConfig:
+    return dataclasses.replace(d, train_limit=min(d.train_limit or 10 ** 9, 160),
+                               test_limit=min(d.test_limit or 10 ** 9, 64))
+
+
+def _shrink_optim(o: OptimConfig) -> OptimConfig:
+    return dataclasses.replace(o, epochs=2, warmup_epochs=0, milestones=[1], batch_size=min(o.batch_size, 32))
+
+
+def shrink(cfg):
+    """The same experiment (every signal, stage kind and evaluation) with tiny data and 2 levels."""
+    rewinds = sorted({signal_prune(cfg, s).rewind for s in cfg.signals})
+
+    def rewind(r: str) -> str:  # distinct points stay distinct (distinct chains), all within 2 epochs
+        return r if r.startswith("0") and REWIND.match(r).group(2) == "it" else f"{10 + rewinds.index(r)}%"
+
+    signals = {n: dataclasses.replace(s, optim=_shrink_optim(s.optim), rewind=rewind(signal_prune(cfg, n).rewind),
+                                      data=_shrink_data(s.data) if s.data else None)
+               for n, s in cfg.signals.items()}
+    return dataclasses.replace(
+        cfg, seeds=[0], signals=signals, data=_shrink_data(cfg.data),
+        prune=dataclasses.replace(cfg.prune, levels=1),
+        retrain=dataclasses.replace(cfg.retrain, data=_shrink_data(cfg.retrain.data), optim=_shrink_optim(cfg.retrain.optim),
+                                    levels=None),
+        probe=dataclasses.replace(cfg.probe, datasets=[_shrink_data(d) for d in cfg.probe.datasets],
+                                  optim=_shrink_optim(cfg.probe.optim)),
+        svm=dataclasses.replace(cfg.svm, datasets=[_shrink_data(d) for d in cfg.svm.datasets], folds=2),
+        finetune=dataclasses.replace(cfg.finetune, datasets=[_shrink_data(d) for d in cfg.finetune.datasets],
+                                     optim=_shrink_optim(cfg.finetune.optim)),
+        run=dataclasses.replace(cfg.run, quiet=True, workers=2, log_every=1))
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_reduced_twin_runs_every_stage_for_a_few_steps(name, tmp_path):
+    cfg = shrink(load(name, f"store={tmp_path}"))
+    pipeline.run_local(cfg)
+    out, summary = report.write(cfg)
+    every = pipeline.stages(cfg)
+    assert all(s.done() for s in every)
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == len(every)
+    # Every signal, and every evaluation the preset asks for, made it into the report.
+    assert {r["signal"] for r in rows} == set(cfg.signals)
+    expected = {"pretext"} | set(cfg.retrain.schemes) | {f"probe:{d.name}" for d in cfg.probe.datasets} \
+        | {f"svm:{d.name}" for d in cfg.svm.datasets} | {f"finetune:{d.name}" for d in cfg.finetune.datasets}
+    assert {r["evaluation"] for r in rows} == expected
+    for r in rows:
+        assert 0.0 <= float(r["accuracy"]) <= 1.0, r
+    assert (out / "rewind.md").exists() and (out / "natural_sparsity.csv").exists()
+    if any(signal_prune(cfg, s).scope != "all" for s in cfg.signals):
+        assert (out / "layerwise.md").exists() and (out / "layerwise.png").exists()
+    if any(s.task.name == "s4l" or s.task.label_fraction < 1 for s in cfg.signals.values()):
+        assert (out / "semi_supervised.md").exists() and (out / "semi_supervised.png").exists()
+
+
+# ------------------------------------------------------------------ Figure 3, reduced, to completion
+
+
+@pytest.mark.slow
+def test_reduced_figure_3_runs_to_completion_and_its_report_makes_sense(tmp_path):
+    store = tmp_path / "store"
+    p = cli("sslprune-run", "experiment=fig3_imagenet_resnet50_small", f"store={store}", timeout=3000)
+    assert "ran " in p.stdout
+    cfg = load("fig3_imagenet_resnet50_small", f"store={store}")
+    summary = list(csv.DictReader(open(store / "reports" / cfg.experiment / "summary.csv")))
+    levels = range(cfg.prune.levels + 1)
+    schemes = ["winning_ticket", "random_reinit", "random", "random_adjusted"]
+    # Every signal and every re-training start at every level, each the mean of both seeds.
+    for signal in ("labels", "rotnet", "exemplar"):
+        for evaluation in ["pretext"] + schemes:
+            got = sorted(int(s["level"]) for s in summary if s["signal"] == signal and s["evaluation"] == evaluation)
+            assert got == list(levels), (signal, evaluation, got)
+    assert all(int(s["count"]) == 2 for s in summary)
+    # Fraction remaining is 0.8^L, up to the one weight per level that ceil() may round.
+    total = checkpoint.read_json(next(store.glob("imp/*/seed_0/level_0/sparsity_report.json")))["global"]["total"]
+    for s in summary:
+        L = int(s["level"])
+        assert abs(float(s["remaining"]) - 0.8 ** L) <= (L + 1) / total, s
+    # The paper's sanity check: winning tickets of label-pruned masks are not below random pruning
+    # at the sparsest level.
+    last = str(cfg.prune.levels)
+    mean = {(s["signal"], s["evaluation"]): float(s["mean"]) for s in summary if s["level"] == last}
+    assert mean[("labels", "winning_ticket")] >= mean[("labels", "random")], mean
+    for f in ("results.csv", "summary.md", "accuracy_vs_remaining.png", "rewind.md", "natural_sparsity.csv"):
+        assert (store / "reports" / cfg.experiment / f).exists(), f
+
+
+# ------------------------------------------------------------------ pruning during transfer
+
+
+def test_transfer_chain_starts_from_the_source_network_and_waits_for_it(tmp_path):
+    import torch
+
+    from sslprune.config import SignalConfig, TaskConfig, RunConfig
+    from sslprune.runtime import local
+    from sslprune.stage import ImpLevel
+
+    from conftest import tiny_config, tiny_optim
+
+    cfg = tiny_config(tmp_path / "store", retrain=dataclasses.replace(tiny_config(tmp_path).retrain, schemes=[]))
+    cfg.signals = {"transfer": SignalConfig(TaskConfig("labels"), tiny_optim(), init_from="rotnet", rewind="0it",
+                                            data=DataConfig(name="digits")),
+                   "rotnet": SignalConfig(TaskConfig("rotnet"), tiny_optim())}
+    cfg.probe = dataclasses.replace(cfg.probe, signals=[])
+    cfg.run = RunConfig(quiet=True, threads=1, workers=2)
+    # The transfer chain is listed (and run) after its source even though it is named first.
+    assert [c[0].signal for c in pipeline.chains(cfg)] == ["rotnet", "transfer"]
+    first = ImpLevel(cfg, "transfer", 0, 0)
+    assert [p.label for p in first.parents()] == ["imp rotnet seed=0 level=0"]
+    pipeline.run_local(cfg)  # two workers: the transfer chain must not start before rotnet's level 0
+    assert all(s.done() for s in pipeline.stages(cfg))
+    source = checkpoint.load(ImpLevel(cfg, "rotnet", 0, 0).dir / "model.pt")
+    setup = first.prepare(local(cfg.run))
+    start = setup.net.state_dict()
+    backbone = [k for k in source if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(start[k], source[k]) for k in backbone)
+    assert start["head.weight"].shape[0] == 10 and source["head.weight"].shape[0] == 4  # fresh label head
+    # Its identity names the source chain: another source config is another transfer chain.
+    other = dataclasses.replace(cfg, signals={**cfg.signals, "rotnet": SignalConfig(
+        TaskConfig("rotnet"), tiny_optim(lr=0.07))})
+    assert ImpLevel(other, "transfer", 0, 0).dir != first.dir
