@@ -54,6 +54,14 @@ def summarize(results: list[dict]) -> list[dict]:
     return out
 
 
+def equivalence(rewind: str, steps_per_epoch: int, batch_size: int, total: int) -> dict:
+    """One rewind point in every unit: updates k, epochs, samples seen and % of training."""
+    k = rewind_steps(rewind, steps_per_epoch, batch_size, total)
+    return {"rewind": rewind, "updates": k, "epochs": k / steps_per_epoch, "samples": k * batch_size,
+            "percent": 100 * k / total, "batch_size": batch_size, "steps_per_epoch": steps_per_epoch,
+            "training_updates": total}
+
+
 def rewinds(cfg: Config) -> list[dict]:
     """Each signal's late-resetting point in every unit, from the stored length of its training.
 
@@ -64,13 +72,9 @@ def rewinds(cfg: Config) -> list[dict]:
             continue
         optim = cfg.signals[stage.signal].optim
         total = int(stage.result()["steps"])
-        spe = total // optim.epochs
-        given = signal_prune(cfg, stage.signal).rewind
-        k = rewind_steps(given, spe, optim.batch_size, total)
-        row = {"signal": stage.signal, "seed": stage.seed, "rewind": given, "updates": k,
-               "epochs": k / spe, "samples": k * optim.batch_size, "percent": 100 * k / total,
-               "batch_size": optim.batch_size, "steps_per_epoch": spe, "training_updates": total}
-        if not any(r["signal"] == row["signal"] and r["updates"] == k for r in out):
+        row = {"signal": stage.signal, "seed": stage.seed,
+               **equivalence(signal_prune(cfg, stage.signal).rewind, total // optim.epochs, optim.batch_size, total)}
+        if not any(r["signal"] == row["signal"] and r["updates"] == row["updates"] for r in out):
             out.append(row)  # seeds share the schedule: one row per signal
     return out
 

@@ -220,3 +220,20 @@ def test_transfer_chain_starts_from_the_source_network_and_waits_for_it(tmp_path
     other = dataclasses.replace(cfg, signals={**cfg.signals, "rotnet": SignalConfig(
         TaskConfig("rotnet"), tiny_optim(lr=0.07))})
     assert ImpLevel(other, "transfer", 0, 0).dir != first.dir
+
+
+def test_rewind_units_are_equivalent_as_the_paper_states():
+    # ImageNet: 1,281,167 images at batch 1536 is 834 updates per epoch, 90 epochs of training.
+    spe, total = 1281167 // 1536, 90 * (1281167 // 1536)
+    three = report.equivalence("3ep", spe, 1536, total)
+    assert (three["updates"], three["samples"]) == (2502, 2502 * 1536)
+    assert round(three["percent"], 1) == 3.3
+    for same in ("2502it", f"{2502 * 1536}sa"):
+        assert report.equivalence(same, spe, 1536, total)["updates"] == 2502
+    assert report.equivalence("3.3%", spe, 1536, total)["updates"] == 2476  # floor(0.033 x 75060)
+    assert report.equivalence("2500it", spe, 1536, total)["epochs"] == pytest.approx(2.998, abs=1e-3)
+    # The 10% subset: about 128,116 images at batch 768, 200 epochs; 30 epochs = 4980 updates (the
+    # paper rounds to 5000) = 15% of training.
+    spe10 = 128116 // 768
+    ten = report.equivalence("30ep", spe10, 768, 200 * spe10)
+    assert (ten["updates"], ten["percent"]) == (4980, 15.0)

@@ -255,3 +255,25 @@ def test_stage_multirun_with_stock_submitit_launcher_is_one_array(tmp_path):
     # Each task ran its stage as a preemption-safe StageJob (signal handlers, SLURM runtime).
     logs = [f.read_text() for f in tmp_path.glob("multirun/*/.submitit/*/*_log.out")]
     assert len(logs) == 4 and all("[sslprune job] imp" in log for log in logs), logs[:1]
+
+
+def test_transfer_chains_and_new_evaluations_run_as_dependent_arrays(tmp_path):
+    """Pruning during transfer waits for its source's level 0 (afterok across chains); SVM and
+    fine-tuning stages run as arrays after their IMP level, all on the real cluster."""
+    store = tmp_path / "store"
+    args = [f"store={store}", "experiment=fig2_voc07_finetune_resnet50_small", "seeds=[0]", "prune.levels=1",
+            "model.width=4", "run.threads=1", "run.quiet=true", "data.train_limit=512", "data.test_limit=128",
+            "svm.signals=[rotnet]", "svm.datasets=[{name: digits}]", "svm.folds=2"]
+    for key in ("signals.rotnet.optim", "signals.transfer.optim", "finetune.optim"):
+        args += [f"{key}.epochs=1", f"{key}.milestones=[]"]
+    p = cli("sslprune-run", *args, *SLURM)
+    assert "submitted" in p.stdout
+    records = job_records(store)
+    transfer0 = [r for r in records.values() if r["stage"] == "imp transfer seed=0 level=0"]
+    rotnet0 = [r for r in records.values() if r["stage"] == "imp rotnet seed=0 level=0"]
+    assert transfer0 and rotnet0 and transfer0[0]["dependency"] == f"afterok:{rotnet0[0]['job_id']}"
+    st = wait_complete(args + SLURM, timeout=600)
+    assert st["complete"]
+    results = {json.loads(f.read_text())["kind"] for f in store.rglob("result.json")}
+    assert results == {"imp", "svm", "finetune"}
+    assert len(list(store.rglob("result.json"))) == 2 * 3 + 2  # rotnet: imp, svm, finetune x 2 levels; transfer: imp x 2
