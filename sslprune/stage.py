@@ -308,37 +308,56 @@ class Retrain(Stage):
                                "optim": identity(r.optim)})
 
 
-class Probe(Stage):
-    """Linear classifier on the frozen penultimate features of IMP level L's weights."""
+class Evaluation(Stage):
+    """A measurement of IMP level L's trained network on a data set: probe, SVM or fine-tuning.
 
-    kind = "probe"
+    Its directory is `<kind>_<hash of the data set and the settings>` under the level, its
+    evaluation label `<kind>:<data set>`."""
 
     def __init__(self, cfg, signal, seed, level, data: DataConfig):
         super().__init__(cfg, signal, seed, level)
         self.data = data
 
+    def settings(self):
+        """What, besides the data set, changes this evaluation's numbers."""
+        raise NotImplementedError
+
     @property
     def dir(self) -> Path:
-        return self.level_dir / f"probe_{digest(self.data, self.cfg.probe.optim)}"
+        return self.level_dir / f"{self.kind}_{digest(self.data, self.settings())}"
 
     @property
     def label(self) -> str:
-        return f"probe:{self.data.name} {self.signal} seed={self.seed} level={self.level}"
+        return f"{self.evaluation} {self.signal} seed={self.seed} level={self.level}"
 
     @property
     def evaluation(self) -> str:
-        return f"probe:{self.data.name}"
+        return f"{self.kind}:{self.data.name}"
 
     def parents(self):
         return [ImpLevel(self.cfg, self.signal, self.seed, self.level)]
+
+    def trained(self, data) -> models.Network:
+        """IMP level L's network (its mask is already applied to the saved weights), for `data`'s images."""
+        trained = checkpoint.load(self.parents()[0].dir / "model.pt")
+        net = models.build(self.cfg.model, data.channels, trained["head.weight"].shape[0], 0)
+        net.load_state_dict(trained)
+        return net
+
+
+class Probe(Evaluation):
+    """Linear classifier on the frozen penultimate features of IMP level L's weights."""
+
+    kind = "probe"
+
+    def settings(self):
+        return self.cfg.probe.optim
 
     def prepare(self, rt):
         cfg = self.cfg
         imp = self.parents()[0]
         data = dataset.load(self.data)
-        trained = checkpoint.load(imp.dir / "model.pt")
-        net = models.build(cfg.model, data.channels, trained["head.weight"].shape[0], 0)
-        net.load_state_dict(trained)
+        net = self.trained(data)
         net.new_head(data.num_classes, seeds.generator(self.seed, "probe-head", self.data.name))
         net = models.FrozenBackbone(net)
         frozen = {k: v.detach().clone() for k, v in net.backbone.state_dict().items()}
@@ -355,7 +374,7 @@ class Probe(Stage):
                      params=lambda n: n.head.parameters(), check=unchanged, save_mask=False, save_model=False)
 
 
-class Svm(Stage):
+class Svm(Evaluation):
     """Linear SVMs, one per class, on the frozen penultimate features of IMP level L's weights (sslprune.svm).
 
     No training loop: features of both splits, then the SVMs. It is short, so an interrupted run
@@ -363,25 +382,8 @@ class Svm(Stage):
 
     kind = "svm"
 
-    def __init__(self, cfg, signal, seed, level, data: DataConfig):
-        super().__init__(cfg, signal, seed, level)
-        self.data = data
-
-    @property
-    def dir(self) -> Path:
-        sv = self.cfg.svm
-        return self.level_dir / f"svm_{digest(self.data, {'costs': list(sv.costs), 'folds': sv.folds})}"
-
-    @property
-    def label(self) -> str:
-        return f"svm:{self.data.name} {self.signal} seed={self.seed} level={self.level}"
-
-    @property
-    def evaluation(self) -> str:
-        return f"svm:{self.data.name}"
-
-    def parents(self):
-        return [ImpLevel(self.cfg, self.signal, self.seed, self.level)]
+    def settings(self):
+        return {"costs": list(self.cfg.svm.costs), "folds": self.cfg.svm.folds}
 
     def _run(self, rt, progress, interrupt=None) -> dict:
         from . import svm
@@ -389,9 +391,7 @@ class Svm(Stage):
         cfg, sv = self.cfg, self.cfg.svm
         imp = self.parents()[0]
         data = dataset.load(self.data)
-        trained = checkpoint.load(imp.dir / "model.pt")  # the mask is already applied to these weights
-        net = models.build(cfg.model, data.channels, trained["head.weight"].shape[0], 0)
-        net.load_state_dict(trained)
+        net = self.trained(data)
         if rt.is_writer:
             checkpoint.write_json({"chain": chain_identity(cfg, self.signal), "stage": "svm",
                                    "data": identity(self.data), "costs": list(sv.costs), "folds": sv.folds},
@@ -408,38 +408,20 @@ class Svm(Stage):
         return {**result, "remaining": masks.density(mask), "evaluation": self.evaluation}
 
 
-class Finetune(Stage):
+class Finetune(Evaluation):
     """Fine-tune every weight of IMP level L's network on a target data set, its mask kept (VOC07)."""
 
     kind = "finetune"
 
-    def __init__(self, cfg, signal, seed, level, data: DataConfig):
-        super().__init__(cfg, signal, seed, level)
-        self.data = data
-
-    @property
-    def dir(self) -> Path:
-        return self.level_dir / f"finetune_{digest(self.data, self.cfg.finetune.optim)}"
-
-    @property
-    def label(self) -> str:
-        return f"finetune:{self.data.name} {self.signal} seed={self.seed} level={self.level}"
-
-    @property
-    def evaluation(self) -> str:
-        return f"finetune:{self.data.name}"
-
-    def parents(self):
-        return [ImpLevel(self.cfg, self.signal, self.seed, self.level)]
+    def settings(self):
+        return self.cfg.finetune.optim
 
     def prepare(self, rt):
         cfg = self.cfg
         imp = self.parents()[0]
         data = dataset.load(self.data)
         task = tasks.labels(data)  # MultiLabel on VOC07
-        trained = checkpoint.load(imp.dir / "model.pt")
-        net = models.build(cfg.model, data.channels, trained["head.weight"].shape[0], 0)
-        net.load_state_dict(trained)
+        net = self.trained(data)
         net.new_head(task.num_outputs, seeds.generator(self.seed, "finetune-head", self.data.name))
         mask = checkpoint.load(imp.dir / "mask.pt")
 
