@@ -143,9 +143,11 @@ def test_demo_through_arrays_matches_local_run(tmp_path):
 def test_requeue_preemption_and_cancel_resume_to_the_same_result(tmp_path):
     """One job: `scontrol requeue`, then USR2 (preemption/time limit), then scancel and re-submission."""
     common = ["signals.labels.optim.batch_size=32", "run.log_every=10", "retrain.schemes=[]"]
-    args = tiny(tmp_path / "slurm", *common, signals=("labels",), seeds="[0]", levels=0, width=8, epochs=50,
+    # About 5000 steps: long enough that an idle machine cannot finish the job between the status
+    # polls below (the test needs it still running after the second requeue).
+    args = tiny(tmp_path / "slurm", *common, signals=("labels",), seeds="[0]", levels=0, width=8, epochs=120,
                 quiet=False)
-    ref_args = tiny(tmp_path / "local", *common, signals=("labels",), seeds="[0]", levels=0, width=8, epochs=50,
+    ref_args = tiny(tmp_path / "local", *common, signals=("labels",), seeds="[0]", levels=0, width=8, epochs=120,
                 quiet=False)
     cli("sslprune-run", *args, *SLURM)
     (rec_path,) = (tmp_path / "slurm").rglob("job.json")
@@ -153,7 +155,7 @@ def test_requeue_preemption_and_cancel_resume_to_the_same_result(tmp_path):
     reference = subprocess.Popen(["sslprune-run", *ref_args], cwd=ROOT, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
     try:
-        total = 50 * (1437 // 32)
+        total = 120 * (1437 // 32)
         wait_for(lambda: step(d) >= 20, 300, "the job to start training")
         st = status(args)
         assert counts(st, "running", "pending", "done") == {"imp": {"running": 1, "pending": 0, "done": 0}}
