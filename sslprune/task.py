@@ -45,11 +45,19 @@ class Accuracy:
         self.loss_sum += loss
 
     def result(self) -> dict:
-        stats = torch.stack([self.correct, self.count, self.loss_sum])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(stats)
-        correct, count, loss = stats.tolist()
+        correct, count, loss = _sum_over_ranks(self.correct, self.count, self.loss_sum)
         return {"accuracy": correct / count, "loss": loss / count, "count": int(count), "metric": self.name}
+
+
+def _sum_over_ranks(*values) -> list[float]:
+    """Sums of per-rank running totals over all ranks. A total that is still None (a rank whose
+    share of a tiny test set was empty) counts as 0, and that rank still joins the collective."""
+    device = next((v.device for v in values if v is not None), None) or _collective_device()
+    stats = torch.stack([torch.zeros((), dtype=torch.float64, device=device) if v is None else v.double()
+                         for v in values])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(stats)
+    return stats.tolist()
 
 
 class Labels:
@@ -323,12 +331,7 @@ class NearestNeighbours:
             self.count += len(y)
 
     def result(self) -> dict:
-        if self.correct is None:  # a rank whose share of a tiny test set is empty still joins the sum
-            self.correct = self.count = torch.zeros((), dtype=torch.float64, device=self.task._bound().device)
-        stats = torch.stack([self.correct, self.count])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(stats)
-        correct, count = stats.tolist()
+        correct, count = _sum_over_ranks(self.correct, self.count)
         return {"accuracy": correct / count, "count": int(count), "metric": "knn_top1"}
 
 
@@ -468,8 +471,6 @@ def labels(data):
 
 def make(cfg: TaskConfig, data):
     """The task of a config on a data set (`data` is a dataset.MemoryData / FolderData)."""
-    if cfg.name not in TASKS:
-        raise ConfigError(f"task.name={cfg.name!r} is not one of {', '.join(TASKS)}")
     if cfg.name == "labels" and getattr(data, "multilabel", False):
         return MultiLabel(data.num_classes, getattr(data, "classes", ()))
     if cfg.name == "labels":
@@ -482,4 +483,4 @@ def make(cfg: TaskConfig, data):
         return NPID(cfg, data.num_classes)
     if cfg.name == "s4l":
         return S4L(data.num_classes, cfg.rotation_weight)
-    raise ConfigError(f"task {cfg.name!r} is not implemented yet")
+    raise ConfigError(f"task.name={cfg.name!r} is not one of {', '.join(TASKS)}")

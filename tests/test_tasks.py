@@ -422,3 +422,20 @@ def test_npid_bank_is_rewound_with_the_weights(tmp_path):
                                  index_targets=True))
     changed = (start.task.state_dict()["bank"].cpu() != rewound["task"]["bank"].cpu()).any(dim=1)
     assert int(changed.sum()) == 3 * 128  # exactly the rows of the 3 batches seen so far
+
+
+def _ranks_accuracy(rank, world, out_dir):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank,
+                                         world_size=world)
+    metric = tasks.Labels(3).metric()
+    if rank == 0:  # rank 1's share of the test set is empty: it adds nothing but joins the sum
+        metric.add(torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 5.0, 0]]), torch.tensor([0, 1, 2]))
+    torch.save(metric.result(), f"{out_dir}/acc{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_accuracy_sums_over_ranks_when_a_rank_saw_no_test_image(tmp_path):
+    torch.multiprocessing.start_processes(_ranks_accuracy, args=(2, str(tmp_path)), nprocs=2, start_method="fork")
+    r0, r1 = torch.load(tmp_path / "acc0.pt"), torch.load(tmp_path / "acc1.pt")
+    assert r0 == r1
+    assert (r0["accuracy"], r0["count"]) == (2 / 3, 3)
