@@ -55,16 +55,24 @@ def stages(cfg: Config) -> list[Stage]:
 def check_inputs(cfg: Config) -> None:
     """Everything that can fail before training: config values, data roots, sizes that need the data."""
     validate(cfg)
-    # dataset.load checks each root first (DataMissing naming the path), then sizes are checked.
+    loaded: dict = {}
+
+    def load(d):  # each data set once: listing ImageNet's class folders or VOC's annotations is not free
+        key = repr(d)
+        if key not in loaded:
+            loaded[key] = dataset.load(d)
+        return loaded[key]
+
+    # Each root is checked first (DataMissing naming the path), in the order of `uses`; then sizes.
     uses = [(f"signals.{n}.data" if s.data is not None else "data", signal_data(cfg, n), f"signals.{n}.optim",
              s.optim, n) for n, s in cfg.signals.items()]
-    if any(not r.signals or n in r.signals for r in [cfg.retrain] for n in cfg.signals) and cfg.retrain.schemes:
+    if cfg.retrain.schemes:  # retrain.signals, when set, is validated to name signals: some re-train
         uses.append(("retrain.data", cfg.retrain.data, "retrain.optim", cfg.retrain.optim, None))
     uses += [(f"probe.datasets[{i}]", d, "probe.optim", cfg.probe.optim, None) for i, d in enumerate(cfg.probe.datasets)]
     uses += [(f"finetune.datasets[{i}]", d, "finetune.optim", cfg.finetune.optim, None)
              for i, d in enumerate(cfg.finetune.datasets)]
     for data_key, data_cfg, optim_key, optim, signal in uses:
-        data = dataset.load(data_cfg)
+        data = load(data_cfg)
         if not isinstance(data, dataset.MemoryData):
             continue  # ImageFolder trees are counted when their loader is built
         n = len(data.train.labels)
@@ -76,20 +84,20 @@ def check_inputs(cfg: Config) -> None:
             rewind = signal_prune(cfg, signal).rewind
             rewind_steps(rewind, spe, optim.batch_size, optim.epochs * spe)  # raises if beyond training
     for d in cfg.svm.datasets:
-        dataset.load(d)  # its root (sizes are not checked: the SVMs see the whole split)
+        load(d)  # its root (sizes are not checked: the SVMs see the whole split)
     for key, ev in (("probe", cfg.probe), ("svm", cfg.svm), ("finetune", cfg.finetune)):
         for i, d in enumerate(ev.datasets):  # the evaluated network's first layer must take these images
             for name in ev.signals:
-                mine, theirs = dataset.load(d), dataset.load(signal_data(cfg, name))
+                mine, theirs = load(d), load(signal_data(cfg, name))
                 if mine.channels != theirs.channels:
                     raise ConfigError(f"{key}.datasets[{i}] ({mine.name}, {mine.channels} channels) cannot evaluate "
                                       f"signal {name}, trained on {theirs.name} ({theirs.channels} channels)")
     for name, sig in cfg.signals.items():
-        if sig.task.label_fraction < 1 and getattr(dataset.load(signal_data(cfg, name)), "multilabel", False):
+        if sig.task.label_fraction < 1 and getattr(load(signal_data(cfg, name)), "multilabel", False):
             raise ConfigError(f"signals.{name}.task.label_fraction={sig.task.label_fraction}: label subsets need "
                               f"single-label data, {signal_data(cfg, name).name} is multi-label")
         if sig.init_from is not None:  # the source network's first layer must take the target's images
-            mine, theirs = dataset.load(signal_data(cfg, name)), dataset.load(signal_data(cfg, sig.init_from))
+            mine, theirs = load(signal_data(cfg, name)), load(signal_data(cfg, sig.init_from))
             if mine.channels != theirs.channels:
                 raise ConfigError(f"signals.{name}.init_from={sig.init_from}: {sig.init_from} trains on "
                                   f"{theirs.name} ({theirs.channels} channels) but {name} on {mine.name} "
