@@ -9,9 +9,12 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from sslprune.config import Config, ConfigError, expand, validate  # torch-free: config errors come back at once
+from sslprune.control.config import Config, ConfigError, expand, validate  # torch-free: config errors come back at once
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# The configs ship inside the package (pyproject.toml maps the repository's conf/ to sslprune.conf),
+# so an installed wheel finds them wherever it runs from.
+CONFIG_PATH = "pkg://sslprune.conf"
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the same folder on disk (tests, compose API)
 
 ConfigStore.instance().store(name="sslprune_schema", node=Config)
 
@@ -37,11 +40,10 @@ def user_errors(fn):
         except ConfigError as e:
             _fail(f"sslprune: error: {e}", 2)
         except Exception as e:
-            from sslprune.dataset import DataMissing
-            from sslprune.stage import MissingInput
-            from sslprune.trainer import NonFiniteLoss
+            from sslprune.control.config import DataCorrupt, DataMissing
+            from sslprune.control.stage import MissingInput, NonFiniteLoss
 
-            if isinstance(e, (DataMissing, MissingInput)):
+            if isinstance(e, (DataMissing, DataCorrupt, MissingInput)):
                 _fail(f"sslprune: error: {e}", 2)
             if isinstance(e, NonFiniteLoss):
                 _fail(f"sslprune: training diverged: {e}", 1)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from launch.compose import CONF_DIR, typed, user_errors
+from sslprune.launch.compose import CONFIG_PATH, typed, user_errors
 
 
 def publish(c) -> None:
     """Write the report files, print the summary table, update the W&B summary run (if enabled)."""
-    from sslprune import dashboard, report
+    from sslprune.control import dashboard, report
 
     out, summary = report.write(c)
     print(report.markdown(summary), flush=True)
@@ -23,7 +23,7 @@ def execute(cfg: DictConfig) -> None:
     publish(typed(cfg))
 
 
-@hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
+@hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> None:
     execute(cfg)
 

@@ -4,31 +4,34 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from launch.compose import CONF_DIR, typed, user_errors
-from launch.report import publish
+from sslprune.launch.compose import CONFIG_PATH, typed, user_errors
+from sslprune.launch.report import publish
 
 
 @user_errors
 def execute(cfg: DictConfig) -> None:
     c = typed(cfg)
-    from sslprune import pipeline
-    if c.launcher.name == "slurm":  # submit and return at once (sslprune-status, then sslprune-report)
-        from sslprune import submission
+    from sslprune.control import experiment
 
-        pipeline.check_inputs(c)
+    if c.launcher.name == "slurm":  # submit and return at once (sslprune-status, then sslprune-report)
+        from sslprune.control import submission
+
+        experiment.check_inputs(c)
         submission.submit(c)
         return
     if c.launcher.name == "submitit_local":
-        from sslprune import submission
+        from sslprune.control import submission
 
-        pipeline.check_inputs(c)
+        experiment.check_inputs(c)
         submission.run_submitit_local(c)
     else:
-        pipeline.run_local(c)
+        from sslprune.control import local
+
+        local.run_local(c)
     publish(c)
 
 
-@hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
+@hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> None:
     execute(cfg)
 

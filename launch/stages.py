@@ -16,8 +16,8 @@ import os
 import hydra
 from omegaconf import DictConfig
 
-from launch.compose import CONF_DIR, typed, user_errors
-from sslprune.config import Config, ConfigError
+from sslprune.launch.compose import CONFIG_PATH, typed, user_errors
+from sslprune.control.config import Config, ConfigError
 
 
 def _levels(c: Config) -> list[int]:
@@ -38,7 +38,7 @@ def evaluated(kind: str, c: Config):
 
 
 def plan(kind: str, c: Config) -> list:
-    from sslprune.stage import Finetune, ImpLevel, Probe, Retrain, Svm
+    from sslprune.control.stage import Finetune, ImpLevel, Probe, Retrain, Svm
 
     if kind == "train":
         return [ImpLevel(c, c.signal, c.seed, 0)]
@@ -53,29 +53,30 @@ def plan(kind: str, c: Config) -> list:
 @user_errors
 def execute(kind: str, cfg: DictConfig) -> list[dict]:
     c = typed(cfg)
-    from sslprune import pipeline
-    from sslprune.runtime import local
+    from sslprune.control import experiment
 
     if c.signal is None:
         raise ConfigError(f"signal=<name> is required: one of {', '.join(c.signals)}")
     if kind in EVALUATIONS:
         evaluated(kind, c)  # before the data are checked: a bad index is the first thing to say
-    pipeline.check_inputs(c)
+    experiment.check_inputs(c)
     todo = plan(kind, c)
     # A single-level request needs its parent already done (a chain request produces its own parents).
     todo[0].require_parents()
     if os.environ.get("SUBMITIT_EXECUTOR"):
         # Inside a job of Hydra's submitit launcher (`-m hydra/launcher=submitit_slurm`): run each stage
         # as sslprune-run's jobs do, so USR2/SIGTERM checkpoint at once and DDP ranks come from SLURM.
-        from sslprune.job import StageJob
+        from sslprune.control.job import StageJob
 
         return [StageJob(s)() for s in todo]
+    from sslprune.compute.runtime import local  # this app computes here
+
     rt = local(c.run)
     return [s.run(rt) for s in todo]
 
 
 def _app(kind: str):
-    @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
+    @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
     def main(cfg: DictConfig) -> None:
         execute(kind, cfg)
     return main

@@ -13,7 +13,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from launch.compose import CONF_DIR, typed, user_errors
+from sslprune.launch.compose import CONFIG_PATH, typed, user_errors
 
 _JSON = False
 
@@ -21,13 +21,13 @@ _JSON = False
 @user_errors
 def execute(cfg: DictConfig) -> None:
     c = typed(cfg)
-    from sslprune import status
+    from sslprune.control import status
 
     s = status.collect(c)
     print(status.dumps(s) if _JSON else status.text(s), flush=True)
 
 
-@hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
+@hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def _main(cfg: DictConfig) -> None:
     execute(cfg)
 

@@ -13,13 +13,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from launch.compose import CONF_DIR, typed, user_errors
+from sslprune.launch.compose import CONFIG_PATH, typed, user_errors
 
 
 @user_errors
 def execute(cfg: DictConfig) -> dict:
     c = typed(cfg)
-    from sslprune import upload
+    from sslprune.control import upload
 
     try:
         return upload.sync(c)
@@ -28,7 +28,7 @@ def execute(cfg: DictConfig) -> dict:
         sys.exit(1)
 
 
-@hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
+@hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> None:
     execute(cfg)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sslprune.config import Config, DataConfig, ModelConfig, OptimConfig, ProbeConfig, PruneConfig, \
+from sslprune.control.config import Config, DataConfig, ModelConfig, OptimConfig, ProbeConfig, PruneConfig, \
     RetrainConfig, RunConfig, SignalConfig, TaskConfig
 
 ROOT = Path(__file__).resolve().parent.parent

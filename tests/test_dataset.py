@@ -18,9 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from sslprune import dataset, loader
-from sslprune.config import DataConfig
-from sslprune.dataset import DataMissing, FolderData, MemoryData
+from sslprune.control import catalog
+from sslprune.compute import dataset, loader
+from sslprune.control.config import DataConfig
+from sslprune.compute.dataset import DataMissing, FolderData, MemoryData
 
 CPU = torch.device("cpu")
 FMNIST = Path(dataset.FASHION_MNIST_DEBIAN)
@@ -401,7 +402,7 @@ HOW = {"fashion_mnist": "dataset-fashion-mnist", "cifar10": "cifar-10-python.tar
 def test_missing_root_names_path_and_how_to_get_it(tmp_path, name):
     root = tmp_path / "no" / "such" / "dir"
     cfg = DataConfig(name=name, root=str(root))
-    for fn in (dataset.check, dataset.load):
+    for fn in (catalog.check, dataset.load):
         with pytest.raises(DataMissing) as e:
             fn(cfg)
         assert str(root) in str(e.value) and HOW[name] in str(e.value)
@@ -411,7 +412,7 @@ def test_missing_root_names_path_and_how_to_get_it(tmp_path, name):
 def test_empty_root_fails_at_check_naming_the_files(tmp_path, name):
     """`check` runs before any work: a root without the files must fail there, not mid-run."""
     cfg = DataConfig(name=name, root=str(tmp_path))
-    for fn in (dataset.check, dataset.load):
+    for fn in (catalog.check, dataset.load):
         with pytest.raises(DataMissing) as e:
             fn(cfg)
         msg = str(e.value)
@@ -423,7 +424,7 @@ def test_cifar10_partial_batches_fail_at_check(tmp_path):
     write_cifar10(tmp_path, per_batch=2, n_test=2)
     (tmp_path / "cifar-10-batches-py" / "data_batch_4").unlink()
     with pytest.raises(DataMissing, match="data_batch_4"):
-        dataset.check(DataConfig(name="cifar10", root=str(tmp_path)))
+        catalog.check(DataConfig(name="cifar10", root=str(tmp_path)))
 
 
 @pytest.mark.parametrize("name", ["imagenet", "places205"])
@@ -433,7 +434,7 @@ def test_folder_split_missing(tmp_path, name, present):
         (tmp_path / split / "c0").mkdir(parents=True)
     missing = "train" if "train" not in present else "val"
     cfg = DataConfig(name=name, root=str(tmp_path))
-    for fn in (dataset.check, dataset.load):
+    for fn in (catalog.check, dataset.load):
         with pytest.raises(DataMissing) as e:
             fn(cfg)
         assert str(tmp_path / missing) in str(e.value) and HOW[name] in str(e.value)
@@ -443,9 +444,9 @@ def test_folder_train_without_class_folders_is_data_missing(tmp_path):
     (tmp_path / "train").mkdir()
     (tmp_path / "val").mkdir()
     with pytest.raises(DataMissing, match="class"):
-        dataset.check(DataConfig(name="imagenet", root=str(tmp_path)))
+        catalog.check(DataConfig(name="imagenet", root=str(tmp_path)))
 
 
 def test_root_required(tmp_path):
     with pytest.raises(DataMissing, match="data.root"):
-        dataset.check(DataConfig(name="cifar10", root=None))
+        catalog.check(DataConfig(name="cifar10", root=None))

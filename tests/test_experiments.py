@@ -11,9 +11,13 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from launch.compose import CONF_DIR, typed
-from sslprune import checkpoint, pipeline, report
-from sslprune.config import DataConfig, OptimConfig, REWIND, signal_prune
+from sslprune.compute import runner
+from sslprune.control.local import run_local
+from sslprune.control import store as files
+from sslprune.launch.compose import CONF_DIR, typed
+from sslprune.control import experiment, report
+from sslprune.compute import checkpoint
+from sslprune.control.config import DataConfig, OptimConfig, REWIND, signal_prune
 
 from conftest import ROOT, cli
 
@@ -38,7 +42,7 @@ def test_every_figure_and_table_1_has_a_preset_and_a_reduced_twin():
 def test_every_preset_composes_with_the_slurm_launcher(name, tmp_path):
     cfg = load(name, "launcher=slurm", f"store={tmp_path}")
     assert cfg.launcher.name == "slurm" and cfg.experiment == name
-    assert pipeline.stages(cfg)  # the experiment plans a non-empty set of stages
+    assert experiment.stages(cfg)  # the experiment plans a non-empty set of stages
 
 
 def _optim(cfg, signal) -> OptimConfig:
@@ -92,7 +96,7 @@ def test_paper_scale_presets_carry_the_published_hyper_parameters():
 
 def test_sweeps_name_one_chain_per_variant_and_share_nothing():
     fig7 = load("table1_rewind_resnet50_small", "store=/s")
-    dirs = {pipeline.chains(fig7)[i][0].chain_dir for i in range(len(pipeline.chains(fig7)))}
+    dirs = {experiment.chains(fig7)[i][0].chain_dir for i in range(len(experiment.chains(fig7)))}
     assert len(dirs) == len(fig7.signals) == 4  # labels/rotnet x 0it/1ep: four different chains
 
 
@@ -134,9 +138,9 @@ def shrink(cfg):
 @pytest.mark.parametrize("name", SMALL)
 def test_reduced_twin_runs_every_stage_for_a_few_steps(name, tmp_path):
     cfg = shrink(load(name, f"store={tmp_path}"))
-    pipeline.run_local(cfg)
+    run_local(cfg)
     out, summary = report.write(cfg)
-    every = pipeline.stages(cfg)
+    every = experiment.stages(cfg)
     assert all(s.done() for s in every)
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows) == len(every)
@@ -173,7 +177,7 @@ def test_reduced_figure_3_runs_to_completion_and_its_report_makes_sense(tmp_path
             assert got == list(levels), (signal, evaluation, got)
     assert all(int(s["count"]) == 2 for s in summary)
     # Fraction remaining is 0.8^L, up to the one weight per level that ceil() may round.
-    total = checkpoint.read_json(next(store.glob("imp/*/seed_0/level_0/sparsity_report.json")))["global"]["total"]
+    total = files.read_json(next(store.glob("imp/*/seed_0/level_0/sparsity_report.json")))["global"]["total"]
     for s in summary:
         L = int(s["level"])
         assert abs(float(s["remaining"]) - 0.8 ** L) <= (L + 1) / total, s
@@ -192,9 +196,9 @@ def test_reduced_figure_3_runs_to_completion_and_its_report_makes_sense(tmp_path
 def test_transfer_chain_starts_from_the_source_network_and_waits_for_it(tmp_path):
     import torch
 
-    from sslprune.config import SignalConfig, TaskConfig, RunConfig
-    from sslprune.runtime import local
-    from sslprune.stage import ImpLevel
+    from sslprune.control.config import SignalConfig, TaskConfig, RunConfig
+    from sslprune.compute.runtime import local
+    from sslprune.control.stage import ImpLevel
 
     from conftest import tiny_config, tiny_optim
 
@@ -205,13 +209,13 @@ def test_transfer_chain_starts_from_the_source_network_and_waits_for_it(tmp_path
     cfg.probe = dataclasses.replace(cfg.probe, signals=[])
     cfg.run = RunConfig(quiet=True, threads=1, workers=2)
     # The transfer chain is listed (and run) after its source even though it is named first.
-    assert [c[0].signal for c in pipeline.chains(cfg)] == ["rotnet", "transfer"]
+    assert [c[0].signal for c in experiment.chains(cfg)] == ["rotnet", "transfer"]
     first = ImpLevel(cfg, "transfer", 0, 0)
     assert [p.label for p in first.parents()] == ["imp rotnet seed=0 level=0"]
-    pipeline.run_local(cfg)  # two workers: the transfer chain must not start before rotnet's level 0
-    assert all(s.done() for s in pipeline.stages(cfg))
+    run_local(cfg)  # two workers: the transfer chain must not start before rotnet's level 0
+    assert all(s.done() for s in experiment.stages(cfg))
     source = checkpoint.load(ImpLevel(cfg, "rotnet", 0, 0).dir / "model.pt")
-    setup = first.prepare(local(cfg.run))
+    setup = runner.prepare(first, local(cfg.run))
     start = setup.net.state_dict()
     backbone = [k for k in source if k.startswith("backbone.")]
     assert backbone and all(torch.equal(start[k], source[k]) for k in backbone)

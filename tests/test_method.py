@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from sslprune import checkpoint, mask as masks, model as models, task as tasks
-from sslprune.config import ModelConfig, RunConfig
-from sslprune.progress import Progress
-from sslprune.runtime import local
-from sslprune.stage import ImpLevel, Probe, Retrain
-from sslprune.trainer import Fit, fit
-from sslprune import loader as loaders, dataset
+from sslprune.compute import runner
+from sslprune.control import store as files
+from sslprune.compute import checkpoint, mask as masks, model as models, task as tasks
+from sslprune.control.config import ModelConfig, RunConfig
+from sslprune.control.progress import Progress
+from sslprune.compute.runtime import local
+from sslprune.control.stage import ImpLevel, Probe, Retrain
+from sslprune.compute.trainer import Fit, fit
+from sslprune.compute import loader as loaders, dataset
 
 from conftest import tiny_config, tiny_optim
 
@@ -119,10 +121,10 @@ def test_chain_masks_follow_density_law_and_nest(chain):
     for level in range(3):
         d = ImpLevel(cfg, "labels", 0, level).dir
         m = checkpoint.load(d / "mask.pt")
-        report = checkpoint.read_json(d / "sparsity_report.json")
+        report = files.read_json(d / "sparsity_report.json")
         assert report["global"]["density"] == pytest.approx(masks.density(m))
         assert abs(masks.density(m) - 0.8 ** level) < 2 * level / report["global"]["total"] + 1e-12
-        assert checkpoint.read_json(d / "result.json")["remaining"] == pytest.approx(masks.density(m))
+        assert files.read_json(d / "result.json")["remaining"] == pytest.approx(masks.density(m))
         trained = checkpoint.load(d / "model.pt")
         for n, mk in m.items():
             assert torch.all(trained[n][mk == 0] == 0), f"{n} has pruned weights that are not zero"
@@ -150,7 +152,7 @@ def test_rewind_point_holds_the_weights_after_k_updates(chain, tmp_path):
 def test_level_starts_from_rewound_weights_under_the_new_mask(chain):
     cfg, rt = chain
     lv = ImpLevel(cfg, "labels", 0, 2)
-    setup = lv.prepare(rt)
+    setup = runner.prepare(lv, rt)
     rewind = checkpoint.load(lv.rewind_file())["model"]
     parent = ImpLevel(cfg, "labels", 0, 1).dir
     expected_mask = masks.magnitude(checkpoint.load(parent / "model.pt"), checkpoint.load(parent / "mask.pt"), 0.2)
@@ -171,7 +173,7 @@ def test_retrain_starts_differ_as_they_should(chain):
     imp = ImpLevel(cfg, "labels", 0, 2)
     imp_mask = checkpoint.load(imp.dir / "mask.pt")
     rewind = checkpoint.load(imp.rewind_file())["model"]
-    wt, ri, rnd = (Retrain(cfg, "labels", 0, 2, s).prepare(rt) for s in ("winning_ticket", "random_reinit", "random"))
+    wt, ri, rnd = (runner.prepare(Retrain(cfg, "labels", 0, 2, s), rt) for s in ("winning_ticket", "random_reinit", "random"))
     # Winning ticket and random re-init: the same mask as IMP, different weights.
     for n in imp_mask:
         assert torch.equal(wt.mask[n], imp_mask[n]) and torch.equal(ri.mask[n], imp_mask[n])
@@ -190,7 +192,7 @@ def test_retrain_starts_differ_as_they_should(chain):
 def test_probe_keeps_backbone_frozen_and_in_eval_mode(chain, tmp_path):
     cfg, rt = chain
     probe = Probe(cfg, "labels", 0, 1, cfg.retrain.data)
-    setup = probe.prepare(rt)
+    setup = runner.prepare(probe, rt)
     net = setup.net
     before = {k: v.clone() for k, v in net.backbone.state_dict().items()}
     head_before = net.head.weight.detach().clone()
@@ -208,7 +210,7 @@ def test_probe_keeps_backbone_frozen_and_in_eval_mode(chain, tmp_path):
 
 
 def test_rewind_units_convert_to_updates():
-    from sslprune.config import ConfigError, rewind_steps
+    from sslprune.control.config import ConfigError, rewind_steps
 
     spe, batch, total = 834, 1536, 90 * 834  # ImageNet at batch 1536: 834 updates per epoch
     assert rewind_steps("3ep", spe, batch, total) == 2502
@@ -225,7 +227,7 @@ def test_rewind_to_zero_keeps_the_initial_weights(tmp_path):
     cfg.prune = replace(cfg.prune, rewind="0it", levels=0)
     rt = local(cfg.run)
     lv = ImpLevel(cfg, "labels", 0, 0)
-    init = lv.prepare(rt).net.state_dict()
+    init = runner.prepare(lv, rt).net.state_dict()
     lv.run(rt)
     rewound = checkpoint.load(lv.rewind_file())
     assert rewound["step"] == 0

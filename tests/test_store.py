@@ -12,10 +12,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from launch.compose import CONF_DIR, typed
-from sslprune import checkpoint
-from sslprune.config import identity, digest, DataConfig, RunConfig
-from sslprune.stage import ImpLevel, chain_identity
+from sslprune.control import store as files
+from sslprune.launch.compose import CONF_DIR, typed
+from sslprune.compute import checkpoint
+from sslprune.control.config import identity, digest, DataConfig, RunConfig
+from sslprune.control.stage import ImpLevel, chain_identity
 
 from conftest import ROOT, cli, tiny_config
 
@@ -102,7 +103,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
         assert wa.keys() == wb.keys()
         for k in wa:
             assert torch.equal(wa[k], wb[k]), f"level {level}: {k} differs after resume"
-        assert checkpoint.read_json(a / "result.json")["accuracy"] == checkpoint.read_json(b / "result.json")["accuracy"]
+        assert files.read_json(a / "result.json")["accuracy"] == files.read_json(b / "result.json")["accuracy"]
         for f in ("mask.pt",):
             ma, mb = checkpoint.load(a / f), checkpoint.load(b / f)
             assert all(torch.equal(ma[k], mb[k]) for k in ma)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from sslprune import slurm, submission
-from sslprune.config import ConfigError, LauncherConfig, validate, validate_launcher
-from sslprune.pipeline import stages
+from sslprune.control import slurm, submission
+from sslprune.control.config import ConfigError, LauncherConfig, validate, validate_launcher
+from sslprune.control.experiment import stages
 
 from conftest import tiny_config
 

@@ -15,12 +15,14 @@ import yaml
 from PIL import Image
 from torch.nn import functional as F
 
-from sslprune import checkpoint, dataset, loader as loaders, model as models, subset as subsets, task as tasks
-from sslprune.config import DataConfig, ModelConfig, RunConfig, SignalConfig, TaskConfig, validate_task
-from sslprune.progress import Progress
-from sslprune.runtime import local
-from sslprune.stage import ImpLevel
-from sslprune.trainer import Fit, Interrupted, evaluate, fit
+from sslprune.compute import runner
+from sslprune.control import store as files
+from sslprune.compute import checkpoint, dataset, loader as loaders, model as models, subset as subsets, task as tasks
+from sslprune.control.config import DataConfig, ModelConfig, RunConfig, SignalConfig, TaskConfig, validate_task
+from sslprune.control.progress import Progress
+from sslprune.compute.runtime import local
+from sslprune.control.stage import ImpLevel
+from sslprune.compute.trainer import Fit, Interrupted, evaluate, fit
 
 from conftest import ROOT, tiny_config, tiny_optim
 
@@ -157,7 +159,7 @@ def test_npid_resume_is_bit_identical_including_the_bank(tmp_path):
     run = RunConfig(quiet=True, log_every=5)
 
     def job(ckpt, interrupt=None):
-        s = ImpLevel(cfg, "npid", 0, 0).prepare(rt)
+        s = runner.prepare(ImpLevel(cfg, "npid", 0, 0), rt)
         ld = loaders.make(s.data, 128, 0, CPU, index_targets=s.task.index_targets)
         s.task.bind(ld)
         return Fit(model=s.net, task=s.task, loader=ld, optim=s.optim, mask=s.mask, checkpoint=ckpt,
@@ -287,25 +289,25 @@ def test_subset_is_saved_at_level_0_read_back_and_checked(tmp_path, digits):
     rt = local(RunConfig(quiet=True))
     cfg = _subset_cfg(tmp_path / "s", "labels")
     with pytest.raises(FileNotFoundError, match="label_subset.json"):
-        ImpLevel(cfg, "labels", 0, 1).prepare(rt)  # a later level never draws its own subset
-    setup = ImpLevel(cfg, "labels", 0, 0).prepare(rt)
+        runner.prepare(ImpLevel(cfg, "labels", 0, 1), rt)  # a later level never draws its own subset
+    setup = runner.prepare(ImpLevel(cfg, "labels", 0, 0), rt)
     ImpLevel(cfg, "labels", 0, 0).run(rt)
     path = ImpLevel(cfg, "labels", 0, 0).dir / "label_subset.json"
-    saved = checkpoint.read_json(path)
+    saved = files.read_json(path)
     idx = subsets.select(digits.train.labels, 10, 0.1, "images", 0)
     assert saved["indices"] == idx.tolist() and saved["label_fraction"] == 0.1 and saved["label_subset"] == "images"
     assert torch.equal(setup.data.train.labels, digits.train.labels[idx])  # labels: the subset alone
     assert torch.equal(setup.data.train.images, digits.train.images[idx])
     # The file is the truth: a later level (and a resumed run) uses the indices it holds.
     saved["indices"] = saved["indices"][1:]
-    checkpoint.write_json(saved, path)
-    assert torch.equal(ImpLevel(cfg, "labels", 0, 1).prepare(rt).data.train.labels, digits.train.labels[idx[1:]])
+    files.write_json(saved, path)
+    assert torch.equal(runner.prepare(ImpLevel(cfg, "labels", 0, 1), rt).data.train.labels, digits.train.labels[idx[1:]])
     # A file made for another subset is refused, naming what differs.
-    checkpoint.write_json({**saved, "subset_seed": 7}, path)
+    files.write_json({**saved, "subset_seed": 7}, path)
     with pytest.raises(subsets.SubsetMismatch, match="subset_seed"):
-        ImpLevel(cfg, "labels", 0, 1).prepare(rt)
+        runner.prepare(ImpLevel(cfg, "labels", 0, 1), rt)
     # S4L keeps every image; those outside the subset have label -1.
-    s4l = ImpLevel(_subset_cfg(tmp_path / "t", "s4l"), "s4l", 0, 0).prepare(rt).data.train
+    s4l = runner.prepare(ImpLevel(_subset_cfg(tmp_path / "t", "s4l"), "s4l", 0, 0), rt).data.train
     assert torch.equal(s4l.images, digits.train.images)
     assert torch.equal(s4l.labels[idx], digits.train.labels[idx])
     assert int((s4l.labels == -1).sum()) == len(digits.train.labels) - len(idx)
@@ -345,7 +347,7 @@ def test_short_imp_chain(tmp_path, signal):
     for level in (0, 1):
         stage = ImpLevel(cfg, signal, 0, level)
         stage.run(rt)
-        r = checkpoint.read_json(stage.dir / "result.json")
+        r = files.read_json(stage.dir / "result.json")
         assert r["metric"] == metric and r["signal_task"] == task.name and r["count"] == 359
         assert low < r["accuracy"] <= 1.0, r
         assert r["remaining"] == pytest.approx(0.8 ** level, abs=1e-3)
@@ -376,14 +378,14 @@ def test_label_subset_of_an_image_folder(tmp_path):
     scanned = loaders.train_labels(dataset.load(data_cfg))
     idx = subsets.select(scanned, 3, 0.2, "images", 0)
     # labels: two images per class remain, in scan order, and index batches point at them.
-    s = ImpLevel(cfg, "labels", 0, 0).prepare(rt)
+    s = runner.prepare(ImpLevel(cfg, "labels", 0, 0), rt)
     ld = loaders.make(s.data, 3, 0, CPU, index_targets=True)
     assert ld.train_labels.tolist() == scanned[idx].tolist() == [0, 0, 1, 1, 2, 2]
     assert [p for p, _ in ld.train.samples] == [loaders.folder_train(s.data)[i][0] for i in idx.tolist()]
     seen = torch.cat([i for _, i in ld.batches(0)])
     assert sorted(seen.tolist()) == list(range(6))
     # s4l: all 30 images, 24 of them unlabelled; a level-0 stage trains on them and evaluates on val/.
-    s = ImpLevel(cfg, "s4l", 0, 0).prepare(rt)
+    s = runner.prepare(ImpLevel(cfg, "s4l", 0, 0), rt)
     ld = loaders.make(s.data, 3, 0, CPU)
     assert len(ld.train_labels) == 30 and int((ld.train_labels == -1).sum()) == 24
     assert torch.equal(ld.train_labels[idx], scanned[idx])
@@ -399,10 +401,10 @@ def test_npid_bank_is_rewound_with_the_weights(tmp_path):
 
     import torch
 
-    from sslprune import checkpoint, loader as loaders, seed as seeds
-    from sslprune.config import SignalConfig, TaskConfig
-    from sslprune.runtime import local
-    from sslprune.stage import ImpLevel
+    from sslprune.compute import checkpoint, loader as loaders, seed as seeds
+    from sslprune.control.config import SignalConfig, TaskConfig
+    from sslprune.compute.runtime import local
+    from sslprune.control.stage import ImpLevel
 
     from conftest import tiny_config, tiny_optim
 
@@ -414,10 +416,10 @@ def test_npid_bank_is_rewound_with_the_weights(tmp_path):
     ImpLevel(cfg, "npid", 0, 0).run(rt)
     rewound = checkpoint.load(ImpLevel(cfg, "npid", 0, 1).rewind_file())
     assert rewound["step"] == 3 and rewound["task"]["bank"].shape[1] == 128
-    setup = ImpLevel(cfg, "npid", 0, 1).prepare(rt)
+    setup = runner.prepare(ImpLevel(cfg, "npid", 0, 1), rt)
     assert torch.equal(setup.task_state["bank"], rewound["task"]["bank"])
     # What was saved is the bank after k updates, not level 0's random starting bank.
-    start = ImpLevel(cfg, "npid", 0, 0).prepare(rt)
+    start = runner.prepare(ImpLevel(cfg, "npid", 0, 0), rt)
     start.task.bind(loaders.make(start.data, start.optim.batch_size, seeds.derive(*start.seed_parts), rt.device,
                                  index_targets=True))
     changed = (start.task.state_dict()["bank"].cpu() != rewound["task"]["bank"].cpu()).any(dim=1)

@@ -17,12 +17,16 @@ import pytest
 import torch
 from PIL import Image
 
-from sslprune import checkpoint, dataset, loader, mask as masks, model as models, pipeline, report, submission, \
-    svm, task as tasks, voc
-from sslprune.config import ConfigError, DataConfig, FinetuneConfig, ModelConfig, PruneConfig, SignalConfig, \
+from sslprune.control import catalog
+from sslprune.control.local import run_local
+from sslprune.control import store as files
+from sslprune.control import experiment, report, submission, voc
+
+from sslprune.compute import checkpoint, dataset, loader, mask as masks, model as models, svm, task as tasks
+from sslprune.control.config import ConfigError, DataConfig, FinetuneConfig, ModelConfig, PruneConfig, SignalConfig, \
     SvmConfig, TaskConfig
-from sslprune.dataset import DataMissing, FolderData
-from sslprune.stage import Finetune, ImpLevel, Svm
+from sslprune.compute.dataset import DataMissing, FolderData
+from sslprune.control.stage import Finetune, ImpLevel, Svm
 
 from conftest import cli, tiny_config, tiny_optim
 
@@ -179,11 +183,11 @@ def test_voc_missing_files_are_named(tmp_path):
     with pytest.raises(DataMissing, match=str(base / "JPEGImages" / "000001.jpg")):
         dataset.load(cfg)
     (base / "ImageSets" / "Main" / "test.txt").unlink()  # the test tarball not extracted
-    for fn in (dataset.check, dataset.load):  # check: before any work
+    for fn in (catalog.check, dataset.load):  # check: before any work
         with pytest.raises(DataMissing, match=str(base / "ImageSets" / "Main" / "test.txt")):
             fn(cfg)
     for bad in (tmp_path / "nowhere", tmp_path / "VOCdevkit" / "VOC2007" / "JPEGImages"):
-        for fn in (dataset.check, dataset.load):
+        for fn in (catalog.check, dataset.load):
             with pytest.raises(DataMissing) as e:
                 fn(DataConfig(name="voc07", root=str(bad)))
             assert str(bad) in str(e.value) and "VOCtest_06-Nov-2007" in str(e.value)
@@ -276,13 +280,13 @@ def test_places205_missing_pieces_are_named(tmp_path):
     with pytest.raises(DataMissing, match=str(images / PLACES_VAL[0][0])):
         dataset.load(cfg)
     images.rename(tmp_path / "elsewhere")
-    for fn in (dataset.check, dataset.load):
+    for fn in (catalog.check, dataset.load):
         with pytest.raises(DataMissing, match="images256") as e:
             fn(cfg)
         assert str(tmp_path / "images256") in str(e.value) and str(images) in str(e.value)
     (tmp_path / "trainvalsplit_places205" / "val_places205.csv").unlink()
     with pytest.raises(DataMissing, match=str(tmp_path / "trainvalsplit_places205" / "val_places205.csv")):
-        dataset.check(cfg)
+        catalog.check(cfg)
 
 
 def test_places205_malformed_line_names_file_and_line(tmp_path):
@@ -331,22 +335,22 @@ def _voc_cfg(store: Path, voc_root: Path, **kw):
 
 def test_svm_and_finetune_stages_on_voc07_from_real_imp_levels(tmp_path, voc_root):
     """RotNet IMP on the VOC fixture (levels 0 and 1), then, at every level, SVMs on the frozen
-    features and full fine-tuning with the mask kept, all through the pipeline."""
+    features and full fine-tuning with the mask kept, all through the experiment."""
     cfg, voc_data = _voc_cfg(tmp_path / "store", voc_root)
     cfg.svm = SvmConfig(signals=["rotnet"], datasets=[voc_data], costs=[0.01, 0.1, 1.0], folds=3)
     cfg.finetune = FinetuneConfig(signals=["rotnet"], datasets=[voc_data], levels=[1],
                                   optim=tiny_optim(epochs=2, batch_size=8, lr=0.05))
-    chain = pipeline.chains(cfg)[0]
+    chain = experiment.chains(cfg)[0]
     assert [type(s).__name__ for s in chain] == ["ImpLevel", "Svm", "ImpLevel", "Svm", "Finetune"]
     assert [submission._variant(s) for s in chain[3:]] == ["svm-voc07", "finetune-voc07"]
     assert {"svm", "finetune"} <= set(submission.KINDS)
-    assert pipeline.run_local(cfg) == 5
+    assert run_local(cfg) == 5
     present = {voc.CLASSES.index(n) for n in COLOURS}
     for level in (0, 1):
         stage = Svm(cfg, "rotnet", 0, level, voc_data)
         imp = ImpLevel(cfg, "rotnet", 0, level)
         assert stage.dir.parent == imp.dir and stage.dir.name.startswith("svm_")
-        r = checkpoint.read_json(stage.dir / "result.json")
+        r = files.read_json(stage.dir / "result.json")
         assert 0 <= r["accuracy"] <= 1 and r["metric"] == "mAP" and r["evaluation"] == "svm:voc07"
         assert (r["kind"], r["level"], r["seed"]) == ("svm", level, 0)
         assert r["remaining"] == pytest.approx(masks.density(checkpoint.load(imp.dir / "mask.pt")))
@@ -356,7 +360,7 @@ def test_svm_and_finetune_stages_on_voc07_from_real_imp_levels(tmp_path, voc_roo
             assert r["cost"][name] in ((0.01, 0.1, 1) if i in present else (None,))
         assert r["accuracy"] == pytest.approx(np.mean([r["ap"][voc.CLASSES[i]] for i in present]))
         assert (r["count"], r["train_count"]) == (16, 24)
-    assert checkpoint.read_json(Svm(cfg, "rotnet", 0, 1, voc_data).dir / "result.json")["remaining"] < 1
+    assert files.read_json(Svm(cfg, "rotnet", 0, 1, voc_data).dir / "result.json")["remaining"] < 1
 
     tune = Finetune(cfg, "rotnet", 0, 1, voc_data)
     r = tune.result()
@@ -373,7 +377,7 @@ def test_svm_and_finetune_stages_on_voc07_from_real_imp_levels(tmp_path, voc_roo
     assert all(torch.equal(checkpoint.load(tune.dir / "mask.pt")[n], mask[n]) for n in mask)
     rows = {(row["evaluation"], row["level"]) for row in report.rows(cfg)}
     assert {("svm:voc07", 0), ("svm:voc07", 1), ("finetune:voc07", 1), ("pretext", 0)} <= rows
-    assert pipeline.run_local(cfg) == 0  # everything done: nothing reruns
+    assert run_local(cfg) == 0  # everything done: nothing reruns
 
 
 def test_svm_on_trained_digit_features_beats_random_features(tmp_path):
@@ -384,7 +388,7 @@ def test_svm_on_trained_digit_features_beats_random_features(tmp_path):
                       svm=SvmConfig(signals=["labels"], datasets=[digits], costs=[0.1, 1.0, 10.0, 100.0], folds=3))
     cfg.retrain = replace(cfg.retrain, schemes=[])
     cfg.probe = replace(cfg.probe, signals=[])
-    pipeline.run_local(cfg)
+    run_local(cfg)
     trained = Svm(cfg, "labels", 0, 0, digits).result()
     assert trained["classes_evaluated"] == 10 and trained["count"] == 359 and trained["remaining"] == 1.0
     data = dataset.load(digits)
@@ -440,5 +444,5 @@ def test_evaluated_images_must_fit_the_network(tmp_path, voc_root):
     voc_data = DataConfig(name="voc07", root=str(voc_root), image_size=32, workers=0)
     cfg = tiny_config(tmp_path / "store", svm=SvmConfig(signals=["rotnet"], datasets=[voc_data]))
     with pytest.raises(ConfigError, match=r"svm.datasets\[0\] \(voc07, 3 channels\).*rotnet.*digits \(1 channels\)"):
-        pipeline.check_inputs(cfg)
+        experiment.check_inputs(cfg)
     assert not (tmp_path / "store").exists()

@@ -22,8 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from sslprune import checkpoint, dashboard, upload
-from sslprune.config import Config
+from sslprune.control import store as files
+from sslprune.control import dashboard, upload
+
+from sslprune.compute import checkpoint
+from sslprune.control.config import Config
 
 from conftest import ROOT
 
@@ -84,8 +87,8 @@ def wandb_dirs(root: Path) -> list[Path]:
 def stages_of(store: Path, *overrides: str):
     from hydra import compose, initialize_config_dir
 
-    from launch.compose import CONF_DIR, typed
-    from sslprune.pipeline import stages
+    from sslprune.launch.compose import CONF_DIR, typed
+    from sslprune.control.experiment import stages
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         cfg = typed(compose("config", overrides=[f"store={store}", *overrides]))
@@ -198,14 +201,14 @@ def test_killed_stage_resumes_the_same_wandb_run(tmp_path):
             "signals.labels.optim.milestones=[8]", "wandb=offline", "wandb.system_metrics=false",
             "wandb.flush_seconds=0.05"]
     cfg, _ = stages_of(store, *args[2:])
-    from sslprune.stage import ImpLevel
+    from sslprune.control.stage import ImpLevel
 
     stage = ImpLevel(cfg, "labels", 0, 0)
     p = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.monotonic()
     while True:
         try:
-            step = checkpoint.read_json(stage.dir / "progress.json")["step"]
+            step = files.read_json(stage.dir / "progress.json")["step"]
         except (OSError, ValueError, KeyError):
             step = 0
         if step >= 25 and (stage.dir / "checkpoint.pt").exists() and step % 10 >= 6:
@@ -216,7 +219,7 @@ def test_killed_stage_resumes_the_same_wandb_run(tmp_path):
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not stage.done()
-    logged = checkpoint.read_json(stage.dir / "progress.json")["step"]  # the last step the killed attempt logged
+    logged = files.read_json(stage.dir / "progress.json")["step"]  # the last step the killed attempt logged
     (first,) = offline_dirs(stage.dir)
     out = run(*args, env=env, cwd=tmp_path).stdout
     assert stage.done()
@@ -303,7 +306,7 @@ def test_sync_stops_a_hanging_upload_and_resyncs_only_what_changed(demo, tmp_pat
     # Pretend every run but one was uploaded earlier; the bookkeeping skips them.
     for r in runs[1:]:
         for f in r.files:
-            checkpoint.write_json(upload._stat(f), upload.marker(f))
+            files.write_json(upload._stat(f), upload.marker(f))
     try:
         assert [r.run_id for r in upload.find(cfg) if r.pending()] == [runs[0].run_id]
         # A file that grew since its upload (a run still in progress, or resumed) is uploaded again.
@@ -335,7 +338,7 @@ def test_sync_stops_a_hanging_upload_and_resyncs_only_what_changed(demo, tmp_pat
 
 
 def test_stagger_spreads_an_array_and_config_is_checked():
-    from sslprune.config import ConfigError, WandbConfig, validate_wandb
+    from sslprune.control.config import ConfigError, WandbConfig, validate_wandb
 
     w = WandbConfig(stagger=0.2, stagger_max=120)
     delays = [dashboard.stagger_delay(w, {"SLURM_ARRAY_TASK_ID": str(i)}) for i in range(500)]

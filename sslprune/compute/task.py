@@ -22,8 +22,10 @@ import math
 import torch
 from torch.nn import functional as F
 
-from . import seed as seeds, voc
-from .config import TaskConfig, ConfigError, TASKS
+from . import seed as seeds
+
+from ..control import voc
+from ..control.config import TaskConfig, ConfigError, TASKS
 
 
 class Accuracy:

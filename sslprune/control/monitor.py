@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import checkpoint
+from . import store as files
 
 PROGRESS = "progress.json"
 
@@ -25,7 +25,7 @@ class ProgressFile:
             if k in metrics and metrics[k] > self.best.get(k, float("-inf")):
                 self.best[k] = metrics[k]
         try:
-            checkpoint.write_json({"step": step, "total": total, "time": time.time(), "latest": metrics,
+            files.write_json({"step": step, "total": total, "time": time.time(), "latest": metrics,
                                    "best": self.best}, self.path)
         except OSError as e:  # a full disk must not kill training; the checkpoint write will say so
             print(f"[monitor] could not write {self.path}: {e}", file=sys.stderr)
@@ -56,8 +56,8 @@ class Monitor:
             o.fail(error)
 
 
-def open_for(stage, rt) -> Monitor:
-    if not rt.is_writer:
+def open_for(stage, is_writer: bool) -> Monitor:
+    if not is_writer:
         return Monitor([])
     observers = [ProgressFile(stage.dir / PROGRESS)]
     from . import dashboard  # cheap: imports wandb only when W&B is enabled

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, seed as seeds
-from .config import LABEL_SUBSETS, ConfigError, TaskConfig
+from . import seed as seeds
+from ..control import store as files
+from ..control.config import LABEL_SUBSETS, ConfigError, TaskConfig
 from .dataset import FolderData, MemoryData, Split
 
 FILE = "label_subset.json"
@@ -69,7 +70,7 @@ def saved(path: Path, task: TaskConfig, labels: torch.Tensor, num_classes: int, 
     be there (a later level of the chain), so its absence is an error, not a fresh draw."""
     want = spec(task, labels, num_classes)
     if path.exists():
-        stored = checkpoint.read_json(path)
+        stored = files.read_json(path)
         differ = {k: (stored.get(k), v) for k, v in want.items() if stored.get(k) != v}
         if differ:
             shown = ", ".join(f"{k}: saved {a!r}, config {b!r}" for k, (a, b) in differ.items())
@@ -84,7 +85,7 @@ def saved(path: Path, task: TaskConfig, labels: torch.Tensor, num_classes: int, 
                                 "later level trains on; run level 0 first")
     indices = select(labels, num_classes, task.label_fraction, task.label_subset, task.subset_seed)
     if write:
-        checkpoint.write_json({**want, "labelled": len(indices), "indices": indices.tolist()}, path)
+        files.write_json({**want, "labelled": len(indices), "indices": indices.tolist()}, path)
     return indices
 
 

@@ -20,6 +20,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .config import DataCorrupt, DataMissing
+
 # The 20 classes in the devkit's order (VOCinit.m); a class's index is its output unit.
 CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
            "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
@@ -31,8 +33,6 @@ HOW = ("Download VOCtrainval_06-Nov-2007.tar and VOCtest_06-Nov-2007.tar (host.r
 
 
 def _missing(text: str) -> Exception:
-    from .dataset import DataMissing  # dataset imports this module lazily; no cycle at import time
-
     return DataMissing(f"voc07: {text}. {HOW}")
 
 
@@ -72,12 +72,12 @@ def target(xml_path: Path) -> tuple:
     try:
         root = ET.parse(xml_path).getroot()
     except ET.ParseError as e:
-        raise ValueError(f"voc07: {xml_path} is not valid XML: {e}") from None
+        raise DataCorrupt(f"voc07: {xml_path} is not valid XML: {e}") from None
     out = [ABSENT] * len(CLASSES)
     for obj in root.iter("object"):
         name = (obj.findtext("name") or "").strip()
         if name not in CLASSES:
-            raise ValueError(f"voc07: {xml_path} has an object of unknown class {name!r} "
+            raise DataCorrupt(f"voc07: {xml_path} has an object of unknown class {name!r} "
                              f"(expected one of {', '.join(CLASSES)})")
         i = CLASSES.index(name)
         difficult = (obj.findtext("difficult") or "0").strip() == "1"

@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .config import Config, rewind_steps, signal_prune
-from .pipeline import stages
+from .experiment import stages
 
 COLUMNS = ["experiment", "signal", "task", "scope", "evaluation", "metric", "level", "remaining", "seed", "accuracy"]
 SUMMARY = ["experiment", "signal", "task", "scope", "evaluation", "metric", "level", "remaining", "mean", "stderr",
@@ -160,7 +160,7 @@ def _slug(text: str) -> str:
 
 def write(cfg: Config) -> tuple[Path, list[dict]]:
     """Write every report file of the experiment (see the module docstring); return the folder."""
-    from . import sparsity
+    from . import naturals
 
     out = Path(cfg.store) / "reports" / cfg.experiment
     out.mkdir(parents=True, exist_ok=True)
@@ -194,5 +194,5 @@ def write(cfg: Config) -> tuple[Path, list[dict]]:
             ["signal", "task", "evaluation"], keep))
         if part:
             plot(part, out / "semi_supervised.png", cfg.experiment, panel="evaluation", line=("signal",))
-    sparsity.write(cfg, out)
+    naturals.write(cfg, out)
     return out, summary

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .config import RunConfig
+from ..control.config import RunConfig
 
 
 @dataclass

@@ -25,7 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import checkpoint, dashboard
+from . import dashboard
+
+from . import store as files
 from .config import Config
 
 MARKER = ".sslprune-sync.json"
@@ -58,7 +60,7 @@ def marker(f: Path) -> Path:
 def synced(f: Path) -> bool:
     """Uploaded, and unchanged since."""
     try:
-        m = checkpoint.read_json(marker(f))
+        m = files.read_json(marker(f))
         return m["size"] == f.stat().st_size and m["mtime_ns"] == f.stat().st_mtime_ns
     except (OSError, KeyError, ValueError, TypeError):
         return False
@@ -66,7 +68,7 @@ def synced(f: Path) -> bool:
 
 def find(cfg: Config) -> list[OfflineRun]:
     """Every offline W&B run of the experiment's stages and of its summary run."""
-    from .pipeline import stages
+    from .experiment import stages
 
     places = [(s.dir, s.label, s.done()) for s in stages(cfg)]
     places.append((dashboard.report_dir(cfg), f"report {cfg.experiment}", True))
@@ -126,7 +128,7 @@ def _sync_one(run: OfflineRun, timeout: float) -> tuple[bool, str]:
                    lines[-1] if lines else "no output")
         return False, f"`wandb sync` did not confirm {len(missing)} file(s): {why}"
     for f in files:
-        checkpoint.write_json(_stat(f), marker(f))
+        files.write_json(_stat(f), marker(f))
     return True, f"{len(files)} file(s)"
 
 

@@ -18,11 +18,8 @@ serialised by a lock; each is appended to `<store>/jobs/<experiment>.jsonl`.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
-import os
-import shutil
-import subprocess
+import shlex
 import sys
 import time
 from collections import OrderedDict
@@ -31,13 +28,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from . import checkpoint, slurm
+from . import slurm, snapshot
+
+from . import store as files
 from .config import Config, LauncherConfig
 from .monitor import PROGRESS
-from .pipeline import chains, depth, stages
+from .experiment import chains, depth, stages
 from .stage import Finetune, ImpLevel, Probe, Retrain, Stage, Svm
 
 JOB = "job.json"
+# Shell lines every job runs before Python starts, then launcher.setup, then $SSLPRUNE_JOB_ENV if set.
+JOB_ENV = (
+    # One math-library thread per CPU SLURM gave this task, never more (oversubscription is slow).
+    'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
+    'export MKL_NUM_THREADS="$OMP_NUM_THREADS"',
+    "export PYTHONUNBUFFERED=1",
+    # Fail fast instead of hanging when a rank of a multi-task job dies.
+    "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1",
+    # submitit's preemption signal (SLURM sends it --signal=USR2@<launcher.signal_delay_s> before the limit).
+    'export SUBMITIT_PREEMPT_SIGNAL="${SUBMITIT_PREEMPT_SIGNAL:-USR2}"',
+)
+SITE_ENV = 'if [ -n "${SSLPRUNE_JOB_ENV:-}" ] && [ -f "$SSLPRUNE_JOB_ENV" ]; then source "$SSLPRUNE_JOB_ENV"; fi'
 KINDS = ("imp", "retrain", "probe", "svm", "finetune")
 STATES = ("done", "running", "pending", "preempted", "failed", "blocked", "missing")
 
@@ -65,7 +76,7 @@ class StageState:
 def read_record(stage: Stage) -> Optional[dict]:
     p = stage.dir / JOB
     try:
-        return checkpoint.read_json(p) if p.exists() else None
+        return files.read_json(p) if p.exists() else None
     except (OSError, ValueError):
         return None
 
@@ -121,43 +132,6 @@ def _fresh_progress(stage: Stage, now: float, window: float = 300) -> bool:
         return False
 
 
-# ------------------------------------------------------------------ code snapshot
-
-def code_root() -> Path:
-    return Path(__file__).resolve().parent.parent
-
-
-def _code_files(root: Path) -> list[str]:
-    try:
-        out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=root, capture_output=True,
-                             text=True, check=True, timeout=60).stdout.splitlines()
-    except (OSError, subprocess.SubprocessError):
-        out = [str(p.relative_to(root)) for d in ("sslprune", "launch", "conf", "slurm") if (root / d).exists()
-               for p in (root / d).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
-    return sorted(f for f in out if (root / f).is_file() and f.split("/")[0] in ("sslprune", "launch", "conf", "slurm")
-                  or f == "pyproject.toml")
-
-
-def snapshot(store: Path) -> Path:
-    """Copy the code (tracked and untracked, not ignored) to <store>/code/<content hash>; reused if identical."""
-    root = code_root()
-    files = _code_files(root)
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.encode() + b"\0" + (root / f).read_bytes() + b"\0")
-    dest = store / "code" / h.hexdigest()[:12]
-    if not (dest / ".complete").exists():
-        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-        for f in files:
-            (tmp / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(root / f, tmp / f)
-        (tmp / ".complete").write_text(json.dumps({"from": str(root), "files": len(files), "time": time.time()}))
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    return dest
-
-
 # ------------------------------------------------------------------ planning
 
 def _variant(s: Stage) -> str:
@@ -211,16 +185,16 @@ def _executor(cfg: Config, folder: Path, code: Optional[Path], name: str, depend
 
     L: LauncherConfig = cfg.launcher
     ex = submitit.SlurmExecutor(folder=str(folder / "%j"), max_num_timeout=L.max_num_timeout)
-    env_sh = (code or code_root()) / "slurm" / "env.sh"
-    setup = [f"source {env_sh}"] if env_sh.exists() else []
+    setup = list(JOB_ENV)
     extra = {"kill-on-invalid-dep": "yes", "requeue": True}
     if code is not None:
-        setup.append(f"export PYTHONPATH={code}${{PYTHONPATH:+:$PYTHONPATH}}")
+        setup.append(f"export PYTHONPATH={shlex.quote(str(code))}${{PYTHONPATH:+:$PYTHONPATH}}")
         extra["chdir"] = str(code)  # python -m puts the working directory first on sys.path
     extra.update(L.additional_parameters)
     params = dict(job_name=name, time=L.time_min, nodes=L.nodes, ntasks_per_node=L.tasks_per_node,
                   cpus_per_task=L.cpus_per_task, array_parallelism=L.array_parallelism,
-                  signal_delay_s=L.signal_delay_s, setup=setup + list(L.setup), additional_parameters=extra,
+                  signal_delay_s=L.signal_delay_s, setup=setup + list(L.setup) + [SITE_ENV],
+                  additional_parameters=extra,
                   stderr_to_stdout=True)
     if L.gpus_per_node:
         params["gpus_per_node"] = L.gpus_per_node
@@ -257,7 +231,7 @@ def submit(cfg: Config) -> dict:
         # Jobs of stages being re-submitted that SLURM still holds (e.g. pending on a failed parent).
         stale = [st.job_id for st in todo if st.slurm is not None and st.slurm.live]
         slurm.cancel(stale)
-        code = snapshot(store) if cfg.launcher.snapshot else None
+        code = snapshot.take(store) if cfg.launcher.snapshot else None
         folder = Path(cfg.launcher.folder or store / "slurm")
         if code:
             _say(f"code snapshot {code}")
@@ -293,7 +267,7 @@ def submit(cfg: Config) -> dict:
                 for i, (s, jid) in enumerate(zip(members, ids)):
                     old = by_key[s.key()].record or {}
                     history = list(old.get("history", [])) + ([old["job_id"]] if old.get("job_id") else [])
-                    checkpoint.write_json({"job_id": jid, "array_job_id": base, "array_size": len(ids), "index": i,
+                    files.write_json({"job_id": jid, "array_job_id": base, "array_size": len(ids), "index": i,
                                            "submitted": now, "name": name, "dependency": dependency,
                                            "stage": s.label, "experiment": cfg.experiment,
                                            "log": str(folder / jid), "snapshot": str(code) if code else None,

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from . import checkpoint
+from . import store as files
 from .config import Config, WandbConfig
 
 STORE_TOKEN = ".wandb_id"
@@ -137,7 +137,7 @@ def remaining(stage) -> Optional[float]:
         f = Path(d) / "sparsity_report.json"
         if f.exists():
             try:
-                return float(checkpoint.read_json(f)["global"]["density"])
+                return float(files.read_json(f)["global"]["density"])
             except (OSError, KeyError, ValueError, TypeError):
                 return None
     return None
@@ -320,7 +320,7 @@ class StageRun:
         self._guard("finish", go)
 
     def fail(self, error: BaseException) -> None:
-        from .trainer import Interrupted
+        from .stage import Interrupted
 
         def go():
             self._open()

@@ -19,21 +19,10 @@ import torch
 from torch import nn
 
 from . import checkpoint, mask as masks
-from .config import OptimConfig, RunConfig
-from .progress import Progress
+from ..control.config import OptimConfig, RunConfig
+from ..control.progress import Progress
+from ..control.stage import Interrupted, NonFiniteLoss
 from .schedule import lr_at
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
-class Interrupted(Exception):
-    """Training stopped on request (preemption, time limit) right after checkpointing at `step`."""
-
-    def __init__(self, step: int):
-        super().__init__(f"interrupted at step {step}, checkpoint saved")
-        self.step = step
 
 
 Hook = Callable[[int, nn.Module], None]  # called with the number of updates done so far

@@ -14,7 +14,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .config import ModelConfig, ConfigError, CUT_POINTS, MODELS
+from ..control.config import ModelConfig, ConfigError, CUT_POINTS, MODELS
 
 
 class BasicBlock(nn.Module):

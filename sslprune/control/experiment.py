@@ -1,22 +1,13 @@
-"""An experiment as a list of stages, and the local way to run them.
+"""An experiment as a graph of stages: chains of (signal, seed) in dependency order, and the
+checks that can fail before any work (config values, data files, sizes that need the data).
 
 Stages of one chain (signal, seed) run in order: IMP level L, then the re-training and probes of
-level L, then level L+1. Chains are independent, so locally they run in parallel worker
-processes when there are spare cores (a small CPU model gains more from two single-threaded
-processes than from two threads in one).
+level L, then level L+1. Torch-free: planning, submitting and reporting never import torch.
 """
 from __future__ import annotations
 
-import multiprocessing
-import os
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import replace
-
-from . import dataset
+from . import catalog
 from .config import Config, ConfigError, rewind_steps, signal_data, signal_prune, validate
-from .progress import clock
-from .runtime import local
 from .stage import Finetune, ImpLevel, Probe, Retrain, Stage, Svm
 
 
@@ -57,10 +48,10 @@ def check_inputs(cfg: Config) -> None:
     validate(cfg)
     loaded: dict = {}
 
-    def load(d):  # each data set once: listing ImageNet's class folders or VOC's annotations is not free
+    def load(d) -> catalog.Facts:  # each data set once: listing ImageNet's class folders is not free
         key = repr(d)
         if key not in loaded:
-            loaded[key] = dataset.load(d)
+            loaded[key] = catalog.facts(d)
         return loaded[key]
 
     # Each root is checked first (DataMissing naming the path), in the order of `uses`; then sizes.
@@ -73,9 +64,9 @@ def check_inputs(cfg: Config) -> None:
              for i, d in enumerate(cfg.finetune.datasets)]
     for data_key, data_cfg, optim_key, optim, signal in uses:
         data = load(data_cfg)
-        if not isinstance(data, dataset.MemoryData):
+        if not data.in_memory:
             continue  # ImageFolder trees are counted when their loader is built
-        n = len(data.train.labels)
+        n = data.train_count
         if n < optim.batch_size:
             raise ConfigError(f"{optim_key}.batch_size={optim.batch_size} is more than the {n} training images "
                               f"of {data_key} ({data_cfg.name})")
@@ -93,7 +84,7 @@ def check_inputs(cfg: Config) -> None:
                     raise ConfigError(f"{key}.datasets[{i}] ({mine.name}, {mine.channels} channels) cannot evaluate "
                                       f"signal {name}, trained on {theirs.name} ({theirs.channels} channels)")
     for name, sig in cfg.signals.items():
-        if sig.task.label_fraction < 1 and getattr(load(signal_data(cfg, name)), "multilabel", False):
+        if sig.task.label_fraction < 1 and load(signal_data(cfg, name)).multilabel:
             raise ConfigError(f"signals.{name}.task.label_fraction={sig.task.label_fraction}: label subsets need "
                               f"single-label data, {signal_data(cfg, name).name} is multi-label")
         if sig.init_from is not None:  # the source network's first layer must take the target's images
@@ -104,57 +95,3 @@ def check_inputs(cfg: Config) -> None:
                                   f"({mine.channels} channels)")
 
 
-def _run_chain(cfg: Config, chain_index: int, threads: int) -> list[str]:
-    cfg = replace(cfg, run=replace(cfg.run, threads=threads or cfg.run.threads))
-    rt = local(cfg.run)
-    done = []
-    for stage in chains(cfg)[chain_index]:
-        if not stage.done():
-            stage.run(rt)
-            done.append(stage.label)
-    return done
-
-
-def run_local(cfg: Config) -> int:
-    """Run every missing stage of the experiment here; returns how many stages ran."""
-    check_inputs(cfg)
-    all_chains = chains(cfg)
-    todo = [i for i, c in enumerate(all_chains) if not all(s.done() for s in c)]
-    total = sum(len(c) for c in all_chains)
-    missing = sum(1 for i in todo for s in all_chains[i] if not s.done())
-    print(f"[sslprune] experiment {cfg.experiment}: {total} stages, {total - missing} already done, "
-          f"{missing} to run, store {cfg.store}", flush=True)
-    if not todo:
-        return 0
-    cores = os.cpu_count() or 1
-    t0 = time.monotonic()
-    ran = 0
-    # Chains that start from another chain's network (pruning during transfer) wait for a later wave.
-    waves = sorted({depth(cfg, all_chains[i][0].signal) for i in todo})
-    for wave in waves:
-        batch = [i for i in todo if depth(cfg, all_chains[i][0].signal) == wave]
-        workers = cfg.run.workers or (1 if _uses_cuda(cfg) else min(cores, len(batch)))
-        if workers <= 1:
-            for i in batch:
-                ran += len(_run_chain(cfg, i, 0))
-            continue
-        threads = max(1, cores // workers)
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            futures = [pool.submit(_run_chain, cfg, i, threads) for i in batch]
-            for f in as_completed(futures):
-                ran += len(f.result())
-                finished = sum(1 for c in all_chains for s in c if s.done())
-                elapsed = time.monotonic() - t0
-                rate = (finished - (total - missing)) / max(elapsed, 1e-9)
-                eta = (total - finished) / rate if rate > 0 else 0.0
-                print(f"[sslprune] {finished}/{total} stages done, elapsed {clock(elapsed)}, "
-                      f"remaining about {clock(eta)}", flush=True)
-    print(f"[sslprune] ran {ran} stages in {clock(time.monotonic() - t0)}", flush=True)
-    return ran
-
-
-def _uses_cuda(cfg: Config) -> bool:
-    import torch
-
-    return cfg.run.device == "cuda" or (cfg.run.device == "auto" and torch.cuda.is_available())

@@ -50,6 +50,14 @@ class ConfigError(ValueError):
     """Bad user input, raised before any work starts."""
 
 
+class DataMissing(FileNotFoundError):
+    """A data root that does not hold the expected files; says where and how to get them."""
+
+
+class DataCorrupt(ValueError):
+    """A data file that is there but not whole (truncated, wrong counts, not the format)."""
+
+
 @dataclass
 class DataConfig:
     name: str = "digits"
@@ -211,7 +219,7 @@ class LauncherConfig:
     mem_gb: Optional[float] = None
     array_parallelism: int = 256  # tasks of one array running at once
     additional_parameters: Dict[str, Any] = field(default_factory=dict)  # any other sbatch option, e.g. {mail-type: END}
-    setup: List[str] = field(default_factory=list)  # shell lines run by every job after slurm/env.sh
+    setup: List[str] = field(default_factory=list)  # shell lines run by every job after its environment (submission.JOB_ENV)
     # --- preemption, time limit, crashes
     signal_delay_s: int = 120  # SLURM sends USR2 this long before the time limit: checkpoint at once, requeue
     max_num_timeout: int = 3  # requeues after reaching the time limit (preemptions do not count)

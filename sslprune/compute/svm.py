@@ -30,7 +30,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from . import loader as loaders, seed as seeds, voc
+from . import loader as loaders, seed as seeds
+
+from ..control import voc
 from .dataset import MemoryData
 
 SKIPPED = "fewer than 2 positives or negatives in the training split"

@@ -23,11 +23,9 @@ import sys
 import time
 from typing import Optional
 
-from . import checkpoint
+from . import store as files
 from .config import LauncherConfig
-from .runtime import Runtime, from_environment
-from .stage import Stage
-from .trainer import Interrupted
+from .stage import Interrupted, Stage
 
 RETRIES = "retries.json"
 
@@ -98,21 +96,16 @@ class StageJob:
             _say("already done")
             return {"stage": stage.label, "dir": str(stage.dir), **stage.result()}
         sig = Signals().install()
-        rt: Optional[Runtime] = None
         try:
-            rt = from_environment(stage.cfg.run)
-            # Only rank 0 stops and checkpoints; the other ranks are ended by the requeue or the kill.
-            result = stage.run(rt, interrupt=sig.poll if rt.is_writer else None)
+            # Ranks and rendezvous come from the SLURM environment (sslprune.compute.runtime).
+            result = stage.run("environment", interrupt=sig.poll)
         except Interrupted as e:
             self._interrupted(env, sig, e)
             raise  # not reached: _interrupted requeues and exits, or raises
         except Exception as e:
-            if rt is None or rt.is_writer:
+            if env.global_rank == 0:
                 self._maybe_retry(env, e)
             raise
-        finally:
-            if rt is not None:
-                rt.close()
         return {"stage": stage.label, "dir": str(stage.dir), "accuracy": result["accuracy"]}
 
     # --- after the loop saved its checkpoint
@@ -146,14 +139,14 @@ class StageJob:
         if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
             return
         path = self.stage.dir / RETRIES
-        counts = checkpoint.read_json(path) if path.exists() else {}
+        counts = files.read_json(path) if path.exists() else {}
         done = int(counts.get(env.job_id, 0))
         if done >= self.launcher.max_retries or restarts() >= self.launcher.max_requeues:
             _say(f"crashed ({type(error).__name__}: {error}); no retry left "
                  f"({done}/{self.launcher.max_retries} retries used)")
             return
         counts[env.job_id] = done + 1
-        checkpoint.write_json(counts, path)
+        files.write_json(counts, path)
         _say(f"crashed ({type(error).__name__}: {error}); requeueing (retry {done + 1}/{self.launcher.max_retries}), "
              "it resumes from its latest checkpoint")
         import traceback

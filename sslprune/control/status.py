@@ -12,7 +12,7 @@ import json
 import time
 from typing import Optional
 
-from . import checkpoint
+from . import store as files
 from .config import Config
 from .monitor import PROGRESS
 from .submission import KINDS, STATES, StageState, stage_states
@@ -21,7 +21,7 @@ from .submission import KINDS, STATES, StageState, stage_states
 def _progress(st: StageState) -> Optional[dict]:
     p = st.stage.dir / PROGRESS
     try:
-        return checkpoint.read_json(p) if p.exists() else None
+        return files.read_json(p) if p.exists() else None
     except (OSError, ValueError):
         return None
 

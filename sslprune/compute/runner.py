@@ -1,0 +1,301 @@
+"""Running a stage: what training starts from for each kind of stage, then the one loop.
+
+The control plane (sslprune.control.stage) says where a stage lives and what it needs; this
+module turns it into a network with its weights loaded, a mask, a task, data and the step the
+schedule starts at (`Setup`, one function per kind below), trains it with sslprune.compute.trainer
+and writes its outputs. `result.json` is written last, with the size and sha256 of every output.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+import torch
+
+from ..control import monitor as monitors, store as files
+from ..control.config import OptimConfig, identity, rewind_steps, signal_data, signal_prune
+from ..control.progress import Progress, clock
+from ..control.stage import DONE, Finetune, ImpLevel, Probe, Retrain, Stage, Svm, chain_identity
+from . import checkpoint, dataset, loader as loaders, mask as masks, model as models, seed as seeds, task as tasks
+from . import sparsity, subset as subsets
+from .runtime import Runtime, from_environment, local
+from .trainer import Fit, evaluate, fit
+
+
+@dataclass
+class Setup:
+    net: torch.nn.Module
+    task: object
+    data: object
+    optim: OptimConfig
+    mask: masks.Mask  # the mask this stage's weights live under (reported as `remaining`)
+    seed_parts: tuple  # what seeds the data order and augmentation
+    identity: dict
+    train_mask: Optional[masks.Mask] = None  # what the loop applies; defaults to `mask`
+    start: Optional[Callable] = None  # loader -> first step of the schedule (rewinding)
+    hooks: list = field(default_factory=list)  # loader -> step hook
+    params: Optional[Callable] = None  # net -> the parameters to optimise (default all)
+    check: Optional[Callable] = None  # net -> None, raises if the result is inconsistent
+    save_mask: bool = True
+    save_model: bool = True
+    task_state: Optional[dict] = None  # the task's state to start from (NPID's bank at the rewind point)
+
+    def __post_init__(self):
+        if self.train_mask is None:
+            self.train_mask = self.mask
+
+
+
+
+def run(stage: Stage, rt=None, interrupt=None) -> dict:
+    """Run (or resume) `stage` here; a done stage returns its stored result without work.
+
+    `rt`: a Runtime, None (this process alone) or "environment" (the ranks of a submitit job, set
+    up here and torn down at the end)."""
+    if stage.done():
+        return stage.result()
+    stage.require_parents()
+    if rt == "environment":
+        rt = from_environment(stage.cfg.run)
+        try:
+            # Only rank 0 stops and checkpoints; the other ranks are ended by the requeue or the kill.
+            return run(stage, rt, interrupt if rt.is_writer else None)
+        finally:
+            rt.close()
+    rt = rt or local(stage.cfg.run)
+    monitor = monitors.open_for(stage, rt.is_writer)
+    progress = Progress(stage.label, quiet=stage.cfg.run.quiet, sinks=[monitor])
+    t0 = time.monotonic()
+    try:
+        result = (run_svm if stage.kind == "svm" else _train)(stage, rt, progress, interrupt)
+    except BaseException as e:
+        monitor.fail(e)
+        raise
+    result.update({"kind": stage.kind, "signal_task": stage.cfg.signals[stage.signal].task.name,
+                   "seed": stage.seed, "level": stage.level, "seconds": round(time.monotonic() - t0, 3)})
+    if rt.is_writer:
+        files.write_json(result, stage.dir / DONE)
+        (stage.dir / "checkpoint.pt").unlink(missing_ok=True)  # the final weights are in model.pt
+    monitor.finish(result)
+    progress.note(f"done: accuracy {result['accuracy']:.4f} in {clock(time.monotonic() - t0)}")
+    return result
+
+
+def prepare(stage: Stage, rt: Runtime) -> Setup:
+    """Everything training starts from: network (weights loaded), mask, task, data, schedule start."""
+    return {"imp": prepare_imp, "retrain": prepare_retrain, "probe": prepare_probe,
+            "finetune": prepare_finetune}[stage.kind](stage, rt)
+
+
+def _train(stage: Stage, rt: Runtime, progress: Progress, interrupt=None) -> dict:
+    s = prepare(stage, rt)
+    if rt.is_writer:
+        files.write_json({"chain": chain_identity(stage.cfg, stage.signal), **s.identity}, stage.dir / "config.json")
+        if s.save_mask and not (stage.dir / "mask.pt").exists():
+            files.write_json(masks.report(s.mask), stage.dir / "sparsity_report.json")
+            checkpoint.save(s.mask, stage.dir / "mask.pt")
+    net = s.net.to(rt.device)
+    loader = loaders.make(s.data, s.optim.batch_size, seeds.derive(*s.seed_parts), rt.device, rt.rank, rt.world,
+                          rt.channels_last, s.task.index_targets)
+    s.task.bind(loader)  # before fit, which restores the task's checkpointed state (NPID's bank)
+    if s.task_state:
+        s.task.load_state_dict(s.task_state)  # rewound with the weights; a checkpoint overrides it
+    if rt.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    model = net
+    if rt.world > 1:
+        net = model = rt.sync_batchnorm(net)  # batch statistics over the global batch, as in one process
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    params = s.params(net) if s.params else None
+    job = Fit(model=model, net=net, task=s.task, loader=loader, optim=s.optim, mask=s.train_mask,
+              checkpoint=stage.dir / "checkpoint.pt", start_step=s.start(loader) if s.start else 0,
+              params=params, hooks=[h(loader) for h in s.hooks], interrupt=interrupt)
+    info = fit(job, stage.cfg.run, progress, rt.is_writer)
+    metrics = evaluate(net, s.task, loader, stage.cfg.run.eval_batch_size, stage.cfg.run.amp)
+    if s.check:
+        s.check(net)
+    if rt.is_writer and s.save_model:
+        weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        checkpoint.save(weights, stage.dir / "model.pt")
+        if stage.kind == "imp" and stage.level == 0:  # the report's natural-sparsity statistics
+            files.write_json(sparsity.summary(weights), stage.dir / "weights.json")
+    return {**info, **metrics, "remaining": masks.density(s.mask), "evaluation": stage.evaluation}
+
+
+# ---------------------------------------------------------------- IMP level
+
+
+def label_subset(stage: ImpLevel, data, rt: Runtime):
+    """The signal's data restricted to its label subset, drawn once and saved at level 0
+    (label_subset.json): later levels and resumed runs read it back, so the chain keeps the
+    images it started with, and a file that disagrees with the config is an error."""
+    task = stage.cfg.signals[stage.signal].task
+    path = ImpLevel(stage.cfg, stage.signal, stage.seed, 0).dir / subsets.FILE
+    indices = subsets.saved(path, task, loaders.train_labels(data), data.num_classes,
+                            write=rt.is_writer, must_exist=stage.level > 0)
+    return subsets.restrict(data, task, indices)
+
+
+def prepare_imp(stage: ImpLevel, rt: Runtime) -> Setup:
+    """Level 0: the dense network from its initialisation; level L: the previous level's trained
+    weights pruned, the survivors rewound to W_k (late resetting)."""
+    cfg, sig = stage.cfg, stage.cfg.signals[stage.signal]
+    prune = signal_prune(cfg, stage.signal)
+    data = dataset.load(signal_data(cfg, stage.signal))
+    if sig.task.label_fraction < 1:
+        data = label_subset(stage, data, rt)
+    task = tasks.make(sig.task, data)
+    net = models.build(cfg.model, data.channels, task.num_outputs, seeds.derive(stage.seed, "init"))
+    rewind_file = stage.rewind_file()
+
+    def k_of(loader) -> int:
+        spe = loader.steps_per_epoch
+        return rewind_steps(prune.rewind, spe, sig.optim.batch_size, sig.optim.epochs * spe)
+
+    hooks, start, task_state = [], None, None
+    if stage.level == 0:
+        if sig.init_from is not None:
+            # Pruning during transfer: start from the source signal's trained dense network, keep
+            # its backbone, and put a fresh head for this task on it.
+            trained = checkpoint.load(stage.parents()[0].dir / "model.pt")
+            net.load_state_dict({**net.state_dict(), **{k: v for k, v in trained.items()
+                                                          if k.startswith("backbone.")}})
+            net.new_head(task.num_outputs, seeds.generator(stage.seed, "transfer-head"))
+        mask = masks.ones(net, prune.ignore, prune.scope)
+
+        def save_rewind(loader):
+            k = k_of(loader)
+
+            def hook(step, module):
+                if step == k and rt.is_writer and not rewind_file.exists():
+                    # The task's state (NPID's memory bank) is rewound with the weights.
+                    checkpoint.save({"model": module.state_dict(), "step": k, "task": task.state_dict()},
+                                    rewind_file)
+            return hook
+        hooks = [save_rewind]
+    else:
+        # Prune the previous level's trained weights, then rewind the survivors to W_k (late resetting);
+        # the schedule resumes at step k, as if training had continued from there.
+        parent = stage.parents()[0]
+        mask = masks.magnitude(checkpoint.load(parent.dir / "model.pt"), checkpoint.load(parent.dir / "mask.pt"),
+                               prune.rate)
+        rewound = checkpoint.load(rewind_file)
+        net.load_state_dict(rewound["model"])
+        task_state = rewound.get("task") or None
+        start = k_of
+    return Setup(net=net, task=task, data=data, optim=sig.optim, mask=mask, seed_parts=(stage.seed, "imp", stage.level),
+                 identity={"stage": "imp", "level": stage.level}, start=start, hooks=hooks,
+                 task_state=task_state)
+
+
+# ---------------------------------------------------------------- re-training
+
+
+def prepare_retrain(stage: Retrain, rt: Runtime) -> Setup:
+    """The mask of IMP level L on labels, from the stage's scheme: winning ticket (rewound weights,
+    fresh head), random re-init (fresh weights) or random (a shuffled mask, fresh weights)."""
+    cfg, r = stage.cfg, stage.cfg.retrain
+    imp = stage.parents()[0]
+    data = dataset.load(r.data)
+    task = tasks.labels(data)
+    mask = checkpoint.load(imp.dir / "mask.pt")
+    # Fresh weights for both random starts come from one seed, so they differ only in the mask.
+    net = models.build(cfg.model, data.channels, task.num_outputs, seeds.derive(stage.seed, "reinit"))
+    if stage.scheme == "random":
+        mask = masks.shuffled(mask, seeds.generator(stage.seed, "random-mask", stage.level))
+    elif stage.scheme == "random_adjusted":
+        # Random, but the weights the trained dense network (level 0) has at zero are removed first.
+        dense = checkpoint.load(ImpLevel(cfg, stage.signal, stage.seed, 0).dir / "model.pt")
+        mask = masks.adjusted_random(mask, dense, seeds.generator(stage.seed, "adjusted-mask", stage.level))
+    elif stage.scheme == "winning_ticket":
+        rewound = checkpoint.load(imp.rewind_file())["model"]
+        backbone = {k: v for k, v in rewound.items() if k.startswith("backbone.")}
+        net.load_state_dict({**net.state_dict(), **backbone})
+        net.new_head(task.num_outputs, seeds.generator(stage.seed, "head"))
+    # All three starts see the same batches: they differ only in mask and initial weights.
+    return Setup(net=net, task=task, data=data, optim=r.optim, mask=mask,
+                 seed_parts=(stage.seed, "retrain", stage.level),
+                 identity={"stage": "retrain", "scheme": stage.scheme, "data": identity(r.data),
+                           "optim": identity(r.optim)})
+
+
+# ---------------------------------------------------------------- evaluations
+
+
+def trained(stage, data) -> models.Network:
+    """IMP level L's network (its mask is already applied to the saved weights), for `data`'s images."""
+    weights = checkpoint.load(stage.parents()[0].dir / "model.pt")
+    net = models.build(stage.cfg.model, data.channels, weights["head.weight"].shape[0], 0)
+    net.load_state_dict(weights)
+    return net
+
+
+def prepare_probe(stage: Probe, rt: Runtime) -> Setup:
+    """A linear classifier on the frozen penultimate features of IMP level L's weights."""
+    cfg = stage.cfg
+    imp = stage.parents()[0]
+    data = dataset.load(stage.data)
+    net = trained(stage, data)
+    net.new_head(data.num_classes, seeds.generator(stage.seed, "probe-head", stage.data.name))
+    net = models.FrozenBackbone(net)
+    frozen = {k: v.detach().clone() for k, v in net.backbone.state_dict().items()}
+
+    def unchanged(trained_net):
+        now = trained_net.backbone.state_dict()
+        if any(not torch.equal(frozen[k], now[k].cpu()) for k in frozen):
+            raise RuntimeError(f"{stage.label}: the frozen backbone changed during probing")
+
+    return Setup(net=net, task=tasks.labels(data), data=data, optim=cfg.probe.optim,
+                 mask=checkpoint.load(imp.dir / "mask.pt"), train_mask={},
+                 seed_parts=(stage.seed, "probe", stage.level, stage.data.name),
+                 identity={"stage": "probe", "data": identity(stage.data), "optim": identity(cfg.probe.optim)},
+                 params=lambda n: n.head.parameters(), check=unchanged, save_mask=False, save_model=False)
+
+
+def run_svm(stage: Svm, rt: Runtime, progress: Progress, interrupt=None) -> dict:
+    """Linear SVMs on IMP level L's frozen features (sslprune.compute.svm). No training loop: features
+    of both splits, then the SVMs. It is short, so an interrupted run simply starts again; only
+    result.json (and config.json) are written."""
+    from . import svm
+
+    cfg, sv = stage.cfg, stage.cfg.svm
+    imp = stage.parents()[0]
+    data = dataset.load(stage.data)
+    net = trained(stage, data)
+    if rt.is_writer:
+        files.write_json({"chain": chain_identity(cfg, stage.signal), "stage": "svm",
+                          "data": identity(stage.data), "costs": list(sv.costs), "folds": sv.folds},
+                         stage.dir / "config.json")
+    # Every rank computes the same numbers (no sharding): the stage is short, rank 0 writes.
+    split = {}
+    for name in ("train", "test"):
+        split[name] = svm.features(net.backbone, data, name, rt.device, cfg.run.eval_batch_size)
+        progress.note(f"{name} features: {split[name][0].shape[0]} x {split[name][0].shape[1]}")
+    (train_x, train_t), (test_x, test_t) = split["train"], split["test"]
+    result = svm.evaluate(train_x, train_t, test_x, test_t, sv.costs, sv.folds, seeds.derive(stage.seed, "svm"),
+                          getattr(data, "classes", ()), jobs=cfg.run.threads or None, note=progress.note)
+    mask = checkpoint.load(imp.dir / "mask.pt")
+    return {**result, "remaining": masks.density(mask), "evaluation": stage.evaluation}
+
+
+def prepare_finetune(stage: Finetune, rt: Runtime) -> Setup:
+    """Every weight of IMP level L's network fine-tuned on a target data set, its mask kept."""
+    cfg = stage.cfg
+    imp = stage.parents()[0]
+    data = dataset.load(stage.data)
+    task = tasks.labels(data)  # MultiLabel on VOC07
+    net = trained(stage, data)
+    net.new_head(task.num_outputs, seeds.generator(stage.seed, "finetune-head", stage.data.name))
+    mask = checkpoint.load(imp.dir / "mask.pt")
+
+    def pruned_stay_zero(tuned):
+        params = dict(tuned.named_parameters())
+        if any(bool((params[n].detach().cpu()[m == 0] != 0).any()) for n, m in mask.items()):
+            raise RuntimeError(f"{stage.label}: a pruned weight is non-zero after fine-tuning")
+
+    return Setup(net=net, task=task, data=data, optim=cfg.finetune.optim, mask=mask,
+                 seed_parts=(stage.seed, "finetune", stage.level, stage.data.name),
+                 identity={"stage": "finetune", "data": identity(stage.data),
+                           "optim": identity(cfg.finetune.optim)},
+                 check=pruned_stay_zero)

@@ -1,0 +1,260 @@
+"""The kinds of stage (IMP level, re-training, probe, SVM, fine-tuning) as records: where each
+lives in the store, what it needs, and whether it is done. Torch-free; running a stage is the
+compute plane's job (`Stage.run` hands it over, sslprune.compute.runner).
+
+Store layout (open_lth style: hashes name what changes the numbers, seeds and levels are path parts):
+
+    <store>/imp/<chain>/seed_<s>/level_<L>/             IMP level L (level 0 = dense pretraining)
+        mask.pt sparsity_report.json model.pt result.json [rewind.pt at level 0] [checkpoint.pt while running]
+    .../level_0/label_subset.json                       the label subset a labels/s4l signal uses (if any)
+    .../level_<L>/retrain_<hash>/<scheme>/              re-training of that mask on labels
+    .../level_<L>/probe_<hash>/                         linear probe of that level's weights
+    .../level_<L>/svm_<hash>/                           linear SVMs on that level's frozen features (VOC07)
+    .../level_<L>/finetune_<hash>/                      full fine-tuning of that level's network, mask kept
+
+`result.json` is written last and lists the size and sha256 of every output: a stage with a
+valid one is done and is never recomputed; a stage without it resumes from its checkpoint; a
+stage whose outputs do not match it is `corrupt` and is recomputed. A stage whose parent is not
+done fails at once naming the path.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from . import store as files
+from .config import Config, DataConfig, SignalConfig, digest, identity, signal_data, signal_prune
+
+DONE = files.DONE
+
+
+class MissingInput(FileNotFoundError):
+    """A stage's parent is not done."""
+
+
+class Interrupted(Exception):
+    """Training stopped on request (preemption, time limit, Ctrl-C) right after checkpointing at `step`."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted at step {step}, checkpoint saved")
+        self.step = step
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def chain_identity(cfg: Config, signal: str) -> dict:
+    s: SignalConfig = cfg.signals[signal]
+    out = {"data": identity(signal_data(cfg, signal)), "model": identity(cfg.model), "task": identity(s.task),
+           "optim": identity(s.optim), "prune": identity(signal_prune(cfg, signal))}
+    if s.init_from is not None:  # pruning during transfer: the pretrained source is part of what it is
+        out["init_from"] = chain_identity(cfg, s.init_from)
+    return out
+
+
+def _memo(cfg: Config) -> dict:
+    """Digests of one config, computed once (a sweep of thousands of stages shares a few chains).
+
+    Kept on the config object itself; configs are not changed once stages are made from them."""
+    memo = cfg.__dict__.get("_sslprune_digests")
+    if memo is None:
+        memo = cfg.__dict__["_sslprune_digests"] = {}
+    return memo
+
+
+def chain_digest(cfg: Config, signal: str) -> str:
+    memo = _memo(cfg)
+    key = ("chain", signal)
+    if key not in memo:
+        memo[key] = digest(chain_identity(cfg, signal))
+    return memo[key]
+
+
+def _digest(cfg: Config, key: tuple, *parts) -> str:
+    memo = _memo(cfg)
+    if key not in memo:
+        memo[key] = digest(*parts)
+    return memo[key]
+
+
+class Stage:
+    kind = ""
+
+    def __init__(self, cfg: Config, signal: str, seed: int, level: int):
+        self.cfg, self.signal, self.seed, self.level = cfg, signal, seed, level
+        self.store = Path(cfg.store)
+        self._dir: Optional[Path] = None
+
+    # --- identity and files
+    @property
+    def chain_dir(self) -> Path:
+        return self.store / "imp" / chain_digest(self.cfg, self.signal)
+
+    @property
+    def level_dir(self) -> Path:
+        return self.chain_dir / f"seed_{self.seed}" / f"level_{self.level}"
+
+    @property
+    def dir(self) -> Path:
+        if self._dir is None:
+            self._dir = self._where()
+        return self._dir
+
+    def _where(self) -> Path:
+        raise NotImplementedError
+
+    def state(self) -> str:
+        """done, corrupt (a result.json its files do not match), or todo."""
+        try:
+            result = files.read_result(self.dir)
+            if result is None:
+                return "todo"
+            files.verify(self.dir, result)
+        except files.Corrupt:
+            return "corrupt"
+        return "done"
+
+    def done(self) -> bool:
+        return self.state() == "done"
+
+    def result(self) -> dict:
+        return files.read_json(self.dir / DONE)
+
+    def parents(self) -> list["Stage"]:
+        return []
+
+    def key(self) -> str:
+        return str(self.dir)
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.signal} seed={self.seed} level={self.level}"
+
+    @property
+    def evaluation(self) -> str:
+        """The `evaluation` column of results.csv: pretext, a re-training start, or probe:<dataset>."""
+        raise NotImplementedError
+
+    def require_parents(self) -> None:
+        for p in self.parents():
+            if not p.done():
+                raise MissingInput(
+                    f"{self.label} needs {p.label}, which is not done: expected {p.dir / DONE}. "
+                    "Run that stage first (or run the whole experiment with sslprune-run).")
+
+    # --- running
+    def run(self, rt=None, interrupt=None) -> dict:
+        """Run (or resume) this stage in this process; a done stage returns its stored result.
+
+        `rt`: a compute Runtime, None for this process alone, or "environment" for the ranks of a
+        SLURM/submitit job. `interrupt`: polled at step boundaries; True checkpoints and stops.
+
+        The one door from the control plane to the compute plane: torch is imported here, when a
+        stage actually runs, never when stages are planned, submitted or reported."""
+        if self.done():
+            return self.result()
+        from ..compute import runner
+
+        return runner.run(self, rt, interrupt)
+
+
+class ImpLevel(Stage):
+    """Level L of iterative magnitude pruning, driven by the signal's own task loss."""
+
+    kind = "imp"
+    evaluation = "pretext"
+
+    def _where(self) -> Path:
+        return self.level_dir
+
+    def parents(self):
+        if self.level > 0:
+            return [ImpLevel(self.cfg, self.signal, self.seed, self.level - 1)]
+        source = self.cfg.signals[self.signal].init_from
+        return [ImpLevel(self.cfg, source, self.seed, 0)] if source is not None else []
+
+    def rewind_file(self) -> Path:
+        return ImpLevel(self.cfg, self.signal, self.seed, 0).dir / "rewind.pt"
+
+
+class Retrain(Stage):
+    """Re-train the mask of IMP level L on labels from one of three starts."""
+
+    kind = "retrain"
+
+    def __init__(self, cfg, signal, seed, level, scheme: str):
+        super().__init__(cfg, signal, seed, level)
+        self.scheme = scheme
+
+    def _where(self) -> Path:
+        r = self.cfg.retrain
+        return self.level_dir / f"retrain_{_digest(self.cfg, ('retrain',), r.data, r.optim)}" / self.scheme
+
+    @property
+    def label(self) -> str:
+        return f"retrain {self.signal} {self.scheme} seed={self.seed} level={self.level}"
+
+    @property
+    def evaluation(self) -> str:
+        return self.scheme
+
+    def parents(self):
+        return [ImpLevel(self.cfg, self.signal, self.seed, self.level)]
+
+
+class Evaluation(Stage):
+    """A measurement of IMP level L's trained network on a data set: probe, SVM or fine-tuning.
+
+    Its directory is `<kind>_<hash of the data set and the settings>` under the level, its
+    evaluation label `<kind>:<data set>`."""
+
+    def __init__(self, cfg, signal, seed, level, data: DataConfig):
+        super().__init__(cfg, signal, seed, level)
+        self.data = data
+
+    def settings(self):
+        """What, besides the data set, changes this evaluation's numbers."""
+        raise NotImplementedError
+
+    def _where(self) -> Path:
+        key = (self.kind, repr(self.data))
+        return self.level_dir / f"{self.kind}_{_digest(self.cfg, key, self.data, self.settings())}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.evaluation} {self.signal} seed={self.seed} level={self.level}"
+
+    @property
+    def evaluation(self) -> str:
+        return f"{self.kind}:{self.data.name}"
+
+    def parents(self):
+        return [ImpLevel(self.cfg, self.signal, self.seed, self.level)]
+
+
+class Probe(Evaluation):
+    """Linear classifier on the frozen penultimate features of IMP level L's weights."""
+
+    kind = "probe"
+
+    def settings(self):
+        return self.cfg.probe.optim
+
+
+class Svm(Evaluation):
+    """Linear SVMs, one per class, on the frozen penultimate features of IMP level L's weights."""
+
+    kind = "svm"
+
+    def settings(self):
+        return {"costs": list(self.cfg.svm.costs), "folds": self.cfg.svm.folds}
+
+
+class Finetune(Evaluation):
+    """Fine-tune every weight of IMP level L's network on a target data set, its mask kept (VOC07)."""
+
+    kind = "finetune"
+
+    def settings(self):
+        return self.cfg.finetune.optim
