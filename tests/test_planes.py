@@ -122,12 +122,12 @@ def test_status_report_and_cfg_without_torch(tmp_path):
     text = cli("sslprune-status", *args, env=env)
     assert "all stages done" in text.stdout, text.stdout
     doc = json.loads(cli("sslprune-status", *args, "--json", env=env).stdout)
-    assert doc["complete"] and doc["stages"] == 14
+    assert doc["complete"] and doc["stages"] == 18  # 2 signals x 2 levels x (IMP + 3 starts) + 2 probes
     for f in ("results.csv", "summary.csv", "accuracy_vs_remaining.png"):
         (store / "reports" / "demo" / f).unlink()
     rep = cli("sslprune-report", *args, env=env)
     assert "report written to" in rep.stdout
     out = store / "reports" / "demo"
     assert (out / "accuracy_vs_remaining.png").stat().st_size > 0
-    assert len((out / "results.csv").read_text().splitlines()) == 1 + 14
+    assert len((out / "results.csv").read_text().splitlines()) == 1 + 18
     assert (out / "natural_sparsity.csv").exists()
