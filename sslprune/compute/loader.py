@@ -45,7 +45,8 @@ class MemoryLoader:
         self.steps_per_epoch = n // batch_size  # drop the last partial batch: fixed shapes, exact epochs
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float() / 255 - self.mean) / self.std
+        # The default dtype: float32, or float64 in the tests that check the arithmetic exactly.
+        x = (x.to(torch.get_default_dtype()) / 255 - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

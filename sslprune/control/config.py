@@ -182,13 +182,19 @@ class RunConfig:
     """How a stage runs, not what it computes: never part of identity."""
 
     device: str = "auto"
-    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    # torch intra-op threads a stage computes with, recorded in its checkpoint and result.json and
+    # kept on resume (the thread count changes CPU results). 0 = from the launcher's resources:
+    # sslprune-run: cores // workers; a SLURM job: launcher.cpus_per_task.
+    threads: int = 0
     amp: bool = True  # bf16 autocast on CUDA (CPU always runs fp32)
     log_every: int = 50  # steps between progress lines (and the finite-loss check)
     checkpoint_steps: int = 0  # 0 = only by time
     checkpoint_minutes: float = 10.0
     eval_batch_size: int = 1024
     quiet: bool = False
+    # DDP: steps between the ranks' agreement on stopping (one collective on a CPU group), so every
+    # rank stops at the same step when any of them is interrupted; a stop waits at most this long.
+    interrupt_every: int = 10
     workers: int = 0  # local parallel processes for independent chains; 0 = one per core (CPU), 1 on GPU
 
 
@@ -442,6 +448,9 @@ def validate(cfg: Config) -> None:
     validate_optim("finetune.optim", ft.optim)
     _choice("run.device", cfg.run.device, DEVICES)
     _positive("run.log_every", cfg.run.log_every)
+    _positive("run.interrupt_every", cfg.run.interrupt_every)
+    if not (isinstance(cfg.run.threads, int) and cfg.run.threads >= 0):
+        raise ConfigError(f"run.threads={cfg.run.threads!r} must be an integer >= 0 (0: from the launcher)")
     if cfg.run.checkpoint_steps < 0 or cfg.run.checkpoint_minutes < 0:
         raise ConfigError("run.checkpoint_steps and run.checkpoint_minutes must be >= 0")
     validate_launcher("launcher", cfg.launcher)

@@ -50,7 +50,7 @@ JOB_ENV = (
 )
 SITE_ENV = 'if [ -n "${SSLPRUNE_JOB_ENV:-}" ] && [ -f "$SSLPRUNE_JOB_ENV" ]; then source "$SSLPRUNE_JOB_ENV"; fi'
 KINDS = ("imp", "retrain", "probe", "svm", "finetune")
-STATES = ("done", "running", "pending", "preempted", "failed", "blocked", "missing")
+STATES = ("done", "running", "pending", "preempted", "failed", "blocked", "corrupt", "missing")
 
 
 def _say(text: str) -> None:
@@ -93,8 +93,12 @@ def stage_states(cfg: Config, now: Optional[float] = None) -> list[StageState]:
     for s in all_stages:  # chains are in dependency order: parents first
         rec = records[s.key()]
         st = StageState(s, "missing", record=rec)
-        if s.done():
+        disk = s.state()
+        live = rec is not None and states.get(rec["job_id"]) is not None and states[rec["job_id"]].live
+        if disk == "done":
             st.state = "done"
+        elif disk == "corrupt" and not live:
+            st.state = "corrupt"  # a result.json its files do not match: submitted again
         elif rec:
             st.job_id = rec["job_id"]
             js = st.slurm = states.get(rec["job_id"])
@@ -220,7 +224,7 @@ def submit(cfg: Config) -> dict:
     with _lock(store):
         states = stage_states(cfg)
         by_key = {st.stage.key(): st for st in states}
-        todo = [st for st in states if st.state in ("missing", "failed", "blocked")]
+        todo = [st for st in states if st.state in ("missing", "failed", "blocked", "corrupt")]
         counts = {k: sum(1 for st in states if st.state == k) for k in STATES}
         _say(f"experiment {cfg.experiment}: {len(states)} stages: " +
              ", ".join(f"{v} {k}" for k, v in counts.items() if v) + f"; store {cfg.store}")
