@@ -42,9 +42,12 @@ def user_errors(fn):
         except Exception as e:
             from sslprune.control.config import DataCorrupt, DataMissing
             from sslprune.control.stage import MissingInput, NonFiniteLoss
+            from sslprune.control.store import StoreError, Unsafe
 
-            if isinstance(e, (DataMissing, DataCorrupt, MissingInput)):
+            if isinstance(e, (DataMissing, DataCorrupt, MissingInput, Unsafe)):
                 _fail(f"sslprune: error: {e}", 2)
+            if isinstance(e, StoreError):  # a full disk, a read-only store: nothing corrupt, re-run resumes
+                _fail(f"sslprune: error: {e}", 1)
             if isinstance(e, NonFiniteLoss):
                 _fail(f"sslprune: training diverged: {e}", 1)
             raise

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -22,16 +23,9 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..control import store as files
+from ..control.store import Damaged, Unsafe
 
 LATEST = "checkpoint.pt"
-
-
-class Unsafe(pickle.UnpicklingError):
-    """A store file holding objects other than plain data: refused, nothing of it runs."""
-
-
-class Damaged(ValueError):
-    """A store file that cannot be read as a torch file (truncated, random bytes)."""
 
 
 def save(obj: Any, path: Path) -> None:
@@ -50,13 +44,13 @@ def load(path: Path, verify: bool = True) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
-        if "Unsupported global" in text or "weights_only" in text.lower() or "Weights only" in text:
-            what = text.split("Unsupported global:", 1)[-1].split("\n", 1)[0].strip() if "Unsupported global" in text \
-                else "objects other than tensors"
+        found = re.search(r"(?:GLOBAL|[Uu]nsupported global:?)\s+([\w.]+)", text)
+        if found:  # the file names a Python callable to run: crafted, not damaged
+            what = f"a call to {found.group(1)}"
             raise Unsafe(f"refusing to load {path}: it holds {what}, not just tensors and numbers "
                          "(sslprune never writes such files); nothing in it was run. Delete it to recompute "
                          "the stage.") from None
-        raise Damaged(f"{path} cannot be read: {text.splitlines()[0] if text else type(e).__name__}") from None
+        raise Damaged(f"{path} cannot be read (not a whole torch file: truncated or overwritten)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError) as e:
         if isinstance(e, FileNotFoundError):
             raise

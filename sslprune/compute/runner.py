@@ -15,7 +15,8 @@ import torch
 from ..control import monitor as monitors, store as files
 from ..control.config import OptimConfig, identity, rewind_steps, signal_data, signal_prune
 from ..control.progress import Progress, clock
-from ..control.stage import DONE, Finetune, ImpLevel, MissingInput, Probe, Retrain, Stage, Svm, chain_identity
+from ..control.stage import DONE, OUTPUTS, Finetune, ImpLevel, MissingInput, Probe, Retrain, Stage, Svm, \
+    chain_identity
 from . import checkpoint, dataset, loader as loaders, mask as masks, model as models, seed as seeds, task as tasks
 from . import sparsity, subset as subsets
 from .runtime import Runtime, from_environment, local
@@ -47,10 +48,6 @@ class Setup:
 
 
 
-# Every file a stage may write besides result.json: recorded with size and sha256 in result.json.
-OUTPUTS = ("model.pt", "mask.pt", "rewind.pt", "sparsity_report.json", "weights.json", subsets.FILE, "config.json")
-
-
 def run(stage: Stage, rt=None, interrupt=None) -> dict:
     """Run (or resume) `stage` here; a done stage returns its stored result without work.
 
@@ -78,24 +75,9 @@ def run(stage: Stage, rt=None, interrupt=None) -> dict:
         if rt.agree(state == "done"):
             return stage.result()  # finished by the process that held the lock
         if state == "corrupt":
-            set_aside(stage, say)
+            say(f"warning: {stage.set_aside()}; recomputing this stage")
         files.clean(stage.dir, older_than=0)  # temporary files of killed writers (we hold the lock)
         return _compute(stage, rt, interrupt)
-
-
-def set_aside(stage: Stage, say) -> None:
-    """A finished stage whose files do not match its result.json: its result.json is moved aside
-    (result.json.corrupt-<time>) and its outputs removed, so it is computed again from scratch."""
-    try:
-        result = files.read_result(stage.dir)
-        files.verify(stage.dir, result or {})
-        why = "outputs do not match result.json"
-    except files.Corrupt as e:
-        why = str(e)
-    files.set_aside(stage.dir, why)
-    for name in OUTPUTS:
-        (stage.dir / name).unlink(missing_ok=True)
-    say(f"warning: {why}; recomputing this stage")
 
 
 def _compute(stage: Stage, rt: Runtime, interrupt) -> dict:
@@ -108,7 +90,7 @@ def _compute(stage: Stage, rt: Runtime, interrupt) -> dict:
         except files.Corrupt as e:  # an input a parent wrote does not match its sha256: recompute the parent
             for parent in stage.parents():
                 if str(parent.dir) in str(e) and rt.is_writer:
-                    files.set_aside(parent.dir, str(e))
+                    parent.set_aside()
             raise MissingInput(f"{stage.label}: {e}; that stage is set aside and is recomputed by the next "
                                "sslprune-run") from None
     except BaseException as e:

@@ -118,8 +118,11 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
     last_save, last_log, last_log_step = time.monotonic(), time.monotonic(), step
     progress.start(step, total)
 
+    saved = [None]  # the step the latest checkpoint holds: an interrupt right after one does not write it again
+
     def save(at_step: int) -> None:
-        if is_writer:
+        if is_writer and saved[0] != at_step:
+            saved[0] = at_step
             checkpoint.save_training({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": at_step,
                                       "rng": rng_state(), "mask": job.mask, "task": job.task.state_dict(),
                                       "threads": job.threads or torch.get_num_threads()}, job.checkpoint)

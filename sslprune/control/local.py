@@ -79,23 +79,16 @@ def resources(cfg: Config, cuda: bool) -> tuple[int, int]:
     return workers, threads
 
 
-def verify_inputs(todo: list[Stage]) -> list[str]:
-    """sha256 of every finished file a stage about to run will read; a mismatch sets its stage
-    aside (it is recomputed first). Returns the labels set aside."""
-    aside, seen = [], set()
-    for stage in todo:
-        for parent in stage.parents():
-            if parent.key() in seen or parent.state() != "done":
-                continue
-            seen.add(parent.key())
-            for name in (parent.result().get("outputs") or {}):
-                try:
-                    files.verify_file(parent.dir / name)
-                except files.Corrupt as e:
-                    files.set_aside(parent.dir, str(e))
-                    aside.append(f"{parent.label}: {e}")
-                    break
-    return aside
+def verify(stages: list[Stage]) -> list[str]:
+    """The sha256 of every finished stage's outputs (they are read once); a stage whose files do not
+    match its result.json is set aside, so this run recomputes it. Stale temporary files of killed
+    writers (older than a minute) are removed on the way. Returns one line per stage set aside."""
+    lines = []
+    for stage in stages:
+        files.clean(stage.dir)
+        if stage.state(deep=True) == "corrupt":
+            lines.append(f"{stage.label}: {stage.set_aside()}")
+    return lines
 
 
 def run_local(cfg: Config) -> int:
@@ -104,16 +97,15 @@ def run_local(cfg: Config) -> int:
     check_inputs(cfg)
     files.writable(cfg.store)
     all_chains = chains(cfg)
-    todo_stages = [s for c in all_chains for s in c if not s.done()]
-    for line in verify_inputs(todo_stages):
+    damaged = verify([s for c in all_chains for s in c])
+    for line in damaged:
         print(f"[sslprune] warning: {line}; it is recomputed", flush=True)
     states = {s.key(): s.state() for c in all_chains for s in c}
     todo = [i for i, c in enumerate(all_chains) if any(states[s.key()] != "done" for s in c)]
     total = len(states)
     missing = sum(1 for v in states.values() if v != "done")
-    corrupt = sum(1 for v in states.values() if v == "corrupt")
     print(f"[sslprune] experiment {cfg.experiment}: {total} stages, {total - missing} already done, "
-          f"{missing} to run" + (f" ({corrupt} corrupt: recomputed)" if corrupt else "") +
+          f"{missing} to run" + (f" ({len(damaged)} corrupt: recomputed)" if damaged else "") +
           f", store {cfg.store}", flush=True)
     if not todo:
         return 0
