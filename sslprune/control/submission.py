@@ -213,6 +213,15 @@ def _executor(cfg: Config, folder: Path, code: Optional[Path], name: str, depend
     return ex
 
 
+def _override(key: str, value: str) -> str:
+    """`key=value` as one shell word Hydra parses back to `value`: a printed command is pasted into a shell,
+    where an unquoted store path with spaces or `$(...)` would split or run."""
+    if shlex.quote(value) == value:
+        return f"{key}={value}"
+    # Inside Hydra's quoted string only quotes need escaping (launcher=slurm refuses backslashes in the store).
+    return shlex.quote(f"{key}='" + value.replace("'", "\\'") + "'")
+
+
 def submit(cfg: Config) -> dict:
     """Submit every stage of the experiment that is neither done nor queued; returns what was submitted."""
     from .job import StageJob
@@ -288,7 +297,7 @@ def submit(cfg: Config) -> dict:
             f.write(json.dumps({"time": time.time(), "snapshot": str(code) if code else None,
                                 "argv": sys.argv, "arrays": ledger}) + "\n")
         _say(f"submitted {len(new_jobs)} stage(s) in {len(summary['arrays'])} array(s); store {cfg.store}; "
-             f"logs {folder}; watch with: sslprune-status experiment={cfg.experiment} store={cfg.store}")
+             f"logs {folder}; watch with: sslprune-status experiment={cfg.experiment} {_override('store', cfg.store)}")
         return summary
 
 
