@@ -1,0 +1,235 @@
+"""Decoding and augmentation of ImageFolder images: in the DataLoader workers, or a batch at a
+time on the device.
+
+Both paths take the same crops and flips, drawn from each sample's seed and its image's size
+alone (`train_box`; `eval_box` for the resize + centre crop of evaluation), and differ only in
+where the pixels are made:
+
+- workers (`load`): PIL decodes in the DataLoader workers, at 1/2, 1/4 or 1/8 of the size when
+  the crop allows (libjpeg's DCT scaling, `Image.draft`), and the crop is resized on uint8
+  tensors; the loader normalises the uint8 batch once, where it is used.
+- device (`read`, `decode`, `resample`): the workers read the file's bytes (and decode with PIL
+  only what nvjpeg does not take: greyscale and CMYK JPEGs, PNG and other formats); the batch is
+  decoded where it is used (`torchvision.io.decode_jpeg` on a list: nvjpeg on CUDA, libjpeg-turbo
+  on CPU) and cropped, resized and flipped by one batched resampling of all its images.
+
+`resample` is `torchvision.ops.roi_align(aligned=True, sampling_ratio=-1)` for a list of images
+of different sizes: roi_align wants one padded N x C x H x W tensor, whose padding would cost
+memory for the rare large image and, where a sample touches it, make an image's pixels depend on
+the sizes of its batch neighbours (and so on how a batch is split across ranks). Here every
+image is read from a flat buffer at its own offset and clamped at its own edges, so each output
+pixel is a function of its own image and box only, whatever the batch holds.
+"""
+from __future__ import annotations
+
+import io
+import math
+import random
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+SCALE = (0.08, 1.0)  # RandomResizedCrop's defaults: the crop's share of the image area
+RATIO = (3 / 4, 4 / 3)  # and its aspect ratio range
+MAX_GRID = 4  # bilinear samples per output pixel and axis in `resample` (roi_align has no cap)
+
+
+def train_box(seed: int, height: int, width: int, scale=SCALE, ratio=RATIO) -> tuple:
+    """(top, left, height, width, flip) of a random-resized crop: torchvision's RandomResizedCrop
+    algorithm (10 tries, then the centre crop in the ratio range) plus a horizontal flip, drawn
+    from `seed` only. Python's `random.random()` is the one draw whose sequence Python promises
+    to keep for a given seed; a fixed number of draws keeps the flip independent of the tries."""
+    rng = random.Random(seed)
+    u = [rng.random() for _ in range(23)]
+    area = height * width
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    for a in range(10):
+        target = area * (scale[0] + (scale[1] - scale[0]) * u[2 * a])
+        aspect = math.exp(lo + (hi - lo) * u[2 * a + 1])
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(u[20] * (height - h + 1)), int(u[21] * (width - w + 1)), h, w, u[22] < 0.5
+    if width / height < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif width / height > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w, u[22] < 0.5
+
+
+def eval_size(size: int) -> int:
+    """The short side evaluation resizes to before its centre crop (256 for 224)."""
+    return int(round(size * 256 / 224))
+
+
+def eval_box(height: int, width: int, size: int) -> tuple:
+    """(top, left, height, width), in the image's pixels, of what Resize(eval_size) followed by
+    CenterCrop(size) keeps (torchvision's rounding of both)."""
+    short, long = min(height, width), max(height, width)
+    new_short, new_long = eval_size(size), int(eval_size(size) * long / short)
+    new_h, new_w = (new_short, new_long) if height <= width else (new_long, new_short)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    sy, sx = height / new_h, width / new_w
+    return top * sy, left * sx, size * sy, size * sx
+
+
+def _rgb(image) -> torch.Tensor:
+    """A PIL image as a 3 x H x W uint8 tensor (greyscale, CMYK, palette and alpha images
+    converted as PIL converts them)."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+
+
+# ---------------------------------------------------------------- workers: PIL, uint8
+
+
+def load(path: str, size: int, seed: Optional[int]) -> torch.Tensor:
+    """One image as a 3 x size x size uint8 tensor: the random-resized crop and flip of `seed`,
+    or (seed None) the evaluation resize + centre crop. Decoded at reduced size when the region
+    kept stays at least `size` pixels across at that scale."""
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as F
+
+    with Image.open(path) as image:
+        width, height = image.size
+        if seed is None:
+            box, flip = eval_box(height, width, size), False
+        else:
+            *box, flip = train_box(seed, height, width)
+        top, left, h, w = box
+        image.draft("RGB", (math.ceil(width * size / w), math.ceil(height * size / h)))  # no-op but for JPEG
+        x = _rgb(image)
+    fy, fx = x.shape[1] / height, x.shape[2] / width  # 1 unless draft reduced the image
+    if seed is None:
+        x = F.center_crop(F.resize(x, [eval_size(size)], antialias=True), [size, size])
+    else:
+        t, l = min(int(round(top * fy)), x.shape[1] - 1), min(int(round(left * fx)), x.shape[2] - 1)
+        h, w = max(1, min(int(round(h * fy)), x.shape[1] - t)), max(1, min(int(round(w * fx)), x.shape[2] - l))
+        x = F.resized_crop(x, t, l, h, w, [size, size], antialias=True)
+        if flip:
+            x = x.flip(-1)
+    return x
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A uint8 (or 0..255 float) N x 3 x H x W batch as the network's input, once per batch."""
+    x = (x.float() / 255 - mean) / std
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+# ---------------------------------------------------------------- device: bytes, then a batch
+
+
+def read(path: str, size: int, seed: Optional[int]) -> tuple:
+    """What a worker hands the device path for one image: (bytes or None, pixels or None, box, flip).
+    The bytes of a colour JPEG (what nvjpeg decodes); the 3 x H x W pixels, decoded by PIL, of
+    anything else (greyscale and CMYK JPEGs, PNG, ...). The box is in the image's pixels."""
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        data = f.read()
+    with Image.open(io.BytesIO(data)) as image:  # reads the header only
+        width, height = image.size
+        if seed is None:
+            box, flip = eval_box(height, width, size), False
+        else:
+            *box, flip = train_box(seed, height, width)
+        if image.format == "JPEG" and image.mode == "RGB":
+            return torch.frombuffer(bytearray(data), dtype=torch.uint8), None, box, flip
+        return None, _rgb(image), box, flip
+
+
+def decode(data: Sequence[torch.Tensor], device: torch.device) -> list:
+    """Colour JPEG bytes (1-D uint8 CPU tensors) as 3 x H x W uint8 images on `device`: one
+    batched nvjpeg call on CUDA. A batch nvjpeg refuses is decoded image by image, with PIL on
+    the CPU for those it still refuses."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if not data:
+        return []
+    try:
+        return decode_jpeg(list(data), mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        if device.type != "cuda":
+            raise
+    out = []
+    for d in data:
+        try:
+            out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            from PIL import Image
+
+            with Image.open(io.BytesIO(d.numpy().tobytes())) as image:
+                out.append(_rgb(image).to(device))
+    return out
+
+
+def _axis(start: torch.Tensor, length: torch.Tensor, limit: torch.Tensor, size: int, grid: int):
+    """roi_align's sample positions along one axis (aligned=True) and their bilinear neighbours:
+    for n boxes starting at `start` with `length` pixels in images `limit` pixels long, the
+    low and high pixel indices and the weight of the high one, each n x size x grid."""
+    bin_ = length / size
+    steps = torch.arange(size, device=start.device, dtype=torch.float32).view(1, size, 1)
+    within = ((torch.arange(grid, device=start.device, dtype=torch.float32) + 0.5) / grid).view(1, 1, grid)
+    pos = (start - 0.5).view(-1, 1, 1) + steps * bin_.view(-1, 1, 1) + within * bin_.view(-1, 1, 1)
+    pos = pos.clamp(min=0)
+    last = (limit - 1).view(-1, 1, 1)
+    low = pos.long()
+    edge = low >= last
+    low = torch.where(edge, last, low)
+    high = torch.where(edge, last, low + 1)
+    pos = torch.where(edge, low.float(), pos)
+    return low, high, pos - low
+
+
+def resample(images: Sequence[torch.Tensor], boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
+    """Each image's box (top, left, height, width; n x 4 float, inside the image) resized to
+    size x size, mirrored where `flips`: an n x 3 x size x size float batch in 0..255.
+
+    roi_align's sampling: each output pixel is the mean of a grid of ky x kx bilinear samples,
+    k = ceil(box side / size) (at most MAX_GRID), so a crop larger than the output is averaged,
+    not aliased. Images are grouped by grid; every step is elementwise or a gather, so a pixel
+    does not depend on which other images share the batch."""
+    device = images[0].device
+    n = len(images)
+    heights = [int(im.shape[1]) for im in images]
+    widths = [int(im.shape[2]) for im in images]
+    flat = torch.cat([im.reshape(-1) for im in images])
+    starts = np.cumsum([0] + [3 * h * w for h, w in zip(heights, widths)])[:-1]
+    meta = torch.tensor([[s, h, w] for s, h, w in zip(starts.tolist(), heights, widths)], dtype=torch.int64)
+    boxes = boxes.to(torch.float32).cpu()
+    grids = [(min(MAX_GRID, max(1, math.ceil(float(b[2]) / size))), min(MAX_GRID, max(1, math.ceil(float(b[3]) / size))))
+             for b in boxes]
+    out = torch.empty(n, 3, size, size, device=device)
+    flips = flips.to(device=device, dtype=torch.bool)
+    boxes, meta = boxes.to(device), meta.to(device)
+    for ky, kx in sorted(set(grids)):
+        sel = torch.tensor([i for i, g in enumerate(grids) if g == (ky, kx)], device=device)
+        b, m, f = boxes[sel], meta[sel], flips[sel]
+        start, height, width = m[:, 0], m[:, 1], m[:, 2]
+        y0, y1, ly = _axis(b[:, 0], b[:, 2], height, size, ky)
+        x0, x1, lx = _axis(b[:, 1], b[:, 3], width, size, kx)
+        # A mirrored image samples the mirrored columns in the same grid order: out.flip(-1) exactly.
+        x0, x1, lx = (torch.where(f.view(-1, 1, 1), t.flip(1), t) for t in (x0, x1, lx))
+        # flat index of (channel, row) of each output pixel's low and high rows, and of its columns
+        plane = (start.view(-1, 1) + torch.arange(3, device=device) * (height * width).view(-1, 1)).view(-1, 3, 1, 1)
+        acc = None
+        for a in range(ky):
+            r0 = plane + (y0[:, :, a] * width.view(-1, 1)).view(-1, 1, size, 1)
+            r1 = plane + (y1[:, :, a] * width.view(-1, 1)).view(-1, 1, size, 1)
+            wy1 = ly[:, :, a].view(-1, 1, size, 1)
+            wy0 = 1 - wy1
+            for c in range(kx):
+                c0, c1 = x0[:, :, c].view(-1, 1, 1, size), x1[:, :, c].view(-1, 1, 1, size)
+                wx1 = lx[:, :, c].view(-1, 1, 1, size)
+                wx0 = 1 - wx1
+                top = flat.take(r0 + c0) * wx0 + flat.take(r0 + c1) * wx1
+                bottom = flat.take(r1 + c0) * wx0 + flat.take(r1 + c1) * wx1
+                value = top * wy0 + bottom * wy1
+                acc = value if acc is None else acc + value
+        out[sel] = acc / (ky * kx)
+    return out
