@@ -147,8 +147,10 @@ def test_resample_is_roi_align_for_images_of_different_sizes():
     from torchvision.ops import roi_align
 
     g = torch.Generator().manual_seed(0)
-    shapes = [(50, 70), (33, 20), (120, 90), (16, 16), (64, 64)]
+    shapes = [(50, 70), (33, 20), (120, 90), (16, 20), (64, 64)]
     images = [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8) for h, w in shapes]
+    images[1] = images[1].permute(1, 2, 0).contiguous().permute(2, 0, 1)  # interleaved, as libjpeg-turbo gives
+    images[3] = images[3][:, :, :16]  # a view, neither layout
     # up- and downsampling, boxes touching every edge, fractional boxes (evaluation), grids 1..4
     boxes = torch.tensor([[3, 5, 40, 60], [0, 0, 33, 20], [10, 7, 60, 40.5], [2.25, 3, 5, 9], [0, 0, 64, 64]])
     size = 16
