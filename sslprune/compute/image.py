@@ -185,22 +185,32 @@ def decode(data: Sequence[torch.Tensor], device: torch.device) -> list:
     return out
 
 
-def _axis(start: torch.Tensor, length: torch.Tensor, limit: torch.Tensor, size: int, grid: int):
-    """roi_align's sample positions along one axis (aligned=True) and their bilinear neighbours:
-    for n boxes starting at `start` with `length` pixels in images `limit` pixels long, the
-    low and high pixel indices and the weight of the high one, each n x size x grid."""
-    bin_ = length / size
-    steps = torch.arange(size, device=start.device, dtype=torch.float32).view(1, size, 1)
-    within = ((torch.arange(grid, device=start.device, dtype=torch.float32) + 0.5) / grid).view(1, 1, grid)
-    pos = (start - 0.5).view(-1, 1, 1) + steps * bin_.view(-1, 1, 1) + within * bin_.view(-1, 1, 1)
-    pos = pos.clamp(min=0)
-    last = (limit - 1).view(-1, 1, 1)
+def _taps(start: torch.Tensor, length: torch.Tensor, limit: torch.Tensor, size: int, grid: int) -> tuple:
+    """roi_align's samples along one axis (aligned=True), as taps: for n boxes starting at `start`
+    with `length` pixels, in images `limit` pixels long, each of the `size` outputs is the mean of
+    `grid` bilinear samples spread over its share of the box. Returns the first pixel each output
+    reads (n x size), its weights for that pixel and the next ones (n x size x taps; zero where
+    it reads none) and the number of taps. On the CPU, where the boxes are: a handful of small
+    tensors, and the tap count is known without waiting for the device."""
+    n = len(start)
+    bin_ = (length / size).view(n, 1, 1)
+    steps = torch.arange(size, dtype=torch.float32).view(1, size, 1)
+    within = ((torch.arange(grid, dtype=torch.float32) + 0.5) / grid).view(1, 1, grid)
+    pos = ((start - 0.5).view(n, 1, 1) + steps * bin_ + within * bin_).clamp(min=0)
+    last = (limit - 1).view(n, 1, 1)
     low = pos.long()
-    edge = low >= last
+    edge = low >= last  # at the far edge both neighbours are the last pixel
     low = torch.where(edge, last, low)
     high = torch.where(edge, last, low + 1)
-    pos = torch.where(edge, low.float(), pos)
-    return low, high, pos - low
+    frac = torch.where(edge, torch.zeros(()), pos - low)
+    first = low[:, :, 0]
+    taps = int((high[:, :, -1] - first).max()) + 1
+    weights = torch.zeros(n, size, taps)
+    for a in range(grid):  # explicit sums in a fixed order: no reduction kernel, no atomics
+        for t in range(taps):
+            weights[:, :, t] += (1 - frac[:, :, a]) * (low[:, :, a] - first == t) + \
+                frac[:, :, a] * (high[:, :, a] - first == t)
+    return first, weights / grid, taps
 
 
 def resample(images: Sequence[torch.Tensor], boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
@@ -209,54 +219,60 @@ def resample(images: Sequence[torch.Tensor], boxes: torch.Tensor, flips: torch.T
 
     roi_align's sampling: each output pixel is the mean of a grid of ky x kx bilinear samples,
     k = ceil(box side / size) (at most MAX_GRID), so a crop larger than the output is averaged,
-    not aliased. Images are grouped by grid; every step is elementwise or a gather, so a pixel
-    does not depend on which other images share the batch."""
+    not aliased. Computed separably, a batch of images with the same grid at a time: a vertical
+    pass gathers, for every output row, the few image rows it reads (row segments of the box's
+    columns, through a sliding-window view of all images' pixels end to end), a horizontal pass
+    the few columns of that. Every step is a gather or elementwise, so a pixel does not depend on
+    which other images share the batch (zero-weight taps read whatever lies there, times 0)."""
     device = images[0].device
     n = len(images)
-    heights = [int(im.shape[1]) for im in images]
-    widths = [int(im.shape[2]) for im in images]
-    flats, strides = [], []
+    flats, layout = [], []
     for im in images:  # each read in its own memory order, no copy: decoders differ
         if im.permute(1, 2, 0).is_contiguous():  # interleaved (libjpeg-turbo on CPU, PIL)
             flats.append(im.permute(1, 2, 0).reshape(-1))
-        else:  # channels first, or made so
+        else:  # channels first (nvjpeg), or made so
             im = im.contiguous()
             flats.append(im.reshape(-1))
-        strides.append(im.stride())
-    flat = torch.cat(flats)
-    starts = np.cumsum([0] + [3 * h * w for h, w in zip(heights, widths)])[:-1]
-    meta = torch.tensor([[s, *st] for s, st in zip(starts.tolist(), strides)], dtype=torch.int64)
+        layout.append((*im.stride(), int(im.shape[1]), int(im.shape[2])))
+    starts = np.cumsum([0] + [len(f) for f in flats])
+    layout = torch.tensor(layout, dtype=torch.int64)  # n x (channel, row, column strides, height, width)
     boxes = boxes.to(torch.float32).cpu()
-    grids = [(min(MAX_GRID, max(1, math.ceil(float(b[2]) / size))), min(MAX_GRID, max(1, math.ceil(float(b[3]) / size))))
-             for b in boxes]
+    flips = flips.cpu().bool()
+    grids = [(min(MAX_GRID, max(1, math.ceil(float(b[2]) / size))), min(MAX_GRID, max(1, math.ceil(float(b[3]) / size))),
+              int(st[2])) for b, st in zip(boxes, layout)]
+    plans = []
+    for key in sorted(set(grids)):
+        sel = torch.tensor([i for i, g in enumerate(grids) if g == key])
+        b, st = boxes[sel], layout[sel]
+        rows, wy, ty = _taps(b[:, 0], b[:, 2], st[:, 3], size, key[0])
+        cols, wx, tx = _taps(b[:, 1], b[:, 3], st[:, 4], size, key[1])
+        # A mirrored image reads the mirrored columns with the same taps: out.flip(-1) exactly.
+        f = flips[sel].view(-1, 1)
+        cols, wx = torch.where(f, cols.flip(1), cols), torch.where(f.view(-1, 1, 1), wx.flip(1), wx)
+        left = cols.min(1).values  # the leftmost column any output reads
+        span = int((cols.max(1).values + tx - left).max())
+        plans.append((key[2], sel, rows, wy, ty, cols - left.view(-1, 1), wx, tx, left, span, st))
+    pad = max((span - 1) * step for step, *_, span, _ in plans)
+    flat = torch.cat(flats + [torch.zeros(pad, dtype=torch.uint8, device=device)])
     out = torch.empty(n, 3, size, size, device=device)
-    flips = flips.to(device=device, dtype=torch.bool)
-    dims = torch.tensor([heights, widths], dtype=torch.int64).t().to(device)
-    boxes, meta = boxes.to(device), meta.to(device)
-    for ky, kx in sorted(set(grids)):
-        sel = torch.tensor([i for i, g in enumerate(grids) if g == (ky, kx)], device=device)
-        b, m, f = boxes[sel], meta[sel], flips[sel]
-        start, step_c, step_y, step_x = m[:, 0], m[:, 1], m[:, 2], m[:, 3]
-        y0, y1, ly = _axis(b[:, 0], b[:, 2], dims[sel, 0], size, ky)
-        x0, x1, lx = _axis(b[:, 1], b[:, 3], dims[sel, 1], size, kx)
-        # A mirrored image samples the mirrored columns in the same grid order: out.flip(-1) exactly.
-        x0, x1, lx = (torch.where(f.view(-1, 1, 1), t.flip(1), t) for t in (x0, x1, lx))
-        # flat index of (channel, row) of each output pixel's low and high rows, and of its columns
-        plane = (start.view(-1, 1) + torch.arange(3, device=device) * step_c.view(-1, 1)).view(-1, 3, 1, 1)
+    for step, sel, rows, wy, ty, cols, wx, tx, left, span, st in plans:
+        m = len(sel)
+        # vertical pass: tmp[., c, i, u] = sum_t wy[., i, t] * image[c, row_i + t, left + u]
+        start = torch.tensor(starts[sel.numpy()]) + left * step
+        heads = (start.view(m, 1, 1, 1) + torch.arange(3).view(1, 3, 1, 1) * st[:, 0].view(m, 1, 1, 1)
+                 + (rows.view(m, 1, size, 1) + torch.arange(ty)).clamp(max=st[:, 3].view(m, 1, 1, 1) - 1)
+                 * st[:, 1].view(m, 1, 1, 1)).to(device)
+        segments = flat.as_strided((len(flat) - (span - 1) * step, span), (1, step))
+        wy = wy.to(device)
+        tmp = None
+        for t in range(ty):
+            term = segments[heads[..., t]] * wy[:, :, t].view(m, 1, size, 1)
+            tmp = term if tmp is None else tmp.add_(term)
+        # horizontal pass: out[., c, i, j] = sum_t wx[., j, t] * tmp[., c, i, col_j + t]
+        cols, wx = cols.to(device), wx.to(device)
         acc = None
-        for a in range(ky):
-            r0 = plane + (y0[:, :, a] * step_y.view(-1, 1)).view(-1, 1, size, 1)
-            r1 = plane + (y1[:, :, a] * step_y.view(-1, 1)).view(-1, 1, size, 1)
-            wy1 = ly[:, :, a].view(-1, 1, size, 1)
-            wy0 = 1 - wy1
-            for c in range(kx):
-                c0 = (x0[:, :, c] * step_x.view(-1, 1)).view(-1, 1, 1, size)
-                c1 = (x1[:, :, c] * step_x.view(-1, 1)).view(-1, 1, 1, size)
-                wx1 = lx[:, :, c].view(-1, 1, 1, size)
-                wx0 = 1 - wx1
-                top = flat.take(r0 + c0) * wx0 + flat.take(r0 + c1) * wx1
-                bottom = flat.take(r1 + c0) * wx0 + flat.take(r1 + c1) * wx1
-                value = top * wy0 + bottom * wy1
-                acc = value if acc is None else acc + value
-        out[sel] = acc / (ky * kx)
+        for t in range(tx):
+            term = tmp.gather(3, (cols + t).view(m, 1, 1, size).expand(m, 3, size, size)) * wx[:, :, t].view(m, 1, 1, size)
+            acc = term if acc is None else acc.add_(term)
+        out[sel.to(device)] = acc
     return out
