@@ -18,7 +18,7 @@ import torch
 from PIL import Image, JpegImagePlugin
 
 from sslprune.compute import dataset, image, loader
-from sslprune.control.config import ConfigError, DataConfig, identity, validate_data
+from sslprune.control.config import ConfigError, DataConfig, DataCorrupt, identity, validate_data
 
 from conftest import cli
 
@@ -195,7 +195,8 @@ def test_every_kind_of_file_decodes_to_its_colours(tmp_path, kind):
             save(tmp_path / split / c / f"x.{'png' if kind in ('png', 'rgba', 'palette') else 'JPEG'}",
                  np.broadcast_to(colour, (30, 44, 3)).copy(), kind)
     path = next((tmp_path / "train" / "a").iterdir())
-    data, decoded, box, flip = image.read(str(path), 16, 7)
+    name, data, decoded, box, flip = image.read(str(path), 16, 7)
+    assert name == str(path)
     assert (data is not None) == (kind in ("jpeg", "progressive"))  # the bytes go to nvjpeg
     if decoded is not None:  # decoded by PIL in the worker
         assert decoded.shape == (3, 30, 44) and decoded.dtype == torch.uint8
@@ -206,17 +207,25 @@ def test_every_kind_of_file_decodes_to_its_colours(tmp_path, kind):
             assert torch.allclose(got, expect.expand(2, 3), atol=2.5), (decode, got, expect)
 
 
-def test_a_refused_batch_falls_back_image_by_image():
-    """decode's fallback: on CPU a batch libjpeg refuses is an error naming it; the colour JPEG
-    bytes it is given decode as PIL decodes them."""
+def test_decode_gives_what_pil_gives_and_names_a_file_that_does_not_decode(tmp_path):
     buf = io.BytesIO()
     Image.fromarray(smooth(20, 30, 0)).save(buf, "JPEG", quality=90)
     data = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
     out = image.decode([data, data], CPU)
     assert len(out) == 2 and torch.equal(out[0], out[1])
     assert torch.equal(out[0], torch.from_numpy(np.array(Image.open(io.BytesIO(buf.getvalue())))).permute(2, 0, 1))
-    with pytest.raises(RuntimeError):
-        image.decode([data, data[:50]], CPU)
+    with pytest.raises(DataCorrupt, match="b.JPEG does not decode as an image"):
+        image.decode([data, data[:len(data) // 2]], CPU, ["a.JPEG", "b.JPEG"])
+
+
+@pytest.mark.parametrize("decode", ["workers", "device"])
+def test_a_truncated_file_is_named(tmp_path, decode):
+    """A file cut short (a broken download) stops the loader with its path, on both paths."""
+    root = tree(tmp_path, per_class=2, kinds=("jpeg", "png"), val=1)
+    victim = sorted((root / "train" / "b").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:-400])
+    with pytest.raises(DataCorrupt, match=f"{victim}.* does not decode as an image"):
+        every(make(root, decode, batch=6).batches(0))
 
 
 # ---------------------------------------------------------------- the two paths agree

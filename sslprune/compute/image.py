@@ -5,11 +5,12 @@ Both paths take the same crops and flips, drawn from each sample's seed and its 
 alone (`train_box`; `eval_box` for the resize + centre crop of evaluation), and differ only in
 where the pixels are made:
 
-- workers (`load`): PIL decodes in the DataLoader workers, at half size when the crop is at
-  least twice the output (libjpeg's DCT scaling, `Image.draft`), and the crop is resized on uint8
-  tensors; the loader normalises the uint8 batch once, where it is used. Half size only: at 1/4
-  and 1/8 libjpeg-turbo decodes 4:2:0 colour too coarsely (measured on a photo: a mean error of
-  0.6-7.6 grey levels against the full-size decode's crop, 0.2-0.5 at 1/2) for ~0.1 ms less.
+- workers (`load`): libjpeg-turbo decodes in the DataLoader workers (torchvision's call, or PIL's
+  `draft` at half size, libjpeg's DCT scaling, when the crop is at least twice the output; PIL
+  for other files), and the crop is resized on uint8 tensors; the loader normalises the uint8
+  batch once, where it is used. Half size only: at 1/4 and 1/8 libjpeg-turbo decodes 4:2:0 colour
+  too coarsely (measured on a photo: a mean error of 0.6-7.6 grey levels against the full-size
+  decode's crop, 0.2-0.5 at 1/2) for ~0.1 ms less.
 - device (`read`, `decode`, `resample`): the workers read the file's bytes (and decode with PIL
   only what nvjpeg does not take: greyscale and CMYK JPEGs, PNG and other formats); the batch is
   decoded where it is used (`torchvision.io.decode_jpeg` on a list: nvjpeg on CUDA, libjpeg-turbo
@@ -31,6 +32,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+
+from ..control.config import DataCorrupt
 
 SCALE = (0.08, 1.0)  # RandomResizedCrop's defaults: the crop's share of the image area
 RATIO = (3 / 4, 4 / 3)  # and its aspect ratio range
@@ -103,20 +106,23 @@ def load(path: str, size: int, seed: Optional[int]) -> torch.Tensor:
 
     with open(path, "rb") as f:
         data = f.read()
-    with Image.open(io.BytesIO(data)) as image:  # the header: size and format
-        width, height = image.size
-        if seed is None:
-            box, flip = eval_box(height, width, size), False
-        else:
-            *box, flip = train_box(seed, height, width)
-        top, left, h, w = box
-        if image.format == "JPEG" and min(h, w) >= 2 * size:
-            image.draft("RGB", (max(1, width // 2), max(1, height // 2)))  # libjpeg's 1/2 DCT scaling
-            x = _rgb(image)
-        elif image.format == "JPEG":
-            x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-        else:
-            x = _rgb(image)
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # the header: size and format
+            width, height = image.size
+            if seed is None:
+                box, flip = eval_box(height, width, size), False
+            else:
+                *box, flip = train_box(seed, height, width)
+            top, left, h, w = box
+            if image.format == "JPEG" and min(h, w) >= 2 * size:
+                image.draft("RGB", (max(1, width // 2), max(1, height // 2)))  # libjpeg's 1/2 DCT scaling
+                x = _rgb(image)
+            elif image.format == "JPEG":
+                x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            else:
+                x = _rgb(image)
+    except (OSError, RuntimeError, SyntaxError, ValueError) as e:  # PIL's and libjpeg's complaints
+        raise DataCorrupt(f"{path} does not decode as an image: {e}") from None
     if seed is None:
         return TF.center_crop(TF.resize(x, [eval_size(size)], antialias=True), [size, size])
     fy, fx = x.shape[1] / height, x.shape[2] / width  # 1 unless decoded at half size
@@ -129,9 +135,9 @@ def load(path: str, size: int, seed: Optional[int]) -> torch.Tensor:
 
 
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """A uint8 (or 0..255 float) N x 3 x H x W batch as the network's input, once per batch:
-    (x - 255 mean) / (255 std) in two passes over the batch, the first also the conversion to
-    float (a CPU spends more time on passes over a batch than on the arithmetic)."""
+    """A uint8 (or 0..255 float, then changed in place) N x 3 x H x W batch as the network's
+    input, once per batch: (x - 255 mean) / (255 std) in two passes over the batch, the first also
+    the conversion to float (a CPU spends more time on passes over a batch than on arithmetic)."""
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = x.sub_(mean * 255) if x.is_floating_point() else x - mean * 255
@@ -142,28 +148,32 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_l
 
 
 def read(path: str, size: int, seed: Optional[int]) -> tuple:
-    """What a worker hands the device path for one image: (bytes or None, pixels or None, box, flip).
-    The bytes of a colour JPEG (what nvjpeg decodes); the 3 x H x W pixels, decoded by PIL, of
-    anything else (greyscale and CMYK JPEGs, PNG, ...). The box is in the image's pixels."""
+    """What a worker hands the device path for one image: (path, bytes or None, pixels or None,
+    box, flip). The bytes of a colour JPEG (what nvjpeg decodes); the 3 x H x W pixels, decoded
+    by PIL, of anything else (greyscale and CMYK JPEGs, PNG, ...). The box is in the image's pixels."""
     from PIL import Image
 
     with open(path, "rb") as f:
         data = f.read()
-    with Image.open(io.BytesIO(data)) as image:  # reads the header only
-        width, height = image.size
-        if seed is None:
-            box, flip = eval_box(height, width, size), False
-        else:
-            *box, flip = train_box(seed, height, width)
-        if image.format == "JPEG" and image.mode == "RGB":
-            return torch.frombuffer(bytearray(data), dtype=torch.uint8), None, box, flip
-        return None, _rgb(image), box, flip
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            width, height = image.size
+            if seed is None:
+                box, flip = eval_box(height, width, size), False
+            else:
+                *box, flip = train_box(seed, height, width)
+            if image.format == "JPEG" and image.mode == "RGB":
+                return path, torch.frombuffer(bytearray(data), dtype=torch.uint8), None, box, flip
+            return path, None, _rgb(image), box, flip
+    except (OSError, RuntimeError, SyntaxError, ValueError) as e:
+        raise DataCorrupt(f"{path} does not decode as an image: {e}") from None
 
 
-def decode(data: Sequence[torch.Tensor], device: torch.device) -> list:
+def decode(data: Sequence[torch.Tensor], device: torch.device, names: Sequence[str] = ()) -> list:
     """Colour JPEG bytes (1-D uint8 CPU tensors) as 3 x H x W uint8 images on `device`: one
-    batched nvjpeg call on CUDA. A batch nvjpeg refuses is decoded image by image, with PIL on
-    the CPU for those it still refuses."""
+    batched nvjpeg call on CUDA. A batch that does not decode is decoded image by image: on CUDA
+    with PIL on the CPU for what nvjpeg refuses; a file neither decodes is named (`names`)."""
+    from PIL import Image
     from torchvision.io import ImageReadMode, decode_jpeg
 
     if not data:
@@ -171,17 +181,23 @@ def decode(data: Sequence[torch.Tensor], device: torch.device) -> list:
     try:
         return decode_jpeg(list(data), mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
-        if device.type != "cuda":
-            raise
+        pass
     out = []
-    for d in data:
+    for i, d in enumerate(data):
         try:
             out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
-        except RuntimeError:
-            from PIL import Image
-
-            with Image.open(io.BytesIO(d.numpy().tobytes())) as image:
-                out.append(_rgb(image).to(device))
+            continue
+        except RuntimeError as e:
+            error = e
+        if device.type == "cuda":
+            try:
+                with Image.open(io.BytesIO(d.numpy().tobytes())) as image:
+                    out.append(_rgb(image).to(device))
+                continue
+            except (OSError, SyntaxError, ValueError) as e:
+                error = e
+        name = names[i] if i < len(names) else f"image {i} of the batch"
+        raise DataCorrupt(f"{name} does not decode as an image: {error}") from None
     return out
 
 

@@ -149,18 +149,19 @@ class _SeededFolder(torch.utils.data.Dataset):
 
 def _read_batch(batch: list) -> tuple:
     """A worker's batch for the device path, in a few tensors (one shared-memory transfer each):
-    the colour JPEGs' bytes end to end with their lengths, the pixels of the other images, which
-    positions are JPEGs, the boxes, the flips and the targets."""
+    the colour JPEGs' bytes end to end with their lengths and paths, the pixels of the other
+    images, which positions are JPEGs, the boxes, the flips and the targets."""
     from torch.utils.data import default_collate
 
     reads, targets = zip(*batch)
-    data = [r[0] for r in reads if r[0] is not None]
-    return (torch.cat(data) if data else torch.empty(0, dtype=torch.uint8),
-            torch.tensor([len(d) for d in data], dtype=torch.int64),
-            [r[1] for r in reads if r[1] is not None],
-            torch.tensor([r[0] is not None for r in reads]),
-            torch.tensor([r[2] for r in reads], dtype=torch.float32),
-            torch.tensor([r[3] for r in reads]),
+    jpegs = [r for r in reads if r[1] is not None]
+    return (torch.cat([r[1] for r in jpegs]) if jpegs else torch.empty(0, dtype=torch.uint8),
+            torch.tensor([len(r[1]) for r in jpegs], dtype=torch.int64),
+            [r[0] for r in jpegs],
+            [r[2] for r in reads if r[2] is not None],
+            torch.tensor([r[1] is not None for r in reads]),
+            torch.tensor([r[3] for r in reads], dtype=torch.float32),
+            torch.tensor([r[4] for r in reads]),
             default_collate(list(targets)))
 
 
@@ -305,8 +306,8 @@ class FolderLoader:
     def _made_here(self, batch) -> tuple:
         """A batch of bytes (and of pixels the workers decoded) decoded, cropped, resized, flipped
         and normalised on this loader's device."""
-        data, lengths, pixels, is_jpeg, boxes, flips, targets = batch
-        decoded = iter(image.decode(data.split(lengths.tolist()), self.device))
+        data, lengths, names, pixels, is_jpeg, boxes, flips, targets = batch
+        decoded = iter(image.decode(data.split(lengths.tolist()), self.device, names))
         others = iter(pixels)
         images = [next(decoded) if j else next(others).to(self.device, non_blocking=True) for j in is_jpeg.tolist()]
         x = image.resample(images, boxes, flips, self.size)
