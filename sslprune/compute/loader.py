@@ -176,7 +176,9 @@ def _ahead(source, make, device: torch.device, depth: int = 2):
     Each result is a tuple of tensors; on CUDA the consumer's stream waits for the thread's work
     on it and the tensors are marked as used there, so the allocator does not reuse them early."""
     cuda = device.type == "cuda"
-    stream = torch.cuda.Stream(device) if cuda else None
+    # The current CUDA device is per thread: the new thread works on this thread's one.
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
+    stream = torch.cuda.Stream(index) if cuda else None
     results = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -191,7 +193,7 @@ def _ahead(source, make, device: torch.device, depth: int = 2):
 
     def work():
         try:
-            with (torch.cuda.device(device) if cuda else contextlib.nullcontext()), \
+            with (torch.cuda.device(index) if cuda else contextlib.nullcontext()), \
                     (torch.cuda.stream(stream) if cuda else contextlib.nullcontext()):
                 for batch in source:
                     out = make(batch)
@@ -215,7 +217,7 @@ def _ahead(source, make, device: torch.device, depth: int = 2):
             if out is _END:
                 return
             if event is not None:
-                here = torch.cuda.current_stream(device)
+                here = torch.cuda.current_stream(index)
                 here.wait_event(event)
                 for t in out:
                     t.record_stream(here)
