@@ -38,6 +38,7 @@ SCHEDULES = ("step", "cosine")
 SCHEMES = ("winning_ticket", "random_reinit", "random", "random_adjusted")
 DEFAULT_SCHEMES = ("winning_ticket", "random_reinit", "random")  # the paper's three starts
 DEVICES = ("auto", "cpu", "cuda")
+DECODES = ("auto", "device", "workers")  # DataConfig.decode
 REWIND = re.compile(r"^(\d+(?:\.\d+)?)(it|ep|sa|%)$")
 
 
@@ -68,6 +69,10 @@ class DataConfig:
     train_limit: Optional[int] = None  # keep only N training images (quick runs; ImageFolder data takes classes in turn)
     test_limit: Optional[int] = None
     workers: int = runtime(4)  # DataLoader workers for ImageFolder data
+    # Where ImageFolder images are decoded and augmented: `device` a batch at a time on the run's
+    # device (nvjpeg on a GPU), the workers only reading files; `workers` in the DataLoader workers
+    # (PIL, the CPU path); `auto` = device on a GPU, workers on CPU. The same crops either way.
+    decode: str = runtime("auto")
 
 
 @dataclass
@@ -369,6 +374,7 @@ def _positive(key: str, value) -> None:
 
 def validate_data(key: str, d: DataConfig) -> None:
     _choice(f"{key}.name", d.name, DATASETS)
+    _choice(f"{key}.decode", d.decode, DECODES)
     _positive(f"{key}.image_size", d.image_size)
     for k in ("train_limit", "test_limit"):
         v = getattr(d, k)
