@@ -61,23 +61,31 @@ def test_resume_hands_cpu_rng_states_to_the_setters_whatever_the_device(tmp_path
     assert all(h.device.type == "cpu" and h.dtype == torch.uint8 for h in handed)
 
 
+def _colour(n: int = 128, size: int = 8):
+    """Random 3-channel images: a 1-channel batch (digits) is contiguous in both memory formats."""
+    g = torch.Generator().manual_seed(0)
+    train = dataset.Split(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
+                          torch.randint(0, 10, (n,), generator=g))
+    return dataset.MemoryData("colour", train, dataset.Split(train.images[:32], train.labels[:32]), 10, (0.5,) * 3,
+                              (0.25,) * 3, pad=1, flip=True)
+
+
 @pytest.mark.parametrize("name", ["rotnet", "s4l", "labels", "exemplar"])
 def test_the_model_gets_the_memory_format_the_runtime_asked_for(tmp_path, name):
     """RotNet's rot90 + cat returned NCHW from a channels_last batch: every convolution of the 4x
     pretext batch paid a layout conversion. The loop hands the model channels_last batches."""
-    cfg = tiny_config(tmp_path / "s")
-    cfg.signals = {name: SignalConfig(TaskConfig(name), tiny_optim(epochs=1))}
-    s = runner.prepare(ImpLevel(cfg, name, 0, 0), Runtime(CPU, channels_last=True))
-    ld = loaders.make(s.data, 128, 0, CPU, channels_last=True, index_targets=s.task.index_targets)
-    s.task.bind(ld)
-    net = s.net.to(memory_format=torch.channels_last)
+    data = _colour()
+    task = tasks.make(TaskConfig(name, embedding=8), data)
+    ld = loaders.make(data, 32, 0, CPU, channels_last=True)
+    task.bind(ld)
+    net = models.build(ModelConfig("resnet_small", 4), 3, task.num_outputs, 0).to(memory_format=torch.channels_last)
     formats = []
     net.register_forward_pre_hook(lambda m, a: formats.append(a[0].is_contiguous(memory_format=torch.channels_last)))
-    job = trainer.Fit(model=net, task=s.task, loader=ld, optim=replace(s.optim, epochs=1), mask=s.mask,
+    job = trainer.Fit(model=net, task=task, loader=ld, optim=tiny_optim(epochs=1, batch_size=32), mask={},
                       checkpoint=tmp_path / "c.pt")
     trainer.fit(job, RunConfig(quiet=True), Progress("t", quiet=True))
-    trainer.evaluate(net, s.task, ld, 256)
-    assert formats and all(formats), f"{formats.count(False)} of {len(formats)} forward passes got NCHW"
+    trainer.evaluate(net, task, ld, 256)
+    assert len(formats) == 4 + 1 and all(formats), f"{formats.count(False)} of {len(formats)} forward passes got NCHW"
 
 
 @pytest.mark.parametrize("name", ["npid", "labels", "exemplar"])
