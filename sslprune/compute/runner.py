@@ -48,7 +48,7 @@ class Setup:
 
 
 
-def run(stage: Stage, rt=None, interrupt=None) -> dict:
+def run(stage: Stage, rt=None, interrupt=None, started: Optional[float] = None, observer=None) -> dict:
     """Run (or resume) `stage` here; a done stage returns its stored result without work.
 
     `rt`: a Runtime, None (this process alone) or "environment" (the ranks of a submitit job, set
@@ -61,15 +61,16 @@ def run(stage: Stage, rt=None, interrupt=None) -> dict:
     if rt == "environment":
         rt = from_environment(stage.cfg.run)
         try:
-            return run(stage, rt, interrupt)
+            return run(stage, rt, interrupt, started, observer)
         finally:
             rt.close()
     rt = rt or local(stage.cfg.run)
     if not rt.is_writer:
         if rt.agree(False):  # rank 0 found it done once it held the lock
             return stage.result()
-        return _compute(stage, rt, interrupt)
-    say = Progress(stage.label, quiet=stage.cfg.run.quiet).note
+        return _compute(stage, rt, interrupt, started, observer)
+    say = Progress(stage.label, quiet=stage.cfg.run.quiet or observer is not None,
+                   sinks=[observer] if observer is not None else []).note
     with files.lock(stage.dir, note=say):
         state = stage.state()
         if rt.agree(state == "done"):
@@ -77,13 +78,16 @@ def run(stage: Stage, rt=None, interrupt=None) -> dict:
         if state == "corrupt":
             say(f"warning: {stage.set_aside()}; recomputing this stage")
         files.clean(stage.dir, older_than=0)  # temporary files of killed writers (we hold the lock)
-        return _compute(stage, rt, interrupt)
+        return _compute(stage, rt, interrupt, started, observer)
 
 
-def _compute(stage: Stage, rt: Runtime, interrupt) -> dict:
+def _compute(stage: Stage, rt: Runtime, interrupt, started: Optional[float] = None, observer=None) -> dict:
     monitor = monitors.open_for(stage, rt.is_writer)
-    progress = Progress(stage.label, quiet=stage.cfg.run.quiet, sinks=[monitor])
-    t0 = time.monotonic()
+    if observer is not None and rt.is_writer:
+        observer.start(stage.label, stage.kind)
+        monitor.observers.append(observer)  # it also gets finish/fail
+    progress = Progress(stage.label, quiet=stage.cfg.run.quiet or observer is not None, sinks=[monitor])
+    t0, wall0 = time.monotonic(), time.time()
     try:
         try:
             result = (run_svm if stage.kind == "svm" else _train)(stage, rt, progress, interrupt)
@@ -99,6 +103,12 @@ def _compute(stage: Stage, rt: Runtime, interrupt) -> dict:
     result.update({"kind": stage.kind, "signal_task": stage.cfg.signals[stage.signal].task.name,
                    "seed": stage.seed, "level": stage.level, "seconds": round(time.monotonic() - t0, 3),
                    "device": str(rt.device), "world": rt.world})
+    first = result.pop("first_step_at", None)
+    if first is not None:
+        # What a stage pays before training: building the network, loading weights and data (setup_s),
+        # and for a job also Python, imports and the device since the process started (startup_s).
+        result["setup_s"] = round(first - wall0, 3)
+        result["startup_s"] = round(first - started, 3) if started is not None else None
     if rt.is_writer:
         result["outputs"] = files.manifest(stage.dir, OUTPUTS)
         files.write_json(result, stage.dir / DONE)
