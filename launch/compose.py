@@ -19,12 +19,28 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the same fold
 ConfigStore.instance().store(name="sslprune_schema", node=Config)
 
 
-def typed(cfg: DictConfig) -> Config:
-    """A validated, plain-dataclass Config with an absolute store path."""
+def typed(cfg: DictConfig, announce: bool = True) -> Config:
+    """A validated, plain-dataclass Config with an absolute store path.
+
+    `announce`: the app is about to work, so decide W&B's mode for the whole command now, in this
+    (main) process: its one state line comes before any work, and worker processes inherit the
+    decision instead of each printing it again (dashboard.announce). Apps that never log to
+    W&B (status, sync) pass False."""
     obj: Config = expand(OmegaConf.to_object(cfg))
     obj.store = os.path.abspath(os.path.expanduser(obj.store))
     validate(obj)
+    if announce:
+        from sslprune.control import dashboard
+
+        dashboard.announce(obj.wandb)
     return obj
+
+
+def app_help(name: str) -> None:
+    """Make `--help` show conf/hydra/help/<name>.yaml: every app composes the same root config,
+    whose default help is sslprune-run's, so the other apps choose theirs with an override."""
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        sys.argv.append(f"hydra/help={name}")
 
 
 def user_errors(fn):

@@ -16,7 +16,7 @@ import os
 import hydra
 from omegaconf import DictConfig
 
-from sslprune.launch.compose import CONFIG_PATH, typed, user_errors
+from sslprune.launch.compose import CONFIG_PATH, app_help, typed, user_errors
 from sslprune.control.config import Config, ConfigError
 
 
@@ -60,6 +60,9 @@ def execute(kind: str, cfg: DictConfig) -> list[dict]:
     if kind in EVALUATIONS:
         evaluated(kind, c)  # before the data are checked: a bad index is the first thing to say
     experiment.check_inputs(c)
+    from sslprune.control import index
+
+    index.write_chains(c)
     todo = plan(kind, c)
     # A single-level request needs its parent already done (a chain request produces its own parents).
     todo[0].require_parents()
@@ -79,7 +82,11 @@ def _app(kind: str):
     @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
     def main(cfg: DictConfig) -> None:
         execute(kind, cfg)
-    return main
+
+    def app() -> None:
+        app_help(kind)  # --help: conf/hydra/help/<kind>.yaml
+        main()
+    return app
 
 
 train, imp, retrain, probe, svm, finetune = (_app(k) for k in ("train", "imp", "retrain", "probe", "svm", "finetune"))
