@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from .config import Config
 from .experiment import chains, check_inputs, depth
+from .index import write_chains
 from .progress import clock
 
 
@@ -30,6 +31,7 @@ def _run_chain(cfg: Config, chain_index: int, threads: int) -> list[str]:
 def run_local(cfg: Config) -> int:
     """Run every missing stage of the experiment here; returns how many stages ran."""
     check_inputs(cfg)
+    write_chains(cfg)
     all_chains = chains(cfg)
     todo = [i for i, c in enumerate(all_chains) if not all(s.done() for s in c)]
     total = sum(len(c) for c in all_chains)
