@@ -60,12 +60,12 @@ def execute(kind: str, cfg: DictConfig) -> list[dict]:
     if kind in EVALUATIONS:
         evaluated(kind, c)  # before the data are checked: a bad index is the first thing to say
     experiment.check_inputs(c)
-    from sslprune.control import index
-
-    index.write_chains(c)
     todo = plan(kind, c)
     # A single-level request needs its parent already done (a chain request produces its own parents).
     todo[0].require_parents()
+    from sslprune.control import index
+
+    index.write_chains(c, [c.signal])  # this app's chain only: the others may never run here
     if os.environ.get("SUBMITIT_EXECUTOR"):
         # Inside a job of Hydra's submitit launcher (`-m hydra/launcher=submitit_slurm`): run each stage
         # as sslprune-run's jobs do, so USR2/SIGTERM checkpoint at once and DDP ranks come from SLURM.

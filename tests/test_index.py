@@ -67,3 +67,13 @@ def test_status_where_prints_a_stage_directory_and_names_the_closest_label_on_a_
         "sslprune: error: no stage labelled 'imp rotnet seed=1 level=9' in experiment demo (54 stages); "
         "closest: imp rotnet seed=1 level=2; imp rotnet seed=1 level=1; imp rotnet seed=1 level=0"]
     assert not (tmp_path / "imp").exists()  # --where reads, never writes
+
+
+def test_a_stage_app_writes_only_its_own_chain_and_nothing_before_its_inputs_are_there(tmp_path):
+    p = cli("sslprune-imp", f"store={tmp_path}", "signal=rotnet", "level=1", check=False)
+    assert p.returncode == 2 and "not done" in p.stderr
+    assert not (tmp_path / "imp").exists()  # a missing parent is reported before anything is written
+    cli("sslprune-train", f"store={tmp_path}", "signal=rotnet", "model.width=4", "run.quiet=true",
+        "signals.rotnet.optim.epochs=1", "signals.rotnet.optim.milestones=[]")
+    (chain,) = (tmp_path / "imp").iterdir()  # not the labels chain, which this app does not run
+    assert files.read_json(chain / index.CHAIN)["signal"] == "rotnet"

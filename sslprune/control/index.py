@@ -15,6 +15,7 @@ import csv
 import dataclasses
 import difflib
 from pathlib import Path
+from typing import Optional
 
 from . import store as files
 from .config import Config, ConfigError, signal_data, signal_prune
@@ -44,10 +45,11 @@ def chain_record(cfg: Config, signal: str) -> dict:
     }
 
 
-def write_chains(cfg: Config) -> list[Path]:
-    """chain.json in the folder of every chain of the experiment; returns the files written now."""
+def write_chains(cfg: Config, signals: Optional[list[str]] = None) -> list[Path]:
+    """chain.json in the folder of every chain of the experiment (or of these signals' chains);
+    returns the files written now."""
     written = []
-    for name in cfg.signals:
+    for name in cfg.signals if signals is None else signals:
         record = chain_record(cfg, name)
         path = Path(cfg.store) / "imp" / record["chain"] / CHAIN
         try:
