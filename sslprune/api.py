@@ -93,12 +93,14 @@ def where(cfg: Config, label: str) -> Path:
 
 def run(cfg: Config) -> int:
     """Run every missing stage of the experiment here (worker processes on CPU), then write the
-    report files (report); returns how many stages ran. Re-running skips what is done."""
+    report files and update the W&B summary run when W&B is on, as sslprune-run does; returns
+    how many stages ran. Re-running skips what is done."""
     from .control import dashboard, local, report as report_
 
     dashboard.announce(cfg.wandb)
     ran = local.run_local(cfg)
     report_.write(cfg)
+    dashboard.publish(cfg)
     return ran
 
 
