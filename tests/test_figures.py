@@ -157,3 +157,13 @@ def test_pivot_shows_the_range_of_fractions_when_scoped_chains_differ():
     summary = report.summarize(results(cfg, lambda s: ["winning_ticket"], levels=1, seeds=(0,), remaining=rem))
     lines = [ln for ln in report.pivot(summary).splitlines() if ln.startswith("| 1 |")]
     assert lines[0].startswith("| 1 | 79.00-80.00% |")
+
+
+def test_without_random_reinit_the_dense_line_is_the_random_start_at_level_0():
+    cfg = api.config("fig4_layerwise_resnet50_small", store="/nonexistent-store")
+    assert "random_reinit" not in cfg.retrain.schemes  # winning tickets vs random pruning only
+    summary = report.summarize(results(cfg, lambda s: ["winning_ticket", "random"], levels=2, seeds=(0,)))
+    panel = figures.panels(cfg, summary, "retrain")[0]
+    assert panel.reference == "random" and panel.dense() == [(pytest.approx(100 * (0.9 - 0.01)), "black")]
+    fig = figures.draw([[panel]], "t")
+    assert len([ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == "--"]) == 1

@@ -8,8 +8,9 @@ and `finetune` (the transfer evaluations). In a family's figure:
   subsets are signals of their own, so semi-supervised pruning reads per subset;
 - lines: the re-training starts (retrain) or the evaluated data sets (probe, svm, finetune);
   mean over seeds with a band of ± one standard error;
-- a dashed line at the dense (level 0) result: random re-init at level 0 for re-training (the
-  unpruned network trained from scratch on labels), each line's own level 0 otherwise;
+- a dashed line at the dense (level 0) result: for re-training, random re-init at level 0 (the
+  unpruned network trained from scratch on labels; random when the experiment has no random
+  re-init), each line's own level 0 otherwise;
 - x: weights remaining on a reversed log axis, ticked at the levels' remaining fractions;
 - y: the panel's own metric and unit: a pretext panel says what its task measures (rotation
   accuracy is not label accuracy), so pretext results never share an axis with label accuracy;
@@ -38,6 +39,9 @@ SCHEME_NAMES = {"winning_ticket": "winning ticket", "random_reinit": "random re-
 # Fixed colours per start, so a start looks the same in every figure.
 SCHEME_COLORS = {"winning_ticket": "#1f77b4", "random_reinit": "#ff7f0e", "random": "#7f7f7f",
                  "random_adjusted": "#9467bd"}
+# The re-training starts whose level 0 is the dense network trained from scratch, in order of
+# preference for the dense line (winning ticket last: its level 0 starts from rewound weights).
+DENSE_STARTS = ("random_reinit", "random", "random_adjusted", "winning_ticket")
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 TASK_NAMES = {"labels": "labels", "rotnet": "RotNet", "exemplar": "Exemplar", "npid": "NPID", "s4l": "S4L"}
 METRIC_NAMES = {"top1": "top-1 accuracy", "mAP": "mAP", "knn_top1": "kNN top-1 accuracy",
@@ -149,9 +153,11 @@ def panels(cfg: Config, summary: list[dict], fam: str) -> list[Panel]:
         where = f" on {cfg.retrain.data.name}" if fam == "retrain" else ""
         what = describe_signal(cfg, name)
         title = name if what.lower() == name.lower() else f"{name}\n{what}"
-        out.append(Panel(fam, name, title, f"{', '.join(metrics)}{where} (%)",
-                         xlabel, lines, reference=SCHEME_NAMES["random_reinit"]
-                         if fam == "retrain" and "random_reinit" in evaluations else None))
+        # Re-training: one dense line, a start that trains the full (level 0) mask from fresh
+        # weights (all random starts do: the network trained from scratch on labels).
+        ref = next((e for e in DENSE_STARTS if e in evaluations), None) if fam == "retrain" else None
+        out.append(Panel(fam, name, title, f"{', '.join(metrics)}{where} (%)", xlabel, lines,
+                         reference=SCHEME_NAMES[ref] if ref else None))
     return out
 
 
@@ -223,8 +229,9 @@ def draw(rows: list[list[Optional[Panel]]], title: str, sharey_rows: bool = Fals
         for p in (q for q in row if q is not None):
             for line in p.lines:
                 handles.setdefault(line.label, Line2D([], [], color=line.color, marker="o", ms=3, lw=1.4))
-        if any(p.reference for p in row if p is not None):
-            handles["dense: random re-init, level 0"] = Line2D([], [], color="black", ls="--", lw=1.0)
+        refs = sorted({p.reference for p in row if p is not None and p.reference})
+        if refs:
+            handles[f"dense: {' / '.join(refs)}, level 0"] = Line2D([], [], color="black", ls="--", lw=1.0)
         else:
             handles["dense (level 0)"] = Line2D([], [], color="0.4", ls="--", lw=1.0)
         if any(any(line.stderr) for p in row if p is not None for line in p.lines):
