@@ -131,6 +131,15 @@ def test_write_draws_one_figure_per_family_and_the_overview(demo, tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert written["overview"].name == "accuracy_vs_remaining.png"
     assert written["retrain"].name == "accuracy_vs_remaining_retrain.png"
+    (probe,) = figures.panels(cfg, summary, "probe")
+    assert [ln.label for ln in probe.lines] == ["on digits"] and probe.signal == "rotnet"
+    # figures an earlier report drew and this one does not (no probe results now) are removed
+    (tmp_path / "accuracy_vs_remaining_winning_ticket.png").write_bytes(b"old layout")
+    (tmp_path / "weight_magnitudes.png").write_bytes(b"not a family figure")
+    figures.write(cfg, [s for s in summary if not s["evaluation"].startswith("probe")], tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "accuracy_vs_remaining.png", "accuracy_vs_remaining_pretext.png", "accuracy_vs_remaining_retrain.png",
+        "weight_magnitudes.png"]
 
 
 def test_pivot_has_one_row_per_level_and_one_column_per_signal_and_evaluation(demo):

@@ -146,7 +146,7 @@ def panels(cfg: Config, summary: list[dict], fam: str) -> list[Panel]:
             colors = {e: SCHEME_COLORS[e] for e in order}
         else:
             order = sorted(evaluations)
-            labels = {e: ("pretext task" if e == "pretext" else e.split(":", 1)[1]) for e in order}
+            labels = {e: ("pretext task" if e == "pretext" else f"on {e.split(':', 1)[1]}") for e in order}
             colors = {e: PALETTE[i % len(PALETTE)] for i, e in enumerate(order)}
         lines = [Line(labels[e], colors[e], sorted(evaluations[e], key=lambda p: -p["remaining"])) for e in order]
         metrics = sorted({metric_name(task, p["metric"], fam) for e in order for p in evaluations[e]})
@@ -258,7 +258,7 @@ def write(cfg: Config, summary: list[dict], out: Path) -> dict[str, Path]:
     by_family = {f: panels(cfg, summary, f) for f in FAMILIES}
     by_family = {f: p for f, p in by_family.items() if p}
     for fam, ps in by_family.items():
-        fig = draw(grid(ps), f"{cfg.experiment}: {TITLES[fam]}; {_seeds(summary)}", sharey_rows=fam != "pretext")
+        fig = draw(grid(ps), f"{cfg.experiment}: {TITLES[fam]}\n{_seeds(summary)}", sharey_rows=fam != "pretext")
         path = out / f"accuracy_vs_remaining_{fam}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
@@ -266,9 +266,14 @@ def write(cfg: Config, summary: list[dict], out: Path) -> dict[str, Path]:
     if by_family:
         signals = [n for n in cfg.signals if any(p.signal == n for ps in by_family.values() for p in ps)]
         rows = [[next((p for p in ps if p.signal == n), None) for n in signals] for ps in by_family.values()]
-        fig = draw(rows, f"{cfg.experiment}: one row per evaluation family; {_seeds(summary)}", row_titles=True)
+        fig = draw(rows, f"{cfg.experiment}: one row per evaluation family\n{_seeds(summary)}", row_titles=True)
         path = out / "accuracy_vs_remaining.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written["overview"] = path
+    # A figure of an earlier report (a family with no results now, or an older layout) would read
+    # as current: the folder holds what this report drew and nothing else of its kind.
+    for old in out.glob("accuracy_vs_remaining*.png"):
+        if old not in written.values():
+            old.unlink()
     return written
