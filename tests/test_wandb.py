@@ -286,13 +286,14 @@ def test_workers_inherit_the_commands_decision(monkeypatch, capsys):
     credentials nor prints (a spawned worker); the one that makes it exports it."""
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_DISABLED", raising=False)
-    monkeypatch.setenv(dashboard.AUTO_ENV, "disabled")
+    monkeypatch.setenv(dashboard.AUTO_ENV, f"disabled@{os.getppid()}")  # decided by this process's parent
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)  # would mean online if checked again
     assert dashboard.resolve(WandbConfig()) == "disabled"
     assert capsys.readouterr().err == ""
-    monkeypatch.delenv(dashboard.AUTO_ENV)
+    # a decision of another command (a SLURM job inherits the submitting shell's environment) is not ours
+    monkeypatch.setenv(dashboard.AUTO_ENV, "disabled@0")  # pid 0 is no process
     assert dashboard.announce(WandbConfig()) == "online"
-    assert os.environ[dashboard.AUTO_ENV] == "online"
+    assert os.environ[dashboard.AUTO_ENV] == f"online@{os.getpid()}"
     monkeypatch.delenv("WANDB_API_KEY")
     assert dashboard.resolve(WandbConfig()) == "online"  # decided: the command keeps its mode
 

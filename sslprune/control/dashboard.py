@@ -95,12 +95,16 @@ def _auto() -> str:
     """online or disabled by the credentials: decided once per command.
 
     The first process to decide (the command's main process, see announce) prints the state
-    line and exports the decision in AUTO_ENV; the worker processes it starts (local runs,
-    submitit jobs) inherit it and neither check the credentials again nor print the line again."""
-    decided = os.environ.get(AUTO_ENV, "")
-    if decided not in ("online", "disabled"):
+    line and exports the decision in AUTO_ENV as `<mode>@<its pid>`; the worker processes it
+    starts (local runs, local submitit jobs) inherit it and neither check the credentials again
+    nor print the line again. A SLURM job inherits the variable too (sbatch passes the
+    environment on) but is not the decider's child, so it decides for itself: its node may have
+    credentials the submitting shell lacks (launcher.setup)."""
+    mode, _, pid = os.environ.get(AUTO_ENV, "").partition("@")
+    decided = mode if mode in ("online", "disabled") and pid in (str(os.getpid()), str(os.getppid())) else ""
+    if not decided:
         decided = "online" if has_credentials() else "disabled"
-        os.environ[AUTO_ENV] = decided
+        os.environ[AUTO_ENV] = f"{decided}@{os.getpid()}"
         if decided == "disabled":
             _say("W&B disabled: no W&B credentials configured (WANDB_API_KEY, ~/.netrc or `wandb login`). "
                  "Use wandb=offline to log locally and upload later with sslprune-sync, or wandb=disabled "
