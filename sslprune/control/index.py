@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import difflib
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -28,12 +29,13 @@ COLUMNS = ["label", "kind", "signal", "seed", "level", "scheme", "evaluation", "
 
 
 def chain_record(cfg: Config, signal: str) -> dict:
-    """The readable description of one signal's IMP chain (what chain.json holds, less used_by)."""
+    """The readable description of one signal's IMP chain (chain.json, used_by left empty)."""
     s = cfg.signals[signal]
     source = s.init_from
-    return {
+    return {  # in reading order (chain.json keeps it)
         "chain": chain_digest(cfg, signal),
         "signal": signal,
+        "used_by": [],
         "task": dataclasses.asdict(s.task),
         "model": dataclasses.asdict(cfg.model),
         "data": dataclasses.asdict(signal_data(cfg, signal)),
@@ -61,8 +63,8 @@ def write_chains(cfg: Config, signals: Optional[list[str]] = None) -> list[Path]
         record["used_by"] = used + ([me] if me not in used else [])
         if old == record:
             continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        files.write_json(record, path)
+        text = json.dumps(record, indent=2) + "\n"
+        files.replace(path, lambda f: f.write(text.encode()))  # atomic, like every store file
         written.append(path)
     return written
 
