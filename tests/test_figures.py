@@ -176,3 +176,16 @@ def test_without_random_reinit_the_dense_line_is_the_random_start_at_level_0():
     assert panel.reference == "random" and panel.dense() == [(pytest.approx(100 * (0.9 - 0.01)), "black")]
     fig = figures.draw([[panel]], "t")
     assert len([ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == "--"]) == 1
+
+
+def test_the_overview_stacks_each_familys_grid_instead_of_one_wide_row(tmp_path):
+    cfg = api.config("fig4_layerwise_resnet50_small", store="/nonexistent-store")
+    summary = report.summarize(results(cfg, lambda s: ["pretext", "winning_ticket", "random"], levels=1, seeds=(0,)))
+    figures.write(cfg, summary, tmp_path)
+    import matplotlib.image
+
+    h, w = matplotlib.image.imread(tmp_path / "accuracy_vs_remaining.png").shape[:2]
+    retrain_h, retrain_w = matplotlib.image.imread(tmp_path / "accuracy_vs_remaining_retrain.png").shape[:2]
+    # 2 families x 2 rows (labels, rotnet) of 4 scopes: as wide as one family's figure, twice as tall
+    assert w / retrain_w == pytest.approx(100 / 110, rel=0.05)
+    assert h > 1.7 * retrain_h * 100 / 110

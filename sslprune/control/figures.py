@@ -16,7 +16,7 @@ and `finetune` (the transfer evaluations). In a family's figure:
   accuracy is not label accuracy), so pretext results never share an axis with label accuracy;
 - the legend outside the panels, right of each row.
 
-`accuracy_vs_remaining.png` is the overview: one row per family, one column per signal.
+`accuracy_vs_remaining.png` is the overview: every family's panels, one family below the other.
 Reads the summary rows of report.summarize only (no torch); matplotlib draws off-screen.
 """
 from __future__ import annotations
@@ -264,9 +264,10 @@ def write(cfg: Config, summary: list[dict], out: Path) -> dict[str, Path]:
         plt.close(fig)
         written[fam] = path
     if by_family:
-        signals = [n for n in cfg.signals if any(p.signal == n for ps in by_family.values() for p in ps)]
-        rows = [[next((p for p in ps if p.signal == n), None) for n in signals] for ps in by_family.values()]
-        fig = draw(rows, f"{cfg.experiment}: one row per evaluation family\n{_seeds(summary)}", row_titles=True)
+        # Each family's grid, stacked: one row of panels per family, or the family's rows when it
+        # has more signals than fit (sweeps: one row per base signal), never one 8-panel row.
+        rows = [row for ps in by_family.values() for row in grid(ps)]
+        fig = draw(rows, f"{cfg.experiment}: every evaluation family\n{_seeds(summary)}", row_titles=True)
         path = out / "accuracy_vs_remaining.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
