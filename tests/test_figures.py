@@ -92,9 +92,24 @@ def test_legend_sits_outside_every_panel(demo):
                      "± 1 s.e. over seeds"]
     box = legends[0].get_window_extent(renderer)
     for ax in fig.axes:
-        if ax.get_visible():
+        if ax.axison:  # a panel with data
             assert not box.overlaps(ax.get_window_extent(renderer))
     assert box.x1 <= fig.bbox.x1 + 1  # and inside the picture
+
+
+def test_a_short_rows_legend_sits_in_its_empty_cell_clear_of_every_panel():
+    cfg = api.config("fig2_voc07_finetune_resnet50_small", store="/nonexistent-store")
+    rows = results(cfg, lambda s: ["pretext"] + (["finetune:digits"] if s == "rotnet" else []), levels=1, seeds=(0,))
+    fig = figures.draw([figures.panels(cfg, report.summarize(rows), f) for f in ("pretext", "finetune")], "t")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    panels = [ax for ax in fig.axes if ax.axison]
+    assert len(panels) == 3  # pretext: rotnet, transfer; finetune: rotnet
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 2 and not fig.axes[3].axison and fig.axes[3].get_legend() is not None
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in panels)
 
 
 def test_layerwise_panels_form_a_grid_of_signals_by_scope():

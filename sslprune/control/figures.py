@@ -197,7 +197,7 @@ def draw(rows: list[list[Optional[Panel]]], title: str, sharey_rows: bool = Fals
             ax = axes[r][c]
             p = row[c] if c < len(row) else None
             if p is None:
-                ax.set_visible(False)
+                ax.axis("off")  # an empty cell: it may hold the row's legend
                 continue
             for line in p.lines:
                 ax.plot(line.x, line.mean, marker="o", ms=3, lw=1.4, color=line.color, label=line.label)
@@ -223,8 +223,8 @@ def draw(rows: list[list[Optional[Panel]]], title: str, sharey_rows: bool = Fals
             hi = max(axes[r][c].get_ylim()[1] for c in used)
             for c in used:
                 axes[r][c].set_ylim(lo, hi)
-        # One legend per row, right of its last panel (outside every panel's data); repeated rows
-        # of the same lines share the first one.
+        # One legend per row, right of its last panel, in the empty cell there if the row is short
+        # (outside every panel's data either way); repeated rows of the same lines share the first.
         handles: dict = {}
         for p in (q for q in row if q is not None):
             for line in p.lines:
@@ -238,8 +238,10 @@ def draw(rows: list[list[Optional[Panel]]], title: str, sharey_rows: bool = Fals
             handles["± 1 s.e. over seeds"] = Patch(color="0.5", alpha=0.3)
         if used and list(handles) not in legends:
             legends.append(list(handles))
-            axes[r][used[-1]].legend(list(handles.values()), list(handles), loc="upper left",
-                                     bbox_to_anchor=(1.03, 1.0), borderaxespad=0.0, fontsize=8, frameon=False)
+            last = used[-1]
+            host, anchor = (axes[r][last + 1], (0.0, 1.0)) if last + 1 < ncols else (axes[r][last], (1.03, 1.0))
+            host.legend(list(handles.values()), list(handles), loc="upper left", bbox_to_anchor=anchor,
+                        borderaxespad=0.0, fontsize=8, frameon=False)
     return fig
 
 
