@@ -187,7 +187,9 @@ def draw(rows: list[list[Optional[Panel]]], title: str, sharey_rows: bool = Fals
     from matplotlib.ticker import FixedLocator, NullLocator
 
     ncols = max(len(r) for r in rows)
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(3.4 * ncols + 1.8, 3.3 * len(rows) + 0.6),
+    # At least as wide as the title (about 0.09 inch per character at 11 pt): a one-panel figure cut it.
+    width = max(3.4 * ncols + 1.8, 0.09 * max(len(line) for line in title.splitlines()))
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(width, 3.3 * len(rows) + 0.6),
                              squeeze=False, layout="constrained")
     fig.suptitle(title, fontsize=11)
     legends: list = []
