@@ -3,9 +3,9 @@
 What it measures (images/s of loader images, warm-up excluded, same process, same device):
   reference  a plain loop: randperm indexing into in-memory uint8 tensors, batched pad-and-crop
              + flip, normalize, forward, cross-entropy, zero_grad, backward, optimizer.step, with
-             the same model (sslprune.model.build), optimizer and hyper-parameters, and the same
+             the same model (sslprune.compute.model.build), optimizer and hyper-parameters, and the same
              precision policy as the project (bf16 autocast + channels_last on CUDA, fp32 on CPU).
-  dense      the real `sslprune.trainer.fit` (MemoryLoader, the real task, OptimConfig, Progress)
+  dense      the real `sslprune.compute.trainer.fit` (MemoryLoader, the real task, OptimConfig, Progress)
              with an empty mask `{}`.
   masked     the same with a real global-magnitude mask of ~20% density (mask.magnitude).
 Both sides run warmup + steps + 1 steps and time the `steps` steps after the warm-up: the project
@@ -21,7 +21,7 @@ ratios is shown too: on a busy machine, trust the ratios only where these agree.
 Read the output: the last two lines are
   project/reference: R   (R < 1: fit() is slower than the plain loop; target >= 0.95)
   masked/dense: M        (M < 1: applying the mask costs throughput; target >= 0.95)
-Data are synthetic uint8 images held in memory (sslprune.dataset.MemoryData), also for 224px
+Data are synthetic uint8 images held in memory (sslprune.compute.dataset.MemoryData), also for 224px
 ResNet-50: this times the training step, not JPEG decoding (FolderLoader is not exercised).
 Note with --task rotnet the network sees 4x the images reported.
 
@@ -46,15 +46,15 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from sslprune import mask as masks
-from sslprune import model as models
-from sslprune import task as tasks
-from sslprune.config import ModelConfig, OptimConfig, RunConfig, TaskConfig
-from sslprune.dataset import MemoryData, Split
-from sslprune.loader import MemoryLoader
-from sslprune.progress import Progress
-from sslprune.runtime import local
-from sslprune.trainer import Fit, fit, optimizer
+from sslprune.compute import mask as masks
+from sslprune.compute import model as models
+from sslprune.compute import task as tasks
+from sslprune.compute.dataset import MemoryData, Split
+from sslprune.compute.loader import MemoryLoader
+from sslprune.compute.runtime import local
+from sslprune.compute.trainer import Fit, fit
+from sslprune.control.config import ModelConfig, OptimConfig, RunConfig, TaskConfig
+from sslprune.control.progress import Progress
 
 
 PAIRS = (("dense", "reference"), ("masked", "dense"))

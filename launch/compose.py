@@ -1,6 +1,7 @@
 """The edge between Hydra/OmegaConf and the library: register the schema, convert, validate."""
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from sslprune.control.config import Config, ConfigError, expand, validate  # torch-free: config errors come back at once
+from sslprune.control.config import Config, ConfigError, check_keys, expand, validate  # torch-free: errors at once
 
 # The configs ship inside the package (pyproject.toml maps the repository's conf/ to sslprune.conf),
 # so an installed wheel finds them wherever it runs from.
@@ -19,21 +20,41 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the same fold
 ConfigStore.instance().store(name="sslprune_schema", node=Config)
 
 
-def typed(cfg: DictConfig, announce: bool = True) -> Config:
+def typed(cfg: DictConfig, writes: bool = False, announce: bool = True) -> Config:
     """A validated, plain-dataclass Config with an absolute store path.
+
+    The store must be a folder, or not exist yet; with `writes` (an app that writes without running
+    experiment.check_inputs, e.g. sslprune-report) it must also be writable.
 
     `announce`: the app is about to work, so decide W&B's mode for the whole command now, in this
     (main) process: its one state line comes before any work, and worker processes inherit the
     decision instead of each printing it again (dashboard.announce). Apps that never log to
     W&B (status, sync) pass False."""
+    check_keys(OmegaConf.to_container(cfg, resolve=False))  # before to_object drops unknown keys
     obj: Config = expand(OmegaConf.to_object(cfg))
     obj.store = os.path.abspath(os.path.expanduser(obj.store))
     validate(obj)
+    _folder_or_absent(Path(obj.store))
+    if writes:
+        from sslprune.control import store
+
+        store.writable(Path(obj.store))
     if announce:
         from sslprune.control import dashboard
 
         dashboard.announce(obj.wandb)
     return obj
+
+
+def _folder_or_absent(path: Path) -> None:
+    """A store that is a file, or lies below one, is refused by every app, reading ones included."""
+    at = path
+    while not at.exists() and at.parent != at:
+        at = at.parent
+    if not at.is_dir():
+        from sslprune.control.store import StoreError
+
+        raise StoreError(errno.ENOTDIR, f"store={path}: {at} is a file, not a folder")
 
 
 def app_help(name: str) -> None:
@@ -58,9 +79,14 @@ def user_errors(fn):
         except Exception as e:
             from sslprune.control.config import DataCorrupt, DataMissing
             from sslprune.control.stage import MissingInput, NonFiniteLoss
+            from sslprune.control.store import StoreError, Unsafe
 
-            if isinstance(e, (DataMissing, DataCorrupt, MissingInput)):
+            if isinstance(e, (DataMissing, DataCorrupt, MissingInput, Unsafe)):
                 _fail(f"sslprune: error: {e}", 2)
+            if isinstance(e, StoreError):  # OSError's str() would prefix "[Errno n]"
+                # A store refused up front is bad input (2); a disk that fills up during the work is not
+                # (1): nothing is corrupt and the re-run resumes.
+                _fail(f"sslprune: error: {e.strerror or e}", 1 if e.errno == errno.ENOSPC else 2)
             if isinstance(e, NonFiniteLoss):
                 _fail(f"sslprune: training diverged: {e}", 1)
             raise

@@ -20,7 +20,7 @@ def publish(c) -> None:
 
 @user_errors
 def execute(cfg: DictConfig) -> None:
-    publish(typed(cfg))
+    publish(typed(cfg, writes=True))
 
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")

@@ -1,6 +1,8 @@
 """sslprune-run: every stage of an experiment (IMP chains, re-training, probes), then the report."""
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -27,7 +29,10 @@ def execute(cfg: DictConfig) -> None:
     else:
         from sslprune.control import local
 
-        local.run_local(c)
+        try:
+            local.run_local(c)
+        except local.Stopped as e:  # Ctrl-C / SIGTERM: what was kept and how to resume are printed
+            sys.exit(e.code)
     publish(c)
 
 

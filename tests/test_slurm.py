@@ -279,3 +279,34 @@ def test_transfer_chains_and_new_evaluations_run_as_dependent_arrays(tmp_path):
     results = {json.loads(f.read_text())["kind"] for f in store.rglob("result.json")}
     assert results == {"imp", "svm", "finetune"}
     assert len(list(store.rglob("result.json"))) == 2 * 3 + 2  # rotnet: imp, svm, finetune x 2 levels; transfer: imp x 2
+
+
+def test_ddp_preemption_stops_every_rank_at_the_same_step_and_resumes_bit_for_bit(tmp_path):
+    """A 2-task job gets USR2 mid-stage: both ranks stop at one step boundary (they agree every
+    run.interrupt_every steps), rank 0 checkpoints and requeues, the job resumes, and the weights
+    equal an uninterrupted 2-task run's. Before, only rank 0 stopped and the other hung in a collective."""
+    common = ["retrain.schemes=[]", "signals.labels.optim.batch_size=32", "run.log_every=10", "run.interrupt_every=5",
+              "launcher.tasks_per_node=2"]
+    args = tiny(tmp_path / "stopped", *common, signals=("labels",), seeds="[0]", levels=0, width=8, epochs=20,
+                quiet=False)
+    ref = tiny(tmp_path / "straight", *common, signals=("labels",), seeds="[0]", levels=0, width=8, epochs=20)
+    cli("sslprune-run", *args, *SLURM)
+    cli("sslprune-run", *ref, *SLURM)
+    (rec_path,) = (tmp_path / "stopped").rglob("job.json")
+    d, job = rec_path.parent, json.loads(rec_path.read_text())["job_id"]
+    total = 20 * (1437 // 32)
+    wait_for(lambda: step(d) >= 40, 300, "the 2-task job to start training")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    wait_for(lambda: "REQUEUED" in sacct_states(job), 120, "the job to requeue itself")
+    wait_complete(args, 600)
+    wait_complete(ref, 600)
+    log = logs(tmp_path / "stopped", job)
+    stops = {int(r): int(s) for r, s in re.findall(r"rank (\d): interrupted at step (\d+)", log)}
+    assert set(stops) == {0, 1} and stops[0] == stops[1], log[-3000:]
+    assert stops[0] % 5 == 0 and 40 <= stops[0] < total
+    resumed = [int(s) for s in re.findall(r"resumed from .*checkpoint\.pt at step (\d+)/", log)]
+    assert resumed == [stops[0]] * 2, log[-3000:]  # both ranks restore the same checkpoint
+    (straight,) = [p.parent for p in (tmp_path / "straight").rglob("result.json")]
+    assert models_equal(d / "model.pt", straight / "model.pt")
+    a, b = json.loads((d / "result.json").read_text()), json.loads((straight / "result.json").read_text())
+    assert a["accuracy"] == b["accuracy"] and a["world"] == b["world"] == 2

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from sslprune.compute import runner
 from sslprune.control import store as files
-from sslprune.compute import checkpoint, dataset, loader as loaders, model as models, subset as subsets, task as tasks
+from sslprune.compute import checkpoint, dataset, loader as loaders, model as models, seed as seeds, subset as subsets, task as tasks
 from sslprune.control.config import DataConfig, ModelConfig, RunConfig, SignalConfig, TaskConfig, validate_task
 from sslprune.control.progress import Progress
 from sslprune.compute.runtime import local
@@ -46,9 +46,12 @@ def test_exemplar_views_are_two_transformations_of_the_same_images(digits):
     task = tasks.make(TaskConfig("exemplar"), digits)
     assert task.num_outputs == 128
     _, (x, y) = _batch(digits)
-    torch.manual_seed(0)
-    views, target = task.prepare(x, y)
+    draws = seeds.Draws.for_batch(0, 0, len(x), CPU)
+    views, target = task.prepare(x, y, draws)
     v1, v2 = views.chunk(2)
+    # The draws are the batch's own: the same views again whatever the global RNG did meanwhile.
+    torch.rand(7)
+    assert torch.equal(task.prepare(x, y, seeds.Draws.for_batch(0, 0, len(x), CPU))[0], views)
     assert views.shape == (128, *x.shape[1:])
     assert target.tolist() == list(range(64)) * 2  # row i and row 64 + i are the same image
     assert not torch.equal(v1, v2) and not torch.equal(v1, x)  # independent draws, really transformed
@@ -58,11 +61,11 @@ def test_exemplar_views_are_two_transformations_of_the_same_images(digits):
     assert ((z[0] @ z[1].T).argmax(1) == torch.arange(64)).sum() >= 60
     # With jitter and rotation switched off a view is the image itself (the grid samples pixel centres).
     task.jitter, task.max_degrees = 0.0, 0.0
-    assert torch.allclose(task.view(x), x, atol=1e-5)
+    assert torch.allclose(task.view(x, torch.rand(len(x), 4)), x, atol=1e-5)
     # Jitter is per image, not per channel: a grey colour image stays grey (saturation blends to luma).
     colour = tasks.Exemplar(TaskConfig("exemplar"), (0.5,) * 3, (0.25,) * 3)
     grey = torch.rand(8, 1, 12, 12).expand(8, 3, 12, 12) * 4 - 2
-    out = colour.view(grey)
+    out = colour.view(grey, torch.rand(8, 4))
     assert not torch.allclose(out, grey, atol=1e-3)
     assert torch.allclose(out[:, 0], out[:, 1], atol=1e-5) and torch.allclose(out[:, 0], out[:, 2], atol=1e-5)
 
@@ -120,11 +123,11 @@ def test_npid_batches_carry_indices_and_the_bank_follows_its_formula(digits):
     assert idx.dtype == torch.int64 and torch.equal(ld.train_labels[idx], y)
     out = torch.randn(32, 8, generator=torch.Generator().manual_seed(1), requires_grad=True)
     before = task.bank.clone()
-    torch.manual_seed(1)
+    draws = seeds.Draws.for_batch(1, 0, 32, CPU)
+    task.prepare(x, idx, draws)  # the step's negatives are drawn from the batch's draws
     loss = task.loss(out, idx)
     # The loss: softmax over the own (old) bank row and N - 1 = 255 drawn rows, the own row left out.
-    torch.manual_seed(1)
-    drawn = torch.randperm(256)[:255]
+    drawn = torch.randperm(256, generator=draws.generator("npid-negatives"))[:255]
     f = F.normalize(out.detach(), dim=1)
     logits = torch.cat([(f * before[idx]).sum(1, keepdim=True), f @ before[drawn].T], 1) / 0.1
     logits[:, 1:][drawn.view(1, -1) == idx.view(-1, 1)] = -math.inf

@@ -67,6 +67,7 @@ class FolderData:
     train_samples: Optional[tuple] = None
     test_samples: Optional[tuple] = None
     multilabel: bool = False
+    decode: str = "auto"  # DataConfig.decode: where the loader decodes and augments
 
 
 def _limit(split: Split, n: Optional[int]) -> Split:
@@ -123,14 +124,15 @@ def _places205(cfg: DataConfig, root: Path) -> FolderData:
     train_list, val_list, images = catalog.places205_files(root)
     train, test, classes = catalog.places205_samples(train_list, val_list, images)
     return FolderData(cfg.name, images, images, len(classes), cfg.image_size, cfg.train_limit, cfg.test_limit,
-                      cfg.workers, classes=classes, train_samples=train, test_samples=test)
+                      cfg.workers, classes=classes, train_samples=train, test_samples=test, decode=cfg.decode)
 
 
 def _voc07(cfg: DataConfig, root: Path) -> FolderData:
     b = voc.check(root)
     return FolderData(cfg.name, b / "JPEGImages", b / "JPEGImages", len(voc.CLASSES), cfg.image_size,
                       cfg.train_limit, cfg.test_limit, cfg.workers, classes=voc.CLASSES,
-                      train_samples=voc.samples(b, "train"), test_samples=voc.samples(b, "test"), multilabel=True)
+                      train_samples=voc.samples(b, "train"), test_samples=voc.samples(b, "test"), multilabel=True,
+                      decode=cfg.decode)
 
 
 _CACHE: dict = {}
@@ -147,7 +149,7 @@ def load(cfg: DataConfig):
     if cfg.name in catalog.HOW_TO_GET:
         classes = catalog.folder_classes(cfg.name, root)
         return FolderData(cfg.name, root / "train", root / "val", len(classes), cfg.image_size,
-                          cfg.train_limit, cfg.test_limit, cfg.workers, classes=tuple(classes))
+                          cfg.train_limit, cfg.test_limit, cfg.workers, classes=tuple(classes), decode=cfg.decode)
     key = (cfg.name, str(root))
     if key not in _CACHE:
         reader = {"digits": lambda: digits(), "fashion_mnist": lambda: fashion_mnist(root),

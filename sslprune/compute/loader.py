@@ -13,13 +13,17 @@ label in that index order. Test batches always carry labels.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
+import queue
+import threading
 from typing import Iterator, Optional
 
 import torch
 from torch.nn import functional as F
 
-from . import seed as seeds
+from ..control.config import DECODES
+from . import image, seed as seeds
 from .dataset import DataMissing, FolderData, MemoryData
 
 
@@ -45,7 +49,8 @@ class MemoryLoader:
         self.steps_per_epoch = n // batch_size  # drop the last partial batch: fixed shapes, exact epochs
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float() / 255 - self.mean) / self.std
+        # The default dtype: float32, or float64 in the tests that check the arithmetic exactly.
+        x = (x.to(torch.get_default_dtype()) / 255 - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -122,27 +127,105 @@ def _scan(directory: str, classes: tuple, allow_empty: bool) -> tuple:
 
 
 class _SeededFolder(torch.utils.data.Dataset):
-    """ImageFolder samples whose random transforms draw from a seed carried with each index."""
+    """ImageFolder samples made from a seed carried with each index: decoded and augmented here,
+    in a DataLoader worker (`image.load`), or, for the device path, read for the device to decode
+    (`image.read`). Evaluation samples ignore the seed (resize + centre crop)."""
 
-    def __init__(self, samples, transform, index_targets: bool = False):
-        self.samples, self.transform, self.index_targets = samples, transform, index_targets
+    def __init__(self, samples, size: int, train: bool, on_device: bool, index_targets: bool = False):
+        self.samples, self.size, self.train, self.on_device = samples, size, train, on_device
+        self.index_targets = index_targets
 
     def __len__(self):
         return len(self.samples)
 
     def __getitem__(self, item):
-        from torchvision.datasets.folder import default_loader
-
         index, sample_seed = item
         path, label = self.samples[index]
         if isinstance(label, tuple):  # a multi-label target (sslprune.voc): batches collate it into an N x C matrix
             label = torch.tensor(label, dtype=torch.float32)
-        image = default_loader(path)
-        # The transforms draw from torch's default CPU generator: seed that one alone and put it
-        # back afterwards, leaving the caller's random state (CPU and CUDA) as it was.
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(sample_seed)
-            return self.transform(image), index if self.index_targets else label
+        seed = sample_seed if self.train else None
+        made = (image.read if self.on_device else image.load)(path, self.size, seed)
+        return made, index if self.index_targets else label
+
+
+def _read_batch(batch: list) -> tuple:
+    """A worker's batch for the device path, in a few tensors (one shared-memory transfer each):
+    the colour JPEGs' bytes end to end with their lengths and paths, the pixels of the other
+    images, which positions are JPEGs, the boxes, the flips and the targets."""
+    from torch.utils.data import default_collate
+
+    reads, targets = zip(*batch)
+    jpegs = [r for r in reads if r[1] is not None]
+    return (torch.cat([r[1] for r in jpegs]) if jpegs else torch.empty(0, dtype=torch.uint8),
+            torch.tensor([len(r[1]) for r in jpegs], dtype=torch.int64),
+            [r[0] for r in jpegs],
+            [r[2] for r in reads if r[2] is not None],
+            torch.tensor([r[1] is not None for r in reads]),
+            torch.tensor([r[3] for r in reads], dtype=torch.float32),
+            torch.tensor([r[4] for r in reads]),
+            default_collate(list(targets)))
+
+
+_END = object()
+
+
+def _ahead(source, make, device: torch.device, depth: int = 2):
+    """make(batch) for each batch of `source`, computed up to `depth` batches ahead in a thread:
+    on CUDA on a stream of its own, so decoding and augmenting the next batches overlaps the
+    training step on this one. Batches come out in order; an error in the thread is raised here.
+
+    Each result is a tuple of tensors; on CUDA the consumer's stream waits for the thread's work
+    on it and the tensors are marked as used there, so the allocator does not reuse them early."""
+    cuda = device.type == "cuda"
+    # The current CUDA device is per thread: the new thread works on this thread's one.
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
+    stream = torch.cuda.Stream(index) if cuda else None
+    results = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                results.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work():
+        try:
+            with (torch.cuda.device(index) if cuda else contextlib.nullcontext()), \
+                    (torch.cuda.stream(stream) if cuda else contextlib.nullcontext()):
+                for batch in source:
+                    out = make(batch)
+                    event = None
+                    if cuda:
+                        event = torch.cuda.Event()
+                        event.record(stream)
+                    if not put((out, event, None)):
+                        return
+            put((_END, None, None))
+        except BaseException as e:  # handed to the consumer, which raises it
+            put((None, None, e))
+
+    thread = threading.Thread(target=work, name="sslprune-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            out, event, error = results.get()
+            if error is not None:
+                raise error
+            if out is _END:
+                return
+            if event is not None:
+                here = torch.cuda.current_stream(index)
+                here.wait_event(event)
+                for t in out:
+                    t.record_stream(here)
+            yield out
+    finally:  # also when the consumer stops early (an interrupted stage drops its batches)
+        stop.set()
+        thread.join()
 
 
 def folder_train(data: FolderData) -> list:
@@ -167,21 +250,25 @@ def _labelled(samples: list, data: FolderData) -> list:
 
 
 class FolderLoader:
-    """ImageNet-like trees: per-sample decoding and augmentation in DataLoader workers."""
+    """ImageNet-like trees: decoded and augmented in the DataLoader workers (PIL, uint8), or with
+    `FolderData.decode` "device" (the default on CUDA) a batch at a time where the batch is used,
+    the workers only reading files (see sslprune.compute.image). Both paths draw the same crops
+    and flips from the same per-sample seeds."""
 
     def __init__(self, data: FolderData, batch_size: int, seed: int, device: torch.device,
                  rank: int = 0, world: int = 1, channels_last: bool = False, index_targets: bool = False):
-        from torchvision import transforms as T
         from torchvision.datasets.folder import find_classes
 
         if batch_size % world:
             raise ValueError(f"batch size {batch_size} is not divisible by {world} ranks")
+        if data.decode not in DECODES:
+            raise ValueError(f"data.decode={data.decode!r} is not one of {', '.join(DECODES)}")
         self.batch_size, self.seed, self.device = batch_size, seed, device
         self.rank, self.world, self.channels_last, self.workers = rank, world, channels_last, data.workers
-        norm = T.Normalize(data.mean, data.std)
-        s = data.image_size
-        train_t = T.Compose([T.RandomResizedCrop(s), T.RandomHorizontalFlip(), T.ToTensor(), norm])
-        test_t = T.Compose([T.Resize(int(round(s * 256 / 224))), T.CenterCrop(s), T.ToTensor(), norm])
+        self.on_device = data.decode == "device" or (data.decode == "auto" and device.type == "cuda")
+        self.size = data.image_size
+        self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
         # Both splits take their labels from train/'s classes, so a val/ lacking a class stays aligned.
         classes = tuple(data.classes) or tuple(find_classes(str(data.train_dir))[0])
         train = _labelled(folder_train(data), data)
@@ -189,17 +276,12 @@ class FolderLoader:
         test = _balanced(list(listed), data.test_limit)
         if not test:
             raise DataMissing(f"{data.name}: no images under {data.test_dir}")
-        self.train, self.test = _SeededFolder(train, train_t, index_targets), _SeededFolder(test, test_t)
+        self.train = _SeededFolder(train, self.size, True, self.on_device, index_targets)
+        self.test = _SeededFolder(test, self.size, False, self.on_device)
         self.train_labels = torch.tensor([label for _, label in train], dtype=torch.int64)
         if len(train) < batch_size:
             raise ValueError(f"{data.name} has {len(train)} training images, fewer than one batch of {batch_size}")
         self.steps_per_epoch = len(train) // batch_size
-
-    def _to(self, x, y):
-        x = x.to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y.to(self.device, non_blocking=True)
 
     def batches(self, epoch: int, start: int = 0):
         order = torch.randperm(len(self.train), generator=seeds.generator(self.seed, "order", epoch)).tolist()
@@ -208,20 +290,39 @@ class FolderLoader:
         for i in range(start, self.steps_per_epoch):
             lo = i * self.batch_size + self.rank * per_rank
             plan.append([(j, seeds.derive(self.seed, "augment", epoch, j)) for j in order[lo:lo + per_rank]])
-        for x, y in self._loader(self.train, plan):
-            yield self._to(x, y)
+        return self._batches(self.train, plan)
 
     def eval_batches(self, batch_size: int):
         mine = list(range(self.rank, len(self.test), self.world))
         plan = [[(j, 0) for j in mine[i:i + batch_size]] for i in range(0, len(mine), batch_size)]
-        for x, y in self._loader(self.test, plan):
-            yield self._to(x, y)
+        return self._batches(self.test, plan)
+
+    def _batches(self, dataset, plan):
+        loader = self._loader(dataset, plan)
+        if self.on_device:
+            yield from _ahead(loader, self._made_here, self.device)
+        else:
+            for x, y in loader:
+                x = image.normalize(x.to(self.device, non_blocking=True), self.mean, self.std, self.channels_last)
+                yield x, y.to(self.device, non_blocking=True)
+
+    def _made_here(self, batch) -> tuple:
+        """A batch of bytes (and of pixels the workers decoded) decoded, cropped, resized, flipped
+        and normalised on this loader's device."""
+        data, lengths, names, pixels, is_jpeg, boxes, flips, targets = batch
+        decoded = iter(image.decode(data.split(lengths.tolist()), self.device, names))
+        others = iter(pixels)
+        images = [next(decoded) if j else next(others).to(self.device, non_blocking=True) for j in is_jpeg.tolist()]
+        x = image.resample(images, boxes, flips, self.size)
+        return image.normalize(x, self.mean, self.std, self.channels_last), targets.to(self.device, non_blocking=True)
 
     def _loader(self, dataset, plan):
         # A private generator for the DataLoader's base seed: iterating must not draw from (and so
         # shift) the caller's global RNG. Worker seeds do not matter, every sample carries its own.
         return torch.utils.data.DataLoader(dataset, batch_sampler=plan, num_workers=self.workers,
-                                           pin_memory=self.device.type == "cuda", generator=torch.Generator())
+                                           collate_fn=_read_batch if self.on_device else None,
+                                           pin_memory=self.device.type == "cuda" and not self.on_device,
+                                           generator=torch.Generator())
 
 
 def make(data, batch_size: int, seed: int, device: torch.device, rank: int = 0, world: int = 1,

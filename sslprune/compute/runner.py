@@ -15,7 +15,8 @@ import torch
 from ..control import monitor as monitors, store as files
 from ..control.config import OptimConfig, identity, rewind_steps, signal_data, signal_prune
 from ..control.progress import Progress, clock
-from ..control.stage import DONE, Finetune, ImpLevel, Probe, Retrain, Stage, Svm, chain_identity
+from ..control.stage import DONE, OUTPUTS, Finetune, ImpLevel, MissingInput, Probe, Retrain, Stage, Svm, \
+    chain_identity
 from . import checkpoint, dataset, loader as loaders, mask as masks, model as models, seed as seeds, task as tasks
 from . import sparsity, subset as subsets
 from .runtime import Runtime, from_environment, local
@@ -51,34 +52,72 @@ def run(stage: Stage, rt=None, interrupt=None) -> dict:
     """Run (or resume) `stage` here; a done stage returns its stored result without work.
 
     `rt`: a Runtime, None (this process alone) or "environment" (the ranks of a submitit job, set
-    up here and torn down at the end)."""
+    up here and torn down at the end). One process at a time computes a stage: the writing rank
+    holds the stage's lock (another run that reaches it waits, then finds it done). A stage whose
+    outputs do not match its result.json (`corrupt`) is recomputed from scratch."""
     if stage.done():
         return stage.result()
     stage.require_parents()
     if rt == "environment":
         rt = from_environment(stage.cfg.run)
         try:
-            # Only rank 0 stops and checkpoints; the other ranks are ended by the requeue or the kill.
-            return run(stage, rt, interrupt if rt.is_writer else None)
+            return run(stage, rt, interrupt)
         finally:
             rt.close()
     rt = rt or local(stage.cfg.run)
+    if not rt.is_writer:
+        if rt.agree(False):  # rank 0 found it done once it held the lock
+            return stage.result()
+        return _compute(stage, rt, interrupt)
+    say = Progress(stage.label, quiet=stage.cfg.run.quiet).note
+    with files.lock(stage.dir, note=say):
+        state = stage.state()
+        if rt.agree(state == "done"):
+            return stage.result()  # finished by the process that held the lock
+        if state == "corrupt":
+            say(f"warning: {stage.set_aside()}; recomputing this stage")
+        files.clean(stage.dir, older_than=0)  # temporary files of killed writers (we hold the lock)
+        return _compute(stage, rt, interrupt)
+
+
+def _compute(stage: Stage, rt: Runtime, interrupt) -> dict:
     monitor = monitors.open_for(stage, rt.is_writer)
     progress = Progress(stage.label, quiet=stage.cfg.run.quiet, sinks=[monitor])
     t0 = time.monotonic()
     try:
-        result = (run_svm if stage.kind == "svm" else _train)(stage, rt, progress, interrupt)
+        try:
+            result = (run_svm if stage.kind == "svm" else _train)(stage, rt, progress, interrupt)
+        except files.Corrupt as e:  # an input a parent wrote does not match its sha256: recompute the parent
+            for parent in stage.parents():
+                if str(parent.dir) in str(e) and rt.is_writer:
+                    parent.set_aside()
+            raise MissingInput(f"{stage.label}: {e}; that stage is set aside and is recomputed by the next "
+                               "sslprune-run") from None
     except BaseException as e:
         monitor.fail(e)
         raise
     result.update({"kind": stage.kind, "signal_task": stage.cfg.signals[stage.signal].task.name,
-                   "seed": stage.seed, "level": stage.level, "seconds": round(time.monotonic() - t0, 3)})
+                   "seed": stage.seed, "level": stage.level, "seconds": round(time.monotonic() - t0, 3),
+                   "device": str(rt.device), "world": rt.world})
     if rt.is_writer:
+        result["outputs"] = files.manifest(stage.dir, OUTPUTS)
         files.write_json(result, stage.dir / DONE)
-        (stage.dir / "checkpoint.pt").unlink(missing_ok=True)  # the final weights are in model.pt
+        checkpoint.discard_training(stage.dir)  # the final weights are in model.pt
     monitor.finish(result)
     progress.note(f"done: accuracy {result['accuracy']:.4f} in {clock(time.monotonic() - t0)}")
     return result
+
+
+def _threads(stage: Stage, resume: Optional[dict], progress: Progress) -> int:
+    """The thread count this stage computes with: the one its checkpoint recorded when it resumes
+    (the count changes CPU results), else the configured one (the launcher fills run.threads)."""
+    want = stage.cfg.run.threads or torch.get_num_threads()
+    recorded = int((resume or {}).get("threads") or 0)
+    if recorded and recorded != want:
+        progress.note(f"resuming with the {recorded} threads this stage started with (not {want})")
+        want = recorded
+    torch.set_num_threads(want)
+    return want
 
 
 def prepare(stage: Stage, rt: Runtime) -> Setup:
@@ -88,6 +127,8 @@ def prepare(stage: Stage, rt: Runtime) -> Setup:
 
 
 def _train(stage: Stage, rt: Runtime, progress: Progress, interrupt=None) -> dict:
+    resume = checkpoint.resume_state(stage.dir / checkpoint.LATEST, progress.note)
+    threads = _threads(stage, resume, progress)
     s = prepare(stage, rt)
     if rt.is_writer:
         files.write_json({"chain": chain_identity(stage.cfg, stage.signal), **s.identity}, stage.dir / "config.json")
@@ -109,9 +150,11 @@ def _train(stage: Stage, rt: Runtime, progress: Progress, interrupt=None) -> dic
             net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     params = s.params(net) if s.params else None
     job = Fit(model=model, net=net, task=s.task, loader=loader, optim=s.optim, mask=s.train_mask,
-              checkpoint=stage.dir / "checkpoint.pt", start_step=s.start(loader) if s.start else 0,
-              params=params, hooks=[h(loader) for h in s.hooks], interrupt=interrupt)
+              checkpoint=stage.dir / checkpoint.LATEST, start_step=s.start(loader) if s.start else 0,
+              params=params, hooks=[h(loader) for h in s.hooks], interrupt=interrupt,
+              agree=rt.agree if rt.world > 1 else None, resume=resume, threads=threads)
     info = fit(job, stage.cfg.run, progress, rt.is_writer)
+    info["threads"] = threads
     metrics = evaluate(net, s.task, loader, stage.cfg.run.eval_batch_size, stage.cfg.run.amp)
     if s.check:
         s.check(net)

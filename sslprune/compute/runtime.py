@@ -8,6 +8,7 @@ rendezvous. `Runtime.sync_batchnorm` makes batch-norm statistics global across r
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import random
@@ -18,7 +19,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..control.config import RunConfig
+from ..control.config import ConfigError, RunConfig
+
+
+class NoDevice(ConfigError):
+    """run.device=cuda on a machine without a visible GPU (bad input: refused before any work)."""
 
 
 @dataclass
@@ -27,14 +32,24 @@ class Runtime:
     rank: int = 0
     world: int = 1
     group: Optional[Any] = None  # process group for batch-norm statistics (separate from DDP's gradients)
+    control: Optional[Any] = None  # a gloo (CPU) group for small decisions: no device sync
+    channels_last: Optional[bool] = None  # None: on CUDA (what convolutions there are fastest with)
+
+    def __post_init__(self):
+        if self.channels_last is None:
+            self.channels_last = self.device.type == "cuda"
 
     @property
     def is_writer(self) -> bool:
         return self.rank == 0
 
-    @property
-    def channels_last(self) -> bool:
-        return self.device.type == "cuda"
+    def agree(self, wanted: bool) -> bool:
+        """True on every rank when any rank wants it (one all-reduce of one CPU integer)."""
+        if self.world <= 1:
+            return wanted
+        flag = torch.tensor([int(wanted)])
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self.control)
+        return bool(flag.item())
 
     def sync_batchnorm(self, net: nn.Module) -> nn.Module:
         """Batch norm over the global batch (all ranks); a no-op for one process."""
@@ -49,14 +64,22 @@ class Runtime:
             torch.distributed.destroy_process_group()
 
 
+def check_device(run: RunConfig) -> None:
+    """Refuse run.device=cuda where no GPU is visible, before any work."""
+    if run.device == "cuda" and not torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise NoDevice("run.device=cuda but no CUDA device is visible (torch.cuda.is_available() is False"
+                       + (f", CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else "")
+                       + "); use run.device=auto or run.device=cpu")
+
+
 def _threads_and_device(run: RunConfig, local_rank: int = 0) -> torch.device:
     if run.threads:
         torch.set_num_threads(run.threads)
+    check_device(run)
     if run.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
-        if run.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("run.device=cuda but no CUDA device is visible")
         device = torch.device(run.device)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
@@ -81,6 +104,8 @@ def from_environment(run: RunConfig) -> Runtime:
     import submitit
 
     env = submitit.JobEnvironment()
+    if not run.threads:  # one thread per CPU SLURM gave the task: the same count on every restart
+        run = dataclasses.replace(run, threads=int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0))
     if env.num_tasks <= 1:
         return local(run)
     os.environ["MASTER_PORT"] = str(rendezvous_port(env.job_id, int(os.environ.get("SLURM_RESTART_COUNT", 0))))
@@ -91,7 +116,8 @@ def from_environment(run: RunConfig) -> Runtime:
                                          timeout=datetime.timedelta(minutes=30),
                                          **({"device_id": device} if device.type == "cuda" else {}))
     group = torch.distributed.new_group(backend=backend)
-    return Runtime(device, dist.rank, dist.world_size, group)
+    control = torch.distributed.new_group(backend="gloo") if backend != "gloo" else group
+    return Runtime(device, dist.rank, dist.world_size, group, control)
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -111,23 +137,29 @@ class _AllReduceSum(torch.autograd.Function):
         return grad, None
 
 
-class GlobalBatchNorm(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics cover the batches of all ranks (CPU/gloo SyncBatchNorm).
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm (1-d or 2-d) whose training statistics cover the batches of all ranks (a CPU/gloo
+    SyncBatchNorm; AlexNet's fully-connected layers use BatchNorm1d, the convolutions BatchNorm2d).
 
     Mean and variance are computed in two passes over the global batch; running statistics use
     the global unbiased variance, exactly as one process holding the whole batch would."""
 
     group = None
 
+    def _check_input_dim(self, x):
+        if x.dim() not in (2, 3, 4):
+            raise ValueError(f"expected 2-d, 3-d or 4-d input (got {x.dim()}-d)")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and torch.distributed.is_initialized()):
             return super().forward(x)
-        dims = (0, 2, 3)
+        dims = tuple(d for d in range(x.dim()) if d != 1)
+        shape = [1, -1] + [1] * (x.dim() - 2)
         # Every rank holds an equal slice of the global batch (the loaders guarantee it), so the
         # global count is derived: no extra all-reduce and host sync per layer and step.
         n = float(x.numel() // x.shape[1] * torch.distributed.get_world_size(self.group))
         mean = _AllReduceSum.apply(x.sum(dims), self.group) / n
-        centred = x - mean.view(1, -1, 1, 1)
+        centred = x - mean.view(shape)
         var = _AllReduceSum.apply((centred * centred).sum(dims), self.group) / n
         if self.track_running_stats:
             with torch.no_grad():
@@ -135,15 +167,15 @@ class GlobalBatchNorm(nn.BatchNorm2d):
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
                 self.running_var.mul_(1 - m).add_(var.detach() * n / max(n - 1, 1), alpha=m)
                 self.num_batches_tracked.add_(1)
-        y = centred * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
-            y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+            y = y * self.weight.view(shape) + self.bias.view(shape)
         return y
 
     @classmethod
     def convert(cls, module: nn.Module, group=None) -> nn.Module:
-        """Replace every BatchNorm2d by a GlobalBatchNorm sharing its parameters and buffers."""
-        if isinstance(module, nn.BatchNorm2d) and not isinstance(module, cls):
+        """Replace every BatchNorm1d/2d by a GlobalBatchNorm sharing its parameters and buffers."""
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and not isinstance(module, cls):
             new = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
             new.group = group
             if module.affine:

@@ -5,10 +5,15 @@ A task's protocol (all but `prepare` and `loss` have defaults in `Labels`):
 
     num_outputs                  size of the head
     index_targets                True: training batches carry dataset indices instead of labels
-    prepare(x, y)                a training batch -> (inputs, targets)
-    loss(outputs, targets)       scalar loss
-    score(outputs, targets)      (number correct as a tensor, count): the running training accuracy
-    eval_prepare(x, y)           a test batch (always labels) -> (inputs, targets); default prepare
+    prepare(x, y, draws)         a training batch -> (inputs, targets); `draws` (seed.Draws) is where
+                                 every random number a task needs comes from: seeded by the stage,
+                                 the step and each image's global position, never the global RNG
+    loss(outputs, targets)       scalar loss, computed in fp32 outside autocast; under DDP it is the
+                                 local share of the global batch's loss (gradients are averaged over
+                                 ranks), so 2 ranks train as 1 does
+    score(outputs, targets)      (number correct as a tensor, count as an int or a tensor): the
+                                 running training accuracy, no host sync
+    eval_prepare(x, y, draws)    a test batch (always labels) -> (inputs, targets); default prepare
     metric()                     an accumulator over test batches: add(outputs, targets), result()
     state_dict() / load_state_dict(state)   state beyond the network (a memory bank), checkpointed
     bind(loader)                 called once the training loader exists (before any checkpoint is
@@ -23,9 +28,16 @@ import torch
 from torch.nn import functional as F
 
 from . import seed as seeds
+from .seed import Draws
 
 from ..control import voc
 from ..control.config import TaskConfig, ConfigError, TASKS
+
+
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 outputs (autocast) as fp32; fp32 and fp64 as they are (losses and metrics never
+    run in reduced precision, and a float64 run, used to check the arithmetic, stays float64)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 class Accuracy:
@@ -71,7 +83,7 @@ class Labels:
     def __init__(self, num_classes: int):
         self.num_outputs = num_classes
 
-    def prepare(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(self, x: torch.Tensor, y: torch.Tensor, draws: Draws | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return x, y
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -80,8 +92,8 @@ class Labels:
     def score(self, outputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
         return (outputs.argmax(1) == target).sum(), len(target)
 
-    def eval_prepare(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.prepare(x, y)
+    def eval_prepare(self, x: torch.Tensor, y: torch.Tensor, draws: Draws | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.prepare(x, y, draws)
 
     def metric(self):
         return Accuracy(self)
@@ -107,7 +119,7 @@ class RotNet(Labels):
     def __init__(self, num_classes: int = 0):
         self.num_outputs = 4
 
-    def prepare(self, x, y):
+    def prepare(self, x, y, draws=None):
         x = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)])
         target = torch.arange(4, device=x.device).repeat_interleave(len(y))
         return x, target
@@ -124,8 +136,10 @@ class Exemplar(Labels):
     of image i, negative = the view 2 of another image of the batch closest to the anchor (the
     hardest in-batch negative), so a zero loss means every anchor is nearer its own pair than any
     other image by the margin, which is exactly what `score` counts (within a training batch;
-    evaluation, `PairRetrieval`, searches the whole test set). Random draws come from torch's
-    global generator, which the trainer checkpoints and `evaluate` seeds."""
+    evaluation, `PairRetrieval`, searches the whole test set). The draws of each view come from the
+    batch's `Draws` (eight numbers per image), so they depend on the image's global position only.
+    Under DDP the hardest negative is searched among the view 2 of the *global* batch (gathered,
+    with gradients flowing back to the rank that computed them): 2 ranks mine what 1 rank does."""
 
     name = "exemplar"
     jitter = 0.4  # brightness, contrast and saturation factors drawn uniformly in [1 - 0.4, 1 + 0.4]
@@ -136,13 +150,13 @@ class Exemplar(Labels):
         self.num_outputs, self.margin = cfg.embedding, cfg.margin
         self.mean, self.std = tuple(mean), tuple(std)
 
-    def view(self, x: torch.Tensor) -> torch.Tensor:
-        """One transformed view per image of a normalised batch, one draw per image."""
+    def view(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """One transformed view per image of a normalised batch from its four uniform draws `u`
+        (b x 4 in [0, 1): brightness, contrast, saturation, angle), whatever the channels."""
         b, c = x.shape[:2]
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, c, 1, 1)
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, c, 1, 1)
-        # Four draws per image whatever the channels, so grey and colour data consume the same stream.
-        u = torch.rand(b, 4, device=x.device, dtype=x.dtype) * 2 - 1
+        u = u.to(device=x.device, dtype=x.dtype) * 2 - 1
         bright, contrast, sat = (1 + self.jitter * u[:, i].view(b, 1, 1, 1) for i in range(3))
         # Jitter acts on intensities in [0, 1]: brightness scales towards black, which is not a
         # scaling of the normalised values.
@@ -161,22 +175,32 @@ class Exemplar(Labels):
         raw = F.grid_sample(raw, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         return (raw - mean) / std
 
-    def prepare(self, x, y):
+    def prepare(self, x, y, draws: Draws):
         """[view 1 of every image; view 2 of every image]; the target is each row's image index."""
         ids = torch.arange(len(x), device=x.device)
-        return torch.cat([self.view(x), self.view(x)]), torch.cat([ids, ids])
+        u = draws.uniform("exemplar-views", 8)
+        return torch.cat([self.view(x, u[:, :4]), self.view(x, u[:, 4:])]), torch.cat([ids, ids])
+
+    def _pairs(self, outputs):
+        """(local anchors, local positives, the positives of the global batch, offset of ours in it)."""
+        anchor, positive = F.normalize(outputs, dim=1).chunk(2)
+        everyone, offset = gather_rows(positive)
+        return anchor, positive, everyone, offset
 
     def loss(self, outputs, target):
-        anchor, positive = F.normalize(outputs, dim=1).chunk(2)
+        anchor, positive, everyone, offset = self._pairs(outputs)
+        own = offset + torch.arange(len(anchor), device=anchor.device)
         with torch.no_grad():  # on unit vectors the largest cosine is the smallest distance
-            hardest = (anchor @ positive.T).fill_diagonal_(-math.inf).argmax(1)
-        return F.triplet_margin_loss(anchor, positive, positive[hardest], margin=self.margin)
+            sim = anchor @ everyone.T
+            hardest = sim.scatter_(1, own.view(-1, 1), -math.inf).argmax(1)
+        return F.triplet_margin_loss(anchor, positive, everyone[hardest], margin=self.margin)
 
     def score(self, outputs, target):
-        """Anchors whose nearest view 2 in the batch (cosine) is their own pair."""
-        anchor, positive = F.normalize(outputs, dim=1).chunk(2)
-        sim = anchor @ positive.T
-        return (sim.argmax(1) == torch.arange(len(sim), device=sim.device)).sum(), len(sim)
+        """Anchors whose nearest view 2 in the (global) batch, by cosine, is their own pair."""
+        with torch.no_grad():
+            anchor, _, everyone, offset = self._pairs(outputs)
+            own = offset + torch.arange(len(anchor), device=anchor.device)
+            return ((anchor @ everyone.T).argmax(1) == own).sum(), len(anchor)
 
     def metric(self):
         return PairRetrieval(self)
@@ -196,7 +220,7 @@ class PairRetrieval:
         self.task, self.anchors, self.positives = task, [], []
 
     def add(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
-        anchor, positive = F.normalize(outputs.detach().float(), dim=1).chunk(2)
+        anchor, positive = F.normalize(at_least_fp32(outputs.detach()), dim=1).chunk(2)
         self.anchors.append(anchor)
         self.positives.append(positive)
 
@@ -240,7 +264,7 @@ class NPID(Labels):
         self.num_outputs, self.num_classes = cfg.embedding, num_classes
         self.temperature, self.momentum, self.negatives = cfg.temperature, cfg.bank_momentum, cfg.negatives
         self.bank = self.labels = None
-        self._seen = None
+        self._seen = self._negatives = None
 
     def bind(self, loader) -> None:
         """A bank row per training image, random unit vectors drawn from the loader's seed."""
@@ -253,11 +277,21 @@ class NPID(Labels):
             raise RuntimeError("NPID has no memory bank: call bind(loader) with the training loader first")
         return self.bank
 
+    def prepare(self, x, index, draws: Draws):
+        """The batch as it is (targets: image indices); the step's negatives are drawn here, one
+        draw for the whole global batch (the same on every rank)."""
+        bank = self._bound()
+        n = len(bank)
+        self._negatives = torch.randperm(n, generator=draws.generator("npid-negatives"),
+                                         device=draws.device)[:min(self.negatives, n - 1)].to(bank.device)
+        return x, index
+
     def loss(self, outputs, index):
         bank = self._bound()
         f = F.normalize(outputs, dim=1)
-        n = len(bank)
-        drawn = torch.randperm(n, device=bank.device)[:min(self.negatives, n - 1)]
+        if self._negatives is None:
+            raise RuntimeError("NPID.loss uses the negatives its prepare() drew: call prepare first")
+        drawn = self._negatives
         positive = (f * bank[index]).sum(1, keepdim=True)
         negative = (f @ bank[drawn].T).masked_fill(drawn.view(1, -1) == index.view(-1, 1), -math.inf)
         logits = torch.cat([positive, negative], 1) / self.temperature
@@ -272,7 +306,7 @@ class NPID(Labels):
     def update(self, f: torch.Tensor, index: torch.Tensor) -> None:
         """v_i <- normalize(m v_i + (1 - m) f_i) for the batch of every rank (f already unit norm)."""
         bank = self._bound()
-        f = f.float()
+        f = f.to(bank.dtype)
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
             world = torch.distributed.get_world_size()
@@ -288,7 +322,7 @@ class NPID(Labels):
             raise RuntimeError("NPID.score reports the last loss() call's accuracy; call loss first")
         return self._seen
 
-    def eval_prepare(self, x, y):
+    def eval_prepare(self, x, y, draws=None):
         return x, y
 
     def metric(self):
@@ -321,7 +355,7 @@ class NearestNeighbours:
         t = self.task
         bank, labels = t._bound(), t.labels
         k = min(t.knn, len(bank))
-        f = F.normalize(outputs.float(), dim=1)
+        f = F.normalize(at_least_fp32(outputs), dim=1)
         if self.correct is None:
             self.correct = torch.zeros((), dtype=torch.float64, device=f.device)
             self.count = torch.zeros((), dtype=torch.float64, device=f.device)
@@ -351,7 +385,7 @@ class S4L(Labels):
         self.num_classes, self.rotation_weight = num_classes, rotation_weight
         self.num_outputs = 4 + num_classes
 
-    def prepare(self, x, y):
+    def prepare(self, x, y, draws=None):
         """RotNet's four turns; target column 0 = turn, column 1 = label of un-rotated copies, else -1."""
         x, turn = RotNet().prepare(x, y)
         label = torch.cat([y, torch.full((3 * len(y),), -1, dtype=y.dtype, device=y.device)])
@@ -360,15 +394,16 @@ class S4L(Labels):
     def loss(self, outputs, target):
         rotation = F.cross_entropy(outputs[:, :4], target[:, 0])
         per_image = F.cross_entropy(outputs[:, 4:], target[:, 1], ignore_index=-1, reduction="none")
-        # Mean over the labelled images; a batch without any contributes 0 (not 0/0), with no host sync.
-        labelled = (target[:, 1] >= 0).sum().clamp(min=1)
-        return per_image.sum() / labelled + self.rotation_weight * rotation
+        # Mean over the labelled images of the global batch (under DDP this rank's share of it, as
+        # gradients are averaged over ranks); a batch without any contributes 0 (not 0/0), no host sync.
+        labelled, world = global_count((target[:, 1] >= 0).sum())
+        return per_image.sum() * world / labelled.clamp(min=1) + self.rotation_weight * rotation
 
     def score(self, outputs, target):
         """Training accuracy: the rotation's (every image counts, so the count needs no sync)."""
         return (outputs[:, :4].argmax(1) == target[:, 0]).sum(), len(target)
 
-    def eval_prepare(self, x, y):
+    def eval_prepare(self, x, y, draws=None):
         return x, y
 
     def metric(self):
@@ -404,15 +439,16 @@ class MultiLabel(Labels):
     def loss(self, logits, target):
         keep = (target != -1).float()
         total = F.binary_cross_entropy_with_logits(logits, (target > 0).float(), weight=keep, reduction="sum")
-        return total / keep.sum().clamp(min=1)
+        kept, world = global_count(keep.sum())  # the global batch's kept entries (DDP: this rank's share)
+        return total * world / kept.clamp(min=1)
 
     def score(self, outputs, target):
         """Correct sign decisions (logit > 0 exactly when present) among the entries not ignored.
 
-        The count is read back from the device (one sync a step), so the running accuracy is the
-        fraction over kept entries, not diluted by the ignored ones."""
+        The count stays a tensor (no host sync per step), so the running accuracy is the fraction
+        over kept entries, not diluted by the ignored ones."""
         keep = target != -1
-        return (((outputs > 0) == (target > 0)) & keep).sum(), int(keep.sum())
+        return (((outputs > 0) == (target > 0)) & keep).sum(), keep.sum()
 
     def metric(self):
         return MeanAP(self)
@@ -428,8 +464,8 @@ class MeanAP:
         self.task, self.scores, self.targets = task, [], []
 
     def add(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
-        self.scores.append(outputs.detach().float())
-        self.targets.append(targets.detach().float())
+        self.scores.append(at_least_fp32(outputs.detach()))
+        self.targets.append(at_least_fp32(targets.detach()))
 
     def result(self) -> dict:
         c = self.task.num_outputs
@@ -443,6 +479,47 @@ class MeanAP:
                 "ap": dict(zip(self.task.classes, aps))}
 
 
+def _distributed() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def global_count(count: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(the sum of `count` over ranks, the number of ranks), without a host sync; a loss divides by
+    the global count and multiplies by the rank count so DDP's gradient average is the global mean."""
+    if not _distributed():
+        return count, 1
+    count = count.detach().clone()
+    torch.distributed.all_reduce(count)
+    return count, torch.distributed.get_world_size()
+
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather of equal-sized row blocks, differentiable: the gradient of a gathered row goes back
+    to the rank that computed it (summed over ranks, as every rank's loss may use it)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        dist = torch.distributed
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.rows = dist.get_rank(), len(x)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        torch.distributed.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
+def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(the rows of every rank's equal-sized block, rank after rank; where this rank's rows start)."""
+    if not _distributed():
+        return x, 0
+    return _GatherRows.apply(x), torch.distributed.get_rank() * len(x)
+
+
 def _collective_device() -> torch.device:
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
@@ -451,7 +528,9 @@ def _collective_device() -> torch.device:
 
 
 def _gather_rows(t: torch.Tensor) -> torch.Tensor:
-    """The rows of every rank, rank after rank (all_gather needs equal shapes: pad, then cut)."""
+    """The test rows of every rank in the test set's own order (the loaders give rank r the images
+    r, r + world, r + 2 world, ...), so ties are broken as in one process; all_gather needs equal
+    shapes: pad, then cut."""
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return t
@@ -463,7 +542,10 @@ def _gather_rows(t: torch.Tensor) -> torch.Tensor:
     padded[:len(t)] = t
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
-    return torch.cat([p[:int(s.item())] for p, s in zip(parts, sizes)])
+    world = len(sizes)
+    positions = torch.cat([r + world * torch.arange(int(s.item())) for r, s in enumerate(sizes)])
+    rows = torch.cat([p[:int(s.item())] for p, s in zip(parts, sizes)])
+    return rows[torch.argsort(positions).to(rows.device)]
 
 
 def labels(data):

@@ -2,8 +2,13 @@
 
 What varies between stages enters through the task (what a batch means), the mask (what stays
 zero), the step at which the schedule starts (rewinding), and step-boundary hooks (saving the
-rewind point). Resuming is loading the latest checkpoint: batches, augmentation and the
-learning rate are pure functions of the step, so a resumed run is bit-identical on CPU.
+rewind point). Resuming is loading the latest checkpoint: batches, augmentation, every random
+number a task draws (seed.Draws) and the learning rate are pure functions of the step, so a
+resumed run is bit-identical on CPU at the same thread count, whatever ran before in the process.
+
+Under DDP every rank polls its own interrupt flag; every `run.interrupt_every` steps the ranks
+agree on it with one collective (`Fit.agree`), so all of them stop at the same step boundary,
+rank 0 checkpoints, and none is left waiting in a collective the others never join.
 """
 from __future__ import annotations
 
@@ -12,17 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-import random
-
-import numpy as np
 import torch
 from torch import nn
 
 from . import checkpoint, mask as masks
+from . import seed as seeds
 from ..control.config import OptimConfig, RunConfig
 from ..control.progress import Progress
 from ..control.stage import Interrupted, NonFiniteLoss
 from .schedule import lr_at
+from .task import at_least_fp32
 
 
 Hook = Callable[[int, nn.Module], None]  # called with the number of updates done so far
@@ -40,9 +44,18 @@ class Fit:
     params: Optional[Iterable[nn.Parameter]] = None  # default: all parameters
     hooks: list[Hook] = field(default_factory=list)
     net: Optional[nn.Module] = None
-    # Polled at every step boundary (a cheap Python check); when it returns True the loop
-    # checkpoints at once and raises Interrupted. Set by the cluster code on SLURM's signal.
+    # Polled at step boundaries (a cheap Python check); when it returns True the loop checkpoints
+    # at once and raises Interrupted. Set by the cluster code on SLURM's signal, by sslprune-run on Ctrl-C.
     interrupt: Optional[Callable[[], bool]] = None
+    # The ranks' common answer to "does any rank want to stop?" (one collective); None: one process.
+    agree: Optional[Callable[[bool], bool]] = None
+    # The checkpoint to continue from, already read (sslprune.compute.checkpoint.resume_state);
+    # None: read `checkpoint` (or its previous generation) if there is one.
+    resume: Optional[dict] = None
+    # Autocast dtype for the forward pass; None: bf16 on CUDA when run.amp, else off. Losses are
+    # always computed in fp32 outside it.
+    autocast: Optional[torch.dtype] = None
+    threads: int = 0  # the intra-op thread count this stage computes with (recorded in checkpoints)
 
 
 def optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
@@ -53,18 +66,29 @@ def optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """torch's generators, saved with each checkpoint. No training draw uses them (every draw has its
+    own seeded generator), but a resumed process then starts exactly where the killed one was."""
+    state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Checkpoints are read to the CPU, so these are CPU ByteTensors whatever the run's device."""
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def restore(state: dict, net: nn.Module, opt: torch.optim.Optimizer, task) -> int:
+    """Continue from a checkpoint read to the CPU: load_state_dict copies weights and optimizer
+    state onto the parameters' device; returns the step it was taken at."""
+    net.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    task.load_state_dict(state.get("task", {}))
+    set_rng_state(state["rng"])
+    return int(state["step"])
 
 
 def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) -> dict:
@@ -76,17 +100,17 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
     opt = optimizer(job.optim, job.params if job.params is not None else net.parameters())
     apply_mask = masks.Applier(net, job.mask)
     step = job.start_step
-    if job.checkpoint.exists():
-        state = checkpoint.load(job.checkpoint, device)
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        job.task.load_state_dict(state.get("task", {}))
-        set_rng_state(state["rng"])
-        step = state["step"]
+    state = job.resume if job.resume is not None else checkpoint.resume_state(job.checkpoint, progress.note)
+    if state is not None:
+        step = restore(state, net, opt, job.task)
         progress.note(f"resumed from {job.checkpoint} at step {step}/{total}")
     apply_mask()  # masks hold on load too
 
-    amp = run.amp and device.type == "cuda"
+    rank, world = getattr(job.loader, "rank", 0), getattr(job.loader, "world", 1)
+    local_batch = job.optim.batch_size // world
+    channels_last = getattr(job.loader, "channels_last", False)
+    amp = job.autocast or (torch.bfloat16 if run.amp and device.type == "cuda" else None)
+    every = 1 if job.agree is None else max(1, run.interrupt_every)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
@@ -94,10 +118,14 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
     last_save, last_log, last_log_step = time.monotonic(), time.monotonic(), step
     progress.start(step, total)
 
+    saved = [None]  # the step the latest checkpoint holds: an interrupt right after one does not write it again
+
     def save(at_step: int) -> None:
-        if is_writer:
-            checkpoint.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": at_step,
-                             "rng": rng_state(), "mask": job.mask, "task": job.task.state_dict()}, job.checkpoint)
+        if is_writer and saved[0] != at_step:
+            saved[0] = at_step
+            checkpoint.save_training({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": at_step,
+                                      "rng": rng_state(), "mask": job.mask, "task": job.task.state_dict(),
+                                      "threads": job.threads or torch.get_num_threads()}, job.checkpoint)
 
     def check_finite(at_step: int, weights: bool = False) -> None:
         bad = int(first_bad.item())
@@ -111,10 +139,14 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
                 f"{where} while training towards step {total}; stopped at step {at_step}; "
                 f"the last good checkpoint ({job.checkpoint}) is kept")
 
+    def stop_requested() -> bool:
+        wanted = bool(job.interrupt is not None and job.interrupt())
+        return job.agree(wanted) if job.agree is not None else wanted
+
     job.model.train()
     batches = None
     while step < total:
-        if job.interrupt is not None and job.interrupt():
+        if step % every == 0 and stop_requested():
             check_finite(step, weights=True)
             save(step)
             raise Interrupted(step)
@@ -124,13 +156,17 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
         if batches is None or index == 0:
             batches = iter(job.loader.batches(epoch, index))
         x, y = next(batches)
-        x, target = job.task.prepare(x, y)
+        draws = seeds.Draws.for_batch(seeds.derive(job.loader.seed, "task", step), rank, local_batch, device)
+        x, target = job.task.prepare(x, y, draws)
+        if channels_last and x.dim() == 4:  # a task's rotations and concatenations return NCHW
+            x = x.contiguous(memory_format=torch.channels_last)
         lr = lr_at(step, job.optim, spe)
         for group in opt.param_groups:
             group["lr"] = lr
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
             logits = job.model(x)
-            loss = job.task.loss(logits.float(), target)
+        logits = at_least_fp32(logits)
+        loss = job.task.loss(logits, target)  # fp32, autocast off
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -140,15 +176,16 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
         loss = loss.detach()
         first_bad = torch.where(~torch.isfinite(loss) & (first_bad < 0), step - 1, first_bad)
         loss_sum += loss
-        right, n = job.task.score(logits.detach().float(), target)
+        right, n = job.task.score(logits.detach(), target)
         correct += right
-        seen += n
+        seen = seen + n  # an int, or a tensor (no host sync until the log line)
         if step % run.log_every == 0 or step == total:
             check_finite(step)
             n = step - last_log_step
             now = time.monotonic()
+            count = float(seen)
             progress.update(step, total, epoch=step / spe, loss=loss_sum.item() / max(n, 1),
-                            acc=correct.item() / max(seen, 1), lr=lr, ips=seen / max(now - last_log, 1e-9))
+                            acc=correct.item() / max(count, 1), lr=lr, ips=count / max(now - last_log, 1e-9))
             loss_sum.zero_(), correct.zero_()
             seen, last_log, last_log_step = 0, now, step
         due = (run.checkpoint_steps and step % run.checkpoint_steps == 0) or \
@@ -167,18 +204,24 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
 @torch.no_grad()
 def evaluate(model: nn.Module, task, loader, batch_size: int, amp: bool = True) -> dict:
     """The task's test metric (`accuracy` is its headline number), every test image counted once
-    across ranks. Random draws a task makes (Exemplar's augmentation) come from a fixed seed, so
-    evaluation is repeatable and leaves the training random state untouched."""
+    across ranks. Random draws a task makes (Exemplar's views) are a function of each test image's
+    position in the test set (the loaders split it by rank with stride `world`), so evaluation is
+    repeatable, the same for any rank count and batch size, and draws nothing from the global RNG."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     metric = task.metric()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(0)
-        for x, y in loader.eval_batches(batch_size):
-            x, target = task.eval_prepare(x, y)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-                outputs = model(x).float()
-            metric.add(outputs, target)
+    rank, world = getattr(loader, "rank", 0), getattr(loader, "world", 1)
+    channels_last = getattr(loader, "channels_last", False)
+    seed, done = seeds.derive(loader.seed, "eval"), 0
+    for x, y in loader.eval_batches(batch_size):
+        positions = rank + world * (done + torch.arange(len(y)))
+        done += len(y)
+        x, target = task.eval_prepare(x, y, seeds.Draws(seed, positions, device))
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            outputs = model(x)
+        metric.add(at_least_fp32(outputs), target)
     model.train(was_training)
     return metric.result()

@@ -4,12 +4,14 @@ images). A login node checks a sweep's data with this before submitting anything
 plane (sslprune.compute.dataset) reads the same files into tensors.
 
 Checks are cheap and name the file: a missing root or file, an IDX file shorter than its header
-says or with another count than its labels, a CIFAR-10 batch of the wrong size.
+says or with another count than its labels, a CIFAR-10 batch of the wrong size, a label outside
+the data set's classes.
 """
 from __future__ import annotations
 
 import functools
 import gzip
+import numbers
 import os
 import pickle
 import struct
@@ -121,15 +123,22 @@ def _fashion_mnist_counts(root: str, stamp: tuple) -> tuple[int, int]:
     counts = []
     for prefix in ("train", "t10k"):
         img, lab = find_idx(Path(root), f"{prefix}-images-idx3-ubyte"), find_idx(Path(root), f"{prefix}-labels-idx1-ubyte")
-        images, labels = idx_shape(img, idx_bytes(img)), idx_shape(lab, idx_bytes(lab))
+        label_bytes = idx_bytes(lab)
+        images, labels = idx_shape(img, idx_bytes(img)), idx_shape(lab, label_bytes)
         if len(images) != 3 or len(labels) != 1:
             raise DataCorrupt(f"{img} must hold N x H x W images and {lab} N labels "
                               f"(they declare {images} and {labels})")
         if images[0] != labels[0]:
             raise DataCorrupt(f"{img} holds {images[0]} images but {lab} holds {labels[0]} labels: "
                               "the files do not belong together")
+        _labels_in_range(lab, max(label_bytes[4 + 4 * len(labels):], default=0), NUM_CLASSES["fashion_mnist"])
         counts.append(images[0])
     return counts[0], counts[1]
+
+
+def _labels_in_range(path: Path, top: int, num_classes: int) -> None:
+    if top >= num_classes:  # a label the model has no output for: an index error deep in training
+        raise DataCorrupt(f"{path} holds label {top}, outside 0..{num_classes - 1}: not this data set's labels")
 
 
 def fashion_mnist_counts(root: Path) -> tuple[int, int]:
@@ -182,6 +191,9 @@ def cifar10_batch(path: Path) -> dict:
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
         raise DataCorrupt(f"{path} holds data of shape {data.shape} and {len(labels)} labels, not "
                           "N x 3072 images with N labels")
+    if not all(isinstance(v, numbers.Integral) and v >= 0 for v in labels):
+        raise DataCorrupt(f"{path} holds labels that are not integers >= 0")
+    _labels_in_range(path, max(labels, default=0), NUM_CLASSES["cifar10"])
     return d
 
 

@@ -9,12 +9,14 @@ no-op default keeps every existing run directory valid.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
 import re
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 DATASETS = ("digits", "fashion_mnist", "cifar10", "imagenet", "places205", "voc07")
 MODELS = ("resnet_small", "resnet18_cifar", "resnet50", "alexnet", "alexnet_cifar", "vgg19")
@@ -36,6 +38,7 @@ SCHEDULES = ("step", "cosine")
 SCHEMES = ("winning_ticket", "random_reinit", "random", "random_adjusted")
 DEFAULT_SCHEMES = ("winning_ticket", "random_reinit", "random")  # the paper's three starts
 DEVICES = ("auto", "cpu", "cuda")
+DECODES = ("auto", "device", "workers")  # DataConfig.decode
 REWIND = re.compile(r"^(\d+(?:\.\d+)?)(it|ep|sa|%)$")
 
 
@@ -66,6 +69,10 @@ class DataConfig:
     train_limit: Optional[int] = None  # keep only N training images (quick runs; ImageFolder data takes classes in turn)
     test_limit: Optional[int] = None
     workers: int = runtime(4)  # DataLoader workers for ImageFolder data
+    # Where ImageFolder images are decoded and augmented: `device` a batch at a time on the run's
+    # device (nvjpeg on a GPU), the workers only reading files; `workers` in the DataLoader workers
+    # (PIL, the CPU path); `auto` = device on a GPU, workers on CPU. The same crops either way.
+    decode: str = runtime("auto")
 
 
 @dataclass
@@ -182,13 +189,19 @@ class RunConfig:
     """How a stage runs, not what it computes: never part of identity."""
 
     device: str = "auto"
-    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    # torch intra-op threads a stage computes with, recorded in its checkpoint and result.json and
+    # kept on resume (the thread count changes CPU results). 0 = from the launcher's resources:
+    # sslprune-run: cores // workers; a SLURM job: launcher.cpus_per_task.
+    threads: int = 0
     amp: bool = True  # bf16 autocast on CUDA (CPU always runs fp32)
     log_every: int = 50  # steps between progress lines (and the finite-loss check)
     checkpoint_steps: int = 0  # 0 = only by time
     checkpoint_minutes: float = 10.0
     eval_batch_size: int = 1024
     quiet: bool = False
+    # DDP: steps between the ranks' agreement on stopping (one collective on a CPU group), so every
+    # rank stops at the same step when any of them is interrupted; a stop waits at most this long.
+    interrupt_every: int = 10
     workers: int = 0  # local parallel processes for independent chains; 0 = one per core (CPU), 1 on GPU
 
 
@@ -284,6 +297,68 @@ class Config:
     wandb: WandbConfig = runtime(default_factory=WandbConfig)
 
 
+# ---------------------------------------------------------------- keys the schema has
+
+
+def check_keys(tree: Mapping, schema: type = None) -> None:
+    """Raise ConfigError naming the first key of `tree` (a composed config as plain dicts and lists)
+    that `schema` does not have, with the closest schema key when there is one.
+
+    Hydra's `+key=value` adds keys to a typed config without complaint and OmegaConf.to_object then
+    drops them, so a typo (`+prune.rat=0.5`) would run with the default silently. Free-form maps
+    (`Dict[str, Any]`, e.g. launcher.additional_parameters) take any key; maps and lists of schema
+    objects (signals, probe.datasets) have each entry checked."""
+    _walk(tree, schema or Config, "")
+
+
+def _walk(tree: Mapping, schema: type, at: str) -> None:
+    hints = typing.get_type_hints(schema)
+    for key, value in tree.items():
+        path = f"{at}.{key}" if at else str(key)
+        if key not in hints:
+            shown = json.dumps(value, default=str) if isinstance(value, (dict, list)) else value
+            near = difflib.get_close_matches(str(key), list(hints), n=1)
+            if near:
+                hint = f"; did you mean {at + '.' if at else ''}{near[0]}?"
+            else:
+                others = _paths_ending(str(key))
+                hint = f"; did you mean {' or '.join(others)}?" if others else ""
+            raise ConfigError(f"{path}={shown}: {at or 'the config'} has no key {key!r}{hint}")
+        _walk_value(value, hints[key], path)
+
+
+def _walk_value(value: Any, hint: Any, path: str) -> None:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        for a in args:
+            if a is not type(None):
+                _walk_value(value, a, path)
+        return
+    if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+        _walk(value, hint, path)
+    elif origin in (list, tuple) and args and dataclasses.is_dataclass(args[0]) and isinstance(value, list):
+        for i, v in enumerate(value):
+            _walk_value(v, args[0], f"{path}[{i}]")
+    elif origin is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]) and isinstance(value, Mapping):
+        for k, v in value.items():
+            _walk_value(v, args[1], f"{path}.{k}")
+    # anything else (Dict[str, Any], scalars, lists of scalars) is not a schema object: any key goes
+
+
+def _paths_ending(key: str, schema: type = None, at: str = "", depth: int = 0) -> list[str]:
+    """Schema keys elsewhere whose last part is close to `key` (`+rate=0.5` means prune.rate), at most 3."""
+    out = []
+    for name, hint in typing.get_type_hints(schema or Config).items():
+        path = f"{at}.{name}" if at else name
+        if difflib.get_close_matches(key, [name], n=1, cutoff=0.8):
+            out.append(path)
+        inner = [a for a in (typing.get_args(hint) or (hint,)) if dataclasses.is_dataclass(a)]
+        if inner and depth < 3:
+            entry = {list: "[<i>]", dict: ".<name>"}.get(typing.get_origin(hint), "")
+            out += _paths_ending(key, inner[0], path + entry, depth + 1)
+    return out[:3]
+
+
 # ---------------------------------------------------------------- validation
 
 
@@ -299,6 +374,7 @@ def _positive(key: str, value) -> None:
 
 def validate_data(key: str, d: DataConfig) -> None:
     _choice(f"{key}.name", d.name, DATASETS)
+    _choice(f"{key}.decode", d.decode, DECODES)
     _positive(f"{key}.image_size", d.image_size)
     for k in ("train_limit", "test_limit"):
         v = getattr(d, k)
@@ -369,8 +445,37 @@ def _evaluation(key: str, signals: List[str], datasets: List[DataConfig], levels
     validate_levels(f"{key}.levels", levels, cfg.prune.levels)
 
 
+# Experiment and signal names become file and folder names (reports/<experiment>/,
+# jobs/<experiment>.jsonl, W&B runs) and SLURM job names: one plain path component each. Sweeps
+# add `@<scope>` and `@<rewind>` (rotnet@layer2, rotnet@3.3%), hence @ and %.
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@%+-]{0,99}")
+NAME_RULE = "1-100 of the characters A-Z a-z 0-9 _ . @ % + -, starting with a letter, digit or _"
+
+
+def _name(what: str, value) -> None:
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        raise ConfigError(f"{what} {value!r} is not a single safe file name: use {NAME_RULE}")
+
+
+def validate_store(cfg: Config) -> None:
+    """What a store path may hold, for the launchers whose log paths are patterns."""
+    L = cfg.launcher
+    if L.name not in ("slurm", "submitit_local"):
+        return
+    for key, path in (("store", cfg.store), ("launcher.folder", L.folder)):
+        if path is None:
+            continue
+        # submitit and SLURM expand %j, %A, %a ... in log paths (a literal % cannot be written), SLURM
+        # writes no pattern at all into a path holding a backslash, and a newline ends an #SBATCH line.
+        bad = [c for c in ("%", "\\", "\n") if c in path and (c != "\\" or L.name == "slurm")]
+        if bad:
+            raise ConfigError(f"{key}={path!r} contains {bad[0]!r}, which launcher={L.name} cannot pass to "
+                              "its log paths: choose a path without % \\ or newlines")
+
+
 def validate(cfg: Config) -> None:
     """Everything that can be checked before work starts; raises ConfigError naming the key."""
+    _name("experiment", cfg.experiment)
     validate_data("data", cfg.data)
     _choice("model.name", cfg.model.name, MODELS)
     _positive("model.width", cfg.model.width)
@@ -406,6 +511,8 @@ def validate(cfg: Config) -> None:
                     raise ConfigError(f"signals.{name}.init_from makes a cycle through {at}")
                 seen.add(at)
                 at = cfg.signals[at].init_from
+    for name in cfg.signals:  # after their own checks: a bad sweep value is named there first
+        _name("signal name", name)
     if cfg.level is not None and cfg.level < 0:
         raise ConfigError(f"level={cfg.level} must be >= 0")
     if cfg.level is not None and cfg.level > p.levels:
@@ -418,6 +525,10 @@ def validate(cfg: Config) -> None:
     for s in list(cfg.seeds) + [cfg.seed]:
         if s < 0:
             raise ConfigError(f"seed {s} must be >= 0")
+    twice = sorted({s for s in cfg.seeds if list(cfg.seeds).count(s) > 1})
+    if twice:  # one replicate counted twice would report n=2 with a standard error of 0
+        raise ConfigError(f"seeds={list(cfg.seeds)} repeats seed {', '.join(map(str, twice))}: "
+                          "each seed is one replicate, list it once")
     r = cfg.retrain
     for s in r.signals:
         _choice("retrain.signals", s, tuple(cfg.signals))
@@ -442,9 +553,13 @@ def validate(cfg: Config) -> None:
     validate_optim("finetune.optim", ft.optim)
     _choice("run.device", cfg.run.device, DEVICES)
     _positive("run.log_every", cfg.run.log_every)
+    _positive("run.interrupt_every", cfg.run.interrupt_every)
+    if not (isinstance(cfg.run.threads, int) and cfg.run.threads >= 0):
+        raise ConfigError(f"run.threads={cfg.run.threads!r} must be an integer >= 0 (0: from the launcher)")
     if cfg.run.checkpoint_steps < 0 or cfg.run.checkpoint_minutes < 0:
         raise ConfigError("run.checkpoint_steps and run.checkpoint_minutes must be >= 0")
     validate_launcher("launcher", cfg.launcher)
+    validate_store(cfg)
     validate_wandb(cfg.wandb)
 
 

@@ -6,7 +6,9 @@ level L, then level L+1. Torch-free: planning, submitting and reporting never im
 """
 from __future__ import annotations
 
-from . import catalog
+from pathlib import Path
+
+from . import catalog, store
 from .config import Config, ConfigError, rewind_steps, signal_data, signal_prune, validate
 from .stage import Finetune, ImpLevel, Probe, Retrain, Stage, Svm
 
@@ -44,7 +46,8 @@ def stages(cfg: Config) -> list[Stage]:
 
 
 def check_inputs(cfg: Config) -> None:
-    """Everything that can fail before training: config values, data roots, sizes that need the data."""
+    """Everything that can fail before training: config values, data roots, sizes that need the data,
+    and last a store that can be written (the one check that creates something: the store folder)."""
     validate(cfg)
     loaded: dict = {}
 
@@ -93,5 +96,6 @@ def check_inputs(cfg: Config) -> None:
                 raise ConfigError(f"signals.{name}.init_from={sig.init_from}: {sig.init_from} trains on "
                                   f"{theirs.name} ({theirs.channels} channels) but {name} on {mine.name} "
                                   f"({mine.channels} channels)")
+    store.writable(Path(cfg.store))
 
 

@@ -2,7 +2,9 @@
 
 * SLURM sends USR2 `launcher.signal_delay_s` before the time limit, and on preemption when the
   cluster has `preempt_send_user_signal`. The handler only sets a flag; the training loop polls it
-  at the next step boundary, saves checkpoint.pt at once and raises `Interrupted`; then the job
+  at step boundaries (under DDP every rank polls its own flag and the ranks agree every
+  `run.interrupt_every` steps with one collective, so all of them stop at the same step), rank 0
+  saves checkpoint.pt at once and every rank raises `Interrupted`; then the job
   goes through submitit's checkpoint protocol (`checkpoint()` returns a fresh submission of this
   same callable, submitit requeues the job, the time-limit requeues are bounded by
   `launcher.max_num_timeout`). Submitit's own handler would requeue from inside the signal
@@ -110,7 +112,15 @@ class StageJob:
 
     # --- after the loop saved its checkpoint
     def _interrupted(self, env, sig: Signals, e: Interrupted) -> None:
-        _say(f"{e}: {'USR2 (preemption or time limit)' if sig.usr2 else 'SIGTERM'}")
+        why = 'USR2 (preemption or time limit)' if sig.usr2 else 'SIGTERM' if sig.term else 'another rank'
+        _say(f"rank {env.global_rank}: {e}: {why}")
+        if env.global_rank != 0:
+            # Every rank stopped at this same step (they agree on it); rank 0 wrote the checkpoint and
+            # requeues the job, and SLURM then ends this task. Never linger in a collective.
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                time.sleep(0.5)
+            raise RuntimeError(f"rank {env.global_rank} stopped at step {e.step}; the job was not requeued")
         if not sig.usr2:
             # SIGTERM alone: scancel, `scontrol requeue` or the kill at the time limit. Wait for the
             # kill (or for submitit's USR2 that may follow), then fail if neither comes.

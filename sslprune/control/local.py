@@ -3,72 +3,214 @@
 Chains are independent, so locally they run in parallel worker processes when there are spare
 cores (a small CPU model gains more from two single-threaded processes than from two threads in
 one). Workers hand their stages to the compute plane (Stage.run); this module plans and waits.
+
+* Threads: every stage computes with `run.threads` threads, or cores // workers when it is 0, where
+  workers is `run.workers` (or one per core). It depends on the config and the machine only, never
+  on how many chains are left, so a re-run recomputes a missing stage bit for bit.
+* Ctrl-C / SIGTERM: every worker checkpoints at its next step boundary and stops; this process
+  prints what is kept and how to resume, then exits 130 (SIGINT) or 143 (SIGTERM). A second
+  Ctrl-C stops at once (what was trained since the last checkpoint is lost, nothing is corrupted).
 """
 from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import replace
+from typing import Callable, Optional
 
-from .config import Config
+from . import store as files
+from .config import Config, ConfigError
 from .experiment import chains, check_inputs, depth
 from .index import write_chains
 from .progress import clock
+from .stage import Interrupted, Stage
 
 
-def _run_chain(cfg: Config, chain_index: int, threads: int) -> list[str]:
-    cfg = replace(cfg, run=replace(cfg.run, threads=threads or cfg.run.threads))
+class Stopped(Exception):
+    """sslprune-run was interrupted (Ctrl-C or SIGTERM); `code` is the exit status to use."""
+
+    def __init__(self, signum: int, kept: list[str]):
+        self.signum, self.kept = signum, kept
+        self.code = 128 + signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+# ---------------------------------------------------------------- worker side
+
+_stop: Optional[object] = None  # the worker's view of the main process's stop event
+
+
+def _worker_init(event) -> None:
+    global _stop
+    _stop = event
+    # Ctrl-C reaches the whole process group: the worker must not die mid-write, it stops at the
+    # next step boundary when the main process sets the event.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _run_chain(cfg: Config, chain_index: int, interrupt: Optional[Callable[[], bool]] = None) -> dict:
+    """Run the missing stages of one chain; stops (checkpointed) when `interrupt` says so."""
+    interrupt = interrupt or (lambda: _stop is not None and _stop.is_set())
     done = []
     for stage in chains(cfg)[chain_index]:
-        if not stage.done():
-            stage.run()
-            done.append(stage.label)
-    return done
+        if interrupt():
+            return {"done": done, "stopped": stage.label}
+        if stage.done():
+            continue
+        try:
+            stage.run(interrupt=interrupt)
+        except Interrupted as e:
+            return {"done": done, "stopped": f"{stage.label} at step {e.step} (checkpoint {stage.dir})"}
+        done.append(stage.label)
+    return {"done": done, "stopped": None}
+
+
+# ---------------------------------------------------------------- main side
+
+
+def resources(cfg: Config, cuda: bool) -> tuple[int, int]:
+    """(worker processes, threads per stage), from the config and the machine alone."""
+    cores = os.cpu_count() or 1
+    workers = cfg.run.workers or (1 if cuda else cores)
+    threads = cfg.run.threads or max(1, cores // workers)
+    return workers, threads
+
+
+def verify(stages: list[Stage]) -> list[str]:
+    """The sha256 of every finished stage's outputs (they are read once); a stage whose files do not
+    match its result.json is set aside, so this run recomputes it. Stale temporary files of killed
+    writers (older than a minute) are removed on the way. Returns one line per stage set aside."""
+    lines = []
+    for stage in stages:
+        files.clean(stage.dir)
+        if stage.state(deep=True) == "corrupt":
+            lines.append(f"{stage.label}: {stage.set_aside()}")
+    return lines
 
 
 def run_local(cfg: Config) -> int:
     """Run every missing stage of the experiment here; returns how many stages ran."""
+    cuda = _uses_cuda(cfg)  # run.device=cuda without a GPU is refused here, even on a finished store
     check_inputs(cfg)
     write_chains(cfg)
     all_chains = chains(cfg)
-    todo = [i for i, c in enumerate(all_chains) if not all(s.done() for s in c)]
-    total = sum(len(c) for c in all_chains)
-    missing = sum(1 for i in todo for s in all_chains[i] if not s.done())
+    damaged = verify([s for c in all_chains for s in c])
+    for line in damaged:
+        print(f"[sslprune] warning: {line}; it is recomputed", flush=True)
+    states = {s.key(): s.state() for c in all_chains for s in c}
+    todo = [i for i, c in enumerate(all_chains) if any(states[s.key()] != "done" for s in c)]
+    total = len(states)
+    missing = sum(1 for v in states.values() if v != "done")
     print(f"[sslprune] experiment {cfg.experiment}: {total} stages, {total - missing} already done, "
-          f"{missing} to run, store {cfg.store}", flush=True)
+          f"{missing} to run" + (f" ({len(damaged)} corrupt: recomputed)" if damaged else "") +
+          f", store {cfg.store}", flush=True)
     if not todo:
         return 0
-    cores = os.cpu_count() or 1
+    workers, threads = resources(cfg, cuda)
+    cfg = replace(cfg, run=replace(cfg.run, threads=threads))
     t0 = time.monotonic()
-    ran = 0
-    # Chains that start from another chain's network (pruning during transfer) wait for a later wave.
-    waves = sorted({depth(cfg, all_chains[i][0].signal) for i in todo})
-    for wave in waves:
-        batch = [i for i in todo if depth(cfg, all_chains[i][0].signal) == wave]
-        workers = cfg.run.workers or (1 if _uses_cuda(cfg) else min(cores, len(batch)))
-        if workers <= 1:
-            for i in batch:
-                ran += len(_run_chain(cfg, i, 0))
-            continue
-        threads = max(1, cores // workers)
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            futures = [pool.submit(_run_chain, cfg, i, threads) for i in batch]
-            for f in as_completed(futures):
-                ran += len(f.result())
-                finished = sum(1 for c in all_chains for s in c if s.done())
-                elapsed = time.monotonic() - t0
-                rate = (finished - (total - missing)) / max(elapsed, 1e-9)
-                eta = (total - finished) / rate if rate > 0 else 0.0
-                print(f"[sslprune] {finished}/{total} stages done, elapsed {clock(elapsed)}, "
-                      f"remaining about {clock(eta)}", flush=True)
+    ran, stopped = 0, []
+    signals = _Signals().install()
+    try:
+        # Chains that start from another chain's network (pruning during transfer) wait for a later wave.
+        for wave in sorted({depth(cfg, all_chains[i][0].signal) for i in todo}):
+            batch = [i for i in todo if depth(cfg, all_chains[i][0].signal) == wave]
+            if workers <= 1:
+                for i in batch:
+                    out = _run_chain(cfg, i, signals.requested)
+                    ran += len(out["done"])
+                    if out["stopped"]:
+                        stopped.append(out["stopped"])
+                    if signals.signum:
+                        break
+            else:
+                ran += _pool(cfg, batch, workers, signals, stopped, all_chains, total, missing, t0)
+            if signals.signum:
+                raise Stopped(signals.signum, stopped)
+    except Stopped as e:
+        _say_stopped(cfg, e, ran)
+        raise
+    finally:
+        signals.restore()
     print(f"[sslprune] ran {ran} stages in {clock(time.monotonic() - t0)}", flush=True)
     return ran
+
+
+def _pool(cfg, batch, workers, signals, stopped, all_chains, total, missing, t0) -> int:
+    ctx = multiprocessing.get_context("spawn")
+    event = ctx.Event()
+    signals.event = event
+    ran = 0
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(event,)) as pool:
+        pending = {pool.submit(_run_chain, cfg, i) for i in batch}
+        while pending:
+            finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for f in finished:
+                out = f.result()
+                ran += len(out["done"])
+                if out["stopped"]:
+                    stopped.append(out["stopped"])
+                if not signals.signum:
+                    done_now = sum(1 for c in all_chains for s in c if s.done())
+                    elapsed = time.monotonic() - t0
+                    rate = (done_now - (total - missing)) / max(elapsed, 1e-9)
+                    eta = (total - done_now) / rate if rate > 0 else 0.0
+                    print(f"[sslprune] {done_now}/{total} stages done, elapsed {clock(elapsed)}, "
+                          f"remaining about {clock(eta)}", flush=True)
+            if signals.signum:
+                for f in pending:
+                    f.cancel()  # chains not started yet
+    return ran
+
+
+def _say_stopped(cfg: Config, e: Stopped, ran: int) -> None:
+    lines = [f"[sslprune] {e}: {ran} stage(s) finished in this run and kept in {cfg.store}"]
+    lines += [f"[sslprune]   partial, checkpointed: {s}" for s in e.kept]
+    lines.append("[sslprune] re-run the same command to resume from the checkpoints")
+    print("\n".join(lines), flush=True)
+
+
+class _Signals:
+    """SIGINT/SIGTERM in the main process: the first asks every stage to stop at its next step
+    boundary (through `event` for workers, `requested` in this process); a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.signum = 0
+        self.event = None
+        self.previous = {}
+
+    def install(self) -> "_Signals":
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self.previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+    def requested(self) -> bool:
+        return bool(self.signum)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum and signum == signal.SIGINT:  # the second Ctrl-C: stop now
+            for child in multiprocessing.active_children():
+                child.kill()
+            raise KeyboardInterrupt
+        self.signum = signum
+        if self.event is not None:
+            self.event.set()
+        print(f"\n[sslprune] {signal.Signals(signum).name}: stopping at the next step boundary "
+              "(checkpointing); Ctrl-C again to stop at once", flush=True)
 
 
 def _uses_cuda(cfg: Config) -> bool:
     import torch  # a local run computes here: torch is needed anyway
 
+    if cfg.run.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("run.device=cuda but no CUDA device is visible here (torch.cuda.is_available() is "
+                          "False); use run.device=auto or run.device=cpu")
     return cfg.run.device == "cuda" or (cfg.run.device == "auto" and torch.cuda.is_available())

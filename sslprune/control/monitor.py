@@ -6,6 +6,7 @@ Only the writing rank observes, and an observer must never fail a training job.
 """
 from __future__ import annotations
 
+import errno
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,8 @@ class ProgressFile:
             files.write_json({"step": step, "total": total, "time": time.time(), "latest": metrics,
                                    "best": self.best}, self.path)
         except OSError as e:  # a full disk must not kill training; the checkpoint write will say so
-            print(f"[monitor] could not write {self.path}: {e}", file=sys.stderr)
+            if e.errno != errno.ENOSPC:
+                print(f"[monitor] could not write {self.path}: {e}", file=sys.stderr)
 
     def finish(self, result: dict) -> None:
         pass

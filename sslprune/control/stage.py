@@ -26,6 +26,9 @@ from . import store as files
 from .config import Config, DataConfig, SignalConfig, digest, identity, signal_data, signal_prune
 
 DONE = files.DONE
+# Every file a stage may write besides result.json: recorded with size and sha256 in result.json.
+OUTPUTS = ("model.pt", "mask.pt", "rewind.pt", "sparsity_report.json", "weights.json", "label_subset.json",
+           "config.json")
 
 
 class MissingInput(FileNotFoundError):
@@ -104,16 +107,33 @@ class Stage:
     def _where(self) -> Path:
         raise NotImplementedError
 
-    def state(self) -> str:
-        """done, corrupt (a result.json its files do not match), or todo."""
+    def state(self, deep: bool = False) -> str:
+        """done, corrupt (a result.json its files do not match), or todo. Sizes are checked (a stat
+        per file); `deep` also checks every output's sha256 (reads them)."""
         try:
             result = files.read_result(self.dir)
             if result is None:
                 return "todo"
             files.verify(self.dir, result)
+            if deep:
+                for name in result.get("outputs") or {}:
+                    files.verify_file(self.dir / name)
         except files.Corrupt:
             return "corrupt"
         return "done"
+
+    def set_aside(self) -> str:
+        """Make a corrupt stage computable again (store.set_aside); returns why it was corrupt."""
+        try:
+            result = files.read_result(self.dir) or {}
+            files.verify(self.dir, result)
+            for name in result.get("outputs") or {}:
+                files.verify_file(self.dir / name)
+            why = "outputs do not match result.json"
+        except files.Corrupt as e:
+            why = str(e)
+        files.set_aside(self.dir, why, OUTPUTS)
+        return why
 
     def done(self) -> bool:
         return self.state() == "done"

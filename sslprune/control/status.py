@@ -55,7 +55,7 @@ def collect(cfg: Config) -> dict:
                         "updated_s_ago": round(now - pr["time"], 1) if pr.get("time") else None})
     problems = []
     for st in states:
-        if st.state in ("failed", "blocked"):
+        if st.state in ("failed", "blocked", "corrupt"):
             problems.append({"stage": st.stage.label, "kind": st.stage.kind, "state": st.state, "job_id": st.job_id,
                              "slurm_state": st.slurm.state if st.slurm else None,
                              "exit_code": st.slurm.exit_code if st.slurm else None,
@@ -90,10 +90,13 @@ def text(status: dict) -> str:
             lines.append(f"  {r['stage']:44} job {r['job_id'] or '-':10} {r['state']:9} {bar(frac, 16)} {where}"
                          f"  latest: {_metrics(r['latest']) or '-'}  best: {_metrics(r['best']) or '-'}")
     if status["problems"]:
-        lines.append("failed or blocked:")
+        lines.append("failed, blocked or corrupt:")
         for p in status["problems"]:
             if p["state"] == "blocked":
                 lines.append(f"  {p['stage']:44} blocked by {p['blocked_by']}")
+            elif p["state"] == "corrupt":
+                lines.append(f"  {p['stage']:44} corrupt: its files do not match its result.json "
+                             f"({p['dir']}); sslprune-run recomputes it")
             else:
                 lines.append(f"  {p['stage']:44} job {p['job_id'] or '-'} {p['slurm_state'] or 'unknown'} "
                              f"exit {p['exit_code'] or '-'}  log {p['log'] or '-'}")

@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -34,6 +35,15 @@ class StoreError(OSError):
 
 class Corrupt(ValueError):
     """A stage output does not match what its result.json recorded."""
+
+
+class Unsafe(pickle.UnpicklingError):
+    """A store file holding objects other than plain data (a crafted pickle): refused, nothing of
+    it runs (sslprune.compute.checkpoint reads every torch file with weights_only=True)."""
+
+
+class Damaged(ValueError):
+    """A store file that cannot be read as a torch file (truncated, random bytes)."""
 
 
 def _disk_full(path: Path, error: OSError) -> StoreError:
@@ -146,17 +156,22 @@ def verify_file(path: Path) -> None:
         raise Corrupt(f"{path} does not match the sha256 recorded in {path.parent / DONE}")
 
 
-def set_aside(folder: Path, reason: str) -> Optional[Path]:
-    """Move a damaged result.json out of the way so the stage counts as not done and is recomputed."""
-    p = Path(folder) / DONE
-    if not p.exists():
-        return None
-    dest = p.with_name(f"{DONE}.corrupt-{int(time.time())}")
-    os.replace(p, dest)
-    try:
-        (dest.with_suffix(dest.suffix + ".why")).write_text(reason + "\n")
-    except OSError:
-        pass
+def set_aside(folder: Path, reason: str, outputs=()) -> Optional[Path]:
+    """A finished stage whose files do not match its result.json: move result.json aside (kept as
+    result.json.corrupt-<time>, with the reason beside it) and remove `outputs`, so the stage counts
+    as not done and is computed again from scratch (a kept damaged mask.pt would be reused)."""
+    folder = Path(folder)
+    p = folder / DONE
+    dest = None
+    if p.exists():
+        dest = p.with_name(f"{DONE}.corrupt-{int(time.time())}")
+        os.replace(p, dest)
+        try:
+            dest.with_name(dest.name + ".why").write_text(reason + "\n")
+        except OSError:
+            pass
+    for name in outputs:
+        (folder / name).unlink(missing_ok=True)
     return dest
 
 

@@ -51,7 +51,7 @@ JOB_ENV = (
 )
 SITE_ENV = 'if [ -n "${SSLPRUNE_JOB_ENV:-}" ] && [ -f "$SSLPRUNE_JOB_ENV" ]; then source "$SSLPRUNE_JOB_ENV"; fi'
 KINDS = ("imp", "retrain", "probe", "svm", "finetune")
-STATES = ("done", "running", "pending", "preempted", "failed", "blocked", "missing")
+STATES = ("done", "running", "pending", "preempted", "failed", "blocked", "corrupt", "missing")
 
 
 def _say(text: str) -> None:
@@ -94,8 +94,12 @@ def stage_states(cfg: Config, now: Optional[float] = None) -> list[StageState]:
     for s in all_stages:  # chains are in dependency order: parents first
         rec = records[s.key()]
         st = StageState(s, "missing", record=rec)
-        if s.done():
+        disk = s.state()
+        live = rec is not None and states.get(rec["job_id"]) is not None and states[rec["job_id"]].live
+        if disk == "done":
             st.state = "done"
+        elif disk == "corrupt" and not live:
+            st.state = "corrupt"  # a result.json its files do not match: submitted again
         elif rec:
             st.job_id = rec["job_id"]
             js = st.slurm = states.get(rec["job_id"])
@@ -210,6 +214,15 @@ def _executor(cfg: Config, folder: Path, code: Optional[Path], name: str, depend
     return ex
 
 
+def _override(key: str, value: str) -> str:
+    """`key=value` as one shell word Hydra parses back to `value`: a printed command is pasted into a shell,
+    where an unquoted store path with spaces or `$(...)` would split or run."""
+    if shlex.quote(value) == value:
+        return f"{key}={value}"
+    # Inside Hydra's quoted string only quotes need escaping (launcher=slurm refuses backslashes in the store).
+    return shlex.quote(f"{key}='" + value.replace("'", "\\'") + "'")
+
+
 def submit(cfg: Config) -> dict:
     """Submit every stage of the experiment that is neither done nor queued; returns what was submitted."""
     from .job import StageJob
@@ -222,7 +235,7 @@ def submit(cfg: Config) -> dict:
     with _lock(store):
         states = stage_states(cfg)
         by_key = {st.stage.key(): st for st in states}
-        todo = [st for st in states if st.state in ("missing", "failed", "blocked")]
+        todo = [st for st in states if st.state in ("missing", "failed", "blocked", "corrupt")]
         counts = {k: sum(1 for st in states if st.state == k) for k in STATES}
         _say(f"experiment {cfg.experiment}: {len(states)} stages: " +
              ", ".join(f"{v} {k}" for k, v in counts.items() if v) + f"; store {cfg.store}")
@@ -286,7 +299,7 @@ def submit(cfg: Config) -> dict:
             f.write(json.dumps({"time": time.time(), "snapshot": str(code) if code else None,
                                 "argv": sys.argv, "arrays": ledger}) + "\n")
         _say(f"submitted {len(new_jobs)} stage(s) in {len(summary['arrays'])} array(s); store {cfg.store}; "
-             f"logs {folder}; watch with: sslprune-status experiment={cfg.experiment} store={cfg.store}")
+             f"logs {folder}; watch with: sslprune-status experiment={cfg.experiment} {_override('store', cfg.store)}")
         return summary
 
 

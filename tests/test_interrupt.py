@@ -1,0 +1,63 @@
+"""Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or SIGTERM to sslprune-run
+stops it within seconds: every worker checkpoints at its next step boundary, the main process says
+what is kept and how to resume, and the re-run resumes to the numbers of an uninterrupted run."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, cli
+
+ARGS = ["model.width=4", "seeds=[0]", "prune.levels=1", "retrain.schemes=[winning_ticket]", "probe.signals=[]",
+        "signals.labels.optim.epochs=6", "signals.rotnet.optim.epochs=6", "retrain.optim.epochs=2",
+        "signals.labels.optim.milestones=[]", "signals.rotnet.optim.milestones=[]", "retrain.optim.milestones=[]",
+        "signals.labels.optim.batch_size=32", "signals.rotnet.optim.batch_size=32", "run.log_every=20",
+        "run.checkpoint_steps=20", "run.quiet=false"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    store = tmp_path_factory.mktemp("ref") / "store"
+    cli("sslprune-run", f"store={store}", *ARGS)
+    return store
+
+
+def _started(store: Path) -> bool:
+    return any(store.glob("imp/*/seed_0/level_0/checkpoint.pt"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum,to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)])
+def test_a_signal_stops_the_run_checkpointed_and_the_rerun_resumes(tmp_path, reference, signum, to_group):
+    store = tmp_path / "store"
+    p = subprocess.Popen(["sslprune-run", f"store={store}", *ARGS], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    t0 = time.monotonic()
+    while not _started(store):
+        assert p.poll() is None and time.monotonic() - t0 < 300, "the run ended before it could be interrupted"
+        time.sleep(0.05)
+    time.sleep(1.0)
+    sent = time.monotonic()
+    if to_group:
+        os.killpg(p.pid, signum)  # a terminal's Ctrl-C reaches the workers too
+    else:
+        p.send_signal(signum)  # `kill <pid>`: only the main process hears it
+    out, _ = p.communicate(timeout=120)
+    took = time.monotonic() - sent
+    assert p.returncode == 128 + signum, out[-3000:]
+    assert took < 60, f"took {took:.0f} s to stop"
+    name = signal.Signals(signum).name
+    assert f"stopped by {name}" in out and "re-run the same command to resume" in out, out[-3000:]
+    assert "partial, checkpointed:" in out
+    assert "report written" not in out  # no report of a half-done experiment
+    assert any(store.rglob("checkpoint.pt")) and not (store / "reports").exists()
+    again = cli("sslprune-run", f"store={store}", *ARGS)
+    assert "resumed from" in again.stdout
+    ours = (store / "reports" / "demo" / "results.csv").read_text()
+    assert ours == (reference / "reports" / "demo" / "results.csv").read_text()

@@ -1,0 +1,252 @@
+"""The store is safe and repairs itself: no code runs from a store file, a damaged checkpoint or a
+damaged finished output is never fatal (the stage resumes from an older checkpoint or is
+recomputed, nothing else is), stray temporary files go away, two runs on one store never train a
+stage twice, and a full disk is one line and a resumable run."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sslprune.compute import checkpoint
+from sslprune.control import store as files
+
+from conftest import ROOT, cli
+
+TINY = ["model.width=4", "signal=labels", "run.threads=1", "run.checkpoint_steps=1", "run.log_every=10",
+        "prune.levels=0", "prune.rewind=5it", "signals.labels.optim.epochs=4", "signals.labels.optim.milestones=[2]",
+        "run.quiet=false"]
+
+
+def _imp(store: Path, *extra: str) -> list[str]:
+    return ["sslprune-imp", f"store={store}", *TINY, *extra]
+
+
+def _level0(store: Path) -> Path:
+    (d,) = (store / "imp").iterdir()
+    return d / "seed_0" / "level_0"
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    x, y = checkpoint.load(a), checkpoint.load(b)
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    store = tmp_path_factory.mktemp("ref") / "store"
+    cli(*_imp(store))
+    return _level0(store)
+
+
+def _partial(store: Path, steps: int) -> Path:
+    """A level 0 stopped after `steps` updates, with its checkpoint and the previous one."""
+    from sslprune.compute.runtime import Runtime
+    from sslprune.control.stage import ImpLevel, Interrupted
+    from sslprune.launch.compose import CONF_DIR, typed
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        cfg = typed(compose("config", overrides=[f"store={store}", *TINY, "run.quiet=true"]))
+    polls = iter(range(10_000))
+    with pytest.raises(Interrupted):
+        ImpLevel(cfg, "labels", 0, 0).run(Runtime(torch.device("cpu")), interrupt=lambda: next(polls) == steps)
+    return _level0(store)
+
+
+# ---------------------------------------------------------------- no code runs from a store file
+
+
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_crafted_checkpoint_is_refused_and_nothing_runs(tmp_path):
+    store, marker = tmp_path / "store", tmp_path / "PWNED"
+    level0 = _partial(store, 5)
+    torch.save({"model": {}, "step": 3, "evil": _Payload(marker)}, level0 / "checkpoint.pt")
+    p = cli(*_imp(store), check=False)
+    assert p.returncode == 2, p.stderr[-2000:]
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refusing to load" in lines[0] and str(level0 / "checkpoint.pt") in lines[0]
+    assert "system" in lines[0] and "nothing in it was run" in lines[0]
+    assert not marker.exists()
+    assert not (level0 / "result.json").exists()
+
+
+def test_a_crafted_parent_output_is_refused_too(tmp_path, reference):
+    store, marker = tmp_path / "store", tmp_path / "PWNED"
+    cli(*_imp(store))
+    level0 = _level0(store)
+    torch.save({"x": _Payload(marker)}, level0 / "rewind.pt")
+    result = json.loads((level0 / "result.json").read_text())
+    result["outputs"]["rewind.pt"] = {"bytes": (level0 / "rewind.pt").stat().st_size,
+                                      "sha256": files.sha256(level0 / "rewind.pt")}
+    (level0 / "result.json").write_text(json.dumps(result))  # even a file the manifest vouches for
+    p = cli(*_imp(store, "prune.levels=1", "level=1"), check=False)
+    assert p.returncode == 2 and "refusing to load" in p.stderr and "rewind.pt" in p.stderr
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------- damaged checkpoints
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, reference):
+    store = tmp_path / "store"
+    level0 = _partial(store, 9)
+    assert checkpoint.load(level0 / "checkpoint.prev.pt")["step"] == checkpoint.load(level0 / "checkpoint.pt")["step"] - 1
+    data = (level0 / "checkpoint.pt").read_bytes()
+    (level0 / "checkpoint.pt").write_bytes(data[:len(data) // 2])  # truncated
+    p = cli(*_imp(store))
+    warnings = [line for line in p.stdout.splitlines() if "warning:" in line]
+    assert len(warnings) == 1 and str(level0 / "checkpoint.pt") in warnings[0], p.stdout[-3000:]
+    assert "resuming from the previous checkpoint" in warnings[0]
+    assert "at step 8/" in p.stdout
+    assert _same_weights(level0 / "model.pt", reference / "model.pt")
+
+
+def test_both_checkpoints_damaged_restart_the_stage(tmp_path, reference):
+    store = tmp_path / "store"
+    level0 = _partial(store, 9)
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (level0 / name).write_bytes(os.urandom(2000))
+    p = cli(*_imp(store))
+    assert "resuming from the start of the stage" in p.stdout and "resumed from" not in p.stdout
+    assert _same_weights(level0 / "model.pt", reference / "model.pt")
+
+
+# ---------------------------------------------------------------- damaged finished outputs
+
+
+SMALL = ["model.width=4", "seeds=[0]", "prune.levels=1", "signals.labels.optim.epochs=1", "signals.rotnet.optim.epochs=1",
+         "retrain.optim.epochs=1", "probe.optim.epochs=1", "signals.labels.optim.milestones=[]",
+         "signals.rotnet.optim.milestones=[]", "retrain.optim.milestones=[]", "probe.optim.milestones=[]",
+         "retrain.schemes=[winning_ticket]", "run.quiet=true", "run.workers=1", "run.threads=1"]
+
+
+def _results(store: Path) -> dict:
+    return {p.parent: p.stat().st_mtime_ns for p in store.rglob("result.json")}
+
+
+@pytest.mark.parametrize("damage", ["truncated model.pt", "unparsable result.json", "a flipped byte in mask.pt"])
+def test_a_damaged_finished_stage_is_reported_and_recomputed_alone(tmp_path, damage):
+    store = tmp_path / "store"
+    args = [f"store={store}", *SMALL]
+    cli("sslprune-run", *args)
+    level = sorted(store.glob("imp/*/seed_0/level_1"))[0]
+    original = checkpoint.load(level / "model.pt")
+    mask = checkpoint.load(level / "mask.pt")
+    before = _results(store)
+    if damage.startswith("truncated"):
+        data = (level / "model.pt").read_bytes()
+        (level / "model.pt").write_bytes(data[:-100])
+    elif damage.startswith("unparsable"):
+        (level / "result.json").write_text('{"accuracy": 0.9, ')
+    else:
+        data = bytearray((level / "mask.pt").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (level / "mask.pt").write_bytes(bytes(data))
+    status = json.loads(cli("sslprune-status", *args, "--json").stdout)
+    if damage.startswith("a flipped"):
+        assert status["complete"]  # same size: only the sha256 tells, and sslprune-run checks it
+    else:
+        assert status["kinds"]["imp"]["corrupt"] == 1 and not status["complete"]
+        (problem,) = [p for p in status["problems"] if p["state"] == "corrupt"]
+        assert problem["dir"] == str(level)
+        assert "corrupt" in cli("sslprune-status", *args).stdout
+    p = cli("sslprune-run", *args)
+    assert "1 corrupt: recomputed" in p.stdout and f"{damage.split()[-1]}" in p.stdout, p.stdout[-2000:]
+    after = _results(store)
+    changed = {d for d in after if after[d] != before.get(d)}
+    assert changed == {level}  # that stage alone; its re-training and probe, done from intact files, stay
+    again = checkpoint.load(level / "model.pt")
+    assert all(torch.equal(original[k], again[k]) for k in original)
+    assert all(torch.equal(mask[k], checkpoint.load(level / "mask.pt")[k]) for k in mask)
+    assert list(level.glob("result.json.corrupt-*"))  # what was found is kept for inspection
+    assert json.loads(cli("sslprune-status", *args, "--json").stdout)["complete"]
+
+
+def test_stale_temporary_files_are_removed_on_start(tmp_path):
+    store = tmp_path / "store"
+    args = [f"store={store}", *SMALL, "prune.levels=0"]
+    cli("sslprune-run", *args)
+    level0 = next(store.glob("imp/*/seed_0/level_0"))
+    stale = [level0 / ".model.pt.k3j4.tmp", level0 / "retrain_x" / ".checkpoint.pt.a1.tmp"]
+    (level0 / "retrain_x").mkdir()
+    for f in stale:
+        f.write_bytes(b"half a write")
+        old = time.time() - 3600
+        os.utime(f, (old, old))
+    fresh = level0 / ".progress.json.zz.tmp"
+    fresh.write_text("{}")  # a writer that may still be running: left alone
+    cli("sslprune-run", *args)
+    assert not stale[0].exists() and fresh.exists()
+
+
+# ---------------------------------------------------------------- concurrent runs
+
+
+@pytest.mark.slow
+def test_two_runs_on_one_store_never_train_a_stage_twice(tmp_path):
+    store = tmp_path / "store"
+    args = [f"store={store}", *[a for a in SMALL if not a.startswith("run.quiet")], "run.quiet=false",
+            "retrain.schemes=[winning_ticket,random]"]
+    runs = [subprocess.Popen(["sslprune-run", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(2)]
+    outs = [r.communicate(timeout=900)[0] for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    trained = [line.split("]")[0] for out in outs for line in out.splitlines() if "] done: accuracy" in line]
+    stages = len(list(store.rglob("result.json")))
+    assert stages == 2 * 2 * 3 + 2  # 2 signals x 2 levels x (IMP + 2 starts) + the RotNet probes
+    assert len(trained) == len(set(trained)) == stages, sorted(trained)
+    assert all("report written" in out for out in outs)
+
+
+# ---------------------------------------------------------------- disk full
+
+
+def _mount(folder: Path, size: int) -> None:
+    folder.mkdir(exist_ok=True)
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {p.stderr.strip()}")
+
+
+def test_a_full_disk_is_one_line_nothing_corrupt_and_the_rerun_resumes(tmp_path):
+    args = ["model.width=16", "signals.labels.optim.epochs=2", "signals.labels.optim.milestones=[]"]
+    ref = tmp_path / "ref"
+    cli(*_imp(ref, *args))
+    model = (_level0(ref) / "model.pt").stat().st_size
+    mask = (_level0(ref) / "mask.pt").stat().st_size
+    # Room for the mask, the rewind point and one checkpoint (weights + momentum), not for two: the
+    # disk fills while a later checkpoint is written, with a good one on disk.
+    disk = tmp_path / "disk"
+    _mount(disk, mask + model + 3 * model + 64 * 1024)
+    try:
+        store = disk / "store"
+        p = cli(*_imp(store, *args), check=False)
+        assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-3000:]
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and "no space left" in lines[0] and str(store) in lines[0] and "MiB free" in lines[0], \
+            lines
+        level0 = _level0(store)
+        assert not (level0 / "result.json").exists()
+        state = checkpoint.resume_state(level0 / "checkpoint.pt", print)
+        assert state is not None and state["step"] > 0  # the last good checkpoint is whole
+        assert not list(level0.glob(".*.tmp"))
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        again = cli(*_imp(store, *args))
+        assert "resumed from" in again.stdout
+        assert _same_weights(level0 / "model.pt", _level0(ref) / "model.pt")
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
