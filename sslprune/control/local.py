@@ -25,6 +25,7 @@ from . import store as files
 from .config import Config, ConfigError
 from .display import DirectObserver, Display, QueueObserver
 from .experiment import chains, check_inputs, depth
+from .index import write_chains
 from .progress import clock
 from .stage import Interrupted, Stage
 
@@ -100,6 +101,7 @@ def run_local(cfg: Config) -> int:
     """Run every missing stage of the experiment here; returns how many stages ran."""
     cuda = _uses_cuda(cfg)  # run.device=cuda without a GPU is refused here, even on a finished store
     check_inputs(cfg)
+    write_chains(cfg)
     all_chains = chains(cfg)
     damaged = verify([s for c in all_chains for s in c])
     for line in damaged:

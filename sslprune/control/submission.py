@@ -41,6 +41,7 @@ from . import store as files
 from .config import Config, LauncherConfig, to_dict
 from .monitor import PROGRESS
 from .experiment import chains, depth, stages
+from .index import write_chains
 from .stage import Finetune, ImpLevel, Probe, Retrain, Stage, Svm
 
 LEDGER = "ledger.jsonl"
@@ -314,6 +315,7 @@ def submit(cfg: Config) -> dict:
     if not slurm.available():
         raise RuntimeError("launcher=slurm but sbatch/squeue are not on PATH (start a cluster, e.g. "
                            "`bash slurm/local-cluster.sh start`, or use launcher=local)")
+    write_chains(cfg)
     store = Path(cfg.store)
     with _lock(store):
         states = stage_states(cfg)
