@@ -61,8 +61,8 @@ def test_a_log_gets_plain_lines_at_a_fixed_cadence(tmp_path):
     assert running  # the running stages, under their status line
 
 
-def _pty_run(args: list[str], stop_after: float | None = None) -> tuple[int, str]:
-    """Run a command on a pseudo-terminal, as in a user's terminal; optionally type Ctrl-C."""
+def _pty_run(args: list[str], stop_when=None) -> tuple[int, str]:
+    """Run a command on a pseudo-terminal, as in a user's terminal; type Ctrl-C once stop_when() holds."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: its stdout is the terminal
         os.chdir(ROOT)
@@ -70,7 +70,7 @@ def _pty_run(args: list[str], stop_after: float | None = None) -> tuple[int, str
         os.execvp(args[0], args)
     out, t0, sent = b"", time.monotonic(), False
     while True:
-        if stop_after is not None and not sent and time.monotonic() - t0 > stop_after:
+        if stop_when is not None and not sent and stop_when():
             os.write(fd, b"\x03")  # the terminal turns it into SIGINT for the foreground process group
             sent = True
         r, _, _ = select.select([fd], [], [], 0.5)
@@ -94,6 +94,8 @@ def _pty_run(args: list[str], stop_after: float | None = None) -> tuple[int, str
                 pass
             return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
         assert time.monotonic() - t0 < 900, "the run did not end"
+    _, status = os.waitpid(pid, 0)  # the terminal closed (EIO): the command has ended
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
 
 
 @pytest.mark.slow
@@ -108,7 +110,8 @@ def test_a_terminal_gets_one_live_display_and_ctrl_c_stops_it_checkpointed(tmp_p
     # Ctrl-C typed at the terminal: the same stop as without a terminal.
     other = tmp_path / "other"
     code, out = _pty_run(["sslprune-run", f"store={other}", *ARGS, "signals.labels.optim.epochs=20",
-                          "signals.rotnet.optim.epochs=20", "run.checkpoint_steps=10"], stop_after=40)
+                          "signals.rotnet.optim.epochs=20", "run.checkpoint_steps=10"],
+                         stop_when=lambda: any(other.glob("imp/*/seed_0/level_0/checkpoint.pt")))
     assert code == 128 + signal.SIGINT, out[-3000:]
     assert "stopped by SIGINT" in out and "re-run the same command to resume" in out
     assert any(Path(other).rglob("checkpoint.pt"))

@@ -344,19 +344,19 @@ def test_a_packed_job_runs_its_stages_in_one_process_and_resumes_after_preemptio
     in the middle of the second requeues the job, which skips the first (done) and resumes the
     second from its checkpoint. Results equal unpacked local runs', each stage has its own result,
     and result.json says how long the job took to reach its first training step."""
-    common = ["retrain.schemes=[winning_ticket,random_reinit,random]", "retrain.optim.batch_size=32",
-              "run.log_every=10", "run.checkpoint_steps=20"]
-    args = tiny(tmp_path / "packed", *common, "launcher.pack=true", signals=("labels",), seeds="[0]", levels=0,
-                width=8, epochs=30, quiet=False)
-    ref = tiny(tmp_path / "local", *common, "run.workers=1", signals=("labels",), seeds="[0]", levels=0, width=8,
-               epochs=30)
+    common = ["retrain.schemes=[winning_ticket,random_reinit,random]", "retrain.levels=[1]",
+              "retrain.optim.batch_size=32", "retrain.optim.epochs=30", "run.log_every=10", "run.checkpoint_steps=20"]
+    args = tiny(tmp_path / "packed", *common, "launcher.pack=true", signals=("labels",), seeds="[0]", levels=1,
+                width=8, epochs=1, quiet=False)
+    ref = tiny(tmp_path / "local", *common, "run.workers=1", signals=("labels",), seeds="[0]", levels=1, width=8,
+               epochs=1)
     p = cli("sslprune-run", *args, *SLURM)
-    assert "submitted 4 stage(s) in 2 array(s)" in p.stdout, p.stdout
+    assert "submitted 5 stage(s) in 3 array(s)" in p.stdout, p.stdout  # IMP 0, IMP 1, the pack of level 1
     reference = subprocess.Popen(["sslprune-run", *ref], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True)
     try:
         recs = {r["stage"]: (d, r) for d, r in job_records(tmp_path / "packed").items()}
-        starts = [recs[f"retrain labels {s} seed=0 level=0"] for s in ("winning_ticket", "random_reinit", "random")]
+        starts = [recs[f"retrain labels {s} seed=0 level=1"] for s in ("winning_ticket", "random_reinit", "random")]
         assert len({r["job_id"] for _, r in starts}) == 1  # one job for the three starts
         job = starts[0][1]["job_id"]
         first, second = Path(starts[0][0]), Path(starts[1][0])
@@ -365,18 +365,19 @@ def test_a_packed_job_runs_its_stages_in_one_process_and_resumes_after_preemptio
         done_at = (first / "result.json").stat().st_mtime_ns
         subprocess.run(["scancel", "--signal=USR2", job], check=True)
         st = wait_complete(args, 600)
-        assert counts(st, "done") == {"imp": {"done": 1}, "retrain": {"done": 3}}
+        assert counts(st, "done") == {"imp": {"done": 2}, "retrain": {"done": 3}}
     finally:
         out, _ = reference.communicate(timeout=900)
     assert reference.returncode == 0, out[-3000:]
     assert (first / "result.json").stat().st_mtime_ns == done_at  # not trained again after the requeue
     log = logs(tmp_path / "packed", job)
     assert "REQUEUED" in sacct_states(job)
-    resumed = re.findall(r"\[retrain labels random_reinit seed=0 level=0\] resumed from .*checkpoint\.pt at step (\d+)/",
+    resumed = re.findall(r"\[retrain labels random_reinit seed=0 level=1\] resumed from .*checkpoint\.pt at step (\d+)/",
                          log)
     assert len(resumed) == 1 and int(resumed[0]) >= 20, log[-3000:]
-    assert "retrain labels winning_ticket seed=0 level=0: first training step" in log
-    local = {json.loads(f.read_text())["evaluation"]: f.parent for f in (tmp_path / "local").rglob("result.json")}
+    assert "retrain labels winning_ticket seed=0 level=1: first training step" in log
+    local = {json.loads(f.read_text())["evaluation"]: f.parent for f in (tmp_path / "local").rglob("result.json")
+             if json.loads(f.read_text())["kind"] == "retrain"}
     for d, _ in starts:
         r = json.loads((Path(d) / "result.json").read_text())
         assert models_equal(Path(d) / "model.pt", local[r["evaluation"]] / "model.pt"), r["evaluation"]

@@ -141,7 +141,9 @@ def _train(stage: Stage, rt: Runtime, progress: Progress, interrupt=None) -> dic
     threads = _threads(stage, resume, progress)
     s = prepare(stage, rt)
     if rt.is_writer:
-        files.write_json({"chain": chain_identity(stage.cfg, stage.signal), **s.identity}, stage.dir / "config.json")
+        shared = getattr(stage, "shared", False)  # the dense re-training belongs to no one chain
+        files.write_json({**({} if shared else {"chain": chain_identity(stage.cfg, stage.signal)}), **s.identity},
+                         stage.dir / "config.json")
         if s.save_mask and not (stage.dir / "mask.pt").exists():
             files.write_json(masks.report(s.mask), stage.dir / "sparsity_report.json")
             checkpoint.save(s.mask, stage.dir / "mask.pt")
@@ -249,12 +251,17 @@ def prepare_retrain(stage: Retrain, rt: Runtime) -> Setup:
     """The mask of IMP level L on labels, from the stage's scheme: winning ticket (rewound weights,
     fresh head), random re-init (fresh weights) or random (a shuffled mask, fresh weights)."""
     cfg, r = stage.cfg, stage.cfg.retrain
-    imp = stage.parents()[0]
     data = dataset.load(r.data)
     task = tasks.labels(data)
-    mask = checkpoint.load(imp.dir / "mask.pt")
     # Fresh weights for both random starts come from one seed, so they differ only in the mask.
     net = models.build(cfg.model, data.channels, task.num_outputs, seeds.derive(stage.seed, "reinit"))
+    if stage.shared:  # level 0's random starts: the dense network from scratch, for every signal
+        return Setup(net=net, task=task, data=data, optim=r.optim, mask=masks.ones(net),
+                     seed_parts=(stage.seed, "retrain", 0),
+                     identity={"stage": "retrain", "scheme": "dense", "data": identity(r.data),
+                               "optim": identity(r.optim)})
+    imp = stage.parents()[0]
+    mask = checkpoint.load(imp.dir / "mask.pt")
     if stage.scheme == "random":
         mask = masks.shuffled(mask, seeds.generator(stage.seed, "random-mask", stage.level))
     elif stage.scheme == "random_adjusted":

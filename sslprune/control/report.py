@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .config import SCHEMES, Config, rewind_steps, signal_prune
-from .experiment import stages
+from .experiment import measurements, stages
 from .figures import FAMILIES, SCHEME_NAMES, TITLES, family, metric_name
 
 COLUMNS = ["experiment", "signal", "task", "scope", "evaluation", "metric", "level", "remaining", "seed", "accuracy"]
@@ -30,14 +30,16 @@ SUMMARY = ["experiment", "signal", "task", "scope", "evaluation", "metric", "lev
 
 def rows(cfg: Config) -> list[dict]:
     """One row per finished measurement of the experiment; unfinished stages are skipped."""
-    out = []
-    for stage in stages(cfg):
-        if not stage.done():
+    out, results = [], {}
+    for stage in measurements(cfg):  # a shared stage once per name it is reported under
+        if stage.key() not in results:
+            results[stage.key()] = stage.result() if stage.done() else None
+        r = results[stage.key()]
+        if r is None:
             continue
-        r = stage.result()
         out.append({"experiment": cfg.experiment, "signal": stage.signal,
                     "task": cfg.signals[stage.signal].task.name, "scope": signal_prune(cfg, stage.signal).scope,
-                    "evaluation": r["evaluation"], "metric": r.get("metric", "top1"), "level": stage.level,
+                    "evaluation": stage.evaluation, "metric": r.get("metric", "top1"), "level": stage.level,
                     "remaining": r["remaining"], "seed": stage.seed, "accuracy": r["accuracy"]})
     return out
 

@@ -220,6 +220,12 @@ class ImpLevel(Stage):
         return ImpLevel(self.cfg, self.signal, self.seed, 0).dir / "rewind.pt"
 
 
+# At level 0 (every weight kept) these starts are the same training for every signal of a seed:
+# fresh weights from the seed, a mask of ones (a shuffled or adjusted mask of ones is all ones),
+# the same batches. Computed once, in one shared directory, and reported under every name.
+DENSE_SCHEMES = ("random_reinit", "random", "random_adjusted")
+
+
 class Retrain(Stage):
     """Re-train the mask of IMP level L on labels from one of three starts."""
 
@@ -229,12 +235,24 @@ class Retrain(Stage):
         super().__init__(cfg, signal, seed, level)
         self.scheme = scheme
 
+    @property
+    def shared(self) -> bool:
+        """The dense network trained from scratch on labels, shared by every signal and by these starts."""
+        return self.level == 0 and self.scheme in DENSE_SCHEMES
+
     def _where(self) -> str:
         r = self.cfg.retrain
-        return f"{self._level()}/retrain_{_digest(self.cfg, ('retrain',), r.data, r.optim)}/{self.scheme}"
+        retrain = f"retrain_{_digest(self.cfg, ('retrain',), r.data, r.optim)}"
+        if self.shared:
+            memo = _memo(self.cfg)
+            store = memo.get("store") or os.path.normpath(self.cfg.store)
+            return f"{store}/dense/{_digest(self.cfg, ('dense',), self.cfg.model)}/seed_{self.seed}/{retrain}"
+        return f"{self._level()}/{retrain}/{self.scheme}"
 
     @property
     def label(self) -> str:
+        if self.shared:
+            return f"retrain dense from scratch seed={self.seed} level=0"
         return f"retrain {self.signal} {self.scheme} seed={self.seed} level={self.level}"
 
     @property
@@ -242,6 +260,8 @@ class Retrain(Stage):
         return self.scheme
 
     def parents(self):
+        if self.shared:
+            return []  # fresh weights and a mask of ones: no IMP level needed
         return [ImpLevel(self.cfg, self.signal, self.seed, self.level)]
 
 

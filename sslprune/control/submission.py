@@ -211,7 +211,7 @@ def plan(cfg: Config, todo: list[Stage]) -> list[list[list[Stage]]]:
     groups: "OrderedDict[tuple, OrderedDict]" = OrderedDict()
     for s in sorted(todo, key=lambda s: (depth(cfg, s.signal), s.level, s.kind != "imp", order[s.signal], s.seed)):
         wave, evaluation = depth(cfg, s.signal), s.kind != "imp"
-        if pack and evaluation:
+        if pack and evaluation and not getattr(s, "shared", False):  # the dense re-training waits for nothing
             key, task = (wave, s.level, True, "pack"), (s.signal, s.seed)
         else:
             key, task = (wave, s.level, evaluation, _variant(s), s.dir.name), s.key()
