@@ -1,4 +1,9 @@
-"""sslprune-report: rebuild an experiment's tables and plot from what the store holds."""
+"""sslprune-report: rebuild an experiment's tables and plot from what the store holds.
+
+    sslprune-report experiment=<name> [store=...] [--tables]
+
+`--tables` (removed from the arguments before Hydra parses them) writes the tables and CSVs
+without the figures."""
 from __future__ import annotations
 
 import hydra
@@ -7,11 +12,14 @@ from omegaconf import DictConfig
 from sslprune.launch.compose import CONFIG_PATH, app_help, typed, user_errors
 
 
-def publish(c) -> None:
+_PLOTS = True
+
+
+def publish(c, plots: bool = True) -> None:
     """Write the report files, print the summary table, update the W&B summary run (if enabled)."""
     from sslprune.control import dashboard, report
 
-    out, summary = report.write(c)
+    out, summary = report.write(c, plots=plots and _PLOTS)
     print(report.pivot(summary), flush=True)
     print(f"[sslprune] report written to {out}", flush=True)
     if (rid := dashboard.publish(c)) is not None:
@@ -29,6 +37,12 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    global _PLOTS
+    import sys
+
+    if "--tables" in sys.argv[1:]:
+        _PLOTS = False
+        sys.argv = [a for a in sys.argv if a != "--tables"]
     app_help("report")
     _main()
 

@@ -383,3 +383,25 @@ def test_a_packed_job_runs_its_stages_in_one_process_and_resumes_after_preemptio
         assert models_equal(Path(d) / "model.pt", local[r["evaluation"]] / "model.pt"), r["evaluation"]
         assert r["accuracy"] == json.loads((local[r["evaluation"]] / "result.json").read_text())["accuracy"]
         assert r["startup_s"] is not None and r["startup_s"] >= r["setup_s"] > 0
+
+
+def test_a_login_node_without_torch_submits(tmp_path):
+    """launcher=slurm plans and submits with torch, torchvision, sklearn and scipy absent (they raise
+    ImportError on import); the jobs, on the compute nodes, have them."""
+    from test_planes import _without_heavy
+
+    args = tiny(tmp_path / "store", signals=("labels",), seeds="[0]", levels=1, epochs=1)
+    env = _without_heavy(tmp_path)
+    assert cli("python", "-c", "import torch", check=False, env=env).returncode != 0
+    # Held: the jobs would inherit this environment (sbatch exports it), and the point is the login node.
+    p = cli("sslprune-run", *args, *SLURM, "+launcher.additional_parameters.hold=true", env=env)
+    assert "submitted 4 stage(s) in 4 array(s)" in p.stdout, p.stdout
+    recs = job_records(tmp_path / "store")
+    try:
+        assert len(recs) == 4
+        st = json.loads(cli("sslprune-status", *args, "--json", env=env).stdout)
+        assert sum(c["pending"] for c in st["kinds"].values()) == 4
+        again = cli("sslprune-run", *args, *SLURM, env=env)
+        assert "nothing to submit" in again.stdout
+    finally:
+        subprocess.run(["scancel", *{r["array_job_id"] for r in recs.values()}])

@@ -19,7 +19,7 @@ COLUMNS = ["signal", "seed", "dataset", "layer", "total", "zero", "fraction"]
 ZERO = 2.0 ** -23  # float32 machine epsilon: compute.sparsity.ZERO
 
 
-def write(cfg: Config, out_dir: Path) -> list[dict]:
+def write(cfg: Config, out_dir: Path, plots: bool = True) -> list[dict]:
     """natural_sparsity.csv and weight_magnitudes.png of every chain's trained dense network.
 
     Chains whose level 0 is not done (or predates weights.json) are skipped. One CSV row per
@@ -48,7 +48,7 @@ def write(cfg: Config, out_dir: Path) -> list[dict]:
         w = csv.DictWriter(f, COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    if hists:
+    if hists and plots:
         _plot(hists, out_dir / "weight_magnitudes.png")
     return rows
 

@@ -172,8 +172,11 @@ def _family_markdown(summary: list[dict], title: str, columns: list[str], rate: 
     return "\n".join(lines) + "\n"
 
 
-def write(cfg: Config) -> tuple[Path, list[dict]]:
-    """Write every report file of the experiment (see the module docstring); return the folder."""
+def write(cfg: Config, plots: bool = True) -> tuple[Path, list[dict]]:
+    """Write every report file of the experiment (see the module docstring); return the folder.
+
+    `plots=False` (sslprune-report --tables) writes the tables alone: the figures cost about the same
+    at any store size, the tables grow with it."""
     import shutil
 
     from . import figures, index, naturals
@@ -187,7 +190,7 @@ def write(cfg: Config) -> tuple[Path, list[dict]]:
     (out / "summary.md").write_text(f"# {cfg.experiment}\n\n" + markdown(summary))
     (out / "table.md").write_text(f"# {cfg.experiment}\n\n" + pivot(summary))
     index.write_stages(cfg, out)
-    drawn = figures.write(cfg, summary, out)
+    drawn = figures.write(cfg, summary, out) if plots else {}
     keep = 1 - cfg.prune.rate
     rw = rewinds(cfg)
     if rw:
@@ -211,5 +214,5 @@ def write(cfg: Config) -> tuple[Path, list[dict]]:
             ["signal", "task", "evaluation"], keep))
         if headline:
             shutil.copyfile(headline, out / "semi_supervised.png")
-    naturals.write(cfg, out)
+    naturals.write(cfg, out, plots=plots)
     return out, summary
