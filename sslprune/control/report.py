@@ -160,7 +160,7 @@ def _slug(text: str) -> str:
 
 def write(cfg: Config) -> tuple[Path, list[dict]]:
     """Write every report file of the experiment (see the module docstring); return the folder."""
-    from . import naturals
+    from . import findings, naturals
 
     out = Path(cfg.store) / "reports" / cfg.experiment
     out.mkdir(parents=True, exist_ok=True)
@@ -195,4 +195,5 @@ def write(cfg: Config) -> tuple[Path, list[dict]]:
         if part:
             plot(part, out / "semi_supervised.png", cfg.experiment, panel="evaluation", line=("signal",))
     naturals.write(cfg, out)
+    findings.write(cfg, results, out)  # findings.md: the paper's claims tested on these rows
     return out, summary
