@@ -20,11 +20,16 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the same fold
 ConfigStore.instance().store(name="sslprune_schema", node=Config)
 
 
-def typed(cfg: DictConfig, writes: bool = False) -> Config:
+def typed(cfg: DictConfig, writes: bool = False, announce: bool = True) -> Config:
     """A validated, plain-dataclass Config with an absolute store path.
 
     The store must be a folder, or not exist yet; with `writes` (an app that writes without running
-    experiment.check_inputs, e.g. sslprune-report) it must also be writable."""
+    experiment.check_inputs, e.g. sslprune-report) it must also be writable.
+
+    `announce`: the app is about to work, so decide W&B's mode for the whole command now, in this
+    (main) process: its one state line comes before any work, and worker processes inherit the
+    decision instead of each printing it again (dashboard.announce). Apps that never log to
+    W&B (status, sync) pass False."""
     check_keys(OmegaConf.to_container(cfg, resolve=False))  # before to_object drops unknown keys
     obj: Config = expand(OmegaConf.to_object(cfg))
     obj.store = os.path.abspath(os.path.expanduser(obj.store))
@@ -34,6 +39,10 @@ def typed(cfg: DictConfig, writes: bool = False) -> Config:
         from sslprune.control import store
 
         store.writable(Path(obj.store))
+    if announce:
+        from sslprune.control import dashboard
+
+        dashboard.announce(obj.wandb)
     return obj
 
 
@@ -46,6 +55,13 @@ def _folder_or_absent(path: Path) -> None:
         from sslprune.control.store import StoreError
 
         raise StoreError(errno.ENOTDIR, f"store={path}: {at} is a file, not a folder")
+
+
+def app_help(name: str) -> None:
+    """Make `--help` show conf/hydra/help/<name>.yaml: every app composes the same root config,
+    whose default help is sslprune-run's, so the other apps choose theirs with an override."""
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        sys.argv.append(f"hydra/help={name}")
 
 
 def user_errors(fn):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from sslprune.launch.compose import CONFIG_PATH, typed, user_errors
+from sslprune.launch.compose import CONFIG_PATH, app_help, typed, user_errors
 
 
 def publish(c) -> None:
@@ -12,7 +12,7 @@ def publish(c) -> None:
     from sslprune.control import dashboard, report
 
     out, summary = report.write(c)
-    print(report.markdown(summary), flush=True)
+    print(report.pivot(summary), flush=True)
     print(f"[sslprune] report written to {out}", flush=True)
     if (rid := dashboard.publish(c)) is not None:
         print(f"[sslprune] W&B summary run {c.wandb.project}/{rid} updated", flush=True)
@@ -24,8 +24,13 @@ def execute(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     execute(cfg)
+
+
+def main() -> None:
+    app_help("report")
+    _main()
 
 
 if __name__ == "__main__":

@@ -33,7 +33,12 @@ def execute(cfg: DictConfig) -> None:
             local.run_local(c)
         except local.Stopped as e:  # Ctrl-C / SIGTERM: what was kept and how to resume are printed
             sys.exit(e.code)
-    publish(c)
+    try:
+        publish(c)
+    except KeyboardInterrupt:  # every stage is done and kept; only the tables were being written
+        print(f"\n[sslprune] interrupted while writing the report; every result is in the store: "
+              f"sslprune-report experiment={c.experiment} writes it again", flush=True)
+        sys.exit(130)
 
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")

@@ -16,7 +16,7 @@ import os
 import hydra
 from omegaconf import DictConfig
 
-from sslprune.launch.compose import CONFIG_PATH, typed, user_errors
+from sslprune.launch.compose import CONFIG_PATH, app_help, typed, user_errors
 from sslprune.control.config import Config, ConfigError
 
 
@@ -63,6 +63,9 @@ def execute(kind: str, cfg: DictConfig) -> list[dict]:
     todo = plan(kind, c)
     # A single-level request needs its parent already done (a chain request produces its own parents).
     todo[0].require_parents()
+    from sslprune.control import index
+
+    index.write_chains(c, [c.signal])  # this app's chain only: the others may never run here
     if os.environ.get("SUBMITIT_EXECUTOR"):
         # Inside a job of Hydra's submitit launcher (`-m hydra/launcher=submitit_slurm`): run each stage
         # as sslprune-run's jobs do, so USR2/SIGTERM checkpoint at once and DDP ranks come from SLURM.
@@ -79,7 +82,11 @@ def _app(kind: str):
     @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
     def main(cfg: DictConfig) -> None:
         execute(kind, cfg)
-    return main
+
+    def app() -> None:
+        app_help(kind)  # --help: conf/hydra/help/<kind>.yaml
+        main()
+    return app
 
 
 train, imp, retrain, probe, svm, finetune = (_app(k) for k in ("train", "imp", "retrain", "probe", "svm", "finetune"))

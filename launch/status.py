@@ -1,10 +1,13 @@
 """sslprune-status: per stage kind, done / running / pending / preempted / failed / blocked counts.
 
     sslprune-status experiment=demo [store=...] [--json]
+    sslprune-status experiment=demo --where "imp rotnet seed=0 level=3"
 
 Takes the same Hydra overrides as the other apps (they select the experiment's stages);
-`--json` is removed from the arguments before Hydra parses them and switches the output to
-one JSON document (the same content as the text view).
+`--json` and `--where <stage label>` are removed from the arguments before Hydra parses them.
+`--json` switches the output to one JSON document (the same content as the text view);
+`--where` prints the directory of the stage with that label (as progress lines and the report's
+stages.csv write it) and nothing else, so `cd "$(sslprune-status ... --where '...')"` works.
 """
 from __future__ import annotations
 
@@ -13,14 +16,20 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from sslprune.launch.compose import CONFIG_PATH, typed, user_errors
+from sslprune.launch.compose import CONFIG_PATH, _fail, app_help, typed, user_errors
 
 _JSON = False
+_WHERE: str | None = None
 
 
 @user_errors
 def execute(cfg: DictConfig) -> None:
-    c = typed(cfg)
+    c = typed(cfg, announce=False)  # reads the store only: W&B plays no part
+    if _WHERE is not None:
+        from sslprune.control import index
+
+        print(index.find(c, _WHERE).dir, flush=True)
+        return
     from sslprune.control import status
 
     s = status.collect(c)
@@ -32,11 +41,30 @@ def _main(cfg: DictConfig) -> None:
     execute(cfg)
 
 
+def _flags(argv: list[str]) -> list[str]:
+    """Take --json and --where <label> (or --where=<label>) out of argv; returns what is left."""
+    global _JSON, _WHERE
+    rest, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--json":
+            _JSON = True
+        elif a == "--where":
+            if i + 1 >= len(argv):
+                _fail('sslprune: error: --where needs a stage label, e.g. --where "imp rotnet seed=0 level=3"', 2)
+            _WHERE = argv[i + 1]
+            i += 1
+        elif a.startswith("--where="):
+            _WHERE = a[len("--where="):]
+        else:
+            rest.append(a)
+        i += 1
+    return rest
+
+
 def main() -> None:
-    global _JSON
-    if "--json" in sys.argv[1:]:
-        _JSON = True
-        sys.argv = [a for a in sys.argv if a != "--json"]
+    sys.argv = sys.argv[:1] + _flags(sys.argv[1:])
+    app_help("status")
     _main()
 
 

@@ -13,12 +13,12 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from sslprune.launch.compose import CONFIG_PATH, typed, user_errors
+from sslprune.launch.compose import CONFIG_PATH, app_help, typed, user_errors
 
 
 @user_errors
 def execute(cfg: DictConfig) -> dict:
-    c = typed(cfg)
+    c = typed(cfg, announce=False)  # uploads what offline runs wrote, whatever wandb.mode says
     from sslprune.control import upload
 
     try:
@@ -29,8 +29,13 @@ def execute(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     execute(cfg)
+
+
+def main() -> None:
+    app_help("sync")
+    _main()
 
 
 if __name__ == "__main__":

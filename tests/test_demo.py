@@ -62,9 +62,31 @@ def test_demo_summary_is_mean_and_standard_error_over_seeds(demo):
         assert float(s["stderr"]) == pytest.approx(abs(accs[0] - accs[1]) / 2)  # sd/sqrt(2) for two seeds
     md = (report / "summary.md").read_text()
     assert "| rotnet | probe:digits | 3 | 51.19% |" in md  # 0.8^3 up to ceil rounding
-    assert md.split("\n", 2)[2] in out  # the run ends by printing the table
-    png = (report / "accuracy_vs_remaining.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    table = (report / "table.md").read_text()
+    assert table.split("\n", 2)[2] in out  # the run ends by printing the pivot
+    for name in ("", "_pretext", "_retrain", "_probe"):
+        png = (report / f"accuracy_vs_remaining{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000, name
+
+
+def test_the_printed_table_is_a_pivot_of_levels_by_signal_and_evaluation(demo):
+    store, out = demo
+    summary = _read(store / "reports" / "demo" / "summary.csv")
+    at = {(s["signal"], s["evaluation"], int(s["level"])): s for s in summary}
+    lines = out.splitlines()
+    start = lines.index("## masks re-trained on labels (%, mean ± s.e. over 2 seeds)")
+    header, rule, *rows = lines[start + 2:start + 2 + 2 + 4]
+    assert header == ("| level | remaining | labels: winning ticket | labels: random re-init | labels: random | "
+                      "rotnet: winning ticket | rotnet: random re-init | rotnet: random |")
+    for level, row in enumerate(rows):  # one row per level, the levels' fractions remaining
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[:2] == [str(level), f"{100 * float(at[('labels', 'pretext', level)]['remaining']):.2f}%"]
+        for cell, (signal, ev) in zip(cells[2:], [(g, e) for g in ("labels", "rotnet")
+                                                  for e in ("winning_ticket", "random_reinit", "random")]):
+            s = at[(signal, ev, level)]
+            assert cell == f"{100 * float(s['mean']):.2f} ± {100 * float(s['stderr']):.2f}"
+    assert "## linear probes on frozen features (%, mean ± s.e. over 2 seeds)" in lines
+    assert "| level | remaining | labels: label accuracy (top-1) | rotnet: rotation accuracy |" in lines
 
 
 def test_report_rebuilds_the_same_tables_from_the_store(demo):
@@ -74,7 +96,7 @@ def test_report_rebuilds_the_same_tables_from_the_store(demo):
     (report / "results.csv").unlink()
     out = cli("sslprune-report", f"store={store}", *SHORT).stdout
     assert ((report / "results.csv").read_text(), (report / "summary.csv").read_text()) == before
-    assert "| labels | winning_ticket | 0 | 100.00% |" in out
+    assert (report / "table.md").read_text().split("\n", 2)[2] in out
 
 
 def test_rerunning_a_finished_experiment_does_no_work(demo):

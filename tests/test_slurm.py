@@ -67,7 +67,9 @@ def wait_complete(args, timeout: float = 420) -> dict:
 
 
 def job_records(store: Path) -> dict[str, dict]:
-    return {str(p.parent): json.loads(p.read_text()) for p in store.rglob("job.json")}
+    from sslprune.control import submission
+
+    return submission.records(store)
 
 
 def step(stage_dir: Path) -> int:
@@ -84,7 +86,8 @@ def sacct_states(job_id: str) -> list[str]:
 
 
 def logs(store: Path, job_id: str) -> str:
-    return "".join(p.read_text() for p in sorted((store / "slurm" / job_id).glob("*_log.out")))
+    # submitit's folder is <store>/slurm/%A: one folder per array, a log per job and task in it.
+    return "".join(p.read_text() for p in sorted((store / "slurm" / job_id.split("_")[0]).glob(f"{job_id}_*_log.out")))
 
 
 def models_equal(a: Path, b: Path, atol: float = 0.0) -> bool:
@@ -99,20 +102,24 @@ def models_equal(a: Path, b: Path, atol: float = 0.0) -> bool:
 
 
 def test_demo_through_arrays_matches_local_run(tmp_path):
-    """2 seeds x 2 signals x 2 levels + re-training + probes: 20 stages as 10 arrays with dependencies."""
+    """2 seeds x 2 signals x 2 levels + re-training + probes: 20 stages as 6 arrays with dependencies
+    (per level: IMP, winning tickets, RotNet probes, each over both signals and seeds)."""
     args = tiny(tmp_path / "slurm")
     local_args = tiny(tmp_path / "local", "run.workers=1")
     p = cli("sslprune-run", *args, *SLURM)
     assert f"store {tmp_path / 'slurm'}" in p.stdout
-    assert "submitted 20 stage(s) in 10 array(s)" in p.stdout, p.stdout
-    assert len(re.findall(r"job \d+", p.stdout)) >= 10
+    assert "submitted 20 stage(s) in 6 array(s)" in p.stdout, p.stdout
+    assert len(re.findall(r"job \d+", p.stdout)) >= 6
     recs = job_records(tmp_path / "slurm")
     assert len(recs) == 20
     by = {(r["stage"]): r for r in recs.values()}
     imp0 = by["imp labels seed=0 level=0"]
-    assert by["imp labels seed=1 level=0"]["array_job_id"] == imp0["array_job_id"]  # seeds are one array
+    for other in ("imp labels seed=1 level=0", "imp rotnet seed=0 level=0", "imp rotnet seed=1 level=0"):
+        assert by[other]["array_job_id"] == imp0["array_job_id"]  # signals and seeds are one array
+    assert by["imp rotnet seed=0 level=0"]["index"] == 0  # the probed signal first: probes wait task for task
     assert by["imp labels seed=0 level=1"]["dependency"] == f"aftercorr:{imp0['array_job_id']}"
     assert by["retrain labels winning_ticket seed=0 level=0"]["dependency"] == f"aftercorr:{imp0['array_job_id']}"
+    assert by["probe:digits rotnet seed=1 level=0"]["dependency"] == f"aftercorr:{imp0['array_job_id']}"
     st = status(args)  # right after submission: children wait on their parents' arrays
     c = st["kinds"]
     assert {k: c[k]["total"] for k in c} == {"imp": 8, "retrain": 8, "probe": 4}
@@ -150,8 +157,8 @@ def test_requeue_preemption_and_cancel_resume_to_the_same_result(tmp_path):
     ref_args = tiny(tmp_path / "local", *common, signals=("labels",), seeds="[0]", levels=0, width=8, epochs=120,
                 quiet=False)
     cli("sslprune-run", *args, *SLURM)
-    (rec_path,) = (tmp_path / "slurm").rglob("job.json")
-    d, job = rec_path.parent, json.loads(rec_path.read_text())["job_id"]
+    ((d, rec),) = job_records(tmp_path / "slurm").items()
+    d, job = Path(d), rec["job_id"]
     reference = subprocess.Popen(["sslprune-run", *ref_args], cwd=ROOT, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
     try:
@@ -180,7 +187,7 @@ def test_requeue_preemption_and_cancel_resume_to_the_same_result(tmp_path):
         assert st["problems"][0]["job_id"] == job
         again = cli("sslprune-run", *args, *SLURM)  # re-submission resumes from the checkpoint
         assert "submitted 1 stage(s)" in again.stdout, again.stdout
-        new_job = json.loads(rec_path.read_text())["job_id"]
+        new_job = job_records(tmp_path / "slurm")[str(d)]["job_id"]
         assert new_job != job
         wait_complete(args, 300)
     finally:
@@ -213,6 +220,9 @@ def test_failure_is_retried_then_only_the_failed_part_is_resubmitted(tmp_path):
     assert blocked[0]["blocked_by"] == "imp labels seed=0 level=1"
     text = cli("sslprune-status", *base).stdout
     assert "blocked by imp labels seed=0 level=1" in text and "FAILED" in text
+    (failed,) = [x for x in st["problems"] if x["state"] == "failed"]
+    assert failed["log"].endswith(f"{failing}_0_log.out") and Path(failed["log"]).is_file()  # the log, not its folder
+    assert "retry 1/1" in Path(failed["log"]).read_text()
     # The crash was retried once (a requeue of the same job), then the job failed for good.
     time.sleep(2)
     assert sacct_states(failing) == ["REQUEUED", "FAILED"]
@@ -236,7 +246,7 @@ def test_two_task_ddp_job_matches_one_process(tmp_path):
     wait_complete(args, 240)
     (a,) = (tmp_path / "ddp").rglob("result.json")
     (b,) = (tmp_path / "one").rglob("result.json")
-    job = json.loads((a.parent / "job.json").read_text())["job_id"]
+    job = job_records(tmp_path / "ddp")[str(a.parent)]["job_id"]
     log = logs(tmp_path / "ddp", job)
     assert "rank 0/2" in log and "rank 1/2" in log
     assert models_equal(a.parent / "model.pt", b.parent / "model.pt", atol=1e-5)
@@ -292,8 +302,8 @@ def test_ddp_preemption_stops_every_rank_at_the_same_step_and_resumes_bit_for_bi
     ref = tiny(tmp_path / "straight", *common, signals=("labels",), seeds="[0]", levels=0, width=8, epochs=20)
     cli("sslprune-run", *args, *SLURM)
     cli("sslprune-run", *ref, *SLURM)
-    (rec_path,) = (tmp_path / "stopped").rglob("job.json")
-    d, job = rec_path.parent, json.loads(rec_path.read_text())["job_id"]
+    ((d, rec),) = job_records(tmp_path / "stopped").items()
+    d, job = Path(d), rec["job_id"]
     total = 20 * (1437 // 32)
     wait_for(lambda: step(d) >= 40, 300, "the 2-task job to start training")
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
@@ -310,3 +320,66 @@ def test_ddp_preemption_stops_every_rank_at_the_same_step_and_resumes_bit_for_bi
     assert models_equal(d / "model.pt", straight / "model.pt")
     a, b = json.loads((d / "result.json").read_text()), json.loads((straight / "result.json").read_text())
     assert a["accuracy"] == b["accuracy"] and a["world"] == b["world"] == 2
+
+
+def test_a_cancelled_pending_array_is_cancelled_not_unknown(tmp_path):
+    """Accounting keeps a pending array cancelled before its tasks split under the array's own id;
+    status used to say `unknown` for its tasks once squeue forgot them (MinJobAge)."""
+    from sslprune.control import slurm
+
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/bash\ntrue\n")
+    out = subprocess.run(["sbatch", "--parsable", "--partition=debug", "--time=5", "--array=0-3",
+                          "--dependency=afterok:999999999", str(script)], capture_output=True, text=True, check=True)
+    array = out.stdout.strip().split(";")[0]
+    subprocess.run(["scancel", array], check=True)
+    tasks = [f"{array}_{i}" for i in range(4)]
+    states = wait_for(lambda: (lambda s: s if len(s) == 4 and all(v.state == "CANCELLED" for v in s.values()) else None)(
+        slurm.accounting(tasks, time.time() - 60)), 30, "accounting to record the cancellation", 0.5)
+    assert {j: v.state for j, v in states.items()} == {j: "CANCELLED" for j in tasks}
+
+
+def test_a_packed_job_runs_its_stages_in_one_process_and_resumes_after_preemption(tmp_path):
+    """launcher.pack: the re-training starts of a level run one after the other in one job; USR2
+    in the middle of the second requeues the job, which skips the first (done) and resumes the
+    second from its checkpoint. Results equal unpacked local runs', each stage has its own result,
+    and result.json says how long the job took to reach its first training step."""
+    common = ["retrain.schemes=[winning_ticket,random_reinit,random]", "retrain.levels=[1]",
+              "retrain.optim.batch_size=32", "retrain.optim.epochs=30", "run.log_every=10", "run.checkpoint_steps=20"]
+    args = tiny(tmp_path / "packed", *common, "launcher.pack=true", signals=("labels",), seeds="[0]", levels=1,
+                width=8, epochs=1, quiet=False)
+    ref = tiny(tmp_path / "local", *common, "run.workers=1", signals=("labels",), seeds="[0]", levels=1, width=8,
+               epochs=1)
+    p = cli("sslprune-run", *args, *SLURM)
+    assert "submitted 5 stage(s) in 3 array(s)" in p.stdout, p.stdout  # IMP 0, IMP 1, the pack of level 1
+    reference = subprocess.Popen(["sslprune-run", *ref], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
+    try:
+        recs = {r["stage"]: (d, r) for d, r in job_records(tmp_path / "packed").items()}
+        starts = [recs[f"retrain labels {s} seed=0 level=1"] for s in ("winning_ticket", "random_reinit", "random")]
+        assert len({r["job_id"] for _, r in starts}) == 1  # one job for the three starts
+        job = starts[0][1]["job_id"]
+        first, second = Path(starts[0][0]), Path(starts[1][0])
+        wait_for(lambda: (first / "result.json").exists() and step(second) >= 30, 600,
+                 "the second stage of the pack to train")
+        done_at = (first / "result.json").stat().st_mtime_ns
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+        st = wait_complete(args, 600)
+        assert counts(st, "done") == {"imp": {"done": 2}, "retrain": {"done": 3}}
+    finally:
+        out, _ = reference.communicate(timeout=900)
+    assert reference.returncode == 0, out[-3000:]
+    assert (first / "result.json").stat().st_mtime_ns == done_at  # not trained again after the requeue
+    log = logs(tmp_path / "packed", job)
+    assert "REQUEUED" in sacct_states(job)
+    resumed = re.findall(r"\[retrain labels random_reinit seed=0 level=1\] resumed from .*checkpoint\.pt at step (\d+)/",
+                         log)
+    assert len(resumed) == 1 and int(resumed[0]) >= 20, log[-3000:]
+    assert "retrain labels winning_ticket seed=0 level=1: first training step" in log
+    local = {json.loads(f.read_text())["evaluation"]: f.parent for f in (tmp_path / "local").rglob("result.json")
+             if json.loads(f.read_text())["kind"] == "retrain"}
+    for d, _ in starts:
+        r = json.loads((Path(d) / "result.json").read_text())
+        assert models_equal(Path(d) / "model.pt", local[r["evaluation"]] / "model.pt"), r["evaluation"]
+        assert r["accuracy"] == json.loads((local[r["evaluation"]] / "result.json").read_text())["accuracy"]
+        assert r["startup_s"] is not None and r["startup_s"] >= r["setup_s"] > 0

@@ -1,6 +1,8 @@
 """Planning and validation of SLURM submission, without a cluster (the real thing is in test_slurm.py)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from sslprune.control import slurm, submission
@@ -10,28 +12,57 @@ from sslprune.control.experiment import stages
 from conftest import tiny_config
 
 
-def test_dependency_uses_aftercorr_only_for_one_to_one_arrays():
+def test_dependency_uses_aftercorr_only_task_for_task():
     dep = submission._dependency
-    assert dep([None, None], {}) == [(None, [0, 1])]
-    assert dep(["7_0", "7_1"], {"7": 2}) == [("aftercorr:7", [0, 1])]
-    # Same array but not task-for-task (a subset, or another order): one afterok per parent job.
-    assert dep(["7_1", "7_2"], {"7": 3}) == [("afterok:7_1", [0]), ("afterok:7_2", [1])]
-    assert dep(["7_0", "7_1"], {"7": 3}) == [("afterok:7_0", [0]), ("afterok:7_1", [1])]
-    assert dep(["7_0", None, "8"], {"7": 1}) == [("afterok:7_0", [0]), (None, [1]), ("afterok:8", [2])]
-    assert dep(["9"], {}) == [("afterok:9", [0])]
+    assert dep([None, None], {}) is None
+    assert dep(["7_0", "7_1"], {"7": 2}) == "aftercorr:7"
+    assert dep(["7_0", "7_1"], {"7": 3}) == "aftercorr:7"  # the first tasks of a larger array (a signal subset)
+    # Same array but not task for task (another order, or a gap): the array waits for those parents.
+    assert dep(["7_1", "7_2"], {"7": 3}) == "afterok:7_1:7_2"
+    assert dep(["7_2", "7_1", "7_0"], {"7": 3}) == "afterok:7"  # every task of array 7: the array once
+    assert dep(["7_0", None, "8"], {"7": 1}) == "afterok:7:8"
+    assert dep(["9"], {}) == "afterok:9"
 
 
-def test_plan_groups_by_kind_signal_level_and_orders_parents_first(tmp_path):
+def test_plan_is_one_array_per_level_and_kind_over_signals_and_seeds(tmp_path):
     cfg = tiny_config(tmp_path, seeds=[0, 1])
-    arrays = submission.plan(cfg, stages(cfg))
+    arrays = [[task[0] for task in a] for a in submission.plan(cfg, stages(cfg))]  # unpacked: a task is a stage
     seen = set()
+    order = submission.signal_order(cfg, stages(cfg))
+    assert list(order) == ["rotnet", "labels"]  # RotNet is also probed: its tasks come first everywhere
     for a in arrays:
-        assert len({(s.kind, s.signal, s.level, submission._variant(s)) for s in a}) == 1
-        assert [s.seed for s in a] == [0, 1]  # tasks in seed order, as in their parent's array
+        assert len({(s.kind, s.level, submission._variant(s)) for s in a}) == 1
+        pairs = [(s.signal, s.seed) for s in a]
+        assert pairs == sorted(pairs, key=lambda p: (order[p[0]], p[1]))  # the order of every array
         for s in a:
             assert all(p.key() in seen for p in s.parents())
         seen |= {s.key() for s in a}
     assert len(seen) == len(stages(cfg))
+    # 3 levels x (IMP + 3 re-training starts + the RotNet probe) for 2 signals x 2 seeds, but level 0's
+    # random and random re-init are one dense training per seed: 14 arrays.
+    assert len(arrays) == 3 * 5 - 1
+    imp0 = next(a for a in arrays if a[0].kind == "imp" and a[0].level == 0)
+    probe0 = next(a for a in arrays if a[0].kind == "probe" and a[0].level == 0)
+    assert [(s.signal, s.seed) for s in probe0] == [(s.signal, s.seed) for s in imp0][:len(probe0)]
+
+
+def test_packed_plan_is_one_task_per_chain_and_level_with_its_evaluations(tmp_path):
+    cfg = tiny_config(tmp_path, seeds=[0, 1])
+    cfg.launcher = replace(cfg.launcher, pack=True)
+    arrays = submission.plan(cfg, stages(cfg))
+    assert len(arrays) == 3 * 2 + 1  # per level: the IMP array and one array of packs; the dense re-trainings
+    for a in arrays:
+        if a[0][0].kind == "imp" or getattr(a[0][0], "shared", False):
+            assert all(len(task) == 1 for task in a)
+            continue
+        level = a[0][0].level
+        assert [(t[0].signal, t[0].seed) for t in a] == [("rotnet", 0), ("rotnet", 1), ("labels", 0), ("labels", 1)]
+        for task in a:
+            labels = [s.label for s in task]
+            assert len({(s.signal, s.seed, s.level) for s in task}) == 1 and task[0].level == level
+            # Three re-training starts, and RotNet's probe; at level 0 the two random starts are the dense stage.
+            want = (4 if task[0].signal == "rotnet" else 3) - (2 if level == 0 else 0)
+            assert len(task) == want, labels
 
 
 def test_array_ids_expand():

@@ -26,7 +26,7 @@ from sslprune.control import store as files
 from sslprune.control import dashboard, upload
 
 from sslprune.compute import checkpoint
-from sslprune.control.config import Config
+from sslprune.control.config import Config, WandbConfig
 
 from conftest import ROOT
 
@@ -44,7 +44,8 @@ SMALL = ["prune.levels=1", "prune.rewind=3it", "seeds=[0]", "model.width=4", "ru
 def env_for(home: Path, **extra: str) -> dict:
     """This process's environment without any W&B setting, with a fresh HOME."""
     home.mkdir(parents=True, exist_ok=True)
-    e = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k not in ("NETRC", "SLURM_ARRAY_TASK_ID")}
+    e = {k: v for k, v in os.environ.items()
+         if not k.startswith("WANDB_") and k not in ("NETRC", "SLURM_ARRAY_TASK_ID", dashboard.AUTO_ENV)}
     e.update(HOME=str(home), OMP_NUM_THREADS="1", WANDB_CONFIG_DIR=str(home / ".config" / "wandb"))
     e.update(extra)
     return e
@@ -134,7 +135,9 @@ def test_offline_demo_logs_one_run_per_stage(demo):
         assert s["name"] == dashboard.run_name(stage)
         c = s["config"]
         for k in ("data", "model", "prune", "signals", "retrain", "probe", "run", "seeds"):
-            assert k in c, k  # the resolved config ...
+            assert k in c, k  # the experiment's resolved settings ...
+        assert "launcher" not in c and "wandb" not in c  # ... not the launcher's or W&B's own
+        assert c["signals"]["rotnet"]["task"]["name"] == "rotnet" and c["prune"]["levels"] == 1
         want = {"experiment": "demo", "kind": stage.kind, "signal": stage.signal, "seed": 0, "level": stage.level,
                 "evaluation": result["evaluation"], "scheme": getattr(stage, "scheme", None),
                 "probe_dataset": "digits" if stage.kind == "probe" else None}
@@ -169,6 +172,7 @@ def test_report_logs_a_summary_run_with_the_results_table(demo):
     assert f"W&B summary run sslprune/{rid} updated" in demo["report_out"]
     s = summary(dirs[-1], env)
     assert s["state"] == "finished" and s["config"]["kind"] == "report"
+    assert "launcher" not in s["config"] and "wandb" not in s["config"] and "signals" in s["config"]
     recs = records(dirs[-1], env)
     run_rec = next(r["run"] for r in recs if r["type"] == "run")
     assert run_rec["job_type"] == "report" and run_rec["run_group"] == "demo"
@@ -254,6 +258,44 @@ def test_no_credentials_means_no_wandb_and_training_completes(tmp_path):
     assert not wandb_dirs(tmp_path), wandb_dirs(tmp_path)
     assert not (store / dashboard.STORE_TOKEN).exists()
     assert not (ROOT / "wandb").exists()
+
+
+def test_wandb_state_line_is_printed_once_per_command_before_work_starts(tmp_path):
+    """A local run with two worker processes: one line, from the main process, before the first stage."""
+    env = env_for(tmp_path / "home")
+    store, cwd = tmp_path / "store", tmp_path / "cwd"
+    cwd.mkdir()
+    small = [a for a in SMALL if a not in ("prune.levels=1", "run.quiet=true")]  # stage lines: when work starts
+    args = ["sslprune-run", f"store={store}", *small, "prune.levels=0", "run.workers=2"]
+    p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd,
+                       timeout=300)
+    assert p.returncode == 0, p.stdout[-4000:]
+    lines = p.stdout.splitlines()
+    noted = [i for i, ln in enumerate(lines) if "W&B disabled" in ln]
+    assert len(noted) == 1, p.stdout  # not once per worker, not again after the table
+    assert "no W&B credentials" in lines[noted[0]]
+    first_stage = next(i for i, ln in enumerate(lines) if ln.startswith("[imp "))
+    header = next(i for i, ln in enumerate(lines) if ln.startswith("[sslprune] experiment demo: 4 stages"))
+    assert noted[0] < header < first_stage
+    assert len({ln.split("]")[0] for ln in lines if ln.startswith("[imp ")}) == 2  # both chains ran
+    assert not wandb_dirs(tmp_path)
+
+
+def test_workers_inherit_the_commands_decision(monkeypatch, capsys):
+    """The auto decision is made once: a process that finds it in the environment neither checks
+    credentials nor prints (a spawned worker); the one that makes it exports it."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_DISABLED", raising=False)
+    monkeypatch.setenv(dashboard.AUTO_ENV, f"disabled@{os.getppid()}")  # decided by this process's parent
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)  # would mean online if checked again
+    assert dashboard.resolve(WandbConfig()) == "disabled"
+    assert capsys.readouterr().err == ""
+    # a decision of another command (a SLURM job inherits the submitting shell's environment) is not ours
+    monkeypatch.setenv(dashboard.AUTO_ENV, "disabled@0")  # pid 0 is no process
+    assert dashboard.announce(WandbConfig()) == "online"
+    assert os.environ[dashboard.AUTO_ENV] == f"online@{os.getpid()}"
+    monkeypatch.delenv("WANDB_API_KEY")
+    assert dashboard.resolve(WandbConfig()) == "online"  # decided: the command keeps its mode
 
 
 def _marked(store: Path) -> list[Path]:

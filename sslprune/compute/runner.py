@@ -51,7 +51,7 @@ class Setup:
 
 
 
-def run(stage: Stage, rt=None, interrupt=None) -> dict:
+def run(stage: Stage, rt=None, interrupt=None, started: Optional[float] = None, observer=None) -> dict:
     """Run (or resume) `stage` here; a done stage returns its stored result without work.
 
     `rt`: a Runtime, None (this process alone) or "environment" (the ranks of a submitit job, set
@@ -64,15 +64,16 @@ def run(stage: Stage, rt=None, interrupt=None) -> dict:
     if rt == "environment":
         rt = from_environment(stage.cfg.run)
         try:
-            return run(stage, rt, interrupt)
+            return run(stage, rt, interrupt, started, observer)
         finally:
             rt.close()
     rt = rt or local(stage.cfg.run)
     if not rt.is_writer:
         if rt.agree(False):  # rank 0 found it done once it held the lock
             return stage.result()
-        return _compute(stage, rt, interrupt)
-    say = Progress(stage.label, quiet=stage.cfg.run.quiet).note
+        return _compute(stage, rt, interrupt, started, observer)
+    say = Progress(stage.label, quiet=stage.cfg.run.quiet or observer is not None,
+                   sinks=[observer] if observer is not None else []).note
     with files.lock(stage.dir, note=say):
         state = stage.state()
         if rt.agree(state == "done"):
@@ -80,13 +81,16 @@ def run(stage: Stage, rt=None, interrupt=None) -> dict:
         if state == "corrupt":
             say(f"warning: {stage.set_aside()}; recomputing this stage")
         files.clean(stage.dir, older_than=0)  # temporary files of killed writers (we hold the lock)
-        return _compute(stage, rt, interrupt)
+        return _compute(stage, rt, interrupt, started, observer)
 
 
-def _compute(stage: Stage, rt: Runtime, interrupt) -> dict:
+def _compute(stage: Stage, rt: Runtime, interrupt, started: Optional[float] = None, observer=None) -> dict:
     monitor = monitors.open_for(stage, rt.is_writer)
-    progress = Progress(stage.label, quiet=stage.cfg.run.quiet, sinks=[monitor])
-    t0 = time.monotonic()
+    if observer is not None and rt.is_writer:
+        observer.start(stage.label, stage.kind)
+        monitor.observers.append(observer)  # it also gets finish/fail
+    progress = Progress(stage.label, quiet=stage.cfg.run.quiet or observer is not None, sinks=[monitor])
+    t0, wall0 = time.monotonic(), time.time()
     try:
         try:
             result = (run_svm if stage.kind == "svm" else _train)(stage, rt, progress, interrupt)
@@ -102,6 +106,12 @@ def _compute(stage: Stage, rt: Runtime, interrupt) -> dict:
     result.update({"kind": stage.kind, "signal_task": stage.cfg.signals[stage.signal].task.name,
                    "seed": stage.seed, "level": stage.level, "seconds": round(time.monotonic() - t0, 3),
                    "device": str(rt.device), "world": rt.world})
+    first = result.pop("first_step_at", None)
+    if first is not None:
+        # What a stage pays before training: building the network, loading weights and data (setup_s),
+        # and for a job also Python, imports and the device since the process started (startup_s).
+        result["setup_s"] = round(first - wall0, 3)
+        result["startup_s"] = round(first - started, 3) if started is not None else None
     if rt.is_writer:
         result["outputs"] = files.manifest(stage.dir, OUTPUTS)
         files.write_json(result, stage.dir / DONE)
@@ -134,7 +144,9 @@ def _train(stage: Stage, rt: Runtime, progress: Progress, interrupt=None) -> dic
     threads = _threads(stage, resume, progress)
     s = prepare(stage, rt)
     if rt.is_writer:
-        files.write_json({"chain": chain_identity(stage.cfg, stage.signal), **s.identity}, stage.dir / "config.json")
+        shared = getattr(stage, "shared", False)  # the dense re-training belongs to no one chain
+        files.write_json({**({} if shared else {"chain": chain_identity(stage.cfg, stage.signal)}), **s.identity},
+                         stage.dir / "config.json")
         if s.save_mask and not (stage.dir / "mask.pt").exists():
             files.write_json(masks.report(s.mask), stage.dir / "sparsity_report.json")
             checkpoint.save(s.mask, stage.dir / "mask.pt")
@@ -256,12 +268,17 @@ def prepare_retrain(stage: Retrain, rt: Runtime) -> Setup:
     """The mask of IMP level L on labels, from the stage's scheme: winning ticket (rewound weights,
     fresh head), random re-init (fresh weights) or random (a shuffled mask, fresh weights)."""
     cfg, r = stage.cfg, stage.cfg.retrain
-    imp = stage.parents()[0]
     data = dataset.load(r.data)
     task = tasks.labels(data)
-    mask = checkpoint.load(imp.dir / "mask.pt")
     # Fresh weights for both random starts come from one seed, so they differ only in the mask.
     net = models.build(cfg.model, data.channels, task.num_outputs, seeds.derive(stage.seed, "reinit"))
+    if stage.shared:  # level 0's random starts: the dense network from scratch, for every signal
+        return Setup(net=net, task=task, data=data, optim=r.optim, mask=masks.ones(net),
+                     seed_parts=(stage.seed, "retrain", 0),
+                     identity={"stage": "retrain", "scheme": "dense", "data": identity(r.data),
+                               "optim": identity(r.optim)})
+    imp = stage.parents()[0]
+    mask = checkpoint.load(imp.dir / "mask.pt")
     if stage.scheme == "random":
         mask = masks.shuffled(mask, seeds.generator(stage.seed, "random-mask", stage.level))
     elif stage.scheme == "random_adjusted":

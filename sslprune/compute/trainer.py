@@ -145,6 +145,7 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
 
     job.model.train()
     batches = None
+    first_step_at = time.time() if step >= total else None  # nothing left to train: set-up is all there was
     while step < total:
         if step % every == 0 and stop_requested():
             check_finite(step, weights=True)
@@ -156,6 +157,8 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
         if batches is None or index == 0:
             batches = iter(job.loader.batches(epoch, index))
         x, y = next(batches)
+        if first_step_at is None:
+            first_step_at = time.time()
         draws = seeds.Draws.for_batch(seeds.derive(job.loader.seed, "task", step), rank, local_batch, device)
         x, target = job.task.prepare(x, y, draws)
         if channels_last and x.dim() == 4:  # a task's rotations and concatenations return NCHW
@@ -198,7 +201,7 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
     for hook in job.hooks:
         hook(step, net)
     save(step)
-    return {"steps": total, "start_step": job.start_step}
+    return {"steps": total, "start_step": job.start_step, "first_step_at": first_step_at}
 
 
 @torch.no_grad()

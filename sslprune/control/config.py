@@ -223,6 +223,8 @@ class RunConfig:
     checkpoint_minutes: float = 10.0
     eval_batch_size: int = 1024
     quiet: bool = False
+    # sslprune-run's progress when its output is not a terminal (a log, CI): a status line this often.
+    progress_seconds: float = 30.0
     # DDP: steps between the ranks' agreement on stopping (one collective on a CPU group), so every
     # rank stops at the same step when any of them is interrupted; a stop waits at most this long.
     interrupt_every: int = 10
@@ -264,6 +266,10 @@ class LauncherConfig:
     max_retries: int = 1  # automatic requeues of a job that crashed (it resumes from its checkpoint)
     # --- where and what
     snapshot: bool = True  # jobs run a copy of the code taken at submission (<store>/code/<hash>)
+    # One job for the re-training starts and evaluations of one IMP level of one chain, run one after
+    # the other: Python, imports, CUDA and the data are paid once, not once per stage (worth it when
+    # stages last minutes, e.g. CIFAR-size). Each stage keeps its checkpoint, result and W&B run.
+    pack: bool = False
     folder: Optional[str] = None  # submitit logs and pickles; default <store>/slurm
 
 
@@ -681,6 +687,33 @@ def signal_data(cfg: Config, signal: str) -> DataConfig:
     """The data set one signal trains and prunes on."""
     s = cfg.signals[signal]
     return s.data if s.data is not None else cfg.data
+
+
+# ---------------------------------------------------------------- plain data
+
+
+def to_dict(cfg: Any) -> Any:
+    """A config as plain JSON data (every field, defaults included): what a job record carries."""
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+
+
+def from_dict(data: Any, schema: Any = None) -> Any:
+    """The inverse of to_dict: a typed Config (or any schema dataclass) from plain data."""
+    schema = schema or Config
+    if dataclasses.is_dataclass(schema):
+        hints = typing.get_type_hints(schema)
+        return schema(**{f.name: from_dict(data[f.name], hints[f.name]) for f in dataclasses.fields(schema)
+                         if f.name in data})
+    origin, args = typing.get_origin(schema), typing.get_args(schema)
+    if data is None:
+        return None
+    if origin is typing.Union:  # Optional[X]
+        return from_dict(data, next(a for a in args if a is not type(None)))
+    if origin in (list, List):
+        return [from_dict(v, args[0] if args else Any) for v in data]
+    if origin in (dict, Dict):
+        return {k: from_dict(v, args[1] if args else Any) for k, v in data.items()}
+    return data
 
 
 # ---------------------------------------------------------------- identity

@@ -4,8 +4,11 @@ The store stays the source of truth; nothing here may fail a training job (every
 caught and reported once, then W&B is left alone for that stage). `wandb` is imported only
 when W&B is enabled.
 
-- Mode. `wandb.mode=auto` resolves once per process: WANDB_MODE if set, else online when W&B
-  credentials are configured, else disabled with one line saying so.
+- Mode. `wandb.mode=auto` resolves once per command: WANDB_MODE if set, else online when W&B
+  credentials are configured, else disabled with one line saying so, printed by the command's
+  main process before work starts (announce) and inherited by its workers (AUTO_ENV).
+- Config. A run's config is the experiment's settings (experiment_settings: what the numbers
+  depend on and how they were run), not the launcher's or W&B's own, plus the stage's identity.
 - Run ids. A stage's W&B run id is a hash of the store's token (`<store>/.wandb_id`, created
   once, so two stores of the same experiment never share runs, and a moved store keeps its
   ids) and the stage directory relative to the store (which encodes config hash, seed, level,
@@ -36,7 +39,9 @@ from . import store as files
 from .config import Config, WandbConfig
 
 STORE_TOKEN = ".wandb_id"
-_process: dict = {"noted": False, "staggered": False, "fallback": None}
+_process: dict = {"staggered": False, "fallback": None}
+# The auto mode decided by the command (online or disabled), passed to its worker processes.
+AUTO_ENV = "SSLPRUNE_WANDB_AUTO"
 
 
 def _say(text: str) -> None:
@@ -83,16 +88,38 @@ def resolve(w: WandbConfig) -> str:
         return {"dryrun": "offline", "run": "online"}[env]
     if os.environ.get("WANDB_DISABLED", "").strip().lower() in ("1", "true", "yes"):
         return "disabled"
-    if _process.get("auto") is None:  # decided once per process
-        _process["auto"] = "online" if has_credentials() else "disabled"
-    if _process["auto"] == "online":
-        return "online"
-    if not _process["noted"]:
-        _process["noted"] = True
-        _say("W&B disabled: no W&B credentials configured (WANDB_API_KEY, ~/.netrc or `wandb login`). "
-             "Use wandb=offline to log locally and upload later with sslprune-sync, or wandb=disabled "
-             "to silence this line.")
-    return "disabled"
+    return _auto()
+
+
+def _auto() -> str:
+    """online or disabled by the credentials: decided once per command.
+
+    The first process to decide (the command's main process, see announce) prints the state
+    line and exports the decision in AUTO_ENV as `<mode>@<its pid>`; the worker processes it
+    starts (local runs, local submitit jobs) inherit it and neither check the credentials again
+    nor print the line again. A SLURM job inherits the variable too (sbatch passes the
+    environment on) but is not the decider's child, so it decides for itself: its node may have
+    credentials the submitting shell lacks (launcher.setup)."""
+    mode, _, pid = os.environ.get(AUTO_ENV, "").partition("@")
+    decided = mode if mode in ("online", "disabled") and pid in (str(os.getpid()), str(os.getppid())) else ""
+    if not decided:
+        decided = "online" if has_credentials() else "disabled"
+        os.environ[AUTO_ENV] = f"{decided}@{os.getpid()}"
+        if decided == "disabled":
+            _say("W&B disabled: no W&B credentials configured (WANDB_API_KEY, ~/.netrc or `wandb login`). "
+                 "Use wandb=offline to log locally and upload later with sslprune-sync, or wandb=disabled "
+                 "to silence this line.")
+    return decided
+
+
+def announce(w: WandbConfig) -> str:
+    """Decide W&B's mode for this command before it works (its state line, if any, is printed
+    now, once); returns the mode. Never raises: W&B must not stop a command."""
+    try:
+        return resolve(w)
+    except Exception as e:
+        _say(f"W&B disabled: could not resolve wandb.mode ({e})")
+        return "disabled"
 
 
 # ---------------------------------------------------------------- identity
@@ -151,6 +178,16 @@ def describe(stage) -> dict:
             "scheme": getattr(stage, "scheme", None),
             "probe_dataset": stage.data.name if stage.kind in ("probe", "svm", "finetune") else None,
             "stage_dir": stage_path(stage), "store": str(stage.store)}
+
+
+# Not the experiment's settings: where and how jobs are submitted, W&B's own settings, and the
+# stage apps' selectors (a stage run's config says its own signal, seed, level... via describe).
+NOT_SETTINGS = ("launcher", "wandb", "seed", "signal", "level", "scheme", "probe_dataset")
+
+
+def experiment_settings(cfg: Config) -> dict:
+    """What a W&B run's config holds of the experiment: every resolved setting but NOT_SETTINGS."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_SETTINGS}
 
 
 def run_name(stage) -> str:
@@ -266,7 +303,7 @@ class StageRun:
         if self.run is not None:
             return
         stage = self.stage
-        config = dataclasses.asdict(stage.cfg)
+        config = experiment_settings(stage.cfg)
         config.update(describe(stage))
         self.run = open_run(stage.cfg, self.mode, run_id=run_id(stage.store, stage_path(stage), stage.kind), dir=Path(stage.dir),
                             name=run_name(stage), job_type=stage.kind, config=config)
@@ -377,7 +414,7 @@ def _publish(cfg: Config, mode: str) -> Optional[str]:
 
     results = report.rows(cfg)
     summary = report.summarize(results)
-    config = dataclasses.asdict(cfg)
+    config = experiment_settings(cfg)
     config.update({"kind": "report", "store": str(cfg.store)})
     run = open_run(cfg, mode, run_id=run_id(Path(cfg.store), f"reports/{cfg.experiment}", "report"), dir=report_dir(cfg),
                    name=f"report {cfg.experiment}", job_type="report", config=config)

@@ -50,8 +50,21 @@ def depth(cfg: Config, signal: str) -> int:
     return d
 
 
-def stages(cfg: Config) -> list[Stage]:
+def measurements(cfg: Config) -> list[Stage]:
+    """Every (signal, seed, level, evaluation) of the experiment, as the report lists them: a stage
+    shared by several names (the dense re-training at level 0) appears once per name."""
     return [s for chain in chains(cfg) for s in chain]
+
+
+def stages(cfg: Config) -> list[Stage]:
+    """Every stage of the experiment once, parents before children: what runs, is submitted and counted."""
+    seen: set = set()
+    out = []
+    for s in measurements(cfg):
+        if s.key() not in seen:
+            seen.add(s.key())
+            out.append(s)
+    return out
 
 
 def check_inputs(cfg: Config) -> None:

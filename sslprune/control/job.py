@@ -25,9 +25,11 @@ import sys
 import time
 from typing import Optional
 
+from pathlib import Path
+
 from . import store as files
-from .config import LauncherConfig
-from .stage import Interrupted, Stage
+from .config import LauncherConfig, from_dict, to_dict
+from .stage import Interrupted, Stage, from_spec, spec as stage_spec
 
 RETRIES = "retries.json"
 
@@ -71,44 +73,98 @@ def requeue_self(job_id: str) -> None:
     subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
 
 
-class StageJob:
-    """Run one stage of the store inside a submitit job (SLURM or local)."""
+def process_start() -> float:
+    """When this process started (wall clock), so start-up costs (Python, imports, CUDA, data) count."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time, in clock ticks after boot
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
 
-    def __init__(self, stage: Stage, launcher: Optional[LauncherConfig] = None):
-        self.stage = stage
-        self.launcher = launcher or stage.cfg.launcher
+
+class StageJob:
+    """Run one stage, or a pack of stages one after the other, inside a submitit job (SLURM or local).
+
+    A pack (`launcher.pack`) holds stages that are ready at the same time (the re-training starts and
+    evaluations of one IMP level of one chain): they run in this one process, so Python, imports,
+    CUDA and the data are paid once. Each keeps its own checkpoint, result, lock and W&B run; a
+    preempted pack requeues and resumes with the first stage that is not done.
+
+    What is pickled for the job is plain data: each stage's `spec` and either the path of the
+    experiment's config as JSON (written once per submission, `config_file`) or that JSON itself,
+    so a thousand jobs cost a thousand small pickles, not a thousand copies of the config."""
+
+    def __init__(self, stage, launcher: Optional[LauncherConfig] = None, config_file: Optional[Path] = None):
+        stages = list(stage) if isinstance(stage, (list, tuple)) else [stage]
+        self._stages = stages
+        self.specs = [stage_spec(s) for s in stages]
+        self.config_file = str(config_file) if config_file else None
+        self.config = None if config_file else to_dict(stages[0].cfg)
+        self.launcher = launcher or stages[0].cfg.launcher
+
+    def __getstate__(self) -> dict:
+        return {"specs": self.specs, "config_file": self.config_file, "config": self.config, "launcher": self.launcher}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._stages = None
+
+    @property
+    def stages(self) -> list[Stage]:
+        if self._stages is None:
+            data = self.config if self.config is not None else files.read_json(self.config_file)
+            cfg = from_dict(data)
+            self._stages = [from_spec(cfg, spec) for spec in self.specs]
+        return self._stages
+
+    @property
+    def stage(self) -> Stage:
+        """The stage this job works on now: the first one that is not done."""
+        return next((s for s in self.stages if not s.done()), self.stages[-1])
 
     def __repr__(self) -> str:
-        return f"StageJob({self.stage.label})"
+        return f"StageJob({', '.join(s.label for s in self.stages)})"
 
     def checkpoint(self, *args, **kwargs):
         """submitit's protocol: what to run after a requeue. The state lives in the store."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(StageJob(self.stage, self.launcher))
+        return submitit.helpers.DelayedSubmission(self)
 
-    def __call__(self) -> dict:
+    def __call__(self):
         import submitit
 
         env = submitit.JobEnvironment()
-        stage, L = self.stage, self.launcher
-        _say(f"{stage.label} -> {stage.dir}; job {env.job_id} rank {env.global_rank}/{env.num_tasks} "
-             f"restart {restarts()}; code {os.path.dirname(os.path.abspath(__file__))}")
-        if stage.done():
-            _say("already done")
-            return {"stage": stage.label, "dir": str(stage.dir), **stage.result()}
+        started = process_start()
+        _say(f"job {env.job_id} rank {env.global_rank}/{env.num_tasks} restart {restarts()}: "
+             f"{len(self.stages)} stage(s); code {os.path.dirname(os.path.abspath(__file__))}")
         sig = Signals().install()
-        try:
-            # Ranks and rendezvous come from the SLURM environment (sslprune.compute.runtime).
-            result = stage.run("environment", interrupt=sig.poll)
-        except Interrupted as e:
-            self._interrupted(env, sig, e)
-            raise  # not reached: _interrupted requeues and exits, or raises
-        except Exception as e:
-            if env.global_rank == 0:
-                self._maybe_retry(env, e)
-            raise
-        return {"stage": stage.label, "dir": str(stage.dir), "accuracy": result["accuracy"]}
+        out = []
+        for stage in self.stages:
+            _say(f"{stage.label} -> {stage.dir}")
+            if stage.done():
+                _say("already done")
+                out.append({"stage": stage.label, "dir": str(stage.dir), **stage.result()})
+                continue
+            try:
+                # Ranks and rendezvous come from the SLURM environment (sslprune.compute.runtime).
+                result = stage.run("environment", interrupt=sig.poll, started=started)
+            except Interrupted as e:
+                self._interrupted(env, sig, e)
+                raise  # not reached: _interrupted requeues and exits, or raises
+            except Exception as e:
+                if env.global_rank == 0:
+                    self._maybe_retry(env, e, stage)
+                raise
+            if result.get("startup_s") is not None:
+                _say(f"{stage.label}: first training step {result['startup_s']:.1f} s after the "
+                     f"{'job started' if not out else 'previous stage ended'} (Python, imports, device, data)")
+            out.append({"stage": stage.label, "dir": str(stage.dir), "accuracy": result["accuracy"]})
+            started = time.time()  # the next stage of a pack pays only its own set-up
+        return out[0] if len(out) == 1 else out
 
     # --- after the loop saved its checkpoint
     def _interrupted(self, env, sig: Signals, e: Interrupted) -> None:
@@ -145,10 +201,10 @@ class StageJob:
         return submitit.JobEnvironment._usr_sig()
 
     # --- crashes
-    def _maybe_retry(self, env, error: BaseException) -> None:
+    def _maybe_retry(self, env, error: BaseException, stage: Stage) -> None:
         if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
             return
-        path = self.stage.dir / RETRIES
+        path = stage.dir / RETRIES
         counts = files.read_json(path) if path.exists() else {}
         done = int(counts.get(env.job_id, 0))
         if done >= self.launcher.max_retries or restarts() >= self.launcher.max_requeues:

@@ -23,7 +23,9 @@ from typing import Callable, Optional
 
 from . import store as files
 from .config import Config, ConfigError
+from .display import DirectObserver, Display, QueueObserver
 from .experiment import chains, check_inputs, depth
+from .index import write_chains
 from .progress import clock
 from .stage import Interrupted, Stage
 
@@ -40,20 +42,24 @@ class Stopped(Exception):
 # ---------------------------------------------------------------- worker side
 
 _stop: Optional[object] = None  # the worker's view of the main process's stop event
+_events: Optional[object] = None  # where the worker's stages report their progress (the Display)
 
 
-def _worker_init(event) -> None:
-    global _stop
-    _stop = event
+def _worker_init(event, queue) -> None:
+    global _stop, _events
+    _stop, _events = event, queue
     # Ctrl-C reaches the whole process group: the worker must not die mid-write, it stops at the
     # next step boundary when the main process sets the event.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _run_chain(cfg: Config, chain_index: int, interrupt: Optional[Callable[[], bool]] = None) -> dict:
+def _run_chain(cfg: Config, chain_index: int, interrupt: Optional[Callable[[], bool]] = None,
+               observer=None) -> dict:
     """Run the missing stages of one chain; stops (checkpointed) when `interrupt` says so."""
     interrupt = interrupt or (lambda: _stop is not None and _stop.is_set())
+    if observer is None and _events is not None:
+        observer = QueueObserver(_events, os.getpid())
     done = []
     for stage in chains(cfg)[chain_index]:
         if interrupt():
@@ -61,7 +67,7 @@ def _run_chain(cfg: Config, chain_index: int, interrupt: Optional[Callable[[], b
         if stage.done():
             continue
         try:
-            stage.run(interrupt=interrupt)
+            stage.run(interrupt=interrupt, observer=observer)
         except Interrupted as e:
             return {"done": done, "stopped": f"{stage.label} at step {e.step} (checkpoint {stage.dir})"}
         done.append(stage.label)
@@ -95,6 +101,7 @@ def run_local(cfg: Config) -> int:
     """Run every missing stage of the experiment here; returns how many stages ran."""
     cuda = _uses_cuda(cfg)  # run.device=cuda without a GPU is refused here, even on a finished store
     check_inputs(cfg)
+    write_chains(cfg)
     all_chains = chains(cfg)
     damaged = verify([s for c in all_chains for s in c])
     for line in damaged:
@@ -110,59 +117,80 @@ def run_local(cfg: Config) -> int:
         return 0
     workers, threads = resources(cfg, cuda)
     cfg = replace(cfg, run=replace(cfg.run, threads=threads))
+    kinds: dict = {}
+    for c in all_chains:
+        for st in c:
+            if states[st.key()] != "done":
+                kinds[st.kind] = kinds.get(st.kind, 0) + 1
+    display = None if cfg.run.quiet else Display(cfg.experiment, total, total - missing, kinds, workers,
+                                                  every=cfg.run.progress_seconds)
     t0 = time.monotonic()
     ran, stopped = 0, []
-    signals = _Signals().install()
+    signals = _Signals(display).install()
     try:
         # Chains that start from another chain's network (pruning during transfer) wait for a later wave.
         for wave in sorted({depth(cfg, all_chains[i][0].signal) for i in todo}):
             batch = [i for i in todo if depth(cfg, all_chains[i][0].signal) == wave]
             if workers <= 1:
+                observer = DirectObserver(display) if display is not None else None
                 for i in batch:
-                    out = _run_chain(cfg, i, signals.requested)
+                    out = _run_chain(cfg, i, signals.requested, observer)
                     ran += len(out["done"])
                     if out["stopped"]:
                         stopped.append(out["stopped"])
                     if signals.signum:
                         break
             else:
-                ran += _pool(cfg, batch, workers, signals, stopped, all_chains, total, missing, t0)
+                ran += _pool(cfg, batch, workers, signals, stopped, display)
             if signals.signum:
                 raise Stopped(signals.signum, stopped)
     except Stopped as e:
+        if display is not None:
+            display.close()
+            display = None
         _say_stopped(cfg, e, ran)
         raise
     finally:
         signals.restore()
+        if display is not None:
+            display.close()
     print(f"[sslprune] ran {ran} stages in {clock(time.monotonic() - t0)}", flush=True)
     return ran
 
 
-def _pool(cfg, batch, workers, signals, stopped, all_chains, total, missing, t0) -> int:
+def _pool(cfg, batch, workers, signals, stopped, display) -> int:
     ctx = multiprocessing.get_context("spawn")
-    event = ctx.Event()
+    event, queue = ctx.Event(), ctx.Queue()
     signals.event = event
     ran = 0
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(event,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(event, queue)) as pool:
         pending = {pool.submit(_run_chain, cfg, i) for i in batch}
         while pending:
-            finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            finished, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+            _drain(queue, display)
             for f in finished:
                 out = f.result()
                 ran += len(out["done"])
                 if out["stopped"]:
                     stopped.append(out["stopped"])
-                if not signals.signum:
-                    done_now = sum(1 for c in all_chains for s in c if s.done())
-                    elapsed = time.monotonic() - t0
-                    rate = (done_now - (total - missing)) / max(elapsed, 1e-9)
-                    eta = (total - done_now) / rate if rate > 0 else 0.0
-                    print(f"[sslprune] {done_now}/{total} stages done, elapsed {clock(elapsed)}, "
-                          f"remaining about {clock(eta)}", flush=True)
             if signals.signum:
                 for f in pending:
                     f.cancel()  # chains not started yet
+        _drain(queue, display)
     return ran
+
+
+def _drain(queue, display) -> None:
+    """Hand the workers' progress events to the display (or drop them when there is none)."""
+    while True:
+        try:
+            event = queue.get_nowait()
+        except Exception:  # queue.Empty, or a queue closed by a dying worker
+            break
+        if display is not None:
+            display.event(*event)
+    if display is not None:
+        display.refresh()
 
 
 def _say_stopped(cfg: Config, e: Stopped, ran: int) -> None:
@@ -176,9 +204,10 @@ class _Signals:
     """SIGINT/SIGTERM in the main process: the first asks every stage to stop at its next step
     boundary (through `event` for workers, `requested` in this process); a second Ctrl-C stops at once."""
 
-    def __init__(self):
+    def __init__(self, display=None):
         self.signum = 0
         self.event = None
+        self.display = display
         self.previous = {}
 
     def install(self) -> "_Signals":
@@ -201,8 +230,12 @@ class _Signals:
         self.signum = signum
         if self.event is not None:
             self.event.set()
-        print(f"\n[sslprune] {signal.Signals(signum).name}: stopping at the next step boundary "
-              "(checkpointing); Ctrl-C again to stop at once", flush=True)
+        text = (f"[sslprune] {signal.Signals(signum).name}: stopping at the next step boundary "
+                "(checkpointing); Ctrl-C again to stop at once")
+        if self.display is not None:
+            self.display.say(text)
+        else:
+            print("\n" + text, flush=True)
 
 
 def _uses_cuda(cfg: Config) -> bool:

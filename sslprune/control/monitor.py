@@ -49,6 +49,11 @@ class Monitor:
         for o in self.observers:
             o.log(step, total, metrics)
 
+    def note(self, text: str) -> None:
+        for o in self.observers:
+            if hasattr(o, "note"):
+                o.note(text)
+
     def finish(self, result: dict) -> None:
         for o in self.observers:
             o.finish(result)

@@ -29,6 +29,9 @@ class Progress:
 
     def note(self, text: str) -> None:
         self._print(text)
+        for sink in self.sinks:
+            if hasattr(sink, "note"):
+                sink.note(text)
 
     def start(self, step: int, total: int) -> None:
         self.t0, self.first_step = time.monotonic(), step

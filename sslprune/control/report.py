@@ -1,8 +1,12 @@
-"""Results of an experiment, gathered from the store: tidy rows, a summary over seeds, plots.
+"""Results of an experiment, gathered from the store: tidy rows, a summary over seeds, tables, figures.
 
-The store is the source of truth; the report can be rebuilt from it at any time. Besides the
-overall table and plot, an experiment gets:
-- one plot per evaluation (pretext, each re-training start, each probe / SVM / fine-tuning);
+The store is the source of truth; the report can be rebuilt from it at any time. Under
+<store>/reports/<experiment>/:
+- `results.csv` (one row per measurement), `summary.csv` / `summary.md` (mean, s.e., count per
+  signal, evaluation and level), `table.md` (the pivot printed at the end of a run: per family,
+  one row per level, one column per signal and evaluation), `stages.csv` (index.py);
+- the figures of figures.py: `accuracy_vs_remaining_<family>.png` and the overview
+  `accuracy_vs_remaining.png`;
 - `rewind.md`: each signal's rewind point in every unit (updates, epochs, samples, % of training);
 - `layerwise.md/png` when signals prune only part of the network (prune.scope / scopes);
 - `semi_supervised.md/png` when a signal uses a label subset or S4L;
@@ -15,8 +19,9 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from .config import Config, rewind_steps, signal_prune
-from .experiment import stages
+from .config import SCHEMES, Config, rewind_steps, signal_prune
+from .experiment import measurements, stages
+from .figures import FAMILIES, SCHEME_NAMES, TITLES, family, metric_name
 
 COLUMNS = ["experiment", "signal", "task", "scope", "evaluation", "metric", "level", "remaining", "seed", "accuracy"]
 SUMMARY = ["experiment", "signal", "task", "scope", "evaluation", "metric", "level", "remaining", "mean", "stderr",
@@ -25,14 +30,16 @@ SUMMARY = ["experiment", "signal", "task", "scope", "evaluation", "metric", "lev
 
 def rows(cfg: Config) -> list[dict]:
     """One row per finished measurement of the experiment; unfinished stages are skipped."""
-    out = []
-    for stage in stages(cfg):
-        if not stage.done():
+    out, results = [], {}
+    for stage in measurements(cfg):  # a shared stage once per name it is reported under
+        if stage.key() not in results:
+            results[stage.key()] = stage.result() if stage.done() else None
+        r = results[stage.key()]
+        if r is None:
             continue
-        r = stage.result()
         out.append({"experiment": cfg.experiment, "signal": stage.signal,
                     "task": cfg.signals[stage.signal].task.name, "scope": signal_prune(cfg, stage.signal).scope,
-                    "evaluation": r["evaluation"], "metric": r.get("metric", "top1"), "level": stage.level,
+                    "evaluation": stage.evaluation, "metric": r.get("metric", "top1"), "level": stage.level,
                     "remaining": r["remaining"], "seed": stage.seed, "accuracy": r["accuracy"]})
     return out
 
@@ -105,35 +112,46 @@ def markdown(summary: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: list[dict], path: Path, title: str, panel: str = "", line=("signal", "evaluation")) -> None:
-    """Accuracy against weights remaining (log scale, sparsest right), mean ± s.e. over seeds;
-    one subplot per value of `panel` (e.g. scope), one line per value of the `line` keys."""
-    import matplotlib
+def _column(s: dict) -> str:
+    """A pivot column's name: the signal and what was measured."""
+    fam, ev = family(s["evaluation"]), s["evaluation"]
+    if fam == "retrain":
+        return f"{s['signal']}: {SCHEME_NAMES[ev]}"
+    if fam == "pretext":
+        return f"{s['signal']}: {metric_name(s['task'], s['metric'], fam)}"
+    what = ev.split(":", 1)[1]
+    return f"{s['signal']}: {what}" + ("" if s["metric"] == "top1" else f" ({metric_name(s['task'], s['metric'], fam)})")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    panels = defaultdict(lambda: defaultdict(list))
-    for s in summary:
-        panels[s[panel] if panel else ""][tuple(s[k] for k in line)].append(s)
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
-    for ax, (name, lines) in zip(axes[0], sorted(panels.items())):
-        for key, pts in sorted(lines.items()):
-            pts.sort(key=lambda s: -s["remaining"])
-            ax.errorbar([100 * p["remaining"] for p in pts], [100 * p["mean"] for p in pts],
-                        yerr=[100 * (p["stderr"] or 0) for p in pts], marker="o", ms=3, capsize=2,
-                        label=" / ".join(str(k) for k in key))
-        ax.set_xscale("log")
-        ax.invert_xaxis()
-        ax.set_xlabel("weights remaining (%)")
-        metrics = sorted({p["metric"] for pts in lines.values() for p in pts})
-        ax.set_ylabel(f"{', '.join(metrics)} (%)")
-        ax.set_title(f"{title} {panel}={name}" if panel else title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def pivot(summary: list[dict]) -> str:
+    """The end-of-run table: per evaluation family, one row per level (weights remaining) and one
+    column per signal and evaluation, each cell the mean ± s.e. over seeds in %."""
+    blocks = []
+    for fam in FAMILIES:
+        part = [s for s in summary if family(s["evaluation"]) == fam]
+        if not part:
+            continue
+        order = SCHEMES if fam == "retrain" else ()
+        keys = sorted({(s["signal"], s["evaluation"]) for s in part},
+                      key=lambda k: (k[0], order.index(k[1]) if k[1] in order else len(order), k[1]))
+        at = {(s["signal"], s["evaluation"], s["level"]): s for s in part}
+        names = {k: _column(next(s for s in part if (s["signal"], s["evaluation"]) == k)) for k in keys}
+        seeds = max(s["count"] for s in part)
+        lines = [f"## {TITLES[fam]} (%, {'mean ± s.e. over ' + str(seeds) + ' seeds' if seeds > 1 else 'one seed'})",
+                 "", "| level | remaining | " + " | ".join(names[k] for k in keys) + " |",
+                 "|---|---|" + "---|" * len(keys)]
+        for level in sorted({s["level"] for s in part}):
+            rem = sorted(100 * s["remaining"] for s in part if s["level"] == level)
+            # Scoped chains count only their pruned layers: one level can leave different fractions.
+            remaining = f"{rem[0]:.2f}%" if f"{rem[0]:.2f}" == f"{rem[-1]:.2f}" else f"{rem[0]:.2f}-{rem[-1]:.2f}%"
+            cells = []
+            for signal, ev in keys:
+                s = at.get((signal, ev, level))
+                cells.append("" if s is None else f"{100 * s['mean']:.2f}"
+                             + ("" if s["stderr"] is None else f" ± {100 * s['stderr']:.2f}"))
+            lines.append(f"| {level} | {remaining} | " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
 
 
 def _family_markdown(summary: list[dict], title: str, columns: list[str], rate: float) -> str:
@@ -154,13 +172,11 @@ def _family_markdown(summary: list[dict], title: str, columns: list[str], rate: 
     return "\n".join(lines) + "\n"
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
-
-
 def write(cfg: Config) -> tuple[Path, list[dict]]:
     """Write every report file of the experiment (see the module docstring); return the folder."""
-    from . import findings, naturals
+    import shutil
+
+    from . import figures, findings, index, naturals
 
     out = Path(cfg.store) / "reports" / cfg.experiment
     out.mkdir(parents=True, exist_ok=True)
@@ -169,31 +185,32 @@ def write(cfg: Config) -> tuple[Path, list[dict]]:
     _write_csv(out / "results.csv", COLUMNS, results)
     _write_csv(out / "summary.csv", SUMMARY, summary)
     (out / "summary.md").write_text(f"# {cfg.experiment}\n\n" + markdown(summary))
-    if summary:
-        plot(summary, out / "accuracy_vs_remaining.png", cfg.experiment)
-        for evaluation in sorted({s["evaluation"] for s in summary}):
-            part = [s for s in summary if s["evaluation"] == evaluation]
-            plot(part, out / f"accuracy_vs_remaining_{_slug(evaluation)}.png", f"{cfg.experiment}: {evaluation}",
-                 line=("signal",))
+    (out / "table.md").write_text(f"# {cfg.experiment}\n\n" + pivot(summary))
+    index.write_stages(cfg, out)
+    drawn = figures.write(cfg, summary, out)
     keep = 1 - cfg.prune.rate
     rw = rewinds(cfg)
     if rw:
         _write_csv(out / "rewind.csv", list(rw[0]), rw)
         (out / "rewind.md").write_text(f"# {cfg.experiment}: rewind points\n\n" + rewind_markdown(rw))
+    # The layerwise and semi-supervised figures of the paper are re-training figures: the same
+    # picture as accuracy_vs_remaining_retrain.png (panels per scope / per label subset), under
+    # the name that goes with their tables.
+    headline = drawn.get("retrain") or next((drawn[f] for f in ("probe", "svm", "finetune") if f in drawn), None)
     if any(signal_prune(cfg, n).scope != "all" for n in cfg.signals):
         part = [s for s in summary if s["evaluation"] != "pretext"]
         (out / "layerwise.md").write_text(_family_markdown(part, f"{cfg.experiment}: layerwise pruning",
                                                            ["scope", "task", "evaluation"], keep))
-        if part:
-            plot(part, out / "layerwise.png", cfg.experiment, panel="scope", line=("task", "evaluation"))
+        if headline:
+            shutil.copyfile(headline, out / "layerwise.png")
     semi = {n for n, sig in cfg.signals.items() if sig.task.name == "s4l" or sig.task.label_fraction < 1}
     if semi:
         part = [s for s in summary if s["evaluation"] != "pretext"]
         (out / "semi_supervised.md").write_text(_family_markdown(
             part, f"{cfg.experiment}: semi-supervised pruning (label subsets: {', '.join(sorted(semi))})",
             ["signal", "task", "evaluation"], keep))
-        if part:
-            plot(part, out / "semi_supervised.png", cfg.experiment, panel="evaluation", line=("signal",))
+        if headline:
+            shutil.copyfile(headline, out / "semi_supervised.png")
     naturals.write(cfg, out)
     findings.write(cfg, results, out)  # findings.md: the paper's claims tested on these rows
     return out, summary

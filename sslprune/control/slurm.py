@@ -61,8 +61,18 @@ def _expand(job_id: str) -> list[str]:
     return out
 
 
-def query(job_ids: Iterable[str], since: Optional[float] = None) -> dict[str, JobState]:
-    """State of each job id ('123' or '123_4'); ids SLURM does not know are absent."""
+def _tasks(states: dict[str, JobState], wanted: set) -> dict[str, JobState]:
+    """The states of the wanted ids. A pending array cancelled before its tasks were split is one
+    record under the array's own id ("7295 CANCELLED"): its tasks have that state."""
+    for j in wanted:
+        base = j.split("_")[0]
+        if j not in states and "_" in j and base in states:
+            states[j] = states[base]
+    return {j: s for j, s in states.items() if j in wanted}
+
+
+def accounting(job_ids: Iterable[str], since: Optional[float] = None) -> dict[str, JobState]:
+    """What sacct says of each job id ('123' or '123_4'): finished jobs long after squeue forgot them."""
     wanted = {j for j in job_ids if j}
     if not wanted:
         return {}
@@ -78,6 +88,16 @@ def query(job_ids: Iterable[str], since: Optional[float] = None) -> dict[str, Jo
         jid, state, code, reason = parts[:4]
         for j in _expand(jid):
             states[j] = JobState(state.split()[0], reason, code, "sacct")  # "CANCELLED by 0" -> CANCELLED
+    return _tasks(states, wanted)
+
+
+def query(job_ids: Iterable[str], since: Optional[float] = None) -> dict[str, JobState]:
+    """State of each job id ('123' or '123_4'): squeue's live view over sacct's; unknown ids are absent."""
+    wanted = {j for j in job_ids if j}
+    if not wanted:
+        return {}
+    bases = sorted({j.split("_")[0] for j in wanted}, key=int)
+    states = accounting(wanted, since)
     out = _run(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(bases), "-o", "%i|%T|%r"])
     if not out:  # one unknown id makes squeue -j fail: ask for all of this user's jobs instead
         out = _run(["squeue", "-h", "-r", "-t", "all", "--me", "-o", "%i|%T|%r"])
@@ -90,7 +110,7 @@ def query(job_ids: Iterable[str], since: Optional[float] = None) -> dict[str, Jo
             if j.split("_")[0] in bases:
                 old = states.get(j)
                 states[j] = JobState(state, reason, old.exit_code if old and old.state == state else "", "squeue")
-    return {j: s for j, s in states.items() if j in wanted}
+    return _tasks(states, wanted)
 
 
 def cancel(job_ids: Iterable[str]) -> None:

@@ -21,11 +21,13 @@ done fails at once naming the path.
 """
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 from typing import Optional
 
 from . import store as files
-from .config import Config, DataConfig, SignalConfig, digest, identity, signal_data, signal_prune
+from .config import Config, DataConfig, SignalConfig, digest, from_dict, identity, signal_data, signal_prune
 
 DONE = files.DONE
 # Every file a stage may write besides result.json: recorded with size and sha256 in result.json.
@@ -88,35 +90,49 @@ class Stage:
 
     def __init__(self, cfg: Config, signal: str, seed: int, level: int):
         self.cfg, self.signal, self.seed, self.level = cfg, signal, seed, level
-        self.store = Path(cfg.store)
         self._dir: Optional[Path] = None
+        self._key: Optional[str] = None
 
-    # --- identity and files
+    @property
+    def store(self) -> Path:
+        return Path(self.cfg.store)
+
+    # --- identity and files (paths are built as strings, one Path each: status of 10,000 stages
+    # builds tens of thousands of them)
     @property
     def chain_dir(self) -> Path:
-        return self.store / "imp" / chain_digest(self.cfg, self.signal)
+        return Path(self._chain())
+
+    def _chain(self) -> str:
+        memo = _memo(self.cfg)
+        if "store" not in memo:
+            memo["store"] = os.path.normpath(self.cfg.store)
+        return f"{memo['store']}/imp/{chain_digest(self.cfg, self.signal)}"
+
+    def _level(self) -> str:
+        return f"{self._chain()}/seed_{self.seed}/level_{self.level}"
 
     @property
     def level_dir(self) -> Path:
-        return self.chain_dir / f"seed_{self.seed}" / f"level_{self.level}"
+        return Path(self._level())
 
     @property
     def dir(self) -> Path:
         if self._dir is None:
-            self._dir = self._where()
+            self._dir = Path(self.key())
         return self._dir
 
-    def _where(self) -> Path:
+    def _where(self) -> str:
         raise NotImplementedError
 
     def state(self, deep: bool = False) -> str:
         """done, corrupt (a result.json its files do not match), or todo. Sizes are checked (a stat
         per file); `deep` also checks every output's sha256 (reads them)."""
         try:
-            result = files.read_result(self.dir)
+            result = files.read_result(self.key())
             if result is None:
                 return "todo"
-            files.verify(self.dir, result)
+            files.verify(self.key(), result)
             if deep:
                 for name in result.get("outputs") or {}:
                     files.verify_file(self.dir / name)
@@ -147,7 +163,10 @@ class Stage:
         return []
 
     def key(self) -> str:
-        return str(self.dir)
+        """The stage's directory as a string (normalised: it is str(self.dir))."""
+        if self._key is None:
+            self._key = self._where()
+        return self._key
 
     @property
     def label(self) -> str:
@@ -166,11 +185,14 @@ class Stage:
                     "Run that stage first (or run the whole experiment with sslprune-run).")
 
     # --- running
-    def run(self, rt=None, interrupt=None) -> dict:
+    def run(self, rt=None, interrupt=None, started: Optional[float] = None, observer=None) -> dict:
         """Run (or resume) this stage in this process; a done stage returns its stored result.
 
         `rt`: a compute Runtime, None for this process alone, or "environment" for the ranks of a
         SLURM/submitit job. `interrupt`: polled at step boundaries; True checkpoints and stops.
+        `started`: when the job's work began (wall clock): result.json's `startup_s` is the time
+        from then to the first training step. `observer`: gets start/log/note/finish/fail of the
+        stage instead of its progress lines being printed (sslprune-run's live display).
 
         The one door from the control plane to the compute plane: torch is imported here, when a
         stage actually runs, never when stages are planned, submitted or reported."""
@@ -178,7 +200,7 @@ class Stage:
             return self.result()
         from ..compute import runner
 
-        return runner.run(self, rt, interrupt)
+        return runner.run(self, rt, interrupt, started, observer)
 
 
 class ImpLevel(Stage):
@@ -187,8 +209,8 @@ class ImpLevel(Stage):
     kind = "imp"
     evaluation = "pretext"
 
-    def _where(self) -> Path:
-        return self.level_dir
+    def _where(self) -> str:
+        return self._level()
 
     def parents(self):
         if self.level > 0:
@@ -200,6 +222,12 @@ class ImpLevel(Stage):
         return ImpLevel(self.cfg, self.signal, self.seed, 0).dir / "rewind.pt"
 
 
+# At level 0 (every weight kept) these starts are the same training for every signal of a seed:
+# fresh weights from the seed, a mask of ones (a shuffled or adjusted mask of ones is all ones),
+# the same batches. Computed once, in one shared directory, and reported under every name.
+DENSE_SCHEMES = ("random_reinit", "random", "random_adjusted")
+
+
 class Retrain(Stage):
     """Re-train the mask of IMP level L on labels from one of three starts."""
 
@@ -209,12 +237,24 @@ class Retrain(Stage):
         super().__init__(cfg, signal, seed, level)
         self.scheme = scheme
 
-    def _where(self) -> Path:
+    @property
+    def shared(self) -> bool:
+        """The dense network trained from scratch on labels, shared by every signal and by these starts."""
+        return self.level == 0 and self.scheme in DENSE_SCHEMES
+
+    def _where(self) -> str:
         r = self.cfg.retrain
-        return self.level_dir / f"retrain_{_digest(self.cfg, ('retrain',), r.data, r.optim)}" / self.scheme
+        retrain = f"retrain_{_digest(self.cfg, ('retrain',), r.data, r.optim)}"
+        if self.shared:
+            memo = _memo(self.cfg)
+            store = memo.get("store") or os.path.normpath(self.cfg.store)
+            return f"{store}/dense/{_digest(self.cfg, ('dense',), self.cfg.model)}/seed_{self.seed}/{retrain}"
+        return f"{self._level()}/{retrain}/{self.scheme}"
 
     @property
     def label(self) -> str:
+        if self.shared:
+            return f"retrain dense from scratch seed={self.seed} level=0"
         return f"retrain {self.signal} {self.scheme} seed={self.seed} level={self.level}"
 
     @property
@@ -222,6 +262,8 @@ class Retrain(Stage):
         return self.scheme
 
     def parents(self):
+        if self.shared:
+            return []  # fresh weights and a mask of ones: no IMP level needed
         return [ImpLevel(self.cfg, self.signal, self.seed, self.level)]
 
 
@@ -245,10 +287,10 @@ class Evaluation(Stage):
         """What, besides the data set, changes this evaluation's numbers."""
         raise NotImplementedError
 
-    def _where(self) -> Path:
+    def _where(self) -> str:
         key = (self.kind, repr(self.data))
         name = f"{self.kind}_{_digest(self.cfg, key, self.data, self.settings())}"
-        return self.level_dir / (f"init_{name}" if self.at_init else name)
+        return f"{self._level()}/" + (f"init_{name}" if self.at_init else name)
 
     @property
     def label(self) -> str:
@@ -289,3 +331,24 @@ class Finetune(Evaluation):
 
     def settings(self):
         return self.cfg.finetune.optim
+
+
+def spec(stage: Stage) -> dict:
+    """A stage as plain data (what a job record carries besides the experiment's config)."""
+    out = {"kind": stage.kind, "signal": stage.signal, "seed": stage.seed, "level": stage.level}
+    if isinstance(stage, Retrain):
+        out["scheme"] = stage.scheme
+    if isinstance(stage, Evaluation):
+        out["data"] = dataclasses.asdict(stage.data)
+    return out
+
+
+def from_spec(cfg: Config, record: dict) -> Stage:
+    """The stage a `spec` record describes, in the experiment `cfg`."""
+    kind, args = record["kind"], (cfg, record["signal"], record["seed"], record["level"])
+    if kind == "imp":
+        return ImpLevel(*args)
+    if kind == "retrain":
+        return Retrain(*args, record["scheme"])
+    data = from_dict(record["data"], DataConfig)
+    return {"probe": Probe, "svm": Svm, "finetune": Finetune}[kind](*args, data)

@@ -56,8 +56,9 @@ def _disk_full(path: Path, error: OSError) -> StoreError:
                                     "free some space and re-run the same command to resume")
 
 
-def replace(path: Path, write: Callable) -> None:
-    """Write `path` atomically with `write(binary file)`."""
+def replace(path: Path, write: Callable, durable: bool = True) -> None:
+    """Write `path` atomically with `write(binary file)`. `durable`: also fsync the file and its
+    folder, so the new content survives a power loss (a crash of the process never tears it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -65,7 +66,8 @@ def replace(path: Path, write: Callable) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):
@@ -75,7 +77,8 @@ def replace(path: Path, write: Callable) -> None:
         if isinstance(e, RuntimeError) and ("file write failed" in str(e) or "No space left" in str(e)):
             raise _disk_full(path, OSError(errno.ENOSPC, str(e))) from None  # torch's inline_container.cc
         raise
-    sync_folder(path.parent)
+    if durable:
+        sync_folder(path.parent)
 
 
 def sync_folder(folder: Path) -> None:
@@ -87,8 +90,8 @@ def sync_folder(folder: Path) -> None:
         os.close(dirfd)
 
 
-def write_json(obj: Any, path: Path) -> None:
-    replace(Path(path), lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
+def write_json(obj: Any, path: Path, durable: bool = True) -> None:
+    replace(Path(path), lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()), durable)
 
 
 def read_json(path: Path) -> Any:
@@ -113,11 +116,12 @@ def manifest(folder: Path, names) -> dict:
     return out
 
 
-def read_result(folder: Path) -> Optional[dict]:
+def read_result(folder) -> Optional[dict]:
     """A stage's result.json, None when absent; raises Corrupt when it cannot be parsed."""
-    p = Path(folder) / DONE
+    p = os.path.join(folder, DONE)  # strings, not Paths: status reads ten thousand of these
     try:
-        text = p.read_text()
+        with open(p) as f:
+            text = f.read()
     except FileNotFoundError:
         return None
     try:
@@ -129,14 +133,14 @@ def read_result(folder: Path) -> Optional[dict]:
     return result
 
 
-def verify(folder: Path, result: dict) -> None:
+def verify(folder, result: dict) -> None:
     """Raise Corrupt when an output recorded in `result` is missing or has another size."""
     for name, rec in (result.get("outputs") or {}).items():
-        p = Path(folder) / name
+        p = os.path.join(folder, name)
         try:
-            size = p.stat().st_size
+            size = os.stat(p).st_size
         except FileNotFoundError:
-            raise Corrupt(f"{p} is missing (recorded in {Path(folder) / DONE})") from None
+            raise Corrupt(f"{p} is missing (recorded in {os.path.join(folder, DONE)})") from None
         if size != rec.get("bytes"):
             raise Corrupt(f"{p} has {size} bytes, {rec.get('bytes')} were written")
 

@@ -1,28 +1,35 @@
 """Submit an experiment's missing stages to SLURM as job arrays with dependencies, idempotently.
 
-Plan: one array per (stage kind and variant, signal, level) over the seeds whose stage is
-missing, e.g. "IMP level 3 of rotnet, seeds 0-4", "retrain winning_ticket of level 3 of rotnet,
-seeds 0-4". An array's task i depends on the job of its parent stage (IMP level L-1 for IMP
-level L; IMP level L for its re-training and probes): `aftercorr:<array>` when the tasks
-correspond one to one with the parent array's tasks (the usual case), else `afterok:<job>` per
-parent job. So re-training and probing of level L start as soon as that seed's level L is done.
-`--kill-on-invalid-dep=yes`: when a parent fails, its dependants are cancelled and reported as
-blocked by it (`sslprune-status`), and the next `sslprune-run` submits them again.
+Plan: one array per (level, stage kind and variant) over every signal and seed whose stage is
+missing, e.g. "IMP level 3, signals labels and rotnet, seeds 0-4", "retrain winning_ticket of
+level 3, ...". Signals are in one order in every array (those more kinds of stage evaluate first),
+so an array's task i depends on task i of its parent array (IMP level L-1 for IMP level L; IMP
+level L for its re-training and probes): `aftercorr:<array>`, seed by seed; else (a partial
+re-submission) the array waits for its parent jobs (`afterok`). So re-training and probing of
+level L start as soon as that seed's level L is done. Arrays go to sbatch from a few threads, each
+as soon as the arrays it depends on have job ids. `--kill-on-invalid-dep=yes`: when a parent
+fails, its dependants are cancelled and reported as blocked by it (`sslprune-status`), and the
+next `sslprune-run` submits them again.
 
-Idempotence: every submitted stage records its job in `<stage dir>/job.json`. A stage is
-submitted only when it is not done and its recorded job is not pending, running or requeued
-(asked to squeue/sacct); so re-running `sslprune-run` never duplicates a job and, after a
+Idempotence: every submission is one line of `<store>/jobs/ledger.jsonl` (the arrays, their job
+ids and the stage directory of each job; fsynced once), and a stage's latest record is its job.
+A stage is submitted only when it is not done and its recorded job is not pending, running or
+requeued (asked to squeue/sacct); so re-running `sslprune-run` never duplicates a job and, after a
 failure, submits only the failed stages and what depends on them. Submissions of one store are
-serialised by a lock; each is appended to `<store>/jobs/<experiment>.jsonl`.
+serialised by a lock. Jobs read the experiment's config from `<store>/jobs/configs/<hash>.json`.
 """
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
+import os
 import shlex
 import sys
+import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +38,14 @@ from typing import Optional
 from . import slurm, snapshot
 
 from . import store as files
-from .config import Config, LauncherConfig
+from .config import Config, LauncherConfig, to_dict
 from .monitor import PROGRESS
 from .experiment import chains, depth, stages
+from .index import write_chains
 from .stage import Finetune, ImpLevel, Probe, Retrain, Stage, Svm
 
-JOB = "job.json"
+LEDGER = "ledger.jsonl"
+SBATCH_THREADS = 8  # arrays submitted at once (slurmctld answers them in parallel)
 # Shell lines every job runs before Python starts, then launcher.setup, then $SSLPRUNE_JOB_ENV if set.
 JOB_ENV = (
     # One math-library thread per CPU SLURM gave this task, never more (oversubscription is slow).
@@ -73,27 +82,57 @@ class StageState:
         return self.state in ("running", "pending", "preempted")
 
 
-def read_record(stage: Stage) -> Optional[dict]:
-    p = stage.dir / JOB
+def ledger_path(store: Path) -> Path:
+    return Path(store) / "jobs" / LEDGER
+
+
+def records(store: Path) -> dict[str, dict]:
+    """The latest job record of every stage directory ever submitted from this store (all
+    experiments: a stage shared by two experiments is submitted once), from the ledger.
+
+    A record: job_id, array_job_id, array_size, index, submitted, name, dependency, log,
+    snapshot, history (the stage's earlier job ids, oldest first)."""
+    out: dict[str, dict] = {}
     try:
-        return files.read_json(p) if p.exists() else None
-    except (OSError, ValueError):
-        return None
+        text = ledger_path(store).read_text()
+    except FileNotFoundError:
+        return out
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # the torn last line of a submission killed while writing it
+        for a in entry.get("arrays", []):
+            jobs, labels = a.get("jobs", []), a.get("stages", [])
+            size = len({jid for jid, _ in jobs})
+            for i, (jid, d) in enumerate(jobs):
+                old = out.get(d)
+                index = int(jid.split("_")[1]) if "_" in jid else 0
+                out[d] = {"job_id": jid, "array_job_id": a["array"], "array_size": size, "index": index,
+                          "stage": labels[i] if i < len(labels) else None,
+                          "submitted": entry["time"], "name": a.get("name"), "dependency": a.get("dependency"),
+                          "log": _log(Path(entry.get("folder", Path(store) / "slurm")), jid),
+                          "snapshot": entry.get("snapshot"), "experiment": entry.get("experiment"),
+                          "history": (old["history"] + [old["job_id"]]) if old else []}
+    return out
 
 
 def stage_states(cfg: Config, now: Optional[float] = None) -> list[StageState]:
     """Every stage of the experiment with its state, from the store, job records and SLURM."""
     now = time.time() if now is None else now
     all_stages = stages(cfg)
-    records = {s.key(): read_record(s) for s in all_stages}
-    ids = [r["job_id"] for r in records.values() if r]
-    since = min((r.get("submitted", now) for r in records.values() if r), default=None)
+    disks = {s.key(): s.state() for s in all_stages}
+    ledger = records(Path(cfg.store))
+    # A finished stage needs no job record: only the others' are asked to SLURM.
+    recs = {s.key(): ledger.get(s.key()) if disks[s.key()] != "done" else None for s in all_stages}
+    ids = [r["job_id"] for r in recs.values() if r]
+    since = min((r.get("submitted", now) for r in recs.values() if r), default=None)
     states = slurm.query(ids, since) if ids and slurm.available() else {}
     out: dict[str, StageState] = {}
     for s in all_stages:  # chains are in dependency order: parents first
-        rec = records[s.key()]
+        rec = recs[s.key()]
         st = StageState(s, "missing", record=rec)
-        disk = s.state()
+        disk = disks[s.key()]
         live = rec is not None and states.get(rec["job_id"]) is not None and states[rec["job_id"]].live
         if disk == "done":
             st.state = "done"
@@ -139,7 +178,7 @@ def _fresh_progress(stage: Stage, now: float, window: float = 300) -> bool:
 # ------------------------------------------------------------------ planning
 
 def _variant(s: Stage) -> str:
-    """What an array holds besides (signal, level): the kind and its variant (scheme, evaluated data)."""
+    """What an array holds besides its level: the kind and its variant (scheme, evaluated data)."""
     if isinstance(s, Retrain):
         return f"retrain-{s.scheme}"
     if isinstance(s, (Probe, Svm, Finetune)):
@@ -147,27 +186,58 @@ def _variant(s: Stage) -> str:
     return "imp"
 
 
-def plan(cfg: Config, todo: list[Stage]) -> list[list[Stage]]:
-    """Missing stages grouped into arrays, parents' arrays before their children's."""
-    groups: "OrderedDict[tuple, list[Stage]]" = OrderedDict()
-    for s in sorted(todo, key=lambda s: (s.level, s.kind != "imp")):
-        groups.setdefault((s.level, s.kind != "imp", _variant(s), s.dir.name, s.signal), []).append(s)
-    return list(groups.values())
+def signal_order(cfg: Config, stages_: list[Stage]) -> dict[str, int]:
+    """Signals that more kinds of stage evaluate come first in every array, so an array over a subset
+    of the signals (the RotNet probes) covers the first tasks of its parent array: its task i waits
+    for the parent's task i (`aftercorr`), seed by seed."""
+    uses: dict[str, set] = {}
+    for s in stages_:
+        uses.setdefault(s.signal, set()).add(_variant(s))
+    ranked = sorted(uses, key=lambda n: (-len(uses[n]), depth(cfg, n), n))
+    return {n: i for i, n in enumerate(ranked)}
 
 
-def _dependency(parents: list[Optional[str]], arrays: dict[str, int]) -> list[tuple[Optional[str], list[int]]]:
-    """Split an array's tasks by how they can wait: [(dependency string or None, task indices)]."""
-    if all(p is None for p in parents):
-        return [(None, list(range(len(parents))))]
-    bases = {p.split("_")[0] for p in parents if p}
-    if len(parents) > 1 and all(p is not None for p in parents) and len(bases) == 1:
-        base = bases.pop()
-        if parents == [f"{base}_{i}" for i in range(len(parents))] and arrays.get(base) == len(parents):
-            return [(f"aftercorr:{base}", list(range(len(parents))))]
-    split: "OrderedDict[Optional[str], list[int]]" = OrderedDict()
-    for i, p in enumerate(parents):
-        split.setdefault(None if p is None else f"afterok:{p}", []).append(i)
-    return list(split.items())
+def plan(cfg: Config, todo: list[Stage]) -> list[list[list[Stage]]]:
+    """Missing stages grouped into arrays of tasks, parents' arrays before their children's; a task
+    is one stage, or with `launcher.pack` the re-training starts and evaluations of one IMP level of
+    one chain, run one after the other in one job.
+
+    One array per (wave, level, kind variant) over every signal and seed: IMP level L of all
+    chains, the winning tickets of level L of all chains, ... (a wave is a signal's depth in the
+    init_from graph: transfer chains wait for their source's level 0). Packed, one array per
+    (wave, level) holds every chain's evaluations of that level."""
+    order = signal_order(cfg, todo)
+    pack = cfg.launcher.pack
+    groups: "OrderedDict[tuple, OrderedDict]" = OrderedDict()
+    for s in sorted(todo, key=lambda s: (depth(cfg, s.signal), s.level, s.kind != "imp", order[s.signal], s.seed)):
+        wave, evaluation = depth(cfg, s.signal), s.kind != "imp"
+        if pack and evaluation and not getattr(s, "shared", False):  # the dense re-training waits for nothing
+            key, task = (wave, s.level, True, "pack"), (s.signal, s.seed)
+        else:
+            key, task = (wave, s.level, evaluation, _variant(s), s.dir.name), s.key()
+        groups.setdefault(key, OrderedDict()).setdefault(task, []).append(s)
+    return [list(tasks.values()) for tasks in groups.values()]
+
+
+def _dependency(parents: list[Optional[str]], sizes: dict[str, int]) -> Optional[str]:
+    """How an array waits, from each task's parent job ("<array>_<task>" or "<job>"; None: done).
+
+    `aftercorr:<array>` when task i's parent is task i of one array; else `afterok` on every parent
+    job, a whole array named once when all its tasks are parents."""
+    waiting = [p for p in parents if p]
+    if not waiting:
+        return None
+    base = waiting[0].split("_")[0]
+    if len(waiting) == len(parents) and all(p == f"{base}_{k}" for k, p in enumerate(parents)):
+        return f"aftercorr:{base}"
+    by_base: "OrderedDict[str, set]" = OrderedDict()
+    for p in waiting:
+        by_base.setdefault(p.split("_")[0], set()).add(p)
+    ids = []
+    for b, members in by_base.items():
+        whole = all("_" in m for m in members) and len(members) == sizes.get(b)
+        ids += [b] if whole else sorted(members)
+    return "afterok:" + ":".join(ids)
 
 
 # ------------------------------------------------------------------ submission
@@ -188,7 +258,8 @@ def _executor(cfg: Config, folder: Path, code: Optional[Path], name: str, depend
     import submitit
 
     L: LauncherConfig = cfg.launcher
-    ex = submitit.SlurmExecutor(folder=str(folder / "%j"), max_num_timeout=L.max_num_timeout)
+    # One folder per array (%A), not per job: a thousand jobs, a few dozen folders.
+    ex = submitit.SlurmExecutor(folder=str(folder / "%A"), max_num_timeout=L.max_num_timeout)
     setup = list(JOB_ENV)
     extra = {"kill-on-invalid-dep": "yes", "requeue": True}
     if code is not None:
@@ -222,6 +293,21 @@ def _override(key: str, value: str) -> str:
     return shlex.quote(f"{key}='" + value.replace("'", "\\'") + "'")
 
 
+def _log(folder: Path, job_id: str) -> str:
+    """The log of a job's first task, as submitit names it (`<folder>/<array>/<id>_0_log.out`)."""
+    return str(folder / job_id.split("_")[0] / f"{job_id}_0_log.out")
+
+
+def _config_file(cfg: Config, store: Path) -> Path:
+    """The experiment's config as JSON, once per distinct config (content-addressed): every job of a
+    submission reads it, so the jobs' own pickles carry only the stage."""
+    text = json.dumps(to_dict(cfg), sort_keys=True)
+    path = store / "jobs" / "configs" / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+    if not path.exists():
+        files.replace(path, lambda f: f.write(text.encode()), durable=False)
+    return path
+
+
 def submit(cfg: Config) -> dict:
     """Submit every stage of the experiment that is neither done nor queued; returns what was submitted."""
     from .job import StageJob
@@ -229,6 +315,7 @@ def submit(cfg: Config) -> dict:
     if not slurm.available():
         raise RuntimeError("launcher=slurm but sbatch/squeue are not on PATH (start a cluster, e.g. "
                            "`bash slurm/local-cluster.sh start`, or use launcher=local)")
+    write_chains(cfg)
     store = Path(cfg.store)
     with _lock(store):
         states = stage_states(cfg)
@@ -241,6 +328,9 @@ def submit(cfg: Config) -> dict:
         if not todo:
             _say("nothing to submit")
             return summary
+        for st in todo:
+            if st.state == "corrupt":
+                st.stage.set_aside()  # its damaged files go; the job computes it from scratch
         # Jobs of stages being re-submitted that SLURM still holds (e.g. pending on a failed parent).
         stale = [st.job_id for st in todo if st.slurm is not None and st.slurm.live]
         slurm.cancel(stale)
@@ -248,55 +338,72 @@ def submit(cfg: Config) -> dict:
         folder = Path(cfg.launcher.folder or store / "slurm")
         if code:
             _say(f"code snapshot {code}")
+        config_file = _config_file(cfg, store)
         new_jobs: dict[str, str] = {}  # stage key -> job id submitted now
-        array_sizes: dict[str, int] = {}  # array (base) id -> number of tasks
+        sizes: dict[str, int] = {}  # array id -> number of tasks
         for st in states:
             r = st.record
             if st.active and r and r.get("array_size") and "_" in r["job_id"]:
-                array_sizes[r["job_id"].split("_")[0]] = r["array_size"]
-        ledger = []
-        for group in plan(cfg, [st.stage for st in todo]):
+                sizes[r["job_id"].split("_")[0]] = r["array_size"]
+        groups = plan(cfg, [st.stage for st in todo])
+        submitted: dict[int, Future] = {}
+        owner = {s.key(): g for g, group in enumerate(groups) for task in group for s in task}
+        lock = threading.Lock()
+
+        def one(g: int, group: list[list[Stage]]) -> dict:
+            """sbatch one array, once the arrays it depends on have their job ids."""
             parents = []
-            for s in group:
+            for task in group:
                 pid = None
-                for p in s.parents():
-                    if p.key() in new_jobs:
+                for p in task[0].parents():  # the stages of a pack share their parent (one IMP level)
+                    if p.key() in owner:
+                        submitted[owner[p.key()]].result()  # submitted before this group: its ids are known
                         pid = new_jobs[p.key()]
                     elif by_key[p.key()].active:
                         pid = by_key[p.key()].job_id
                 parents.append(pid)
-            first = group[0]
-            name = f"sslprune-{cfg.experiment}-{_variant(first)}-{first.signal}-L{first.level}"
-            for dependency, idx in _dependency(parents, array_sizes):
-                members = [group[i] for i in idx]
-                ex = _executor(cfg, folder, code, name, dependency)
-                with ex.batch():
-                    jobs = [ex.submit(StageJob(s)) for s in members]
-                ids = [j.job_id for j in jobs]
-                base = ids[0].split("_")[0]
-                if len(ids) > 1:
-                    array_sizes[base] = len(ids)
-                now = time.time()
-                for i, (s, jid) in enumerate(zip(members, ids)):
-                    old = by_key[s.key()].record or {}
-                    history = list(old.get("history", [])) + ([old["job_id"]] if old.get("job_id") else [])
-                    files.write_json({"job_id": jid, "array_job_id": base, "array_size": len(ids), "index": i,
-                                           "submitted": now, "name": name, "dependency": dependency,
-                                           "stage": s.label, "experiment": cfg.experiment,
-                                           "log": str(folder / jid), "snapshot": str(code) if code else None,
-                                           "history": history}, s.dir / JOB)
+            with lock:
+                dependency = _dependency(parents, dict(sizes))
+            first = group[0][0]
+            kind = "pack" if len(group[0]) > 1 or cfg.launcher.pack and first.kind != "imp" else _variant(first)
+            name = f"sslprune-{cfg.experiment}-{kind}-L{first.level}"
+            ex = _executor(cfg, folder, code, name, dependency)
+            with ex.batch():
+                jobs = [ex.submit(StageJob(task, config_file=config_file)) for task in group]
+            ids = [j.job_id for j in jobs]
+            base = ids[0].split("_")[0]
+            pairs = [(jid, s) for task, jid in zip(group, ids) for s in task]
+            with lock:
+                for jid, s in pairs:
                     new_jobs[s.key()] = jid
-                _say(f"submitted {name}: {len(ids)} task(s) job {base if len(ids) > 1 else ids[0]}"
-                     + (f" after {dependency}" if dependency else ""))
-                summary["arrays"].append({"name": name, "job_id": base, "tasks": len(ids), "dependency": dependency,
-                                          "stages": [s.label for s in members]})
-                ledger.append({"array": base, "name": name, "dependency": dependency,
-                               "jobs": {jid: str(s.dir) for s, jid in zip(members, ids)}})
+                if len(ids) > 1:
+                    sizes[base] = len(ids)
+            return {"name": name, "job_id": base if len(ids) > 1 else ids[0], "tasks": len(ids),
+                    "dependency": dependency, "stages": [s.label for _, s in pairs],
+                    "jobs": [[jid, str(s.dir)] for jid, s in pairs]}
+
+        # Arrays go to sbatch from a few threads: an array waits only for the arrays it depends on
+        # (the IMP chain is sequential, the evaluations of a level go together).
+        with ThreadPoolExecutor(SBATCH_THREADS) as pool:
+            for g, group in enumerate(groups):
+                submitted[g] = pool.submit(one, g, group)
+            arrays = [submitted[g].result() for g in range(len(groups))]
+        for a in arrays:
+            _say(f"submitted {a['name']}: {a['tasks']} task(s) job {a['job_id']}"
+                 + (f" after {a['dependency']}" if a["dependency"] else ""))
+        summary["arrays"] = [{k: v for k, v in a.items() if k != "jobs"} for a in arrays]
         summary["submitted"] = len(new_jobs)
-        with open(store / "jobs" / f"{cfg.experiment}.jsonl", "a") as f:
-            f.write(json.dumps({"time": time.time(), "snapshot": str(code) if code else None,
-                                "argv": sys.argv, "arrays": ledger}) + "\n")
-        _say(f"submitted {len(new_jobs)} stage(s) in {len(summary['arrays'])} array(s); store {cfg.store}; "
+        ledger = ledger_path(store)
+        with open(ledger, "a") as f:
+            f.write(json.dumps({"time": time.time(), "experiment": cfg.experiment, "folder": str(folder),
+                                "snapshot": str(code) if code else None, "argv": sys.argv,
+                                "config": str(config_file),
+                                "arrays": [{"array": a["job_id"], "name": a["name"], "dependency": a["dependency"],
+                                            "jobs": a["jobs"], "stages": a["stages"]} for a in arrays]}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # the one durable write of the submission: every record is in it
+        files.sync_folder(ledger.parent)
+        _say(f"submitted {len(new_jobs)} stage(s) in {len(arrays)} array(s); store {cfg.store}; "
              f"logs {folder}; watch with: sslprune-status experiment={cfg.experiment} {_override('store', cfg.store)}")
         return summary
 

@@ -1,0 +1,154 @@
+"""sslprune from Python: compose an experiment, run it here or on SLURM, read what it measured.
+
+    from sslprune import api
+
+    cfg = api.config("demo", "seeds=[0]", "prune.levels=2", store="runs")   # a typed Config
+    api.run(cfg)                                   # every missing stage here, then the report files
+    api.results(cfg)                               # one row per measurement (a pandas DataFrame)
+    api.where(cfg, "imp rotnet seed=0 level=2")    # the directory of that stage
+
+The same presets and overrides as the command-line apps (`sslprune-run experiment=demo seeds=[0]`),
+without Hydra in sight: `config` composes them with Hydra's compose API and returns the plain
+dataclass `sslprune.control.config.Config`, which can also be changed in Python
+(`dataclasses.replace`). Control plane: importing this module imports neither torch nor Hydra;
+`run` and `run_stage` import the compute plane when they compute.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+from .control.config import Config, ConfigError
+
+__all__ = ["presets", "config", "stages", "stage", "where", "run", "run_stage", "submit", "report", "results",
+           "summary", "table"]
+
+
+def presets() -> list[str]:
+    """The names `config` accepts: the experiment presets shipped in sslprune.conf/experiment/."""
+    from importlib.resources import files
+
+    return sorted(p.name[:-len(".yaml")] for p in files("sslprune.conf").joinpath("experiment").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def config(preset: str = "demo", *overrides: str, store: Optional[Union[str, Path]] = None) -> Config:
+    """The preset with command-line style overrides applied (`"seeds=[0]"`, `"model.width=4"`,
+    `"model=resnet18_cifar"`), validated, as a typed Config; `store` sets where results go
+    (default ./runs, made absolute here)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .launch.compose import typed
+
+    if preset not in presets():
+        raise ConfigError(f"experiment={preset!r} is not a preset: one of {', '.join(presets())}")
+    args = [f"experiment={preset}", *overrides] + ([f"store={store}"] if store is not None else [])
+    # Inside a running Hydra app (or a notebook that initialised Hydra) compose with our own
+    # configs, then leave Hydra as it was.
+    backup = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="sslprune.conf", version_base=None):
+            try:
+                composed = compose(config_name="config", overrides=args)
+            except (HydraException, OmegaConfBaseException) as e:  # a bad override: say which, in one line
+                raise ConfigError(str(e).strip().splitlines()[0]) from e
+        return typed(composed, announce=False)
+    finally:
+        restore_gh_from_backup(backup)
+
+
+def _table(rows: list[dict]):
+    """A pandas DataFrame when pandas is installed, else the list of dicts itself."""
+    try:
+        import pandas
+    except ImportError:
+        return rows
+    return pandas.DataFrame(rows)
+
+
+def stages(cfg: Config):
+    """Every stage of the experiment: label, kind, signal, seed, level, scheme, evaluation,
+    directory (relative to the store) and state (done, todo, corrupt), as a table."""
+    from .control import index
+
+    return _table(index.stage_rows(cfg))
+
+
+def stage(cfg: Config, label: str):
+    """The stage (sslprune.control.stage.Stage) a label names, e.g. "retrain rotnet random seed=0 level=2"."""
+    from .control import index
+
+    return index.find(cfg, label)
+
+
+def where(cfg: Config, label: str) -> Path:
+    """The directory of the stage a label names (whether or not it has run yet)."""
+    return Path(stage(cfg, label).dir)
+
+
+def run(cfg: Config) -> int:
+    """Run every missing stage of the experiment here (worker processes on CPU), then write the
+    report files and update the W&B summary run when W&B is on, as sslprune-run does; returns
+    how many stages ran. Re-running skips what is done."""
+    from .control import dashboard, local, report as report_
+
+    dashboard.announce(cfg.wandb)
+    ran = local.run_local(cfg)
+    report_.write(cfg)
+    dashboard.publish(cfg)
+    return ran
+
+
+def run_stage(cfg: Config, label: str) -> dict:
+    """Run one stage here (its parents must be done) and return its result record."""
+    from .control import dashboard, experiment, index
+
+    s = index.find(cfg, label)
+    experiment.check_inputs(cfg)
+    s.require_parents()
+    dashboard.announce(cfg.wandb)
+    index.write_chains(cfg)
+    return s.run()
+
+
+def submit(cfg: Config) -> dict:
+    """Submit every stage that is neither done nor queued to SLURM as job arrays (cfg.launcher
+    holds the resources); returns at once with what was submitted."""
+    from .control import experiment, submission
+
+    experiment.check_inputs(cfg)
+    return submission.submit(cfg)
+
+
+def report(cfg: Config) -> Path:
+    """Write the report files from what the store holds now; returns their folder."""
+    from .control import report as report_
+
+    return report_.write(cfg)[0]
+
+
+def results(cfg: Config):
+    """One row per finished measurement: experiment, signal, task, scope, evaluation, metric,
+    level, remaining, seed, accuracy (a fraction; unfinished stages are left out)."""
+    from .control import report as report_
+
+    return _table(report_.rows(cfg))
+
+
+def summary(cfg: Config):
+    """Mean, standard error and count over seeds per signal, evaluation and level."""
+    from .control import report as report_
+
+    return _table(report_.summarize(report_.rows(cfg)))
+
+
+def table(cfg: Config) -> str:
+    """The pivot printed at the end of a run (markdown): per family, levels by signal and evaluation."""
+    from .control import report as report_
+
+    return report_.pivot(report_.summarize(report_.rows(cfg)))

@@ -1,0 +1,284 @@
+"""Paper-style figures of an experiment: one multi-panel figure per evaluation family.
+
+Families (`family()`): `pretext` (each IMP chain's own task), `retrain` (re-training the masks on
+labels from the starts winning ticket, random re-init, random, adjusted random), `probe`, `svm`
+and `finetune` (the transfer evaluations). In a family's figure:
+- one panel per signal; with sweeps (`rotnet@stage2`, `labels@0it`) the panels form a grid, one
+  row per base signal and one column per swept value, so layerwise pruning reads per scope; label
+  subsets are signals of their own, so semi-supervised pruning reads per subset;
+- lines: the re-training starts (retrain) or the evaluated data sets (probe, svm, finetune);
+  mean over seeds with a band of ± one standard error;
+- a dashed line at the dense (level 0) result: for re-training, random re-init at level 0 (the
+  unpruned network trained from scratch on labels; random when the experiment has no random
+  re-init), each line's own level 0 otherwise;
+- x: weights remaining on a reversed log axis, ticked at the levels' remaining fractions;
+- y: the panel's own metric and unit: a pretext panel says what its task measures (rotation
+  accuracy is not label accuracy), so pretext results never share an axis with label accuracy;
+- the legend outside the panels, right of each row.
+
+`accuracy_vs_remaining.png` is the overview: every family's panels, one family below the other.
+Reads the summary rows of report.summarize only (no torch); matplotlib draws off-screen.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .config import SCHEMES, Config, signal_prune
+
+FAMILIES = ("pretext", "retrain", "probe", "svm", "finetune")
+TITLES = {"pretext": "IMP's own task on the test split (pretext)",
+          "retrain": "masks re-trained on labels",
+          "probe": "linear probes on frozen features",
+          "svm": "linear SVMs on frozen features",
+          "finetune": "fine-tuning with the mask kept"}
+SCHEME_NAMES = {"winning_ticket": "winning ticket", "random_reinit": "random re-init", "random": "random",
+                "random_adjusted": "random (adjusted)"}
+# Fixed colours per start, so a start looks the same in every figure.
+SCHEME_COLORS = {"winning_ticket": "#1f77b4", "random_reinit": "#ff7f0e", "random": "#7f7f7f",
+                 "random_adjusted": "#9467bd"}
+# The re-training starts whose level 0 is the dense network trained from scratch, in order of
+# preference for the dense line (winning ticket last: its level 0 starts from rewound weights).
+DENSE_STARTS = ("random_reinit", "random", "random_adjusted", "winning_ticket")
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+TASK_NAMES = {"labels": "labels", "rotnet": "RotNet", "exemplar": "Exemplar", "npid": "NPID", "s4l": "S4L"}
+METRIC_NAMES = {"top1": "top-1 accuracy", "mAP": "mAP", "knn_top1": "kNN top-1 accuracy",
+                "pair_top1": "pair retrieval top-1"}
+
+
+def family(evaluation: str) -> str:
+    if evaluation == "pretext":
+        return "pretext"
+    if evaluation in SCHEMES:
+        return "retrain"
+    return evaluation.split(":", 1)[0]
+
+
+@dataclass
+class Line:
+    label: str
+    color: str
+    points: list  # summary rows, densest first
+
+    @property
+    def x(self) -> list[float]:
+        return [100 * p["remaining"] for p in self.points]
+
+    @property
+    def mean(self) -> list[float]:
+        return [100 * p["mean"] for p in self.points]
+
+    @property
+    def stderr(self) -> list[float]:
+        return [100 * (p["stderr"] or 0.0) for p in self.points]
+
+    @property
+    def dense(self) -> Optional[float]:
+        """Mean at level 0, in %, or None when level 0 is not in the summary."""
+        return next((100 * p["mean"] for p in self.points if p["level"] == 0), None)
+
+
+@dataclass
+class Panel:
+    family: str
+    signal: str
+    title: str
+    ylabel: str
+    xlabel: str
+    lines: list = field(default_factory=list)
+    reference: Optional[str] = None  # the line whose level 0 is the dense result; None: each line's own
+
+    @property
+    def ticks(self) -> list[float]:
+        return sorted({x for line in self.lines for x in line.x}, reverse=True)
+
+    def dense(self) -> list[tuple[float, str]]:
+        """(y, colour) of the dashed dense line(s)."""
+        lines = [ln for ln in self.lines if ln.label == self.reference] if self.reference else self.lines
+        return [(ln.dense, "black" if self.reference else ln.color) for ln in lines if ln.dense is not None]
+
+
+def describe_signal(cfg: Config, name: str) -> str:
+    """What a signal is, in words: task, label subset, pruned layers, rewind point, source network."""
+    s = cfg.signals[name]
+    t = s.task
+    parts = [TASK_NAMES.get(t.name, t.name)]
+    if t.label_fraction < 1:
+        what = "of the images of each class" if t.label_subset == "images" else "of the classes"
+        parts.append(f"{100 * t.label_fraction:g}% {what}")
+    p = signal_prune(cfg, name)
+    if p.scope != "all":
+        parts.append(f"layers up to {p.scope}")
+    if s.rewind is not None or cfg.prune.rewinds:
+        parts.append(f"rewind {p.rewind}")
+    if s.init_from is not None:
+        parts.append(f"from {s.init_from}'s dense network")
+    if s.data is not None:
+        parts.append(f"on {s.data.name}")
+    return ", ".join(parts)
+
+
+def metric_name(task: str, metric: str, fam: str) -> str:
+    if fam == "pretext" and metric == "top1":
+        return "rotation accuracy" if task == "rotnet" else "label accuracy (top-1)"
+    return METRIC_NAMES.get(metric, metric)
+
+
+def panels(cfg: Config, summary: list[dict], fam: str) -> list[Panel]:
+    """The panels of one family, in the order of cfg.signals."""
+    mine = [s for s in summary if family(s["evaluation"]) == fam]
+    by_signal: dict = defaultdict(lambda: defaultdict(list))
+    for s in mine:
+        by_signal[s["signal"]][s["evaluation"]].append(s)
+    scoped = any(signal_prune(cfg, n).scope != "all" for n in cfg.signals)
+    xlabel = "weights of the pruned layers remaining (%)" if scoped else "weights remaining (%)"
+    out = []
+    for name in cfg.signals:
+        if name not in by_signal:
+            continue
+        evaluations = by_signal[name]
+        task = cfg.signals[name].task.name
+        if fam == "retrain":
+            order = [e for e in SCHEMES if e in evaluations]
+            labels = {e: SCHEME_NAMES[e] for e in order}
+            colors = {e: SCHEME_COLORS[e] for e in order}
+        else:
+            order = sorted(evaluations)
+            labels = {e: ("pretext task" if e == "pretext" else f"on {e.split(':', 1)[1]}") for e in order}
+            colors = {e: PALETTE[i % len(PALETTE)] for i, e in enumerate(order)}
+        lines = [Line(labels[e], colors[e], sorted(evaluations[e], key=lambda p: -p["remaining"])) for e in order]
+        metrics = sorted({metric_name(task, p["metric"], fam) for e in order for p in evaluations[e]})
+        where = f" on {cfg.retrain.data.name}" if fam == "retrain" else ""
+        what = describe_signal(cfg, name)
+        title = name if what.lower() == name.lower() else f"{name}\n{what}"
+        # Re-training: one dense line, a start that trains the full (level 0) mask from fresh
+        # weights (all random starts do: the network trained from scratch on labels).
+        ref = next((e for e in DENSE_STARTS if e in evaluations), None) if fam == "retrain" else None
+        out.append(Panel(fam, name, title, f"{', '.join(metrics)}{where} (%)", xlabel, lines,
+                         reference=SCHEME_NAMES[ref] if ref else None))
+    return out
+
+
+def grid(panels_: list[Panel], wrap: int = 4) -> list[list[Optional[Panel]]]:
+    """Rows of panels: with sweeps (names `base@value`) one row per base, one column per value;
+    otherwise rows of at most `wrap` panels."""
+    if any("@" in p.signal for p in panels_):
+        bases, values = [], []
+        for p in panels_:
+            base, _, value = p.signal.partition("@")
+            bases += [base] if base not in bases else []
+            values += [value] if value not in values else []
+        at = {tuple(p.signal.partition("@")[::2]): p for p in panels_}
+        return [[at.get((b, v)) for v in values] for b in bases]
+    return [panels_[i:i + wrap] for i in range(0, len(panels_), wrap)]
+
+
+def draw(rows: list[list[Optional[Panel]]], title: str, sharey_rows: bool = False, row_titles: bool = False):
+    """The figure of a grid of panels (returned open: the caller saves and closes it);
+    `row_titles`: each panel's title starts with its family (the overview's rows differ)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ncols = max(len(r) for r in rows)
+    # At least as wide as the title (about 0.09 inch per character at 11 pt): a one-panel figure cut it.
+    width = max(3.4 * ncols + 1.8, 0.09 * max(len(line) for line in title.splitlines()))
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(width, 3.3 * len(rows) + 0.6),
+                             squeeze=False, layout="constrained")
+    fig.suptitle(title, fontsize=11)
+    legends: list = []
+    for r, row in enumerate(rows):
+        used = [c for c, p in enumerate(row) if p is not None]
+        for c in range(ncols):
+            ax = axes[r][c]
+            p = row[c] if c < len(row) else None
+            if p is None:
+                ax.axis("off")  # an empty cell: it may hold the row's legend
+                continue
+            for line in p.lines:
+                ax.plot(line.x, line.mean, marker="o", ms=3, lw=1.4, color=line.color, label=line.label)
+                if any(line.stderr):
+                    lo = [m - s for m, s in zip(line.mean, line.stderr)]
+                    hi = [m + s for m, s in zip(line.mean, line.stderr)]
+                    ax.fill_between(line.x, lo, hi, color=line.color, alpha=0.2, lw=0)
+            for y, color in p.dense():
+                ax.axhline(y, color=color, ls="--", lw=1.0)
+            ax.set_xscale("log")
+            ticks = p.ticks
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks], rotation=90, fontsize=7)
+            ax.set_xlim(max(ticks) * 1.08, min(ticks) / 1.08)  # reversed: dense left, sparsest right
+            ax.tick_params(axis="y", labelsize=8)
+            ax.set_xlabel(p.xlabel, fontsize=8)
+            ax.set_ylabel(p.ylabel, fontsize=8)
+            ax.set_title(f"{TITLES[p.family]}\n{p.title}" if row_titles else p.title, fontsize=8)
+            ax.grid(True, alpha=0.3)
+        if sharey_rows and used:
+            lo = min(axes[r][c].get_ylim()[0] for c in used)
+            hi = max(axes[r][c].get_ylim()[1] for c in used)
+            for c in used:
+                axes[r][c].set_ylim(lo, hi)
+        # One legend per row, right of its last panel, in the empty cell there if the row is short
+        # (outside every panel's data either way); repeated rows of the same lines share the first.
+        handles: dict = {}
+        for p in (q for q in row if q is not None):
+            for line in p.lines:
+                handles.setdefault(line.label, Line2D([], [], color=line.color, marker="o", ms=3, lw=1.4))
+        refs = sorted({p.reference for p in row if p is not None and p.reference})
+        if refs:
+            handles[f"dense: {' / '.join(refs)}, level 0"] = Line2D([], [], color="black", ls="--", lw=1.0)
+        else:
+            handles["dense (level 0)"] = Line2D([], [], color="0.4", ls="--", lw=1.0)
+        if any(any(line.stderr) for p in row if p is not None for line in p.lines):
+            handles["± 1 s.e. over seeds"] = Patch(color="0.5", alpha=0.3)
+        if used and list(handles) not in legends:
+            legends.append(list(handles))
+            last = used[-1]
+            host, anchor = (axes[r][last + 1], (0.0, 1.0)) if last + 1 < ncols else (axes[r][last], (1.03, 1.0))
+            host.legend(list(handles.values()), list(handles), loc="upper left", bbox_to_anchor=anchor,
+                        borderaxespad=0.0, fontsize=8, frameon=False)
+    return fig
+
+
+def _seeds(summary: list[dict]) -> str:
+    n = max((s["count"] for s in summary), default=1)
+    return f"mean ± s.e. over {n} seeds" if n > 1 else "one seed (no error band)"
+
+
+def write(cfg: Config, summary: list[dict], out: Path) -> dict[str, Path]:
+    """accuracy_vs_remaining_<family>.png per family with results, and the overview
+    accuracy_vs_remaining.png; returns {family or 'overview': path}."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    written: dict[str, Path] = {}
+    by_family = {f: panels(cfg, summary, f) for f in FAMILIES}
+    by_family = {f: p for f, p in by_family.items() if p}
+    for fam, ps in by_family.items():
+        fig = draw(grid(ps), f"{cfg.experiment}: {TITLES[fam]}\n{_seeds(summary)}", sharey_rows=fam != "pretext")
+        path = out / f"accuracy_vs_remaining_{fam}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written[fam] = path
+    if by_family:
+        # Each family's grid, stacked: one row of panels per family, or the family's rows when it
+        # has more signals than fit (sweeps: one row per base signal), never one 8-panel row.
+        rows = [row for ps in by_family.values() for row in grid(ps)]
+        fig = draw(rows, f"{cfg.experiment}: every evaluation family\n{_seeds(summary)}", row_titles=True)
+        path = out / "accuracy_vs_remaining.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written["overview"] = path
+    # A figure of an earlier report (a family with no results now, or an older layout) would read
+    # as current: the folder holds what this report drew and nothing else of its kind.
+    for old in out.glob("accuracy_vs_remaining*.png"):
+        if old not in written.values():
+            old.unlink()
+    return written
