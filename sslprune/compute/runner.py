@@ -40,6 +40,9 @@ class Setup:
     save_mask: bool = True
     save_model: bool = True
     task_state: Optional[dict] = None  # the task's state to start from (NPID's bank at the rewind point)
+    # (batch size, seed, device, rank, world) -> the loader; None: sslprune.compute.loader.make on `data`
+    loader: Optional[Callable] = None
+    report: Optional[Callable] = None  # () -> more entries of result.json (the probe's L-BFGS reference)
 
     def __post_init__(self):
         if self.train_mask is None:
@@ -148,8 +151,11 @@ def _train(stage: Stage, rt: Runtime, progress: Progress, interrupt=None) -> dic
             files.write_json(masks.report(s.mask), stage.dir / "sparsity_report.json")
             checkpoint.save(s.mask, stage.dir / "mask.pt")
     net = s.net.to(rt.device)
-    loader = loaders.make(s.data, s.optim.batch_size, seeds.derive(*s.seed_parts), rt.device, rt.rank, rt.world,
-                          rt.channels_last, s.task.index_targets)
+    if s.loader is not None:
+        loader = s.loader(s.optim.batch_size, seeds.derive(*s.seed_parts), rt.device, rt.rank, rt.world)
+    else:
+        loader = loaders.make(s.data, s.optim.batch_size, seeds.derive(*s.seed_parts), rt.device, rt.rank, rt.world,
+                              rt.channels_last, s.task.index_targets)
     s.task.bind(loader)  # before fit, which restores the task's checkpointed state (NPID's bank)
     if s.task_state:
         s.task.load_state_dict(s.task_state)  # rewound with the weights; a checkpoint overrides it
@@ -175,7 +181,8 @@ def _train(stage: Stage, rt: Runtime, progress: Progress, interrupt=None) -> dic
         checkpoint.save(weights, stage.dir / "model.pt")
         if stage.kind == "imp" and stage.level == 0:  # the report's natural-sparsity statistics
             files.write_json(sparsity.summary(weights), stage.dir / "weights.json")
-    return {**info, **metrics, "remaining": masks.density(s.mask), "evaluation": stage.evaluation}
+    extra = s.report() if s.report else {}
+    return {**info, **metrics, **extra, "remaining": masks.density(s.mask), "evaluation": stage.evaluation}
 
 
 # ---------------------------------------------------------------- IMP level
@@ -192,6 +199,16 @@ def label_subset(stage: ImpLevel, data, rt: Runtime):
     return subsets.restrict(data, task, indices)
 
 
+def init_seed(stage: Stage) -> int:
+    """The seed of a chain's initial weights. `per_signal` (model.init): from the seed and the signal's
+    base name, so two signals start from independent weights as in the paper, while the scope and
+    rewind sweeps of one signal (rotnet@stage1, rotnet@0it: the part before the first @) share their
+    dense initialisation and their level 0 trains the same network. `shared`: one start per seed."""
+    if stage.cfg.model.init == "shared":
+        return seeds.derive(stage.seed, "init")
+    return seeds.derive(stage.seed, "init", stage.signal.split("@")[0])
+
+
 def prepare_imp(stage: ImpLevel, rt: Runtime) -> Setup:
     """Level 0: the dense network from its initialisation; level L: the previous level's trained
     weights pruned, the survivors rewound to W_k (late resetting)."""
@@ -201,7 +218,7 @@ def prepare_imp(stage: ImpLevel, rt: Runtime) -> Setup:
     if sig.task.label_fraction < 1:
         data = label_subset(stage, data, rt)
     task = tasks.make(sig.task, data)
-    net = models.build(cfg.model, data.channels, task.num_outputs, seeds.derive(stage.seed, "init"))
+    net = models.build(cfg.model, data.channels, task.num_outputs, init_seed(stage))
     rewind_file = stage.rewind_file()
 
     def k_of(loader) -> int:
@@ -284,20 +301,49 @@ def prepare_retrain(stage: Retrain, rt: Runtime) -> Setup:
 
 
 def trained(stage, data) -> models.Network:
-    """IMP level L's network (its mask is already applied to the saved weights), for `data`'s images."""
+    """IMP level L's network (its mask is already applied to the saved weights), for `data`'s images;
+    for an evaluation of the initial weights (at_init), the chain's dense network before training."""
+    if getattr(stage, "at_init", False):
+        # Built exactly as IMP level 0 builds it (the backbone is drawn before the head, so the
+        # head's size does not change it); the head is replaced by the evaluation anyway.
+        return models.build(stage.cfg.model, data.channels, data.num_classes, init_seed(stage))
     weights = checkpoint.load(stage.parents()[0].dir / "model.pt")
     net = models.build(stage.cfg.model, data.channels, weights["head.weight"].shape[0], 0)
     net.load_state_dict(weights)
     return net
 
 
+def _evaluated_mask(stage, net) -> masks.Mask:
+    """The mask the evaluated weights live under (reported as `remaining`): the IMP level's, or for
+    the initial weights level 0's, every prunable weight kept."""
+    if getattr(stage, "at_init", False):
+        prune = signal_prune(stage.cfg, stage.signal)
+        return masks.ones(net, prune.ignore, prune.scope)
+    return checkpoint.load(stage.parents()[0].dir / "mask.pt")
+
+
 def prepare_probe(stage: Probe, rt: Runtime) -> Setup:
-    """A linear classifier on the frozen penultimate features of IMP level L's weights."""
+    """A linear classifier on the frozen penultimate features of IMP level L's weights.
+
+    probe.features=augmented: the backbone runs on every augmented training batch (frozen, in eval
+    mode), only the head learns. standardised: the features of the un-augmented images are computed
+    once, standardised, and the head is trained on them (sslprune.compute.probe)."""
     cfg = stage.cfg
-    imp = stage.parents()[0]
     data = dataset.load(stage.data)
     net = trained(stage, data)
-    net.new_head(data.num_classes, seeds.generator(stage.seed, "probe-head", stage.data.name))
+    head_seed = seeds.generator(stage.seed, "probe-head", stage.data.name)
+    ident = {"stage": "probe", "data": identity(stage.data), "optim": identity(cfg.probe.optim)}
+    common = dict(task=tasks.labels(data), data=data, optim=cfg.probe.optim, mask=_evaluated_mask(stage, net),
+                  train_mask={}, seed_parts=(stage.seed, "probe", stage.level, stage.data.name),
+                  params=lambda n: n.head.parameters(), save_mask=False, save_model=False)
+    if cfg.probe.features == "standardised":
+        from . import probe
+
+        feats = probe.standardised(net.backbone, data, rt.device, cfg.run.eval_batch_size)
+        return Setup(net=probe.Linear(feats.dim, data.num_classes, head_seed), loader=feats.loader,
+                     report=lambda: feats.reference(cfg.probe.optim.weight_decay) or {},
+                     identity={**ident, "features": "standardised"}, **common)
+    net.new_head(data.num_classes, head_seed)
     net = models.FrozenBackbone(net)
     frozen = {k: v.detach().clone() for k, v in net.backbone.state_dict().items()}
 
@@ -306,11 +352,7 @@ def prepare_probe(stage: Probe, rt: Runtime) -> Setup:
         if any(not torch.equal(frozen[k], now[k].cpu()) for k in frozen):
             raise RuntimeError(f"{stage.label}: the frozen backbone changed during probing")
 
-    return Setup(net=net, task=tasks.labels(data), data=data, optim=cfg.probe.optim,
-                 mask=checkpoint.load(imp.dir / "mask.pt"), train_mask={},
-                 seed_parts=(stage.seed, "probe", stage.level, stage.data.name),
-                 identity={"stage": "probe", "data": identity(stage.data), "optim": identity(cfg.probe.optim)},
-                 params=lambda n: n.head.parameters(), check=unchanged, save_mask=False, save_model=False)
+    return Setup(net=net, identity=ident, check=unchanged, **common)
 
 
 def run_svm(stage: Svm, rt: Runtime, progress: Progress, interrupt=None) -> dict:
@@ -320,7 +362,6 @@ def run_svm(stage: Svm, rt: Runtime, progress: Progress, interrupt=None) -> dict
     from . import svm
 
     cfg, sv = stage.cfg, stage.cfg.svm
-    imp = stage.parents()[0]
     data = dataset.load(stage.data)
     net = trained(stage, data)
     if rt.is_writer:
@@ -335,8 +376,7 @@ def run_svm(stage: Svm, rt: Runtime, progress: Progress, interrupt=None) -> dict
     (train_x, train_t), (test_x, test_t) = split["train"], split["test"]
     result = svm.evaluate(train_x, train_t, test_x, test_t, sv.costs, sv.folds, seeds.derive(stage.seed, "svm"),
                           getattr(data, "classes", ()), jobs=cfg.run.threads or None, note=progress.note)
-    mask = checkpoint.load(imp.dir / "mask.pt")
-    return {**result, "remaining": masks.density(mask), "evaluation": stage.evaluation}
+    return {**result, "remaining": masks.density(_evaluated_mask(stage, net)), "evaluation": stage.evaluation}
 
 
 def prepare_finetune(stage: Finetune, rt: Runtime) -> Setup:

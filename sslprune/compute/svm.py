@@ -13,6 +13,9 @@ The VOC07 linear-classification protocol of the paper, as Goyal et al. 2019 run 
   0.5^4 .. 0.5^19 to the list given on the command line);
 - AP, in cross-validation and on the test split, is the VOC07 devkit's 11-point AP (sslprune.voc;
   theirs uses the area under the curve, the VOC2010 rule, and sklearn's AP in cross-validation);
+- a cost chosen at an edge of `costs` (the smallest or the largest) may mean the best one lies
+  outside the grid: `evaluate` then says so in one line (`cost_warning` in result.json, and in the
+  stage's progress), naming the classes;
 - a class with fewer than 2 positives (or negatives) in the training split cannot be
   cross-validated: it gets no SVM and is left out of the mean, as is a class with no positive in
   the test split (never the case on VOC07 itself; small fixtures and subsets can hit it).
@@ -164,6 +167,9 @@ def evaluate(train_x: np.ndarray, train_t: np.ndarray, test_x: np.ndarray, test_
         if pool:
             pool.shutdown()
     aps = [r["ap"] for r in per_class]
+    warning = edge_warning(list(costs), [r["cost"] for r in per_class], classes)
+    if warning:
+        note(f"warning: {warning}")
     defined = [a for a in aps if a is not None]
     if not defined:
         raise ValueError(f"no class has 2 training positives and a test positive among {n_classes} classes: "
@@ -172,4 +178,18 @@ def evaluate(train_x: np.ndarray, train_t: np.ndarray, test_x: np.ndarray, test_
             "classes_evaluated": len(defined), "feature_dim": int(train_x.shape[1]),
             "ap": dict(zip(classes, aps)), "cost": dict(zip(classes, (r["cost"] for r in per_class))),
             "cv_ap": dict(zip(classes, (r["cv_ap"] for r in per_class))), "costs": list(costs), "folds": folds,
-            "unconverged_fits": sum(r["unconverged"] for r in per_class)}
+            "unconverged_fits": sum(r["unconverged"] for r in per_class), "cost_warning": warning}
+
+
+def edge_warning(costs: list, chosen: list, classes: Sequence[str]) -> Optional[str]:
+    """One line when a class's cross-validated cost is the smallest or largest of the grid (the best
+    cost may lie beyond it), else None. A grid of one cost has no inside: no warning."""
+    if len(costs) < 2:
+        return None
+    lo, hi = min(costs), max(costs)
+    at = [(name, c) for name, c in zip(classes, chosen) if c is not None and c in (lo, hi)]
+    if not at:
+        return None
+    listed = ", ".join(f"{name} ({c:g})" for name, c in at[:8]) + (" ..." if len(at) > 8 else "")
+    return (f"the chosen cost sits at an edge of svm.costs [{lo:g} .. {hi:g}] for {len(at)} of "
+            f"{sum(c is not None for c in chosen)} classes: {listed}; widen svm.costs")

@@ -4,7 +4,9 @@ Plain dataclasses only; Hydra/OmegaConf live in `launch/`. Fields whose metadata
 `identity=False` (paths, worker counts, logging cadence, launcher settings) never change
 the numbers a stage produces, so they are left out of the hash that names its directory.
 Fields equal to their default are left out too (as in open_lth), so adding a field with a
-no-op default keeps every existing run directory valid.
+no-op default keeps every existing run directory valid. A field whose default changed what runs
+(`legacy(...)`) is left out when it equals the value that ran before it existed instead: old
+directories keep their names, runs of the new default get new ones.
 """
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ SCHEDULES = ("step", "cosine")
 SCHEMES = ("winning_ticket", "random_reinit", "random", "random_adjusted")
 DEFAULT_SCHEMES = ("winning_ticket", "random_reinit", "random")  # the paper's three starts
 DEVICES = ("auto", "cpu", "cuda")
+INITS = ("per_signal", "shared")  # ModelConfig.init
+PROBE_FEATURES = ("augmented", "standardised")  # ProbeConfig.features
 DECODES = ("auto", "device", "workers")  # DataConfig.decode
 REWIND = re.compile(r"^(\d+(?:\.\d+)?)(it|ep|sa|%)$")
 
@@ -47,6 +51,13 @@ def runtime(default: Any = dataclasses.MISSING, **kw) -> Any:
     if "default_factory" in kw:
         return field(metadata={"identity": False}, **kw)
     return field(default=default, metadata={"identity": False})
+
+
+def legacy(default: Any, before: Any) -> Any:
+    """A field added with a default that changes the numbers: `before` is what every run did before
+    the field existed. Identity leaves the field out when it equals `before` (not the default), so
+    existing run directories keep their names and runs of the new default get new ones."""
+    return field(default=default, metadata={"legacy": before})
 
 
 class ConfigError(ValueError):
@@ -81,6 +92,12 @@ class ModelConfig:
     # ResNets: channels of the first stage, later stages double it (resnet50: width_per_group).
     # alexnet, alexnet_cifar, vgg19: 64 is the published network; other widths scale every layer by width/64.
     width: int = 16
+    # Initial weights of the dense network (IMP level 0): `per_signal` draws them from the seed and
+    # the signal's base name (the part before any @), so labels and RotNet networks are trained from
+    # independent starts as in the paper, and the scope and rewind sweeps of one signal share theirs;
+    # `shared` gives every signal of a seed the same start (what ran before this field existed; an
+    # ablation). Fresh weights of re-training (random re-init, random) are shared either way.
+    init: str = legacy("per_signal", before="shared")
 
 
 @dataclass
@@ -161,6 +178,13 @@ class ProbeConfig:
     datasets: List[DataConfig] = field(default_factory=list)
     levels: Optional[List[int]] = None
     optim: OptimConfig = field(default_factory=OptimConfig)
+    # What the linear classifier is trained on. `augmented`: the frozen backbone's features of
+    # augmented training images, recomputed every step (the paper-scale protocol, Goyal et al.
+    # 2019). `standardised`: the features of the un-augmented images computed once, each dimension
+    # standardised with the training split's mean and standard deviation, then the same SGD on
+    # them: a convex problem an SGD schedule converges on (the reduced twins), checked against a
+    # full-batch L-BFGS logistic regression on the same features (result.json `lbfgs_accuracy`).
+    features: str = "augmented"
 
 
 @dataclass
@@ -485,6 +509,7 @@ def validate(cfg: Config) -> None:
     validate_data("data", cfg.data)
     _choice("model.name", cfg.model.name, MODELS)
     _positive("model.width", cfg.model.width)
+    _choice("model.init", cfg.model.init, INITS)
     p = cfg.prune
     if not (isinstance(p.rate, (int, float)) and 0 < p.rate < 1):
         raise ConfigError(f"prune.rate={p.rate} must be in the open interval (0, 1)")
@@ -548,6 +573,7 @@ def validate(cfg: Config) -> None:
     if cfg.probe_dataset < 0:  # which list it indexes depends on the app (launch/stages.py checks the range)
         raise ConfigError(f"probe_dataset={cfg.probe_dataset} must be >= 0")
     validate_optim("probe.optim", pr.optim)
+    _choice("probe.features", pr.features, PROBE_FEATURES)
     sv = cfg.svm
     _evaluation("svm", sv.signals, sv.datasets, sv.levels, cfg)
     if not sv.costs or any(not (isinstance(c, (int, float)) and c > 0) for c in sv.costs):
@@ -702,7 +728,8 @@ def identity(obj: Any) -> Any:
             if not f.metadata.get("identity", True):
                 continue
             value = identity(getattr(obj, f.name))
-            if value == identity(getattr(default, f.name)):
+            left_out = f.metadata["legacy"] if "legacy" in f.metadata else getattr(default, f.name)
+            if value == identity(left_out):
                 continue
             out[f.name] = value
         return out

@@ -410,7 +410,7 @@ def publish(cfg: Config) -> Optional[str]:
 def _publish(cfg: Config, mode: str) -> Optional[str]:
     import wandb
 
-    from . import report
+    from . import findings, report
 
     results = report.rows(cfg)
     summary = report.summarize(results)
@@ -428,7 +428,8 @@ def _publish(cfg: Config, mode: str) -> Optional[str]:
             se = s["stderr"] or 0.0
             srows.append([s[c] for c in report.SUMMARY] + [s["mean"] - se, s["mean"] + se])
         data = {"results": wandb.Table(columns=report.COLUMNS, data=rows),
-                "summary": wandb.Table(columns=cols, data=srows)}
+                "summary": wandb.Table(columns=cols, data=srows),
+                "findings": wandb.Table(columns=findings.COLUMNS, data=findings.table(findings.compute(cfg, results)[0]))}
         lines: dict = {}
         for s in summary:
             lines.setdefault((s["signal"], s["evaluation"]), []).append(s)

@@ -29,8 +29,17 @@ def chains(cfg: Config) -> list[list[Stage]]:
                 for ev, stage in ((cfg.svm, Svm), (cfg.finetune, Finetune)):
                     if signal in ev.signals and (ev.levels is None or level in ev.levels):
                         chain += [stage(cfg, signal, seed, level, d) for d in ev.datasets]
+                if level == 0:
+                    chain += references(cfg, signal, seed)
             out.append(chain)
     return out
+
+
+def references(cfg: Config, signal: str, seed: int) -> list[Stage]:
+    """The random-features reference of a chain's transfer report: each of its probes and SVMs run
+    on the chain's initial weights (the paper's "random" line), once per data set."""
+    return [kind(cfg, signal, seed, 0, d, at_init=True)
+            for ev, kind in ((cfg.probe, Probe), (cfg.svm, Svm)) if signal in ev.signals for d in ev.datasets]
 
 
 def depth(cfg: Config, signal: str) -> int:

@@ -179,7 +179,7 @@ def write(cfg: Config, plots: bool = True) -> tuple[Path, list[dict]]:
     at any store size, the tables grow with it."""
     import shutil
 
-    from . import figures, index, naturals
+    from . import figures, findings, index, naturals
 
     out = Path(cfg.store) / "reports" / cfg.experiment
     out.mkdir(parents=True, exist_ok=True)
@@ -215,4 +215,5 @@ def write(cfg: Config, plots: bool = True) -> tuple[Path, list[dict]]:
         if headline:
             shutil.copyfile(headline, out / "semi_supervised.png")
     naturals.write(cfg, out, plots=plots)
+    findings.write(cfg, results, out)  # findings.md: the paper's claims tested on these rows
     return out, summary

@@ -11,6 +11,8 @@ Store layout (open_lth style: hashes name what changes the numbers, seeds and le
     .../level_<L>/probe_<hash>/                         linear probe of that level's weights
     .../level_<L>/svm_<hash>/                           linear SVMs on that level's frozen features (VOC07)
     .../level_<L>/finetune_<hash>/                      full fine-tuning of that level's network, mask kept
+    .../level_0/init_probe_<hash>/, init_svm_<hash>/    the same evaluations of the chain's initial weights
+                                                        (the paper's "random features" reference)
 
 `result.json` is written last and lists the size and sha256 of every output: a stage with a
 valid one is done and is never recomputed; a stage without it resumes from its checkpoint; a
@@ -271,9 +273,15 @@ class Evaluation(Stage):
     Its directory is `<kind>_<hash of the data set and the settings>` under the level, its
     evaluation label `<kind>:<data set>`."""
 
-    def __init__(self, cfg, signal, seed, level, data: DataConfig):
+    def __init__(self, cfg, signal, seed, level, data: DataConfig, at_init: bool = False):
         super().__init__(cfg, signal, seed, level)
         self.data = data
+        # The random-features reference: the same evaluation of the chain's initial weights (the
+        # dense network before any training, built from the chain's init seed). It lives under
+        # level 0, needs no parent, and is reported as `<kind>:<data set>@init` at level 0.
+        self.at_init = at_init
+        if at_init and level != 0:
+            raise ValueError(f"{self.kind} of the initial weights lives at level 0, not {level}")
 
     def settings(self):
         """What, besides the data set, changes this evaluation's numbers."""
@@ -281,7 +289,8 @@ class Evaluation(Stage):
 
     def _where(self) -> str:
         key = (self.kind, repr(self.data))
-        return f"{self._level()}/{self.kind}_{_digest(self.cfg, key, self.data, self.settings())}"
+        name = f"{self.kind}_{_digest(self.cfg, key, self.data, self.settings())}"
+        return f"{self._level()}/" + (f"init_{name}" if self.at_init else name)
 
     @property
     def label(self) -> str:
@@ -289,10 +298,10 @@ class Evaluation(Stage):
 
     @property
     def evaluation(self) -> str:
-        return f"{self.kind}:{self.data.name}"
+        return f"{self.kind}:{self.data.name}" + ("@init" if self.at_init else "")
 
     def parents(self):
-        return [ImpLevel(self.cfg, self.signal, self.seed, self.level)]
+        return [] if self.at_init else [ImpLevel(self.cfg, self.signal, self.seed, self.level)]
 
 
 class Probe(Evaluation):
@@ -301,7 +310,9 @@ class Probe(Evaluation):
     kind = "probe"
 
     def settings(self):
-        return self.cfg.probe.optim
+        p = self.cfg.probe
+        # `features` joins the hash only when it is not the protocol every earlier probe ran.
+        return p.optim if p.features == "augmented" else {"optim": p.optim, "features": p.features}
 
 
 class Svm(Evaluation):

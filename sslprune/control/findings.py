@@ -1,0 +1,319 @@
+"""The paper's claims tested on an experiment's results: paired per-seed differences and a verdict.
+
+For every claim of sslprune.control.claims that the experiment's signals and evaluations can
+test, and every subject signal and evaluated data set: the difference the claim implies, computed
+seed by seed from the report's rows (results.csv), its mean and standard error over seeds at each
+level in the claim's range of weights remaining, whether the paper's expectation is met there,
+and a plain verdict: `holds` (met at every level), `partly (k of n levels)`, `does not hold`
+(met at none), or `not tested at this scale` (no level of the experiment falls in the range).
+
+`write` puts it in `findings.md` next to the report, with checks of the set-up the verdicts rest
+on: each signal's dense accuracy, the gap between every converged probe and its full-batch L-BFGS
+reference, and SVM costs chosen at an edge of their grid. Torch-free: plain rows and result.json.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+from .claims import CLAIMS, Claim, Term
+from .config import CUT_POINTS, REWIND, Config, signal_prune
+
+COLUMNS = ["experiment", "claim", "subject", "evaluation", "comparison", "expect", "level", "remaining", "mean",
+           "stderr", "count", "met", "verdict"]
+NOT_TESTED = "not tested at this scale"
+
+
+def _zero(rewind: str) -> bool:
+    m = REWIND.match(rewind)
+    return bool(m) and float(m.group(1)) == 0
+
+
+class _Signals:
+    """What the claims ask of the experiment's signals: task, label subset, scope, rewind, transfer source."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.names = sorted(cfg.signals)
+        self.first_scope = None
+        order = ("all",) + CUT_POINTS.get(cfg.model.name, ())
+        scopes = sorted({self.scope(n) for n in self.names} - {"all"}, key=order.index)
+        if scopes:
+            self.first_scope = scopes[0]
+
+    def task(self, n):
+        return self.cfg.signals[n].task
+
+    def scope(self, n):
+        return signal_prune(self.cfg, n).scope
+
+    def rewind(self, n):
+        return signal_prune(self.cfg, n).rewind
+
+    def source(self, n):
+        return self.cfg.signals[n].init_from
+
+    def subjects(self, claim: Claim) -> list[str]:
+        out = []
+        for n in self.names:
+            t = self.task(n)
+            if t.name not in claim.tasks or self.source(n) is not None:
+                continue
+            if claim.labels == "all" and t.label_fraction < 1 or claim.labels == "subset" and t.label_fraction >= 1:
+                continue
+            if claim.rewind == "late" and _zero(self.rewind(n)) or claim.scope == "all" and self.scope(n) != "all":
+                continue
+            out.append(n)
+        return out
+
+    def resolve(self, term: Term, subject: str) -> list[str]:
+        """The signals a term names for a subject (usually one; none when the experiment lacks it)."""
+        if term.transfer:
+            return [n for n in self.names if self.source(n) == subject]
+        if term.task is None and term.scope is None and term.rewind is None:
+            return [subject]
+        if term.task is None:
+            pool = [n for n in self.names if self.task(n) == self.task(subject) and self.source(n) is None]
+        else:
+            pool = [n for n in self.names if self.task(n).name == term.task and self.task(n).label_fraction >= 1
+                    and self.source(n) is None]
+        want_scope = {"all": "all", "first": self.first_scope, None: self.scope(subject)}[term.scope]
+        pool = [n for n in pool if want_scope is not None and self.scope(n) == want_scope]
+        if term.rewind == "zero":
+            return [n for n in pool if _zero(self.rewind(n))]
+        return [n for n in pool if self.rewind(n) == self.rewind(subject)]
+
+
+def _evaluation(term: Term, first: str) -> str:
+    if term.evaluation == "=":
+        return first
+    if term.evaluation == "=@init":
+        return first + "@init"
+    return term.evaluation
+
+
+def _stats(values: list[float]) -> tuple[float, Optional[float]]:
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) / math.sqrt(n)
+
+
+def met(expect: str, mean: float, stderr: Optional[float], margin: float) -> bool:
+    """Whether one level's paired difference meets the paper's expectation (claims module docstring)."""
+    se = stderr or 0.0
+    if expect == "higher":
+        return mean > 0 and mean > 2 * se
+    if expect == "lower":
+        return mean < 0 and mean < -2 * se
+    if expect == "match":
+        return abs(mean) <= margin
+    if expect == "not_lower":
+        return mean >= -margin
+    raise ValueError(f"unknown expectation {expect!r}")
+
+
+def verdict(levels: list[dict]) -> str:
+    if not levels:
+        return NOT_TESTED
+    k = sum(1 for lv in levels if lv["met"])
+    if k == len(levels):
+        return "holds"
+    return "does not hold" if k == 0 else f"partly ({k} of {len(levels)} levels)"
+
+
+def _comparison(claim: Claim, names: tuple, evaluations: list[str]) -> str:
+    parts = []
+    for i, (term, name, ev) in enumerate(zip(claim.terms, names, evaluations)):
+        where = " (level 0)" if term.level == 0 else ""
+        sign = ("" if term.sign > 0 else "- ") if i == 0 else ("+ " if term.sign > 0 else "- ")
+        parts.append(f"{sign}{name} {ev}{where}")
+    return " ".join(parts)
+
+
+def compute(cfg: Config, rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """(findings, keys of the claims this experiment does not address). A finding: claim, subject,
+    evaluation, comparison, expect, per-level paired differences, verdict; accuracies are fractions."""
+    acc: dict = {}
+    remaining: dict = {}
+    levels_of = defaultdict(set)
+    for r in rows:
+        key = (r["signal"], r["evaluation"])
+        acc[key + (int(r["level"]), int(r["seed"]))] = float(r["accuracy"])
+        remaining.setdefault(key + (int(r["level"]),), float(r["remaining"]))
+        levels_of[key].add(int(r["level"]))
+    sig = _Signals(cfg)
+    out, unaddressed = [], []
+    for claim in CLAIMS:
+        found = []
+        for subject in sig.subjects(claim):
+            per_term = [sig.resolve(t, subject) for t in claim.terms]
+            if not all(per_term):
+                continue
+            first = claim.terms[0].evaluation
+            for combo in itertools.product(*per_term):
+                if first.endswith(":*"):
+                    evs = sorted({e for (s, e) in levels_of if s == combo[0] and e.startswith(first[:-1])
+                                  and not e.endswith("@init")})
+                else:
+                    evs = [first]
+                for ev in evs:
+                    evaluations = [_evaluation(t, ev) for t in claim.terms]
+                    if not all((n, e) in levels_of for n, e in zip(combo, evaluations)):
+                        continue
+                    found.append(_finding(cfg, claim, subject, combo, evaluations, acc, remaining, levels_of))
+        if found:
+            out += found
+        else:
+            unaddressed.append(claim.key)
+    return out, unaddressed
+
+
+def _finding(cfg, claim, subject, combo, evaluations, acc, remaining, levels_of) -> dict:
+    lo, hi = claim.remaining
+    head = (combo[0], evaluations[0])
+    seeds = sorted({k[3] for k in acc if k[:2] == head})
+    levels = []
+    for level in sorted(levels_of[head]):
+        left = remaining[head + (level,)]
+        if not lo - 1e-9 <= left <= hi + 1e-9:
+            continue
+        diffs = []
+        for seed in seeds:
+            keys = [(n, e, level if t.level is None else t.level, seed)
+                    for t, n, e in zip(claim.terms, combo, evaluations)]
+            if all(k in acc for k in keys):
+                diffs.append(sum(t.sign * acc[k] for t, k in zip(claim.terms, keys)))
+        if not diffs:
+            continue
+        mean, se = _stats(diffs)
+        levels.append({"level": level, "remaining": left, "mean": mean, "stderr": se, "count": len(diffs),
+                       "met": met(claim.expect, mean, se, claim.margin)})
+    available = sorted({remaining[head + (lv,)] for lv in levels_of[head]})
+    return {"experiment": cfg.experiment, "claim": claim.key, "text": claim.text, "source": claim.source,
+            "subject": subject, "evaluation": evaluations[0], "comparison": _comparison(claim, combo, evaluations),
+            "expect": claim.expect, "margin": claim.margin, "range": claim.remaining, "levels": levels,
+            "verdict": verdict(levels), "measured_range": (available[0], available[-1]) if available else None}
+
+
+def table(findings: list[dict]) -> list[list]:
+    """One row per finding and level (COLUMNS); a finding without levels gets one row with its verdict."""
+    out = []
+    for f in findings:
+        common = [f["experiment"], f["claim"], f["subject"], f["evaluation"], f["comparison"], f["expect"]]
+        for lv in f["levels"] or [None]:
+            if lv is None:
+                out.append(common + [None, None, None, None, 0, None, f["verdict"]])
+            else:
+                out.append(common + [lv["level"], lv["remaining"], lv["mean"], lv["stderr"], lv["count"], lv["met"],
+                                     f["verdict"]])
+    return out
+
+
+# ---------------------------------------------------------------- findings.md
+
+EXPECT = {"higher": "above zero by more than 2 standard errors",
+          "lower": "below zero by more than 2 standard errors",
+          "match": "within {margin} points of zero (mean)",
+          "not_lower": "not below -{margin} points (mean)"}
+
+
+def _points(x: Optional[float]) -> str:
+    return "" if x is None else f"{100 * x:+.2f}"
+
+
+def _range(r: tuple) -> str:
+    lo, hi = r
+    if lo == hi:
+        return f"{100 * lo:.3g}% of weights remaining"
+    if lo <= 0:
+        return f"at most {100 * hi:.3g}% of weights remaining" if hi < 0.999 else "every pruned level"
+    return f"{100 * lo:.3g}% to {100 * hi:.3g}% of weights remaining" if hi < 0.999 else \
+        f"every pruned level with at least {100 * lo:.3g}% of weights remaining"
+
+
+def checks(cfg: Config) -> list[str]:
+    """Markdown lines on the set-up the verdicts rest on, from the finished stages' result.json."""
+    from .experiment import stages
+
+    dense, gaps, edges, svms = defaultdict(list), [], [], 0
+    for s in stages(cfg):
+        if not s.done():
+            continue
+        r = s.result()
+        if s.kind == "imp" and s.level == 0:
+            dense[s.signal].append(r["accuracy"])
+        elif s.kind == "probe" and r.get("lbfgs_accuracy") is not None:
+            gaps.append((abs(r["accuracy"] - r["lbfgs_accuracy"]), s.label, r["accuracy"], r["lbfgs_accuracy"]))
+        elif s.kind == "svm":
+            svms += 1
+            if r.get("cost_warning"):
+                edges.append(s.label)
+    lines = ["## Checks of the set-up", ""]
+    if dense:
+        lines.append("Dense networks (level 0, the signal's own task on its test split, mean ± s.e. over seeds):")
+        lines.append("")
+        for name in sorted(dense):
+            m, se = _stats(dense[name])
+            lines.append(f"- {name}: {100 * m:.2f}" + ("" if se is None else f" ± {100 * se:.2f}") +
+                         f" % ({len(dense[name])} seeds)")
+        lines.append("")
+    if gaps:
+        worst = max(gaps)
+        lines.append(f"Linear probes: {len(gaps)} with a full-batch L-BFGS reference on the same standardised "
+                     f"features; largest gap {100 * worst[0]:.2f} points ({worst[1]}: probe {100 * worst[2]:.2f}, "
+                     f"L-BFGS {100 * worst[3]:.2f}); {sum(1 for g in gaps if g[0] > 0.015)} above 1.5 points.")
+        lines.append("")
+    if svms:
+        lines.append(f"SVMs: {len(edges)} of {svms} stages chose a cost at an edge of svm.costs for some class" +
+                     (" (" + "; ".join(edges[:5]) + (" ..." if len(edges) > 5 else "") + ")" if edges else "") + ".")
+        lines.append("")
+    return lines if len(lines) > 2 else []
+
+
+def markdown(cfg: Config, findings: list[dict], unaddressed: list[str]) -> str:
+    lines = [f"# {cfg.experiment}: the paper's claims at this scale", "",
+             "Each finding is a paired difference computed seed by seed (same seed, same level), in accuracy "
+             "points (mAP for SVMs), as mean ± standard error over seeds at each level in the range where the "
+             "paper makes the claim. A level meets `higher` / `lower` when the mean is beyond 2 standard errors "
+             "(one seed: its sign), `match` when the mean is within the margin of zero, `not_lower` when it is "
+             "not below minus the margin. Verdict: holds (every level), partly (some), does not hold (none), "
+             f"{NOT_TESTED} (no level of this experiment in the range). Claims: sslprune/control/claims.py.", "",
+             "## Summary", "", "| claim | subject | evaluation | levels met | verdict |", "|---|---|---|---|---|"]
+    for f in findings:
+        k = sum(1 for lv in f["levels"] if lv["met"])
+        lines.append(f"| {f['claim']} | {f['subject']} | {f['evaluation']} | {k} / {len(f['levels'])} | "
+                     f"{f['verdict']} |")
+    if not findings:
+        lines.append("| (none: no finished stages test a claim) | | | | |")
+    lines.append("")
+    for f in findings:
+        expect = EXPECT[f["expect"]].format(margin=f"{100 * f['margin']:g}")
+        lines += [f"## {f['claim']}: {f['subject']}, {f['evaluation']}", "", f"> {f['text']} ({f['source']})", "",
+                  f"Difference: {f['comparison']}; expected {expect}, at {_range(f['range'])}.", ""]
+        if f["levels"]:
+            lines += ["| level | remaining | difference (points) | s.e. | seeds | met |", "|---|---|---|---|---|---|"]
+            for lv in f["levels"]:
+                se = "" if lv["stderr"] is None else f"{100 * lv['stderr']:.2f}"
+                lines.append(f"| {lv['level']} | {100 * lv['remaining']:.2f}% | {_points(lv['mean'])} | {se} | "
+                             f"{lv['count']} | {'yes' if lv['met'] else 'no'} |")
+            lines.append("")
+        elif f["measured_range"]:
+            lo, hi = f["measured_range"]
+            lines += [f"This experiment measures {100 * lo:.3g}% to {100 * hi:.3g}% of weights remaining.", ""]
+        lines += [f"**Verdict: {f['verdict']}.**", ""]
+    if unaddressed:
+        lines += ["## Claims this experiment does not address", "", ", ".join(unaddressed) + ".", ""]
+    lines += checks(cfg)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write(cfg: Config, rows: list[dict], out: Path) -> list[dict]:
+    """findings.md in the report folder `out`; returns the findings."""
+    found, unaddressed = compute(cfg, rows)
+    (out / "findings.md").write_text(markdown(cfg, found, unaddressed))
+    return found
