@@ -1,0 +1,155 @@
+"""Issue 13: the reduced twins test the paper's claims, not their own shortcuts.
+
+Independent initialisation per signal, converged probes checked against a full-batch L-BFGS
+logistic regression, the SVM cost-grid edge warning, the random-features reference stage and the
+findings report (paired per-seed differences and a verdict for each of the paper's claims)."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from sslprune.compute import runner, svm
+from sslprune.compute.runtime import Runtime
+from sslprune.control import experiment, findings
+from sslprune.control.claims import CLAIMS
+from sslprune.control.config import ConfigError, DataConfig, OptimConfig, validate
+from sslprune.control.stage import ImpLevel, Probe, Svm
+
+from conftest import tiny_config
+
+CPU = torch.device("cpu")
+
+
+def _start(cfg, signal):
+    """The backbone weights IMP level 0 of `signal` (seed 0) starts training from."""
+    s = runner.prepare(ImpLevel(cfg, signal, 0, 0), Runtime(CPU))
+    return {k: v.clone() for k, v in s.net.state_dict().items() if k.startswith("backbone.")}
+
+
+def test_two_signals_of_a_seed_start_from_independent_weights_by_default(tmp_path):
+    cfg = tiny_config(tmp_path)
+    assert cfg.model.init == "per_signal"
+    labels, rotnet = _start(cfg, "labels"), _start(cfg, "rotnet")
+    assert labels.keys() == rotnet.keys()
+    differ = [k for k in labels if labels[k].dtype.is_floating_point and labels[k].numel() > 1
+              and not torch.equal(labels[k], rotnet[k]) and "weight" in k and "bn" not in k]
+    convs = [k for k in labels if k.endswith("weight") and labels[k].dim() == 4]
+    assert set(convs) <= set(differ), "every conv weight of the two starts must differ"
+    # A rewind or scope variant of one signal shares its dense start (the part before @).
+    cfg.signals["rotnet@0it"] = cfg.signals["rotnet"]
+    assert all(torch.equal(v, _start(cfg, "rotnet@0it")[k]) for k, v in rotnet.items())
+
+
+def test_shared_init_gives_every_signal_of_a_seed_the_same_start(tmp_path):
+    cfg = tiny_config(tmp_path)
+    cfg.model = replace(cfg.model, init="shared")
+    labels, rotnet = _start(cfg, "labels"), _start(cfg, "rotnet")
+    assert all(torch.equal(v, rotnet[k]) for k, v in labels.items())
+
+
+def test_model_init_is_checked_with_one_line():
+    cfg = tiny_config(Path("/s"))
+    cfg.model = replace(cfg.model, init="independent")
+    with pytest.raises(ConfigError, match=r"^model.init='independent' is not one of per_signal, shared$"):
+        validate(cfg)
+
+
+def _probe_cfg(tmp_path, **optim):
+    """A twin-size case: the twins' probe schedule (conf/optim/demo_probe.yaml), width-8 ResNet, digits."""
+    cfg = tiny_config(tmp_path, seeds=[0])
+    cfg.model = replace(cfg.model, width=8)
+    o = OptimConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=0.0, batch_size=128, epochs=10,
+                    milestones=[8], **optim)
+    cfg.probe = replace(cfg.probe, features="standardised", optim=o)
+    return cfg
+
+
+def test_standardised_probe_is_within_one_and_a_half_points_of_lbfgs(tmp_path):
+    """A probe is a convex problem: trained on standardised features with the twins' schedule, its
+    test accuracy must be that of a full-batch L-BFGS logistic regression on the same features. The
+    augmented SGD probe of the same network (the paper's protocol) read ~11 points lower on the
+    Figure-1 twin."""
+    cfg = _probe_cfg(tmp_path)
+    for stage in (Probe(cfg, "rotnet", 0, 0, DataConfig(name="digits"), at_init=True),
+                  Probe(cfg, "rotnet", 0, 1, DataConfig(name="digits"))):
+        for parent in stage.parents():
+            for p in [ImpLevel(cfg, "rotnet", 0, level) for level in range(parent.level + 1)]:
+                p.run(Runtime(CPU))
+        r = stage.run(Runtime(CPU))
+        assert 0.5 < r["lbfgs_accuracy"] <= 1
+        assert abs(r["accuracy"] - r["lbfgs_accuracy"]) <= 0.015, r
+
+
+def test_svm_cost_at_the_edge_of_its_grid_is_warned_about():
+    costs = [0.01, 0.1, 1.0, 10.0]
+    assert svm.edge_warning(costs, [0.1, 1.0], ["cat", "dog"]) is None
+    assert svm.edge_warning(costs, [0.1, 10.0, 0.01], ["cat", "dog", "cow"]) == (
+        "the chosen cost sits at an edge of svm.costs [0.01 .. 10] for 2 of 3 classes: dog (10), cow (0.01); "
+        "widen svm.costs")
+    assert svm.edge_warning([1.0], [1.0], ["cat"]) is None  # one cost: nothing to widen
+
+
+def test_every_transfer_report_has_its_random_features_reference(tmp_path):
+    cfg = tiny_config(tmp_path, seeds=[0, 1])
+    cfg.svm = replace(cfg.svm, signals=["rotnet"], datasets=[DataConfig(name="digits")])
+    refs = [s for s in experiment.stages(cfg) if getattr(s, "at_init", False)]
+    assert sorted((s.kind, s.signal, s.seed, s.level) for s in refs) == [
+        ("probe", "rotnet", 0, 0), ("probe", "rotnet", 1, 0), ("svm", "rotnet", 0, 0), ("svm", "rotnet", 1, 0)]
+    assert {s.evaluation for s in refs} == {"probe:digits@init", "svm:digits@init"}
+    assert all(s.parents() == [] and s.dir.name.startswith("init_") for s in refs)
+
+
+# ---------------------------------------------------------------- the findings report
+
+def _row(signal, seed, level, evaluation, accuracy, remaining):
+    return {"experiment": "tiny", "signal": signal, "seed": seed, "level": level, "evaluation": evaluation,
+            "accuracy": accuracy, "remaining": remaining}
+
+
+def test_findings_are_paired_per_seed_differences_with_their_standard_error(tmp_path):
+    """labels ticket - labels random re-init at 10.7% left, seeds 0/1/2: differences 0.10, 0.20, 0.30,
+    mean 0.2, s.e. 0.1/sqrt(3); above 2 s.e. -> met; one level in range -> holds."""
+    cfg = tiny_config(tmp_path, seeds=[0, 1, 2])
+    rows = []
+    for seed, (wt, rr) in enumerate([(0.8, 0.7), (0.9, 0.7), (0.95, 0.65)]):
+        rows += [_row("labels", seed, 10, "winning_ticket", wt, 0.107),
+                 _row("labels", seed, 10, "random_reinit", rr, 0.107),
+                 _row("labels", seed, 1, "winning_ticket", 0.9, 0.8),
+                 _row("labels", seed, 1, "random_reinit", 0.9, 0.8)]
+    found, _ = findings.compute(cfg, rows)
+    mine = [f for f in found if f["claim"] == "labels_ticket_above_reinit" and f["subject"] == "labels"]
+    assert len(mine) == 1  # level 1 (80% left) is outside the claim's range (20% or fewer)
+    (level,) = mine[0]["levels"]
+    assert level["level"] == 10 and level["count"] == 3
+    assert level["mean"] == pytest.approx(0.2)
+    assert level["stderr"] == pytest.approx(0.1 / math.sqrt(3))
+    assert level["met"] is True and mine[0]["verdict"] == "holds"
+
+
+def test_a_claim_outside_the_experiments_range_is_not_tested_at_this_scale(tmp_path):
+    cfg = tiny_config(tmp_path, seeds=[0, 1])
+    rows = [_row("labels", s, 1, e, 0.9, 0.8) for s in (0, 1) for e in ("winning_ticket", "random_reinit")]
+    found, _ = findings.compute(cfg, rows)
+    (mine,) = [f for f in found if f["claim"] == "labels_ticket_above_reinit"]
+    assert mine["verdict"] == findings.NOT_TESTED and mine["levels"] == []
+
+
+def test_findings_md_is_written_by_the_report_for_every_experiment(tmp_path):
+    from sslprune.control import report
+    from sslprune.control.local import run_local
+
+    cfg = tiny_config(tmp_path, prune=replace(tiny_config(tmp_path).prune, levels=1))
+    cfg.probe = replace(cfg.probe, features="standardised")
+    run_local(cfg)
+    out, _ = report.write(cfg)
+    text = (out / "findings.md").read_text()
+    assert text.startswith("# tiny: the paper's claims")
+    for claim in ("labels_ticket_above_reinit", "features_above_random"):
+        assert claim in text
+    assert "L-BFGS" in text  # the probes' convergence check the verdicts rest on
+    assert len({c.key for c in CLAIMS}) == len(CLAIMS)  # claims are written once, each with its own key
