@@ -6,6 +6,10 @@
   resubmit   the same command again, with everything queued: nothing to submit
   status     `sslprune-status` on a store of at least --stages finished stage directories, against a
              plain Python walk (a fresh interpreter) that reads every result.json under the store
+  stock      Hydra's own route (`sslprune-imp -m ... hydra/launcher=submitit_slurm`): the launcher
+             composes every job's config before its first sbatch; timed here as --compose
+             compose() calls of the stage app's config with one job's overrides each (what
+             Hydra's sweeper hands its launcher), per job and extrapolated to --jobs
   report     `sslprune-report --tables` on that store (results.csv, summary.csv/md, the pivot table,
              findings; plots are left out, they cost the same at any store size), against the same walk
 
@@ -127,6 +131,29 @@ print(n)
     return int(p.stdout.split()[-1])
 
 
+STOCK = """
+import sys, time
+from hydra import compose, initialize_config_dir
+from sslprune.launch.compose import CONF_DIR
+n = int(sys.argv[1])
+with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+    compose("config", overrides=["experiment=demo", "signal=rotnet", "seed=0", "level=0"])  # warm
+    t0 = time.perf_counter()
+    for i in range(n):
+        compose("config", overrides=["experiment=demo", "signal=rotnet" if i % 2 else "signal=labels",
+                                  f"seed={i // 30}", f"level={i % 15}"])
+    print((time.perf_counter() - t0) / n)
+"""
+
+
+def stock_compose(n: int) -> float:
+    """Seconds per job of Hydra composing one stage app's config (the stock launcher's per-job cost)."""
+    p = subprocess.run([sys.executable, "-c", STOCK, str(n)], capture_output=True, text=True, cwd=ROOT)
+    if p.returncode != 0:
+        raise SystemExit(p.stderr[-3000:])
+    return float(p.stdout.split()[-1])
+
+
 def median_of(reps: int, fn) -> tuple[float, float]:
     walls, cpus = [], []
     for _ in range(reps):
@@ -140,6 +167,7 @@ def main(argv=None) -> None:
     ap.add_argument("--jobs", type=int, default=1000, help="stages to submit (at least)")
     ap.add_argument("--stages", type=int, default=10000, help="finished stages in the status/report store (at least)")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--compose", type=int, default=200, help="Hydra compose() calls timed for the stock route")
     args = ap.parse_args(argv)
     if subprocess.run(["sinfo"], capture_output=True).returncode != 0:
         raise SystemExit("no SLURM cluster: bash slurm/local-cluster.sh start")
@@ -161,6 +189,9 @@ def main(argv=None) -> None:
             print(f"resubmit  nothing new: {re_w:.2f} s wall, {re_c:.2f} s CPU", flush=True)
         finally:
             cancel(held)
+        per_job = stock_compose(args.compose)
+        print(f"stock     Hydra composes one job's config in {1000 * per_job:.1f} ms: {submitted} jobs "
+              f"{per_job * submitted:.1f} s before the first sbatch (sslprune-run: {sub_w:.2f} s in all)", flush=True)
         seeds = seeds_for(args.stages)
         n = build_store(tmp / "big", seeds)
         overrides = [f"store={tmp / 'big'}", "experiment=demo", f"seeds={seeds}"]

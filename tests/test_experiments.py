@@ -143,12 +143,16 @@ def test_reduced_twin_runs_every_stage_for_a_few_steps(name, tmp_path):
     every = experiment.stages(cfg)
     assert all(s.done() for s in every)
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert len(rows) == len(every)
+    assert len(rows) == len(experiment.measurements(cfg))  # the shared dense stage under each name
     # Every signal, and every evaluation the preset asks for, made it into the report.
     assert {r["signal"] for r in rows} == set(cfg.signals)
     expected = {"pretext"} | set(cfg.retrain.schemes) | {f"probe:{d.name}" for d in cfg.probe.datasets} \
         | {f"svm:{d.name}" for d in cfg.svm.datasets} | {f"finetune:{d.name}" for d in cfg.finetune.datasets}
+    # ... and each probe and SVM its random-features reference (the initial weights).
+    expected |= {f"{kind}:{d.name}@init" for kind, ev in (("probe", cfg.probe), ("svm", cfg.svm)) if ev.signals
+                 for d in ev.datasets}
     assert {r["evaluation"] for r in rows} == expected
+    assert (out / "findings.md").exists()
     for r in rows:
         assert 0.0 <= float(r["accuracy"]) <= 1.0, r
     assert (out / "rewind.md").exists() and (out / "natural_sparsity.csv").exists()

@@ -148,14 +148,27 @@ def run_local(cfg: Config) -> int:
         if display is not None:
             display.close()
             display = None
-        _say_stopped(cfg, e, ran)
+        _say_stopped(cfg, e, _finished(all_chains, states))
         raise
     finally:
         signals.restore()
         if display is not None:
             display.close()
+    ran = _finished(all_chains, states)
     print(f"[sslprune] ran {ran} stages in {clock(time.monotonic() - t0)}", flush=True)
     return ran
+
+
+def _finished(all_chains, states: dict) -> int:
+    """How many stages this run finished: those not done before it and done now. (Counting the
+    stages each chain ran counted a stage two chains share, the dense re-training, once per chain
+    that waited for it.)"""
+    seen = {}
+    for c in all_chains:
+        for s in c:
+            if states[s.key()] != "done" and s.key() not in seen:
+                seen[s.key()] = s
+    return sum(1 for s in seen.values() if s.done())
 
 
 def _pool(cfg, batch, workers, signals, stopped, display) -> int:
