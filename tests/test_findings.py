@@ -153,3 +153,21 @@ def test_findings_md_is_written_by_the_report_for_every_experiment(tmp_path):
         assert claim in text
     assert "L-BFGS" in text  # the probes' convergence check the verdicts rest on
     assert len({c.key for c in CLAIMS}) == len(CLAIMS)  # claims are written once, each with its own key
+
+
+def test_a_reference_stage_survives_the_job_record_and_packs_wait_for_their_imp_level(tmp_path):
+    """A SLURM job rebuilds its stage from `spec`: without `at_init` the reference's job ran the
+    level-0 SVM instead (before its IMP level was done: MissingInput, retry), and the reference
+    itself never ran. A packed task whose first stage is the reference waits for the IMP level."""
+    from sslprune.control import submission
+    from sslprune.control.stage import from_spec, spec
+
+    cfg = tiny_config(tmp_path, seeds=[0])
+    cfg.svm = replace(cfg.svm, signals=["rotnet"], datasets=[DataConfig(name="digits")])
+    for ref in (s for s in experiment.stages(cfg) if getattr(s, "at_init", False)):
+        back = from_spec(cfg, json.loads(json.dumps(spec(ref))))
+        assert back.key() == ref.key() and back.at_init and back.label == ref.label
+    ref = Svm(cfg, "rotnet", 0, 0, DataConfig(name="digits"), at_init=True)
+    task = [ref, Svm(cfg, "rotnet", 0, 0, DataConfig(name="digits"))]  # a pack of level 0's evaluations
+    assert ref.parents() == []
+    assert [p.key() for p in submission.task_parents(task)] == [ImpLevel(cfg, "rotnet", 0, 0).key()]

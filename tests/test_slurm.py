@@ -288,7 +288,9 @@ def test_transfer_chains_and_new_evaluations_run_as_dependent_arrays(tmp_path):
     assert st["complete"]
     results = {json.loads(f.read_text())["kind"] for f in store.rglob("result.json")}
     assert results == {"imp", "svm", "finetune"}
-    assert len(list(store.rglob("result.json"))) == 2 * 3 + 2  # rotnet: imp, svm, finetune x 2 levels; transfer: imp x 2
+    # rotnet: imp, svm, finetune x 2 levels, and the SVM of its initial weights; transfer: imp x 2
+    assert len(list(store.rglob("result.json"))) == 2 * 3 + 1 + 2
+    assert len(list(store.rglob("init_svm_*/result.json"))) == 1
 
 
 def test_ddp_preemption_stops_every_rank_at_the_same_step_and_resumes_bit_for_bit(tmp_path):

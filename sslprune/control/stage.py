@@ -340,6 +340,8 @@ def spec(stage: Stage) -> dict:
         out["scheme"] = stage.scheme
     if isinstance(stage, Evaluation):
         out["data"] = dataclasses.asdict(stage.data)
+        if stage.at_init:  # the random-features reference: without it a job ran the level-0 evaluation
+            out["at_init"] = True
     return out
 
 
@@ -351,4 +353,4 @@ def from_spec(cfg: Config, record: dict) -> Stage:
     if kind == "retrain":
         return Retrain(*args, record["scheme"])
     data = from_dict(record["data"], DataConfig)
-    return {"probe": Probe, "svm": Svm, "finetune": Finetune}[kind](*args, data)
+    return {"probe": Probe, "svm": Svm, "finetune": Finetune}[kind](*args, data, at_init=record.get("at_init", False))

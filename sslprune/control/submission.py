@@ -219,6 +219,13 @@ def plan(cfg: Config, todo: list[Stage]) -> list[list[list[Stage]]]:
     return [list(tasks.values()) for tasks in groups.values()]
 
 
+def task_parents(task: list[Stage]) -> list[Stage]:
+    """What one task (one stage, or a pack) waits for. The stages of a pack share their parent (one
+    IMP level), except a random-features reference, which has none: the first parent any stage has
+    (taking the first stage's left a pack that starts with the reference waiting for nothing)."""
+    return next((s.parents() for s in task if s.parents()), [])
+
+
 def _dependency(parents: list[Optional[str]], sizes: dict[str, int]) -> Optional[str]:
     """How an array waits, from each task's parent job ("<array>_<task>" or "<job>"; None: done).
 
@@ -355,7 +362,7 @@ def submit(cfg: Config) -> dict:
             parents = []
             for task in group:
                 pid = None
-                for p in task[0].parents():  # the stages of a pack share their parent (one IMP level)
+                for p in task_parents(task):
                     if p.key() in owner:
                         submitted[owner[p.key()]].result()  # submitted before this group: its ids are known
                         pid = new_jobs[p.key()]
