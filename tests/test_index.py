@@ -64,7 +64,7 @@ def test_status_where_prints_a_stage_directory_and_names_the_closest_label_on_a_
     p = cli("sslprune-status", *args, "--where", "imp rotnet seed=1 level=9", check=False)
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.strip().splitlines() == [
-        "sslprune: error: no stage labelled 'imp rotnet seed=1 level=9' in experiment demo (54 stages); "
+        "sslprune: error: no stage labelled 'imp rotnet seed=1 level=9' in experiment demo (50 stages); "
         "closest: imp rotnet seed=1 level=2; imp rotnet seed=1 level=1; imp rotnet seed=1 level=0"]
     assert not (tmp_path / "imp").exists()  # --where reads, never writes
 

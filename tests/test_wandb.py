@@ -266,7 +266,8 @@ def test_wandb_state_line_is_printed_once_per_command_before_work_starts(tmp_pat
     store, cwd = tmp_path / "store", tmp_path / "cwd"
     cwd.mkdir()
     small = [a for a in SMALL if a not in ("prune.levels=1", "run.quiet=true")]  # stage lines: when work starts
-    args = ["sslprune-run", f"store={store}", *small, "prune.levels=0", "run.workers=2"]
+    args = ["sslprune-run", f"store={store}", *small, "prune.levels=0", "run.workers=2",
+            "run.progress_seconds=0"]  # the plain display's line at every stage start
     p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd,
                        timeout=300)
     assert p.returncode == 0, p.stdout[-4000:]
@@ -274,10 +275,13 @@ def test_wandb_state_line_is_printed_once_per_command_before_work_starts(tmp_pat
     noted = [i for i, ln in enumerate(lines) if "W&B disabled" in ln]
     assert len(noted) == 1, p.stdout  # not once per worker, not again after the table
     assert "no W&B credentials" in lines[noted[0]]
-    first_stage = next(i for i, ln in enumerate(lines) if ln.startswith("[imp "))
-    header = next(i for i, ln in enumerate(lines) if ln.startswith("[sslprune] experiment demo: 4 stages"))
-    assert noted[0] < header < first_stage
-    assert len({ln.split("]")[0] for ln in lines if ln.startswith("[imp ")}) == 2  # both chains ran
+    started = [(i, ln.split("]   ")[1].split(": starting")[0]) for i, ln in enumerate(lines)
+               if ln.startswith("[sslprune]   ") and ln.endswith(": starting")]
+    # 2 IMP levels, the winning ticket, the RotNet probe and the probe of its initial weights
+    header = next(i for i, ln in enumerate(lines) if ln.startswith("[sslprune] experiment demo: 5 stages"))
+    assert noted[0] < header < started[0][0]
+    assert {label for _, label in started if label.startswith("imp ")} == {"imp labels seed=0 level=0",
+                                                                           "imp rotnet seed=0 level=0"}
     assert not wandb_dirs(tmp_path)
 
 
