@@ -80,8 +80,9 @@ def test_tables_are_lists_of_dicts_without_pandas(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas raises ImportError
     cfg = api.config("demo", "prune.levels=1", store=tmp_path)
     rows = api.stages(cfg)
-    # seeds x signals x levels x (IMP + 3 starts) + probes, level 0's random starts one stage per seed
-    assert isinstance(rows, list) and len(rows) == 2 * 2 * 2 * 4 + 2 * 2 - 2 * 3
+    # seeds x signals x levels x (IMP + 3 starts) + probes, level 0's random starts one stage per seed,
+    # + the probe of RotNet's initial weights per seed
+    assert isinstance(rows, list) and len(rows) == 2 * 2 * 2 * 4 + 2 * 2 - 2 * 3 + 2
     assert {r["state"] for r in rows} == {"todo"}
     assert api.results(cfg) == [] and api.summary(cfg) == []
 
@@ -112,9 +113,10 @@ def test_readme_example_runs_as_written(tmp_path):
     store = tmp_path / "runs-api"
     with open(store / "reports" / "demo" / "results.csv") as f:
         results = list(csv.DictReader(f))
-    assert len(results) == 18  # 2 signals x 2 levels x (IMP + 3 starts) + 2 probes, one seed
-    # 15 stages (level 0's random starts are one), the one stage run first is not run again.
-    assert "14 stages ran" in out
+    # 2 signals x 2 levels x (IMP + 3 starts) + 2 probes + the probe of the initial weights, one seed
+    assert len(results) == 19
+    # 16 stages (level 0's random starts are one), the one stage run first is not run again.
+    assert "15 stages ran" in out
     level1 = store / "imp"
     where = [ln for ln in out.splitlines() if ln.startswith(str(level1))]
     assert where and Path(where[0]).is_dir() and (Path(where[0]) / "result.json").exists()

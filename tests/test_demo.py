@@ -41,9 +41,11 @@ def test_demo_writes_results_for_every_signal_evaluation_level_and_seed(demo):
         level, remaining = int(r["level"]), float(r["remaining"])
         assert abs(remaining - 0.8 ** level) < 1e-3, r  # fraction of prunable weights left
         assert 0.0 <= float(r["accuracy"]) <= 1.0
-    assert set(got) == expected
+    # ... and the probe of RotNet's initial weights, the random-features reference, once per seed
+    assert set(got) == expected | {("rotnet", "probe:digits@init")}
+    assert got.pop(("rotnet", "probe:digits@init")) == {(0, 0), (0, 1)}
     assert all(v == {(lv, s) for lv in range(4) for s in (0, 1)} for v in got.values())
-    assert len(rows) == 2 * 4 * (4 + 5)
+    assert len(rows) == 2 * 4 * (4 + 5) + 2
 
 
 def test_demo_summary_is_mean_and_standard_error_over_seeds(demo):

@@ -106,7 +106,8 @@ def test_wheel_installs_only_sslprune_and_its_commands_work_outside_the_checkout
     store = elsewhere / "runs"  # the default store, relative to where the command ran
     with open(store / "reports" / "demo" / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 9  # 2 signals x (IMP level 0 + 3 re-training starts) + the RotNet probe
+    # 2 signals x (IMP level 0 + 3 re-training starts) + the RotNet probe + its random-features reference
+    assert len(rows) == 10
     assert "| level | remaining |" in p.stdout
     assert len(list(store.glob("imp/*/chain.json"))) == 2
     assert (store / "reports" / "demo" / "accuracy_vs_remaining_retrain.png").stat().st_size > 10_000

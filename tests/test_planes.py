@@ -122,8 +122,9 @@ def test_status_report_and_cfg_without_torch(tmp_path):
     text = cli("sslprune-status", *args, env=env)
     assert "all stages done" in text.stdout, text.stdout
     doc = json.loads(cli("sslprune-status", *args, "--json", env=env).stdout)
-    # 2 signals x 2 levels x (IMP + 3 starts) + 2 probes, level 0's random starts shared: 18 - 3 stages
-    assert doc["complete"] and doc["stages"] == 15
+    # 2 signals x 2 levels x (IMP + 3 starts) + 2 probes, level 0's random starts shared: 18 - 3 stages,
+    # + the probe of RotNet's initial weights
+    assert doc["complete"] and doc["stages"] == 16
     for f in ("results.csv", "summary.csv", "accuracy_vs_remaining.png"):
         (store / "reports" / "demo" / f).unlink()
     rep = cli("sslprune-report", *args, env=env)

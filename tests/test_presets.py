@@ -122,9 +122,11 @@ def report(store: Path, experiment: str) -> list[dict]:
 
 
 def check_rows(rows: list[dict], signals: set, evaluations: dict, levels=(0, 1)) -> None:
-    """Every (signal, evaluation, level) once, level L with 0.8**L of the weights left."""
+    """Every (signal, evaluation, level) once, level L with 0.8**L of the weights left; every probe
+    and SVM also once at level 0 on the initial weights (`<evaluation>@init`, the random reference)."""
     seen = {(r["signal"], r["evaluation"], int(r["level"])) for r in rows}
     want = {(s, e, lv) for s in signals for e in evaluations[s] for lv in levels}
+    want |= {(s, e + "@init", 0) for s in signals for e in evaluations[s] if e.startswith(("probe:", "svm:"))}
     assert seen == want and len(rows) == len(want)
     for r in rows:
         assert abs(float(r["remaining"]) - 0.8 ** int(r["level"])) < 1e-3

@@ -103,15 +103,17 @@ def models_equal(a: Path, b: Path, atol: float = 0.0) -> bool:
 
 def test_demo_through_arrays_matches_local_run(tmp_path):
     """2 seeds x 2 signals x 2 levels + re-training + probes: 20 stages as 6 arrays with dependencies
-    (per level: IMP, winning tickets, RotNet probes, each over both signals and seeds)."""
+    (per level: IMP, winning tickets, RotNet probes, each over both signals and seeds), and the probes
+    of RotNet's initial weights: one more array that waits for nothing."""
     args = tiny(tmp_path / "slurm")
     local_args = tiny(tmp_path / "local", "run.workers=1")
     p = cli("sslprune-run", *args, *SLURM)
     assert f"store {tmp_path / 'slurm'}" in p.stdout
-    assert "submitted 20 stage(s) in 6 array(s)" in p.stdout, p.stdout
-    assert len(re.findall(r"job \d+", p.stdout)) >= 6
+    assert "submitted 22 stage(s) in 7 array(s)" in p.stdout, p.stdout
+    assert len(re.findall(r"job \d+", p.stdout)) >= 7
+    assert re.search(r"submitted sslprune-demo-probe-digits-init-L0: 2 task\(s\) job \d+\n", p.stdout), p.stdout
     recs = job_records(tmp_path / "slurm")
-    assert len(recs) == 20
+    assert len(recs) == 22
     by = {(r["stage"]): r for r in recs.values()}
     imp0 = by["imp labels seed=0 level=0"]
     for other in ("imp labels seed=1 level=0", "imp rotnet seed=0 level=0", "imp rotnet seed=1 level=0"):
@@ -122,8 +124,8 @@ def test_demo_through_arrays_matches_local_run(tmp_path):
     assert by["probe:digits rotnet seed=1 level=0"]["dependency"] == f"aftercorr:{imp0['array_job_id']}"
     st = status(args)  # right after submission: children wait on their parents' arrays
     c = st["kinds"]
-    assert {k: c[k]["total"] for k in c} == {"imp": 8, "retrain": 8, "probe": 4}
-    assert sum(c[k]["pending"] + c[k]["running"] + c[k]["done"] + c[k]["preempted"] for k in c) == 20
+    assert {k: c[k]["total"] for k in c} == {"imp": 8, "retrain": 8, "probe": 6}
+    assert sum(c[k]["pending"] + c[k]["running"] + c[k]["done"] + c[k]["preempted"] for k in c) == 22
     assert sum(c[k]["pending"] for k in c) > 0 and sum(c[k]["failed"] + c[k]["blocked"] for k in c) == 0
     # The reference, on the same 2 cores, while the cluster works.
     local = subprocess.Popen(["sslprune-run", *local_args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -134,7 +136,7 @@ def test_demo_through_arrays_matches_local_run(tmp_path):
         assert "nothing to submit" in again.stdout, again.stdout
         assert job_records(tmp_path / "slurm") == recs
         final = wait_complete(args)
-        assert counts(final, "done") == {"imp": {"done": 8}, "retrain": {"done": 8}, "probe": {"done": 4}}
+        assert counts(final, "done") == {"imp": {"done": 8}, "retrain": {"done": 8}, "probe": {"done": 6}}
     finally:
         out, _ = local.communicate(timeout=600)
     assert local.returncode == 0, out[-3000:]

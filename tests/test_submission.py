@@ -39,8 +39,11 @@ def test_plan_is_one_array_per_level_and_kind_over_signals_and_seeds(tmp_path):
         seen |= {s.key() for s in a}
     assert len(seen) == len(stages(cfg))
     # 3 levels x (IMP + 3 re-training starts + the RotNet probe) for 2 signals x 2 seeds, but level 0's
-    # random and random re-init are one dense training per seed: 14 arrays.
-    assert len(arrays) == 3 * 5 - 1
+    # random and random re-init are one dense training per seed: 14 arrays; + the RotNet probes of the
+    # initial weights (their own array: they wait for nothing).
+    assert len(arrays) == 3 * 5 - 1 + 1
+    refs = [a for a in arrays if getattr(a[0], "at_init", False)]
+    assert len(refs) == 1 and all(s.at_init for s in refs[0]) and submission.task_parents([refs[0][0]]) == []
     imp0 = next(a for a in arrays if a[0].kind == "imp" and a[0].level == 0)
     probe0 = next(a for a in arrays if a[0].kind == "probe" and a[0].level == 0)
     assert [(s.signal, s.seed) for s in probe0] == [(s.signal, s.seed) for s in imp0][:len(probe0)]
@@ -60,8 +63,10 @@ def test_packed_plan_is_one_task_per_chain_and_level_with_its_evaluations(tmp_pa
         for task in a:
             labels = [s.label for s in task]
             assert len({(s.signal, s.seed, s.level) for s in task}) == 1 and task[0].level == level
-            # Three re-training starts, and RotNet's probe; at level 0 the two random starts are the dense stage.
-            want = (4 if task[0].signal == "rotnet" else 3) - (2 if level == 0 else 0)
+            # Three re-training starts, and RotNet's probe; at level 0 the two random starts are the dense
+            # stage, and RotNet's pack also holds the probe of its initial weights.
+            want = (4 if task[0].signal == "rotnet" else 3) - (2 if level == 0 else 0) \
+                + (1 if level == 0 and task[0].signal == "rotnet" else 0)
             assert len(task) == want, labels
 
 

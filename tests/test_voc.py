@@ -341,10 +341,12 @@ def test_svm_and_finetune_stages_on_voc07_from_real_imp_levels(tmp_path, voc_roo
     cfg.finetune = FinetuneConfig(signals=["rotnet"], datasets=[voc_data], levels=[1],
                                   optim=tiny_optim(epochs=2, batch_size=8, lr=0.05))
     chain = experiment.chains(cfg)[0]
-    assert [type(s).__name__ for s in chain] == ["ImpLevel", "Svm", "ImpLevel", "Svm", "Finetune"]
-    assert [submission._variant(s) for s in chain[3:]] == ["svm-voc07", "finetune-voc07"]
+    # level 0's SVMs, then the SVMs of the initial weights (the random-features reference)
+    assert [type(s).__name__ for s in chain] == ["ImpLevel", "Svm", "Svm", "ImpLevel", "Svm", "Finetune"]
+    assert [s.evaluation for s in chain[1:3]] == ["svm:voc07", "svm:voc07@init"]
+    assert [submission._variant(s) for s in chain[4:]] == ["svm-voc07", "finetune-voc07"]
     assert {"svm", "finetune"} <= set(submission.KINDS)
-    assert run_local(cfg) == 5
+    assert run_local(cfg) == 6
     present = {voc.CLASSES.index(n) for n in COLOURS}
     for level in (0, 1):
         stage = Svm(cfg, "rotnet", 0, level, voc_data)

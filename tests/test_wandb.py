@@ -118,7 +118,7 @@ def demo(tmp_path_factory):
 def test_offline_demo_logs_one_run_per_stage(demo):
     store, env = demo["store"], demo["env"]
     cfg, stages = stages_of(store, *SMALL, "wandb=offline")
-    assert len(stages) == 8
+    assert len(stages) == 9  # 4 IMP levels, 2 winning tickets, 2 probes, the probe of the initial weights
     dirs = []
     for stage in stages:
         assert stage.done()
@@ -188,12 +188,12 @@ def test_report_logs_a_summary_run_with_the_results_table(demo):
     with open(out / "results.csv") as f:
         expected = list(csv.DictReader(f))
     assert table["columns"] == list(expected[0].keys())
-    assert len(table["data"]) == len(expected) == 8
+    assert len(table["data"]) == len(expected) == 9
     col = {c: i for i, c in enumerate(table["columns"])}
     got = {(r[col["signal"]], r[col["evaluation"]], r[col["level"]]): r[col["accuracy"]] for r in table["data"]}
     assert got == {(e["signal"], e["evaluation"], int(e["level"])): float(e["accuracy"]) for e in expected}
     curve = json.loads((dirs[-1] / "files" / media("charts/accuracy_vs_remaining_table")["path"]).read_text())
-    assert len(curve["data"]) == 8  # (signal, evaluation) lines x 2 levels, one seed
+    assert len(curve["data"]) == 9  # (signal, evaluation) lines x 2 levels, + the reference at level 0
 
 
 def test_killed_stage_resumes_the_same_wandb_run(tmp_path):
@@ -315,8 +315,8 @@ def test_sync_without_a_reachable_server_fails_clearly_loses_nothing_and_retries
         p = run("sslprune-sync", f"store={store}", *SMALL, "wandb=offline", env=env, cwd=tmp_path, check=False)
         assert p.returncode == 1, p.stdout + p.stderr
         assert f"the W&B server http://127.0.0.1:{port} cannot be reached" in p.stderr
-        assert "9 run(s) wait" in p.stderr and "imp labels seed=0 level=0" in p.stderr
-        assert "0 already synced, 9 to sync" in p.stdout
+        assert "10 run(s) wait" in p.stderr and "imp labels seed=0 level=0" in p.stderr
+        assert "0 already synced, 10 to sync" in p.stdout
         assert tree_digest(store) == before and not _marked(store)
     # Without credentials it says so, before trying anything.
     p = run("sslprune-sync", f"store={store}", *SMALL, env=env_for(tmp_path / "home2"), cwd=tmp_path, check=False)
@@ -348,7 +348,7 @@ def test_sync_stops_a_hanging_upload_and_resyncs_only_what_changed(demo, tmp_pat
     store = demo["store"]
     cfg, _ = stages_of(store, *SMALL, "wandb=offline")
     runs = upload.find(cfg)
-    assert len(runs) == 9 and sum(len(r.files) for r in runs) == 10  # the report run has two attempts
+    assert len(runs) == 10 and sum(len(r.files) for r in runs) == 11  # the report run has two attempts
     # Pretend every run but one was uploaded earlier; the bookkeeping skips them.
     for r in runs[1:]:
         for f in r.files:

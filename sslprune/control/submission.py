@@ -181,8 +181,8 @@ def _variant(s: Stage) -> str:
     """What an array holds besides its level: the kind and its variant (scheme, evaluated data)."""
     if isinstance(s, Retrain):
         return f"retrain-{s.scheme}"
-    if isinstance(s, (Probe, Svm, Finetune)):
-        return f"{s.kind}-{s.data.name}"
+    if isinstance(s, (Probe, Svm, Finetune)):  # a random-features reference is named apart (its job name)
+        return f"{s.kind}-{s.data.name}" + ("-init" if s.at_init else "")
     return "imp"
 
 
