@@ -131,9 +131,9 @@ def test_status_report_and_cfg_without_torch(tmp_path):
     assert "report written to" in rep.stdout
     out = store / "reports" / "demo"
     assert (out / "accuracy_vs_remaining.png").stat().st_size > 0
-    assert len((out / "results.csv").read_text().splitlines()) == 1 + 18
+    assert len((out / "results.csv").read_text().splitlines()) == 1 + 19
     assert (out / "natural_sparsity.csv").exists()
     for png in out.glob("*.png"):
         png.unlink()
     cli("sslprune-report", *args, "--tables", env=env)  # the tables alone (benchmarks/sweep_scale.py times this)
-    assert not list(out.glob("*.png")) and len((out / "results.csv").read_text().splitlines()) == 1 + 18
+    assert not list(out.glob("*.png")) and len((out / "results.csv").read_text().splitlines()) == 1 + 19

@@ -371,7 +371,7 @@ def test_sync_stops_a_hanging_upload_and_resyncs_only_what_changed(demo, tmp_pat
         took = time.monotonic() - t0
         server.shutdown()
         assert p.returncode == 1, p.stdout + p.stderr
-        assert "7 already synced, 2 to sync" in p.stdout
+        assert "8 already synced, 2 to sync" in p.stdout
         assert "did not finish within wandb.sync_timeout=8 s" in p.stdout
         assert "2 of 2 run(s) could not be uploaded" in p.stderr and runs[0].run_id in p.stderr
         assert took < 90

@@ -160,6 +160,8 @@ def stage_path(stage) -> str:
 
 def remaining(stage) -> Optional[float]:
     """Fraction of weights remaining under the stage's mask (a probe or SVM uses its IMP level's)."""
+    if getattr(stage, "at_init", False):  # the random-features reference: the dense initial weights
+        return 1.0
     for d in (stage.dir, *(p.dir for p in stage.parents() if stage.kind in ("probe", "svm", "finetune"))):
         f = Path(d) / "sparsity_report.json"
         if f.exists():
