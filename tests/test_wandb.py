@@ -399,3 +399,24 @@ def test_stagger_spreads_an_array_and_config_is_checked():
         validate_wandb(WandbConfig(fallback="online"))
     with pytest.raises(ConfigError, match="wandb.init_timeout"):
         validate_wandb(WandbConfig(init_timeout=0))
+
+
+@pytest.mark.parametrize("where", ["nowhere", ".netrc", "settings"])
+def test_credentials_are_found_where_wandb_looks_and_wandb_is_imported_only_if_a_file_exists(tmp_path, where):
+    """Without a key in the environment and without any file wandb reads one from, the answer is
+    `no credentials` without importing wandb (1.2 s of every control-plane command)."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir(), cwd.mkdir()
+    if where == ".netrc":
+        (home / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "a" * 40 + "\n")
+        (home / ".netrc").chmod(0o600)
+    elif where == "settings":
+        (home / ".config" / "wandb").mkdir(parents=True)
+        (home / ".config" / "wandb" / "settings").write_text("[default]\nmode = online\n")
+    code = ("import sys; from sslprune.control import dashboard; "
+            "print(dashboard.has_credentials(), 'wandb' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "NETRC"))}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd,
+                       env={**env, "HOME": str(home)}, check=True)
+    assert p.stdout.split() == {"nowhere": ["False", "False"], ".netrc": ["True", "True"],
+                                "settings": ["False", "True"]}[where]

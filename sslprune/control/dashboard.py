@@ -51,10 +51,23 @@ def _say(text: str) -> None:
 # ---------------------------------------------------------------- mode
 
 
+def credential_files() -> list[str]:
+    """Every file wandb reads a key from besides the environment: the .netrc ($NETRC, ~/.netrc,
+    ~/_netrc) and its settings files ($WANDB_CONFIG_DIR or ~/.config/wandb, and ./wandb)."""
+    home = os.path.expanduser("~")
+    config = os.environ.get("WANDB_CONFIG_DIR") or os.path.join(home, ".config", "wandb")
+    netrcs = [os.path.expanduser(os.environ["NETRC"])] if os.environ.get("NETRC") else \
+        [os.path.join(home, ".netrc"), os.path.join(home, "_netrc")]
+    return netrcs + [os.path.join(config, "settings"), os.path.join(os.getcwd(), "wandb", "settings")]
+
+
 def has_credentials() -> bool:
     """Whether wandb would find an API key without prompting (env, .netrc or wandb settings)."""
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
+    if not any(os.path.exists(p) for p in credential_files()):
+        # Nowhere a key could be: no need to import wandb (1.2 s, most of a re-submission's time).
+        return False
     try:
         from wandb.sdk import wandb_setup
         from wandb.sdk.lib import wbauth

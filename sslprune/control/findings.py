@@ -236,15 +236,15 @@ def _range(r: tuple) -> str:
         f"every pruned level with at least {100 * lo:.3g}% of weights remaining"
 
 
-def checks(cfg: Config) -> list[str]:
+def checks(cfg: Config, known: Optional[dict] = None) -> list[str]:
     """Markdown lines on the set-up the verdicts rest on, from the finished stages' result.json."""
     from .experiment import stages
 
     dense, gaps, edges, svms = defaultdict(list), [], [], 0
     for s in stages(cfg):
-        if not s.done():
+        r = known.get(s.key()) if known is not None else s.finished()
+        if r is None:
             continue
-        r = s.result()
         if s.kind == "imp" and s.level == 0:
             dense[s.signal].append(r["accuracy"])
         elif s.kind == "probe" and r.get("lbfgs_accuracy") is not None:
@@ -275,7 +275,7 @@ def checks(cfg: Config) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
-def markdown(cfg: Config, findings: list[dict], unaddressed: list[str]) -> str:
+def markdown(cfg: Config, findings: list[dict], unaddressed: list[str], known: Optional[dict] = None) -> str:
     lines = [f"# {cfg.experiment}: the paper's claims at this scale", "",
              "Each finding is a paired difference computed seed by seed (same seed, same level), in accuracy "
              "points (mAP for SVMs), as mean ± standard error over seeds at each level in the range where the "
@@ -308,12 +308,12 @@ def markdown(cfg: Config, findings: list[dict], unaddressed: list[str]) -> str:
         lines += [f"**Verdict: {f['verdict']}.**", ""]
     if unaddressed:
         lines += ["## Claims this experiment does not address", "", ", ".join(unaddressed) + ".", ""]
-    lines += checks(cfg)
+    lines += checks(cfg, known)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write(cfg: Config, rows: list[dict], out: Path) -> list[dict]:
+def write(cfg: Config, rows: list[dict], out: Path, known: Optional[dict] = None) -> list[dict]:
     """findings.md in the report folder `out`; returns the findings."""
     found, unaddressed = compute(cfg, rows)
-    (out / "findings.md").write_text(markdown(cfg, found, unaddressed))
+    (out / "findings.md").write_text(markdown(cfg, found, unaddressed, known))
     return found

@@ -69,22 +69,33 @@ def write_chains(cfg: Config, signals: Optional[list[str]] = None) -> list[Path]
     return written
 
 
-def row(stage: Stage) -> dict:
+def _relative(stage: Stage) -> str:
+    """The stage's directory relative to the store, from strings (two Paths per stage were most of
+    the index's time at 10,000 stages)."""
+    key, store = stage.key(), str(stage.cfg.store).rstrip("/")
+    if key.startswith(store + "/"):
+        return key[len(store) + 1:]
+    return Path(key).relative_to(store).as_posix()
+
+
+def row(stage: Stage, done: bool = False) -> dict:
+    """`done`: already known to be done (a report read its result), else its state is looked up."""
     return {"label": stage.label, "kind": stage.kind, "signal": stage.signal, "seed": stage.seed,
             "level": stage.level, "scheme": getattr(stage, "scheme", ""), "evaluation": stage.evaluation,
-            "directory": Path(stage.dir).relative_to(stage.store).as_posix(), "state": stage.state()}
+            "directory": _relative(stage), "state": "done" if done else stage.state()}
 
 
-def stage_rows(cfg: Config) -> list[dict]:
-    return [row(s) for s in stages(cfg)]
+def stage_rows(cfg: Config, known: Optional[dict] = None) -> list[dict]:
+    """`known`: stage key -> result or None (sslprune.control.report.finished), to skip re-reading."""
+    return [row(s, known is not None and known.get(s.key()) is not None) for s in stages(cfg)]
 
 
-def write_stages(cfg: Config, out_dir: Path) -> Path:
+def write_stages(cfg: Config, out_dir: Path, known: Optional[dict] = None) -> Path:
     path = Path(out_dir) / STAGES
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, COLUMNS)
         w.writeheader()
-        w.writerows(stage_rows(cfg))
+        w.writerows(stage_rows(cfg, known))
     return path
 
 

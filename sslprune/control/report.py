@@ -18,6 +18,7 @@ import csv
 import math
 from collections import defaultdict
 from pathlib import Path
+from typing import Optional
 
 from .config import SCHEMES, Config, rewind_steps, signal_prune
 from .experiment import measurements, stages
@@ -28,17 +29,23 @@ SUMMARY = ["experiment", "signal", "task", "scope", "evaluation", "metric", "lev
            "count"]
 
 
-def rows(cfg: Config) -> list[dict]:
-    """One row per finished measurement of the experiment; unfinished stages are skipped."""
-    out, results = [], {}
+def finished(cfg: Config) -> dict:
+    """Every stage's result (None: not done), keyed by its directory, each result.json read once."""
+    return {s.key(): s.finished() for s in stages(cfg)}
+
+
+def rows(cfg: Config, known: Optional[dict] = None) -> list[dict]:
+    """One row per finished measurement of the experiment; unfinished stages are skipped. `known`:
+    `finished(cfg)`, when the caller has it already."""
+    out = []
+    results = known if known is not None else finished(cfg)
+    scopes = {name: signal_prune(cfg, name).scope for name in cfg.signals}
     for stage in measurements(cfg):  # a shared stage once per name it is reported under
-        if stage.key() not in results:
-            results[stage.key()] = stage.result() if stage.done() else None
         r = results[stage.key()]
         if r is None:
             continue
         out.append({"experiment": cfg.experiment, "signal": stage.signal,
-                    "task": cfg.signals[stage.signal].task.name, "scope": signal_prune(cfg, stage.signal).scope,
+                    "task": cfg.signals[stage.signal].task.name, "scope": scopes[stage.signal],
                     "evaluation": stage.evaluation, "metric": r.get("metric", "top1"), "level": stage.level,
                     "remaining": r["remaining"], "seed": stage.seed, "accuracy": r["accuracy"]})
     return out
@@ -183,13 +190,14 @@ def write(cfg: Config, plots: bool = True) -> tuple[Path, list[dict]]:
 
     out = Path(cfg.store) / "reports" / cfg.experiment
     out.mkdir(parents=True, exist_ok=True)
-    results = rows(cfg)
+    known = finished(cfg)  # every result.json read once, for the tables, the index and the findings
+    results = rows(cfg, known)
     summary = summarize(results)
     _write_csv(out / "results.csv", COLUMNS, results)
     _write_csv(out / "summary.csv", SUMMARY, summary)
     (out / "summary.md").write_text(f"# {cfg.experiment}\n\n" + markdown(summary))
     (out / "table.md").write_text(f"# {cfg.experiment}\n\n" + pivot(summary))
-    index.write_stages(cfg, out)
+    index.write_stages(cfg, out, known)
     drawn = figures.write(cfg, summary, out) if plots else {}
     keep = 1 - cfg.prune.rate
     rw = rewinds(cfg)
@@ -215,5 +223,5 @@ def write(cfg: Config, plots: bool = True) -> tuple[Path, list[dict]]:
         if headline:
             shutil.copyfile(headline, out / "semi_supervised.png")
     naturals.write(cfg, out, plots=plots)
-    findings.write(cfg, results, out)  # findings.md: the paper's claims tested on these rows
+    findings.write(cfg, results, out, known)  # findings.md: the paper's claims tested on these rows
     return out, summary
