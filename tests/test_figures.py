@@ -204,3 +204,10 @@ def test_the_overview_stacks_each_familys_grid_instead_of_one_wide_row(tmp_path)
     # 2 families x 2 rows (labels, rotnet) of 4 scopes: as wide as one family's figure, twice as tall
     assert w / retrain_w == pytest.approx(100 / 110, rel=0.05)
     assert h > 1.7 * retrain_h * 100 / 110
+
+
+def test_the_random_features_reference_is_named_in_the_legend():
+    from sslprune.control.figures import evaluation_label
+
+    assert [evaluation_label(e) for e in ("pretext", "probe:digits", "probe:digits@init", "svm:voc07@init")] == [
+        "pretext task", "on digits", "random features, on digits", "random features, on voc07"]

@@ -48,6 +48,17 @@ METRIC_NAMES = {"top1": "top-1 accuracy", "mAP": "mAP", "knn_top1": "kNN top-1 a
                 "pair_top1": "pair retrieval top-1"}
 
 
+
+def evaluation_label(evaluation: str) -> str:
+    """A line's legend: `pretext task`, `on <data set>`, or for the random-features reference
+    (`probe:<data set>@init`) `random features, on <data set>`."""
+    if evaluation == "pretext":
+        return "pretext task"
+    data = evaluation.split(":", 1)[1]
+    if data.endswith("@init"):
+        return f"random features, on {data[:-len('@init')]}"
+    return f"on {data}"
+
 def family(evaluation: str) -> str:
     if evaluation == "pretext":
         return "pretext"
@@ -146,7 +157,7 @@ def panels(cfg: Config, summary: list[dict], fam: str) -> list[Panel]:
             colors = {e: SCHEME_COLORS[e] for e in order}
         else:
             order = sorted(evaluations)
-            labels = {e: ("pretext task" if e == "pretext" else f"on {e.split(':', 1)[1]}") for e in order}
+            labels = {e: evaluation_label(e) for e in order}
             colors = {e: PALETTE[i % len(PALETTE)] for i, e in enumerate(order)}
         lines = [Line(labels[e], colors[e], sorted(evaluations[e], key=lambda p: -p["remaining"])) for e in order]
         metrics = sorted({metric_name(task, p["metric"], fam) for e in order for p in evaluations[e]})
