@@ -71,14 +71,14 @@ class Features:
         from threadpoolctl import threadpool_limits
 
         n = len(self.train_y)
-        penalty = dict(C=1.0 / (n * weight_decay) if weight_decay > 0 else np.inf)  # C=inf: no penalty
-        clf = LogisticRegression(solver="lbfgs", max_iter=10000, tol=1e-8, **penalty)
+        c = 1.0 / (n * weight_decay) if weight_decay > 0 else None  # None: no penalty (C=inf)
+        clf = LogisticRegression(solver="lbfgs", max_iter=10000, tol=1e-8, C=np.inf if c is None else c)
         # The BLAS threads of the stage's own count: their summation order changes L-BFGS's path.
         with threadpool_limits(torch.get_num_threads()):
             clf.fit(self.train_x.numpy(), self.train_y.numpy())
         accuracy = float((clf.predict(self.test_x.numpy()) == self.test_y.numpy()).mean())
         return {"lbfgs_accuracy": accuracy, "lbfgs_iterations": int(np.max(clf.n_iter_)),
-                "lbfgs_C": penalty["C"] if weight_decay > 0 else None}
+                "lbfgs_C": c}
 
 
 def standardised(backbone: nn.Module, data, device: torch.device, batch_size: int) -> Features:

@@ -14,13 +14,13 @@ reference, and SVM costs chosen at an edge of their grid. Torch-free: plain rows
 from __future__ import annotations
 
 import itertools
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
 from .claims import CLAIMS, Claim, Term
 from .config import CUT_POINTS, REWIND, Config, signal_prune
+from .report import mean_stderr
 
 COLUMNS = ["experiment", "claim", "subject", "evaluation", "comparison", "expect", "level", "remaining", "mean",
            "stderr", "count", "met", "verdict"]
@@ -93,14 +93,6 @@ def _evaluation(term: Term, first: str) -> str:
     if term.evaluation == "=@init":
         return first + "@init"
     return term.evaluation
-
-
-def _stats(values: list[float]) -> tuple[float, Optional[float]]:
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) / math.sqrt(n)
 
 
 def met(expect: str, mean: float, stderr: Optional[float], margin: float) -> bool:
@@ -190,7 +182,7 @@ def _finding(cfg, claim, subject, combo, evaluations, acc, remaining, levels_of)
                 diffs.append(sum(t.sign * acc[k] for t, k in zip(claim.terms, keys)))
         if not diffs:
             continue
-        mean, se = _stats(diffs)
+        mean, se = mean_stderr(diffs)
         levels.append({"level": level, "remaining": left, "mean": mean, "stderr": se, "count": len(diffs),
                        "met": met(claim.expect, mean, se, claim.margin)})
     available = sorted({remaining[head + (lv,)] for lv in levels_of[head]})
@@ -258,7 +250,7 @@ def checks(cfg: Config, known: Optional[dict] = None) -> list[str]:
         lines.append("Dense networks (level 0, the signal's own task on its test split, mean ± s.e. over seeds):")
         lines.append("")
         for name in sorted(dense):
-            m, se = _stats(dense[name])
+            m, se = mean_stderr(dense[name])
             lines.append(f"- {name}: {100 * m:.2f}" + ("" if se is None else f" ± {100 * se:.2f}") +
                          f" % ({len(dense[name])} seeds)")
         lines.append("")

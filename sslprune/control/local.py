@@ -125,7 +125,7 @@ def run_local(cfg: Config) -> int:
     display = None if cfg.run.quiet else Display(cfg.experiment, total, total - missing, kinds, workers,
                                                   every=cfg.run.progress_seconds)
     t0 = time.monotonic()
-    ran, stopped = 0, []
+    stopped = []
     signals = _Signals(display).install()
     try:
         # Chains that start from another chain's network (pruning during transfer) wait for a later wave.
@@ -135,13 +135,12 @@ def run_local(cfg: Config) -> int:
                 observer = DirectObserver(display) if display is not None else None
                 for i in batch:
                     out = _run_chain(cfg, i, signals.requested, observer)
-                    ran += len(out["done"])
                     if out["stopped"]:
                         stopped.append(out["stopped"])
                     if signals.signum:
                         break
             else:
-                ran += _pool(cfg, batch, workers, signals, stopped, display)
+                _pool(cfg, batch, workers, signals, stopped, display)
             if signals.signum:
                 raise Stopped(signals.signum, stopped)
     except Stopped as e:
@@ -163,19 +162,14 @@ def _finished(all_chains, states: dict) -> int:
     """How many stages this run finished: those not done before it and done now. (Counting the
     stages each chain ran counted a stage two chains share, the dense re-training, once per chain
     that waited for it.)"""
-    seen = {}
-    for c in all_chains:
-        for s in c:
-            if states[s.key()] != "done" and s.key() not in seen:
-                seen[s.key()] = s
-    return sum(1 for s in seen.values() if s.done())
+    todo = {s.key(): s for c in all_chains for s in c if states[s.key()] != "done"}
+    return sum(1 for s in todo.values() if s.done())
 
 
-def _pool(cfg, batch, workers, signals, stopped, display) -> int:
+def _pool(cfg, batch, workers, signals, stopped, display) -> None:
     ctx = multiprocessing.get_context("spawn")
     event, queue = ctx.Event(), ctx.Queue()
     signals.event = event
-    ran = 0
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(event, queue)) as pool:
         pending = {pool.submit(_run_chain, cfg, i) for i in batch}
         while pending:
@@ -183,14 +177,12 @@ def _pool(cfg, batch, workers, signals, stopped, display) -> int:
             _drain(queue, display)
             for f in finished:
                 out = f.result()
-                ran += len(out["done"])
                 if out["stopped"]:
                     stopped.append(out["stopped"])
             if signals.signum:
                 for f in pending:
                     f.cancel()  # chains not started yet
         _drain(queue, display)
-    return ran
 
 
 def _drain(queue, display) -> None:

@@ -54,17 +54,21 @@ def rows(cfg: Config, known: Optional[dict] = None) -> list[dict]:
 GROUP = ["experiment", "signal", "task", "scope", "evaluation", "metric", "level", "remaining"]
 
 
+def mean_stderr(values: list[float]) -> tuple[float, Optional[float]]:
+    """Mean and standard error of the mean over seeds; the error is undefined (None) for one seed."""
+    n = len(values)
+    mean = sum(values) / n
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) / math.sqrt(n) if n > 1 else None
+
+
 def summarize(results: list[dict]) -> list[dict]:
     groups = defaultdict(list)
     for r in results:
         groups[tuple(r[k] for k in GROUP)].append(r["accuracy"])
     out = []
     for key, accs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][4], kv[0][6])):
-        n = len(accs)
-        mean = sum(accs) / n
-        # Standard error of the mean over seeds; undefined (empty) for a single seed.
-        stderr = math.sqrt(sum((a - mean) ** 2 for a in accs) / (n - 1)) / math.sqrt(n) if n > 1 else None
-        out.append({**dict(zip(GROUP, key)), "mean": mean, "stderr": stderr, "count": n})
+        mean, stderr = mean_stderr(accs)
+        out.append({**dict(zip(GROUP, key)), "mean": mean, "stderr": stderr, "count": len(accs)})
     return out
 
 
@@ -76,16 +80,19 @@ def equivalence(rewind: str, steps_per_epoch: int, batch_size: int, total: int) 
             "training_updates": total}
 
 
-def rewinds(cfg: Config) -> list[dict]:
+def rewinds(cfg: Config, known: Optional[dict] = None) -> list[dict]:
     """Each signal's late-resetting point in every unit, from the stored length of its training.
 
     E.g. ImageNet at batch 1536: 3ep = 2502 updates = 3,843,072 samples = 3.3% of 90 epochs."""
     out = []
     for stage in stages(cfg):
-        if stage.kind != "imp" or stage.level != 0 or not stage.done():
+        if stage.kind != "imp" or stage.level != 0:
+            continue
+        result = known.get(stage.key()) if known is not None else stage.finished()
+        if result is None:
             continue
         optim = cfg.signals[stage.signal].optim
-        total = int(stage.result()["steps"])
+        total = int(result["steps"])
         row = {"signal": stage.signal, "seed": stage.seed,
                **equivalence(signal_prune(cfg, stage.signal).rewind, total // optim.epochs, optim.batch_size, total)}
         if not any(r["signal"] == row["signal"] and r["updates"] == row["updates"] for r in out):
@@ -200,7 +207,7 @@ def write(cfg: Config, plots: bool = True) -> tuple[Path, list[dict]]:
     index.write_stages(cfg, out, known)
     drawn = figures.write(cfg, summary, out) if plots else {}
     keep = 1 - cfg.prune.rate
-    rw = rewinds(cfg)
+    rw = rewinds(cfg, known)
     if rw:
         _write_csv(out / "rewind.csv", list(rw[0]), rw)
         (out / "rewind.md").write_text(f"# {cfg.experiment}: rewind points\n\n" + rewind_markdown(rw))

@@ -154,7 +154,7 @@ class Stage:
         return why
 
     def done(self) -> bool:
-        return self.state() == "done"
+        return self.finished() is not None
 
     def finished(self) -> Optional[dict]:
         """The stage's result if it is done, else None, from one read of result.json (done() and
