@@ -112,8 +112,12 @@ def test_a_short_rows_legend_sits_in_its_empty_cell_clear_of_every_panel():
         assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in panels)
 
 
+# The Figure-4 twin prunes two scopes (to fit 2 cores); the paper's grid has more: test with four.
+FOUR_SCOPES = "prune.scopes=[stem,stage1,stage2,all]"
+
+
 def test_layerwise_panels_form_a_grid_of_signals_by_scope():
-    cfg = api.config("fig4_layerwise_resnet50_small", store="/nonexistent-store")
+    cfg = api.config("fig4_layerwise_resnet50_small", FOUR_SCOPES, store="/nonexistent-store")
     assert "labels@stem" in cfg.signals
     summary = report.summarize(results(cfg, lambda s: ["winning_ticket", "random"], levels=2, seeds=(0,)))
     rows = figures.grid(figures.panels(cfg, summary, "retrain"))
@@ -194,7 +198,7 @@ def test_without_random_reinit_the_dense_line_is_the_random_start_at_level_0():
 
 
 def test_the_overview_stacks_each_familys_grid_instead_of_one_wide_row(tmp_path):
-    cfg = api.config("fig4_layerwise_resnet50_small", store="/nonexistent-store")
+    cfg = api.config("fig4_layerwise_resnet50_small", FOUR_SCOPES, store="/nonexistent-store")
     summary = report.summarize(results(cfg, lambda s: ["pretext", "winning_ticket", "random"], levels=1, seeds=(0,)))
     figures.write(cfg, summary, tmp_path)
     import matplotlib.image
