@@ -131,6 +131,32 @@ def test_findings_are_paired_per_seed_differences_with_their_standard_error(tmp_
     assert level["met"] is True and mine[0]["verdict"] == "holds"
 
 
+def test_transfer_claims_compare_each_probe_data_set_with_its_own_dense_probe(tmp_path):
+    """The transfer claims name their evaluation by a wildcard (probe:*): each probe data set is
+    compared with the same data set's dense (level 0) probe and with its random-features reference.
+    Before, the wildcard itself was looked up as an evaluation and no transfer claim was ever tested:
+    the Figure-1 twin's findings.md read "no finished stages test a claim"."""
+    cfg = tiny_config(tmp_path, seeds=[0, 1])
+    rows = []
+    for seed, (dense, pruned, sparse, init) in enumerate([(0.90, 0.91, 0.70, 0.40), (0.88, 0.88, 0.60, 0.50)]):
+        for ev, shift in (("probe:digits", 0.0), ("probe:fashion_mnist", -0.1)):
+            rows += [_row("rotnet", seed, 0, ev, dense + shift, 1.0), _row("rotnet", seed, 10, ev, pruned + shift, 0.107),
+                     _row("rotnet", seed, 16, ev, sparse + shift, 0.028), _row("rotnet", seed, 0, ev + "@init", init, 1.0)]
+    found, unaddressed = findings.compute(cfg, rows)
+    got = {(f["claim"], f["evaluation"]): f for f in found}
+    for ev in ("probe:digits", "probe:fashion_mnist"):
+        kept = got[("transfer_kept_to_10pct", ev)]
+        assert [(lv["level"], round(lv["mean"], 6)) for lv in kept["levels"]] == [(10, 0.005)]
+        assert kept["verdict"] == "holds"  # +0.5 points: not lower by more than the 1-point margin
+        drop = got[("transfer_drops_below_5pct", ev)]
+        assert [(lv["level"], round(lv["mean"], 6), round(lv["stderr"], 6)) for lv in drop["levels"]] == \
+            [(16, -0.24, 0.04)]
+        assert drop["verdict"] == "holds"
+        (vs_init,) = got[("features_above_random", ev)]["levels"]
+        assert round(vs_init["mean"], 6) == (0.44 if ev == "probe:digits" else 0.34)
+    assert "transfer_kept_to_10pct" not in unaddressed and "transfer_kept_to_10pct_svm" in unaddressed
+
+
 def test_a_claim_outside_the_experiments_range_is_not_tested_at_this_scale(tmp_path):
     cfg = tiny_config(tmp_path, seeds=[0, 1])
     rows = [_row("labels", s, 1, e, 0.9, 0.8) for s in (0, 1) for e in ("winning_ticket", "random_reinit")]

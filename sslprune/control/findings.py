@@ -88,7 +88,7 @@ class _Signals:
 
 
 def _evaluation(term: Term, first: str) -> str:
-    if term.evaluation == "=":
+    if term.evaluation == "=" or term.evaluation.endswith(":*"):  # the first term's own, e.g. probe:digits
         return first
     if term.evaluation == "=@init":
         return first + "@init"
