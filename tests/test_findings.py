@@ -10,17 +10,19 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
 
 from sslprune.compute import runner, svm
 from sslprune.compute.runtime import Runtime
 from sslprune.control import experiment, findings
 from sslprune.control.claims import CLAIMS
-from sslprune.control.config import ConfigError, DataConfig, OptimConfig, validate
+from sslprune.control.config import ConfigError, DataConfig, OptimConfig, digest, validate
 from sslprune.control.stage import ImpLevel, Probe, Svm
 
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 
 CPU = torch.device("cpu")
 
@@ -60,11 +62,10 @@ def test_model_init_is_checked_with_one_line():
 
 
 def _probe_cfg(tmp_path, **optim):
-    """A twin-size case: the twins' probe schedule (conf/optim/demo_probe.yaml), width-8 ResNet, digits."""
+    """A twin-size case: the twins' probe schedule (conf/optim/twin_probe.yaml), width-8 ResNet, digits."""
     cfg = tiny_config(tmp_path, seeds=[0])
     cfg.model = replace(cfg.model, width=8)
-    o = OptimConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=0.0, batch_size=128, epochs=10,
-                    milestones=[8], **optim)
+    o = OptimConfig(**{**yaml.safe_load((ROOT / "conf" / "optim" / "twin_probe.yaml").read_text()), **optim})
     cfg.probe = replace(cfg.probe, features="standardised", optim=o)
     return cfg
 
@@ -92,6 +93,29 @@ def test_svm_cost_at_the_edge_of_its_grid_is_warned_about():
         "the chosen cost sits at an edge of svm.costs [0.01 .. 10] for 2 of 3 classes: dog (10), cow (0.01); "
         "widen svm.costs")
     assert svm.edge_warning([1.0], [1.0], ["cat"]) is None  # one cost: nothing to widen
+
+
+def test_svm_features_standardised_per_dimension_with_the_training_splits_statistics(tmp_path):
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(3.0, [1.0, 5.0, 0.1], size=(50, 3)), rng.normal(3.0, 1.0, size=(20, 3))
+    train[:, 2] = 7.0  # a dead unit: centred, not scaled
+    tx, vx = svm.standardise(train, test)
+    assert np.allclose(tx[:, :2].mean(0), 0) and np.allclose(tx[:, :2].std(0, ddof=1), 1) and np.all(tx[:, 2] == 0)
+    assert np.allclose(vx, (test - train.mean(0)) / np.where(train.std(0, ddof=1) > 1e-12, train.std(0, ddof=1), 1))
+    # The default keeps the VOC07 protocol and every earlier SVM's directory; standardised gets its own.
+    def cfg_with(**svm_kw):  # a fresh config each: stage digests are memoised on the config
+        cfg = tiny_config(tmp_path)
+        cfg.svm = replace(cfg.svm, signals=["rotnet"], datasets=[DataConfig(name="digits")], **svm_kw)
+        return cfg
+
+    cfg = cfg_with()
+    normalised = Svm(cfg, "rotnet", 0, 1, DataConfig(name="digits")).dir
+    assert cfg.svm.features == "normalised" and normalised.name == "svm_" + digest(
+        DataConfig(name="digits"), {"costs": list(cfg.svm.costs), "folds": cfg.svm.folds})
+    assert Svm(cfg_with(features="standardised"), "rotnet", 0, 1, DataConfig(name="digits")).dir != normalised
+    cfg = cfg_with(features="whitened")
+    with pytest.raises(ConfigError, match=r"^svm.features='whitened' is not one of normalised, standardised$"):
+        validate(cfg)
 
 
 def test_every_transfer_report_has_its_random_features_reference(tmp_path):

@@ -366,7 +366,8 @@ def run_svm(stage: Svm, rt: Runtime, progress: Progress, interrupt=None) -> dict
     net = trained(stage, data)
     if rt.is_writer:
         files.write_json({"chain": chain_identity(cfg, stage.signal), "stage": "svm",
-                          "data": identity(stage.data), "costs": list(sv.costs), "folds": sv.folds},
+                          "data": identity(stage.data), "costs": list(sv.costs), "folds": sv.folds,
+                          **({} if sv.features == "normalised" else {"features": sv.features})},
                          stage.dir / "config.json")
     # Every rank computes the same numbers (no sharding): the stage is short, rank 0 writes.
     split = {}
@@ -375,7 +376,8 @@ def run_svm(stage: Svm, rt: Runtime, progress: Progress, interrupt=None) -> dict
         progress.note(f"{name} features: {split[name][0].shape[0]} x {split[name][0].shape[1]}")
     (train_x, train_t), (test_x, test_t) = split["train"], split["test"]
     result = svm.evaluate(train_x, train_t, test_x, test_t, sv.costs, sv.folds, seeds.derive(stage.seed, "svm"),
-                          getattr(data, "classes", ()), jobs=cfg.run.threads or None, note=progress.note)
+                          getattr(data, "classes", ()), jobs=cfg.run.threads or None, note=progress.note,
+                          features=sv.features)
     return {**result, "remaining": masks.density(_evaluated_mask(stage, net)), "evaluation": stage.evaluation}
 
 

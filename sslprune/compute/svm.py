@@ -3,7 +3,8 @@
 The VOC07 linear-classification protocol of the paper, as Goyal et al. 2019 run it
 (fair_self_supervision_benchmark, tools/svm), with these choices:
 - features: the backbone's pooled penultimate output, in eval mode, on the central crop with no
-  augmentation for both splits, L2-normalised per image (x / (|x| + 1e-5), as theirs);
+  augmentation for both splits, L2-normalised per image (x / (|x| + 1e-5), as theirs), or with
+  `svm.features=standardised` each dimension standardised with the training split's statistics;
 - one sklearn LinearSVC per class (positives against the rest; images with only difficult
   instances of the class are left out of its training and of its AP), with their solver settings:
   squared hinge, L2 penalty, dual, tol 1e-4, max_iter 2000, positives weighted 2 (fits that stop
@@ -75,6 +76,14 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-5)
 
 
+def standardise(train_x: np.ndarray, test_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both splits standardised with the training split's per-dimension statistics (a dimension
+    constant over the training split is centred and left unscaled), as the standardised probe."""
+    mean, std = train_x.mean(0), train_x.std(0, ddof=1)
+    std = np.where(std > 1e-12, std, 1.0)
+    return (train_x - mean) / std, (test_x - mean) / std
+
+
 MAX_ITER = 2000
 
 
@@ -144,9 +153,14 @@ def _one_class(c: int, train_x, train_t, test_x, test_t, costs, folds: int, seed
 
 def evaluate(train_x: np.ndarray, train_t: np.ndarray, test_x: np.ndarray, test_t: np.ndarray,
              costs: Sequence[float], folds: int, seed: int, classes: Sequence[str] = (),
-             jobs: Optional[int] = None, note: Callable[[str], None] = lambda s: None) -> dict:
-    """Train and test one SVM per class; `accuracy` is the test mAP over the classes that have one."""
-    train_x, test_x = normalise(train_x), normalise(test_x)
+             jobs: Optional[int] = None, note: Callable[[str], None] = lambda s: None,
+             features: str = "normalised") -> dict:
+    """Train and test one SVM per class; `accuracy` is the test mAP over the classes that have one.
+    `features`: normalised (per image, the VOC07 protocol) or standardised (per dimension)."""
+    if features == "standardised":
+        train_x, test_x = standardise(train_x, test_x)
+    else:
+        train_x, test_x = normalise(train_x), normalise(test_x)
     n_classes = train_t.shape[1]
     classes = list(classes) or [str(c) for c in range(n_classes)]
     jobs = min(jobs or len(os.sched_getaffinity(0)), n_classes)

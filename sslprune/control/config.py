@@ -42,6 +42,7 @@ DEFAULT_SCHEMES = ("winning_ticket", "random_reinit", "random")  # the paper's t
 DEVICES = ("auto", "cpu", "cuda")
 INITS = ("per_signal", "shared")  # ModelConfig.init
 PROBE_FEATURES = ("augmented", "standardised")  # ProbeConfig.features
+SVM_FEATURES = ("normalised", "standardised")  # SvmConfig.features
 DECODES = ("auto", "device", "workers")  # DataConfig.decode
 REWIND = re.compile(r"^(\d+(?:\.\d+)?)(it|ep|sa|%)$")
 
@@ -196,6 +197,11 @@ class SvmConfig:
     levels: Optional[List[int]] = None
     costs: List[float] = field(default_factory=lambda: [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0])
     folds: int = 3  # cross-validation folds on the training split to choose each class's cost
+    # `normalised`: each image's features L2-normalised (Goyal et al. 2019, the VOC07 protocol).
+    # `standardised`: each dimension standardised with the training split's statistics, as the
+    # standardised probe; on a small backbone's few dimensions (32 for the twins) normalised
+    # features put every class's best cost above any grid LinearSVC converges on (issue 13).
+    features: str = "normalised"
 
 
 @dataclass
@@ -578,6 +584,7 @@ def validate(cfg: Config) -> None:
     _evaluation("svm", sv.signals, sv.datasets, sv.levels, cfg)
     if not sv.costs or any(not (isinstance(c, (int, float)) and c > 0) for c in sv.costs):
         raise ConfigError(f"svm.costs={sv.costs} must be a non-empty list of costs > 0")
+    _choice("svm.features", sv.features, SVM_FEATURES)
     if not (isinstance(sv.folds, int) and sv.folds >= 2):
         raise ConfigError(f"svm.folds={sv.folds!r} must be an integer >= 2")
     ft = cfg.finetune

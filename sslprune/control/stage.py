@@ -332,7 +332,10 @@ class Svm(Evaluation):
     kind = "svm"
 
     def settings(self):
-        return {"costs": list(self.cfg.svm.costs), "folds": self.cfg.svm.folds}
+        sv = self.cfg.svm
+        out = {"costs": list(sv.costs), "folds": sv.folds}
+        # `features` joins the hash only when it is not the protocol every earlier SVM ran.
+        return out if sv.features == "normalised" else {**out, "features": sv.features}
 
 
 class Finetune(Evaluation):
