@@ -277,7 +277,7 @@ def test_transfer_chains_and_new_evaluations_run_as_dependent_arrays(tmp_path):
     store = tmp_path / "store"
     args = [f"store={store}", "experiment=fig2_voc07_finetune_resnet50_small", "seeds=[0]", "prune.levels=1",
             "model.width=4", "run.threads=1", "run.quiet=true", "data.train_limit=512", "data.test_limit=128",
-            "svm.signals=[rotnet]", "svm.datasets=[{name: digits}]", "svm.folds=2", "finetune.levels=null",
+            "svm.signals=[rotnet]", "svm.datasets=[{name: digits}]", "svm.folds=2", "finetune.levels=null", "prune.rewind=1it",
             "signals.transfer.data.train_limit=256", "finetune.datasets=[{name: digits}]"]
     for key in ("signals.rotnet.optim", "signals.transfer.optim", "finetune.optim"):
         args += [f"{key}.epochs=1", f"{key}.milestones=[]"]
