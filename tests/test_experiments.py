@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 
 from sslprune.compute import runner
@@ -228,7 +229,7 @@ def test_twins_prune_as_far_as_the_paper_looks(name):
 def test_twins_train_their_dense_networks_in_the_papers_schedule_shape():
     """Every twin signal trained with twin_digits: 30 epochs, /10 at the ImageNet schedule's 50, 65, 80
     of 90 epochs (the dense accuracy each reaches is measured in the README)."""
-    twin = OptimConfig(**{k: v for k, v in __import__("yaml").safe_load(open(CONF / "optim" / "twin_digits.yaml")).items()})
+    twin = OptimConfig(**yaml.safe_load((CONF / "optim" / "twin_digits.yaml").read_text()))
     assert [round(m / twin.epochs * 90) for m in twin.milestones] == [51, 66, 81]
     for name in SMALL:
         cfg = load(name)
