@@ -366,9 +366,7 @@ def run_svm(stage: Svm, rt: Runtime, progress: Progress, interrupt=None) -> dict
     net = trained(stage, data)
     if rt.is_writer:
         files.write_json({"chain": chain_identity(cfg, stage.signal), "stage": "svm",
-                          "data": identity(stage.data), "costs": list(sv.costs), "folds": sv.folds,
-                          **({} if sv.features == "normalised" else {"features": sv.features})},
-                         stage.dir / "config.json")
+                          "data": identity(stage.data), **stage.settings()}, stage.dir / "config.json")
     # Every rank computes the same numbers (no sharding): the stage is short, rank 0 writes.
     split = {}
     for name in ("train", "test"):
