@@ -84,7 +84,13 @@ class _Signals:
         pool = [n for n in pool if want_scope is not None and self.scope(n) == want_scope]
         if term.rewind == "zero":
             return [n for n in pool if _zero(self.rewind(n))]
-        return [n for n in pool if self.rewind(n) == self.rewind(subject)]
+        same = [n for n in pool if self.rewind(n) == self.rewind(subject)]
+        if same or term.task is None:
+            return same
+        # Another task's signal at the subject's rewind, else at the experiment's own: a subject
+        # with a per-signal rewind (the 10 % subsets rewind to 30 of 200 epochs in Figure 8) is
+        # compared with the other task's tickets as the paper plots them, not dropped.
+        return [n for n in pool if self.rewind(n) == self.cfg.prune.rewind]
 
 
 def _evaluation(term: Term, first: str) -> str:
