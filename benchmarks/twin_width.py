@@ -16,6 +16,7 @@ Usage:
 """
 from __future__ import annotations
 
+import re
 import sys
 import time
 
@@ -42,6 +43,9 @@ def step_cost(name: str, width: int, batch: int = 128, steps: int = 20) -> float
 def main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[0] != "cost":
         sys.exit(__doc__)
+    for spec in argv[1:]:
+        if not re.fullmatch(r"\w+:[1-9]\d*", spec):
+            sys.exit(f"twin_width.py: model {spec!r} is not name:width (e.g. vgg19:6)")
     torch.set_num_threads(1)
     for rep in range(2):
         ref = step_cost("resnet_small", 8)
