@@ -205,6 +205,43 @@ def test_a_subject_with_its_own_rewind_is_compared_with_the_other_tasks_tickets(
     assert level["mean"] == pytest.approx(0.30)
 
 
+def test_a_level_where_every_network_is_a_constant_predictor_is_not_counted(tmp_path):
+    """The Figure-6 twin (VGG-19) at 1.15 % left: every start of every signal reads 8.08 % in one seed
+    and 9.19 % in the other (29 and 33 of 359 test images, one class each): pruning cut the networks
+    apart. Before, such a level counted: +0.00 met "match" (RotNet masks match label masks) and failed
+    "higher" (ticket above re-init), so verdicts turned on networks that compute nothing."""
+    cfg = tiny_config(tmp_path, seeds=[0, 1])
+    dead = [29 / 359, 33 / 359]
+    rows = []
+    for seed, (wt, rr, rot) in enumerate([(0.88, 0.68, 0.69), (0.91, 0.64, 0.68)]):
+        rows += [_row("labels", seed, 16, "winning_ticket", wt, 0.028), _row("labels", seed, 16, "random_reinit", rr, 0.028),
+                 _row("rotnet", seed, 16, "random_reinit", rot, 0.028)]
+        rows += [_row(s, seed, 20, e, dead[seed], 0.0115) for s, e in
+                 (("labels", "winning_ticket"), ("labels", "random_reinit"), ("rotnet", "random_reinit"))]
+    found, _ = findings.compute(cfg, rows)
+    got = {f["claim"]: f for f in found if f["subject"] in ("labels", "rotnet")}
+    above = got["labels_ticket_above_reinit"]
+    assert [(lv["level"], lv["met"], lv["tied"]) for lv in above["levels"]] == [(16, True, None), (20, None, dead)]
+    assert above["verdict"] == "holds"  # was "partly (1 of 2 levels)"
+    match = got["ssl_reinit_matches_labels"]
+    assert [(lv["level"], lv["met"]) for lv in match["levels"]] == [(16, False), (20, None)]
+    assert match["verdict"] == "does not hold"  # was "partly (1 of 2 levels)": the dead level "matched"
+    text = findings.markdown(cfg, found, [])
+    assert "| labels_ticket_above_reinit | labels | winning_ticket | 1 / 1 | holds |" in text
+    assert "| 20 | 1.15% | +0.00 | 0.00 | 2 | not counted: every network of a seed at one accuracy (8.08, 9.19 %) |" \
+        in text
+    # Only dead levels: nothing is tested.
+    found, _ = findings.compute(cfg, [r for r in rows if r["level"] == 20])
+    assert {f["verdict"] for f in found} == {findings.NOT_TESTED}
+
+
+def test_a_tie_in_one_seed_or_at_full_accuracy_is_counted():
+    assert findings.tied_level([{0.5}, {0.6}]) == [0.5, 0.6]
+    assert findings.tied_level([{0.5}]) is None  # one seed: two networks can agree by chance
+    assert findings.tied_level([{1.0}, {1.0}]) is None  # all perfect: a real match
+    assert findings.tied_level([{0.5}, {0.5, 0.6}]) is None  # one seed's networks differ: they compute something
+
+
 def test_a_claim_outside_the_experiments_range_is_not_tested_at_this_scale(tmp_path):
     cfg = tiny_config(tmp_path, seeds=[0, 1])
     rows = [_row("labels", s, 1, e, 0.9, 0.8) for s in (0, 1) for e in ("winning_ticket", "random_reinit")]
