@@ -227,8 +227,9 @@ def test_twins_prune_as_far_as_the_paper_looks(name):
 
 
 def test_twins_train_their_dense_networks_in_the_papers_schedule_shape():
-    """Every twin signal trained with twin_digits: 30 epochs, /10 at the ImageNet schedule's 50, 65, 80
-    of 90 epochs (the dense accuracy each reaches is measured in the README)."""
+    """Every twin signal trained with twin_digits: 30 epochs (90 where a signal named below does not
+    converge in 30), /10 at the ImageNet schedule's 50, 65, 80 of 90 epochs (the dense accuracy each
+    reaches is measured in the README)."""
     twin = OptimConfig(**yaml.safe_load((CONF / "optim" / "twin_digits.yaml").read_text()))
     assert [round(m / twin.epochs * 90) for m in twin.milestones] == [51, 66, 81]
     # Fine-tuning (VOC07: /10 at 50, 65, 80 of 90 epochs) in the same shape, and at least the 930
@@ -240,12 +241,15 @@ def test_twins_train_their_dense_networks_in_the_papers_schedule_shape():
     images = fig2.finetune.datasets[0].train_limit
     assert fig2.finetune.optim == fig2.signals["transfer"].optim == finetune
     assert finetune.epochs * (images // finetune.batch_size) >= 930  # the loader drops the last partial batch
+    longer = {("fig6_cifar10_vgg19_small", "exemplar"): 90}  # narrow VGG-19: 23.4 % pair retrieval at 30 (README)
     for name in SMALL:
         cfg = load(name)
         for signal, s in cfg.signals.items():
             if s.init_from or s.task.label_fraction < 1:
                 continue  # fine-tuning (twin_finetune) and the 10 % subsets (their own update count)
-            assert (s.optim.epochs, s.optim.milestones) == (twin.epochs, twin.milestones), (name, signal)
+            epochs = longer.get((name, signal), twin.epochs)
+            assert s.optim.epochs == epochs, (name, signal, s.optim.epochs)
+            assert [round(m / s.optim.epochs * 90) for m in s.optim.milestones] == [51, 66, 81], (name, signal)
 
 
 # ------------------------------------------------------------------ Figure 3, reduced, to completion
