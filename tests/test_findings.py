@@ -207,13 +207,15 @@ def test_a_subject_with_its_own_rewind_is_compared_with_the_other_tasks_tickets(
 
 def test_a_level_where_every_network_is_a_constant_predictor_is_not_counted(tmp_path):
     """The Figure-6 twin (VGG-19) at 1.15 % left: 16 of its 24 re-trained networks read 8.08 % or 9.19 %
-    (29 or 33 of 359 test images, one class each): pruning cut the networks apart. Before, such a level counted: +0.00 met "match" (RotNet masks match label masks) and failed
-    "higher" (ticket above re-init), so verdicts turned on networks that compute nothing."""
+    (29 or 33 of 359 test images, one class each): pruning cut the networks apart. Before, such a level
+    counted: +0.00 met "match" (RotNet masks match label masks) and failed "higher" (ticket above
+    re-init), so verdicts turned on networks that compute nothing."""
     cfg = tiny_config(tmp_path, seeds=[0, 1])
     dead = [29 / 359, 33 / 359]
     rows = []
     for seed, (wt, rr, rot) in enumerate([(0.88, 0.68, 0.69), (0.91, 0.64, 0.68)]):
-        rows += [_row("labels", seed, 16, "winning_ticket", wt, 0.028), _row("labels", seed, 16, "random_reinit", rr, 0.028),
+        rows += [_row("labels", seed, 16, "winning_ticket", wt, 0.028),
+                 _row("labels", seed, 16, "random_reinit", rr, 0.028),
                  _row("rotnet", seed, 16, "random_reinit", rot, 0.028)]
         rows += [_row(s, seed, 20, e, dead[seed], 0.0115) for s, e in
                  (("labels", "winning_ticket"), ("labels", "random_reinit"), ("rotnet", "random_reinit"))]
