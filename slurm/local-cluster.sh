@@ -60,7 +60,14 @@ daemon_pids() {
     if pid_alive "$pidfile" "$name"; then
         tr -dc '0-9' <"$pidfile"; echo
     else
-        pgrep -x "$name" || true
+        # Only processes in this network namespace: slurm/two-node-cluster.sh runs daemons of the same
+        # names in its own namespaces, and they are not this cluster's to report or stop.
+        local pid here
+        here="$(stat -L -c %i /proc/self/ns/net)"
+        for pid in $(pgrep -x "$name" || true); do
+            [[ "$(stat -L -c %i "/proc/$pid/ns/net" 2>/dev/null)" == "$here" ]] && echo "$pid"
+        done
+        return 0
     fi
 }
 

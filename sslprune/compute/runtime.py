@@ -94,9 +94,17 @@ def local(run: RunConfig) -> Runtime:
     return Runtime(_threads_and_device(run))
 
 
-def rendezvous_port(job_id: str, restart: int) -> int:
-    """A port from the job id and its restart count: stable across ranks, new after each requeue."""
-    return random.Random(f"{job_id}/{restart}").randint(20000, 60000)
+def rendezvous_port(job_id: str, restart: int, group: int = 0) -> int:
+    """A port from the job id and its restart count: stable across ranks, new after each requeue.
+
+    `group`: how many process groups this process set up before (a pack runs one per stage). Each
+    gets the next port: on the previous one a rank that finished its stage first would meet the
+    other rank's old store, still open, take the old group's addresses from it and hang."""
+    first = random.Random(f"{job_id}/{restart}").randint(20000, 60000)
+    return 20000 + (first - 20000 + group) % 40001
+
+
+_groups = 0  # process groups set up by this process (from_environment)
 
 
 def from_environment(run: RunConfig) -> Runtime:
@@ -108,7 +116,9 @@ def from_environment(run: RunConfig) -> Runtime:
         run = dataclasses.replace(run, threads=int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0))
     if env.num_tasks <= 1:
         return local(run)
-    os.environ["MASTER_PORT"] = str(rendezvous_port(env.job_id, int(os.environ.get("SLURM_RESTART_COUNT", 0))))
+    global _groups
+    os.environ["MASTER_PORT"] = str(rendezvous_port(env.job_id, int(os.environ.get("SLURM_RESTART_COUNT", 0)), _groups))
+    _groups += 1
     dist = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     device = _threads_and_device(run, dist.local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
