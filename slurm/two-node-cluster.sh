@@ -50,16 +50,21 @@ client() {
 
 # ---------------------------------------------------------------- helpers
 
-# pid_of PIDFILE NAME NODE: the pid in PIDFILE if it is a live NAME inside NODE's network namespace.
+# pid_of PIDFILE NAME NODE: the pid in PIDFILE if it is a live NAME inside NODE's network namespace
+# (or, when that namespace was deleted under it, in any namespace but this script's own).
 # Never a search by process name: the one-node cluster runs daemons of the same names.
 pid_of() {
-    local pidfile="$1" name="$2" node="$3" pid
+    local pidfile="$1" name="$2" node="$3" pid ns
     [[ -r "$pidfile" ]] || return 1
     pid="$(tr -dc '0-9' <"$pidfile" 2>/dev/null || true)"
     [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
     [[ "$(cat "/proc/$pid/comm" 2>/dev/null || true)" == "$name" ]] || return 1
-    [[ -e "$(netns "$node")" && "$(stat -L -c %i "/proc/$pid/ns/net" 2>/dev/null)" == "$(stat -L -c %i "$(netns "$node")")" ]] \
-        || return 1
+    ns="$(stat -L -c %i "/proc/$pid/ns/net" 2>/dev/null)" || return 1
+    if [[ -e "$(netns "$node")" ]]; then
+        [[ "$ns" == "$(stat -L -c %i "$(netns "$node")")" ]] || return 1
+    else
+        [[ "$ns" != "$(stat -L -c %i /proc/self/ns/net)" ]] || return 1
+    fi
     echo "$pid"
 }
 
