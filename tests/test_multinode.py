@@ -130,6 +130,7 @@ def assert_same_bytes(a: Path, b: Path, stages: int) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_nodes_and_a_packed_job_give_the_bytes_of_one_node_with_two_tasks(tmp_path):
     """IMP levels 0 and 1 and a pack of two re-training starts (one job running both stages, one
     init_process_group per stage) on n1+n2, against the same stages unpacked on one node with two
@@ -155,6 +156,7 @@ def test_two_nodes_and_a_packed_job_give_the_bytes_of_one_node_with_two_tasks(tm
     assert_same_bytes(tmp_path / "two", tmp_path / "one", stages=4)
 
 
+@pytest.mark.slow
 def test_a_two_node_stage_requeued_and_preempted_mid_stage_gives_the_same_bytes(tmp_path):
     """`scontrol requeue` (SIGTERM, no checkpoint() call), then USR2 (preemption or time limit),
     both in the middle of a two-node stage: it resumes each time from its checkpoint and ends with
