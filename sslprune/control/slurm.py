@@ -113,6 +113,12 @@ def query(job_ids: Iterable[str], since: Optional[float] = None) -> dict[str, Jo
     return _tasks(states, wanted)
 
 
+def state(job_id: str) -> str:
+    """squeue's state of one job or array task ('123', '123_4'), e.g. RUNNING; '' when squeue does not answer."""
+    out = _run(["squeue", "-h", "-j", job_id, "-o", "%T"]).split()
+    return out[0] if out else ""
+
+
 def cancel(job_ids: Iterable[str]) -> None:
     ids = [j for j in job_ids if j]
     if ids:
