@@ -13,15 +13,19 @@ from conftest import tiny_config
 
 
 def test_dependency_uses_aftercorr_only_task_for_task():
+    """(the array's dependency, each task's own): a task never waits for another task's parent."""
     dep = submission._dependency
-    assert dep([None, None], {}) is None
-    assert dep(["7_0", "7_1"], {"7": 2}) == "aftercorr:7"
-    assert dep(["7_0", "7_1"], {"7": 3}) == "aftercorr:7"  # the first tasks of a larger array (a signal subset)
-    # Same array but not task for task (another order, or a gap): the array waits for those parents.
-    assert dep(["7_1", "7_2"], {"7": 3}) == "afterok:7_1:7_2"
-    assert dep(["7_2", "7_1", "7_0"], {"7": 3}) == "afterok:7"  # every task of array 7: the array once
-    assert dep(["7_0", None, "8"], {"7": 1}) == "afterok:7:8"
-    assert dep(["9"], {}) == "afterok:9"
+    assert dep([[], []]) == (None, None)
+    assert dep([["7_0"], ["7_1"]]) == ("aftercorr:7", None)  # also the first tasks of a larger array
+    assert dep([["9"]]) == ("afterok:9", None)
+    assert dep([["7_0", "9"], ["7_0", "9"]]) == ("afterok:7_0:9", None)  # the same parents for every task
+    # Not task for task (another order, a gap, a done parent, several arrays): each task its own parent.
+    # Before, the array waited for all of them (`afterok:7_1:7_2`, `afterok:7`), and SLURM cancelled every
+    # task when one parent failed.
+    assert dep([["7_1"], ["7_2"]]) == (None, ["afterok:7_1", "afterok:7_2"])
+    assert dep([["7_2"], ["7_1"], ["7_0"]]) == (None, ["afterok:7_2", "afterok:7_1", "afterok:7_0"])
+    assert dep([[], ["7_0"]]) == (None, [None, "afterok:7_0"])
+    assert dep([["7_0"], [], ["8"]]) == (None, ["afterok:7_0", None, "afterok:8"])
 
 
 def test_plan_is_one_array_per_level_and_kind_over_signals_and_seeds(tmp_path):
