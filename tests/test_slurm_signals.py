@@ -4,6 +4,7 @@ Run with `pytest -m slurm`; the `cluster` fixture of test_slurm.py starts the lo
 """
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import threading
@@ -153,3 +154,39 @@ def test_job_names_carry_the_store_cancel_leaves_other_stores_and_watch_counts_t
         assert again.stdout.strip() == f"[sslprune] cancelled 0 job(s) of store {a}"
     finally:
         subprocess.run(["scancel", *{r["array_job_id"] for s in (a, b) for r in job_records(s).values()}])
+
+
+def test_svm_and_standardised_probe_jobs_are_one_task_and_give_the_same_result(tmp_path):
+    """A sweep asking for 2 tasks per node (DDP for training): its SVM and standardised-probe stages
+    (and their random-features references) are one-task jobs, so their fit runs once, and their
+    results equal a local run's. Before, they asked for the sweep's tasks and ran on every rank."""
+    import shutil
+
+    extra = ("retrain.schemes=[]", "svm.signals=[rotnet]", "svm.datasets=[{name: digits}]", "svm.folds=2",
+             "probe.features=standardised")
+    ref, store = tmp_path / "local", tmp_path / "slurm"
+    cli("sslprune-run", *tiny(ref, *extra, signals=("rotnet",), seeds="[0]", levels=0))
+    # The same IMP level 0 (a copy), without its evaluations: only those are submitted.
+    shutil.copytree(ref, store, ignore=shutil.ignore_patterns("reports"))
+    (level,) = store.rglob("level_0")
+    evaluations = sorted(d.name for d in level.iterdir() if d.is_dir())
+    assert [e.split("_")[-2] for e in evaluations] == ["probe", "svm", "probe", "svm"]
+    for e in evaluations:
+        shutil.rmtree(level / e)
+    args = tiny(store, *extra, signals=("rotnet",), seeds="[0]", levels=0)
+    p = cli("sslprune-run", *args, *SLURM, "launcher.tasks_per_node=2")
+    assert "submitted 4 stage(s) in 4 array(s)" in p.stdout, p.stdout
+    recs = job_records(store)
+    for r in recs.values():
+        (script,) = (store / "slurm" / r["array_job_id"]).glob("*_submission.sh")
+        text = script.read_text()
+        assert "#SBATCH --ntasks-per-node=1\n" in text and "#SBATCH --nodes=1\n" in text, text
+        assert "gpu" not in text
+    wait_complete(args, 300)
+    for d, r in recs.items():
+        log = logs(store, r["job_id"])
+        assert "rank 0/1" in log and "rank 1/" not in log, log[-2000:]
+        mine, theirs = (json.loads((Path(x) / "result.json").read_text())
+                        for x in (d, str(d).replace(str(store), str(ref))))
+        timing = ("seconds", "setup_s", "startup_s")
+        assert {k: v for k, v in mine.items() if k not in timing} == {k: v for k, v in theirs.items() if k not in timing}

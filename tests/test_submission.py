@@ -104,3 +104,36 @@ def test_launcher_is_not_identity(tmp_path):
     a, b = tiny_config(tmp_path), tiny_config(tmp_path)
     b.launcher = LauncherConfig(name="slurm", partition="learnfair", gpus_per_node=8, tasks_per_node=8)
     assert [s.dir for s in stages(a)] == [s.dir for s in stages(b)]
+
+
+def test_runs_once_stages_get_one_task_and_the_single_preset_and_are_never_packed(tmp_path):
+    """SVMs and standardised-feature probes: one task on one node with launcher.single's GPUs, even in
+    a sweep of 8 GPUs and 8 tasks per node on 2 nodes; with launcher.pack they keep their own arrays."""
+    from sslprune.control.config import SingleConfig
+    from sslprune.control.stage import Probe, Svm
+
+    cfg = tiny_config(tmp_path, seeds=[0])
+    cfg.launcher = replace(cfg.launcher, name="slurm", nodes=2, tasks_per_node=8, gpus_per_node=8, cpus_per_task=10)
+    ex = submission._executor(cfg, tmp_path, None, "x", None, single=True)
+    assert (ex.parameters["nodes"], ex.parameters["ntasks_per_node"], ex.parameters["cpus_per_task"]) == (1, 1, 10)
+    assert "gpus_per_node" not in ex.parameters
+    cfg.launcher = replace(cfg.launcher, single=SingleConfig(gpus_per_node=1, cpus_per_task=4))
+    ex = submission._executor(cfg, tmp_path, None, "x", None, single=True)
+    assert (ex.parameters["ntasks_per_node"], ex.parameters["gpus_per_node"], ex.parameters["cpus_per_task"]) == (1, 1, 4)
+    ex = submission._executor(cfg, tmp_path, None, "x", None)
+    assert (ex.parameters["nodes"], ex.parameters["ntasks_per_node"], ex.parameters["gpus_per_node"]) == (2, 8, 8)
+    assert "hold" not in ex.parameters.get("additional_parameters", {})
+
+    cfg.svm = replace(cfg.svm, signals=["rotnet"], datasets=[cfg.data])
+    cfg.probe = replace(cfg.probe, features="standardised")
+    cfg.launcher = replace(cfg.launcher, pack=True)
+    all_stages = stages(cfg)
+    once = [s for s in all_stages if submission.runs_once(s)]
+    assert {type(s) for s in once} == {Svm, Probe}
+    assert not any(submission.runs_once(s) for s in all_stages if not isinstance(s, (Svm, Probe)))
+    for array in submission.plan(cfg, all_stages):
+        tasks = [s for task in array for s in task]
+        if any(submission.runs_once(s) for s in tasks):
+            assert all(submission.runs_once(s) for s in tasks) and all(len(task) == 1 for task in array)
+    cfg.probe = replace(cfg.probe, features="augmented")
+    assert not any(isinstance(s, Probe) and submission.runs_once(s) for s in stages(cfg))
