@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from sslprune.control import slurm, submission
-from sslprune.control.config import ConfigError, LauncherConfig, validate, validate_launcher
+from sslprune.control.config import ConfigError, LauncherConfig, SingleConfig, validate, validate_launcher
 from sslprune.control.experiment import stages
 
 from conftest import tiny_config
@@ -88,6 +88,8 @@ def test_array_ids_expand():
     ("signal_delay_s", 600, "launcher.signal_delay_s"),
     ("partition", "", "launcher.partition"),
     ("additional_parameters", {"dependency": "afterok:1"}, "launcher.additional_parameters.dependency"),
+    ("single", SingleConfig(gpus_per_node=-1), "launcher.single.gpus_per_node"),
+    ("single", SingleConfig(cpus_per_task=0), "launcher.single.cpus_per_task"),
 ])
 def test_launcher_validation_names_the_key(tmp_path, key, value, match):
     L = LauncherConfig(name="slurm", time_min=5)
@@ -109,7 +111,6 @@ def test_launcher_is_not_identity(tmp_path):
 def test_runs_once_stages_get_one_task_and_the_single_preset_and_are_never_packed(tmp_path):
     """SVMs and standardised-feature probes: one task on one node with launcher.single's GPUs, even in
     a sweep of 8 GPUs and 8 tasks per node on 2 nodes; with launcher.pack they keep their own arrays."""
-    from sslprune.control.config import SingleConfig
     from sslprune.control.stage import Probe, Svm
 
     cfg = tiny_config(tmp_path, seeds=[0])
