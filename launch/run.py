@@ -18,8 +18,10 @@ def execute(cfg: DictConfig) -> None:
     if c.launcher.name == "slurm":  # submit and return at once (sslprune-status, then sslprune-report)
         from sslprune.control import submission
 
+        from hydra.core.hydra_config import HydraConfig
+
         experiment.check_inputs(c)
-        submission.submit(c)
+        submission.submit(c, list(HydraConfig.get().overrides.task))
         return
     if c.launcher.name == "submitit_local":
         from sslprune.control import submission

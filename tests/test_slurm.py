@@ -111,7 +111,7 @@ def test_demo_through_arrays_matches_local_run(tmp_path):
     assert f"store {tmp_path / 'slurm'}" in p.stdout
     assert "submitted 22 stage(s) in 7 array(s)" in p.stdout, p.stdout
     assert len(re.findall(r"job \d+", p.stdout)) >= 7
-    assert re.search(r"submitted sslprune-demo-probe-digits-init-L0: 2 task\(s\) job \d+\n", p.stdout), p.stdout
+    assert re.search(r"submitted sslprune-demo-probe-digits-init-L0-[0-9a-f]{8}: 2 task\(s\) job \d+\n", p.stdout), p.stdout
     recs = job_records(tmp_path / "slurm")
     assert len(recs) == 22
     by = {(r["stage"]): r for r in recs.values()}

@@ -6,22 +6,26 @@ from dataclasses import replace
 import pytest
 
 from sslprune.control import slurm, submission
-from sslprune.control.config import ConfigError, LauncherConfig, validate, validate_launcher
+from sslprune.control.config import ConfigError, LauncherConfig, SingleConfig, validate, validate_launcher
 from sslprune.control.experiment import stages
 
 from conftest import tiny_config
 
 
 def test_dependency_uses_aftercorr_only_task_for_task():
+    """(the array's dependency, each task's own): a task never waits for another task's parent."""
     dep = submission._dependency
-    assert dep([None, None], {}) is None
-    assert dep(["7_0", "7_1"], {"7": 2}) == "aftercorr:7"
-    assert dep(["7_0", "7_1"], {"7": 3}) == "aftercorr:7"  # the first tasks of a larger array (a signal subset)
-    # Same array but not task for task (another order, or a gap): the array waits for those parents.
-    assert dep(["7_1", "7_2"], {"7": 3}) == "afterok:7_1:7_2"
-    assert dep(["7_2", "7_1", "7_0"], {"7": 3}) == "afterok:7"  # every task of array 7: the array once
-    assert dep(["7_0", None, "8"], {"7": 1}) == "afterok:7:8"
-    assert dep(["9"], {}) == "afterok:9"
+    assert dep([[], []]) == (None, None)
+    assert dep([["7_0"], ["7_1"]]) == ("aftercorr:7", None)  # also the first tasks of a larger array
+    assert dep([["9"]]) == ("afterok:9", None)
+    assert dep([["7_0", "9"], ["7_0", "9"]]) == ("afterok:7_0:9", None)  # the same parents for every task
+    # Not task for task (another order, a gap, a done parent, several arrays): each task its own parent.
+    # Before, the array waited for all of them (`afterok:7_1:7_2`, `afterok:7`), and SLURM cancelled every
+    # task when one parent failed.
+    assert dep([["7_1"], ["7_2"]]) == (None, ["afterok:7_1", "afterok:7_2"])
+    assert dep([["7_2"], ["7_1"], ["7_0"]]) == (None, ["afterok:7_2", "afterok:7_1", "afterok:7_0"])
+    assert dep([[], ["7_0"]]) == (None, [None, "afterok:7_0"])
+    assert dep([["7_0"], [], ["8"]]) == (None, ["afterok:7_0", None, "afterok:8"])
 
 
 def test_plan_is_one_array_per_level_and_kind_over_signals_and_seeds(tmp_path):
@@ -84,6 +88,8 @@ def test_array_ids_expand():
     ("signal_delay_s", 600, "launcher.signal_delay_s"),
     ("partition", "", "launcher.partition"),
     ("additional_parameters", {"dependency": "afterok:1"}, "launcher.additional_parameters.dependency"),
+    ("single", SingleConfig(gpus_per_node=-1), "launcher.single.gpus_per_node"),
+    ("single", SingleConfig(cpus_per_task=0), "launcher.single.cpus_per_task"),
 ])
 def test_launcher_validation_names_the_key(tmp_path, key, value, match):
     L = LauncherConfig(name="slurm", time_min=5)
@@ -100,3 +106,35 @@ def test_launcher_is_not_identity(tmp_path):
     a, b = tiny_config(tmp_path), tiny_config(tmp_path)
     b.launcher = LauncherConfig(name="slurm", partition="learnfair", gpus_per_node=8, tasks_per_node=8)
     assert [s.dir for s in stages(a)] == [s.dir for s in stages(b)]
+
+
+def test_runs_once_stages_get_one_task_and_the_single_preset_and_are_never_packed(tmp_path):
+    """SVMs and standardised-feature probes: one task on one node with launcher.single's GPUs, even in
+    a sweep of 8 GPUs and 8 tasks per node on 2 nodes; with launcher.pack they keep their own arrays."""
+    from sslprune.control.stage import Probe, Svm
+
+    cfg = tiny_config(tmp_path, seeds=[0])
+    cfg.launcher = replace(cfg.launcher, name="slurm", nodes=2, tasks_per_node=8, gpus_per_node=8, cpus_per_task=10)
+    ex = submission._executor(cfg, tmp_path, None, "x", None, single=True)
+    assert (ex.parameters["nodes"], ex.parameters["ntasks_per_node"], ex.parameters["cpus_per_task"]) == (1, 1, 10)
+    assert "gpus_per_node" not in ex.parameters
+    cfg.launcher = replace(cfg.launcher, single=SingleConfig(gpus_per_node=1, cpus_per_task=4))
+    ex = submission._executor(cfg, tmp_path, None, "x", None, single=True)
+    assert (ex.parameters["ntasks_per_node"], ex.parameters["gpus_per_node"], ex.parameters["cpus_per_task"]) == (1, 1, 4)
+    ex = submission._executor(cfg, tmp_path, None, "x", None)
+    assert (ex.parameters["nodes"], ex.parameters["ntasks_per_node"], ex.parameters["gpus_per_node"]) == (2, 8, 8)
+    assert "hold" not in ex.parameters.get("additional_parameters", {})
+
+    cfg.svm = replace(cfg.svm, signals=["rotnet"], datasets=[cfg.data])
+    cfg.probe = replace(cfg.probe, features="standardised")
+    cfg.launcher = replace(cfg.launcher, pack=True)
+    all_stages = stages(cfg)
+    once = [s for s in all_stages if submission.runs_once(s)]
+    assert {type(s) for s in once} == {Svm, Probe}
+    assert not any(submission.runs_once(s) for s in all_stages if not isinstance(s, (Svm, Probe)))
+    for array in submission.plan(cfg, all_stages):
+        tasks = [s for task in array for s in task]
+        if any(submission.runs_once(s) for s in tasks):
+            assert all(submission.runs_once(s) for s in tasks) and all(len(task) == 1 for task in array)
+    cfg.probe = replace(cfg.probe, features="augmented")
+    assert not any(isinstance(s, Probe) and submission.runs_once(s) for s in stages(cfg))

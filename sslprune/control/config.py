@@ -241,6 +241,16 @@ LAUNCHERS = ("local", "submitit_local", "slurm")
 
 
 @dataclass
+class SingleConfig:
+    """SLURM resources of the stages whose fit runs once in one process, never under DDP: SVMs and
+    probes on standardised features (their features are computed once, then a small fit). Such a
+    job is one task on one node; on a GPU cluster it needs no GPU unless a preset says so."""
+
+    gpus_per_node: int = 0
+    cpus_per_task: Optional[int] = None  # None: launcher.cpus_per_task
+
+
+@dataclass
 class LauncherConfig:
     """Where stages run: `local` (this process), or submitted through submitit. Never identity.
 
@@ -277,6 +287,7 @@ class LauncherConfig:
     # stages last minutes, e.g. CIFAR-size). Each stage keeps its checkpoint, result and W&B run.
     pack: bool = False
     folder: Optional[str] = None  # submitit logs and pickles; default <store>/slurm
+    single: SingleConfig = field(default_factory=SingleConfig)  # SVM and standardised-probe jobs: one task
 
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -628,6 +639,11 @@ def validate_launcher(key: str, L: LauncherConfig) -> None:
         v = getattr(L, k)
         if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
             raise ConfigError(f"{key}.{k}={v!r} must be an integer >= 0")
+    g, c = L.single.gpus_per_node, L.single.cpus_per_task
+    if not (isinstance(g, int) and not isinstance(g, bool) and g >= 0):
+        raise ConfigError(f"{key}.single.gpus_per_node={g!r} must be an integer >= 0")
+    if c is not None and not (isinstance(c, int) and not isinstance(c, bool) and c > 0):
+        raise ConfigError(f"{key}.single.cpus_per_task={c!r} must be an integer > 0 or null")
     if L.mem_gb is not None and not (isinstance(L.mem_gb, (int, float)) and L.mem_gb > 0):
         raise ConfigError(f"{key}.mem_gb={L.mem_gb!r} must be > 0 or null")
     if L.signal_delay_s >= 60 * L.time_min:

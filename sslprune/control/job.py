@@ -9,8 +9,13 @@
   same callable, submitit requeues the job, the time-limit requeues are bounded by
   `launcher.max_num_timeout`). Submitit's own handler would requeue from inside the signal
   handler, before anything is saved, so it is called only once the checkpoint is on disk.
-* SIGTERM (scancel, `scontrol requeue`, the kill at the time limit) also checkpoints at the next
-  step boundary, then waits to be killed, or requeues if USR2 follows (submitit's preemption).
+* SIGTERM also checkpoints at the next step boundary. Then, unless USR2 follows (submitit's
+  preemption), the job asks SLURM for its own state: still RUNNING (`scancel --signal=TERM`, the
+  GraceTime before a preemption's kill) it requeues itself as on USR2; cancelled, timed out or
+  requeued by `scontrol requeue`, SLURM ends it and it waits for the kill.
+* Once every stage of the job is done, USR2 and SIGTERM are ignored: a signal that lands while the
+  process shuts down (Python restores default handlers then, and USR2's default is to die) must
+  not turn a finished job into a failed one whose dependants SLURM cancels.
 * A crash requeues the job up to `launcher.max_retries` times (counted per job id in
   `<stage>/retries.json`); every start resumes from the stage's checkpoint in the store, so an
   external `scontrol requeue` or a re-submission after `scancel` resumes too.
@@ -32,6 +37,7 @@ from .config import LauncherConfig, from_dict, to_dict
 from .stage import Interrupted, Stage, from_spec, spec as stage_spec
 
 RETRIES = "retries.json"
+TERM_SETTLE_S = 3  # after a SIGTERM, how long a following USR2 (submitit's preemption) is awaited
 
 
 def _say(text: str) -> None:
@@ -63,6 +69,15 @@ class Signals:
 
     def poll(self) -> bool:
         return self.usr2 or self.term
+
+    def ignore(self) -> None:
+        """The job's stages are done: nothing is left to checkpoint. SIG_IGN (not a Python handler,
+        which interpreter shutdown resets to the default) holds until the process is gone, and
+        replaces submitit's handler too, so neither a late requeue nor a kill by signal can follow."""
+        import submitit
+
+        for signum in (submitit.JobEnvironment._usr_sig(), signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def restarts() -> int:
@@ -164,12 +179,15 @@ class StageJob:
                      f"{'job started' if not out else 'previous stage ended'} (Python, imports, device, data)")
             out.append({"stage": stage.label, "dir": str(stage.dir), "accuracy": result["accuracy"]})
             started = time.time()  # the next stage of a pack pays only its own set-up
+        sig.ignore()
         return out[0] if len(out) == 1 else out
 
     # --- after the loop saved its checkpoint
     def _interrupted(self, env, sig: Signals, e: Interrupted) -> None:
         why = 'USR2 (preemption or time limit)' if sig.usr2 else 'SIGTERM' if sig.term else 'another rank'
-        _say(f"rank {env.global_rank}: {e}: {why}")
+        # Only rank 0 writes the checkpoint: the other ranks must not claim they saved one.
+        _say(f"rank {env.global_rank}: {e}: {why}" if env.global_rank == 0 else
+             f"rank {env.global_rank}: interrupted at step {e.step} (rank 0 writes the checkpoint): {why}")
         if env.global_rank != 0:
             # Every rank stopped at this same step (they agree on it); rank 0 wrote the checkpoint and
             # requeues the job, and SLURM then ends this task. Never linger in a collective.
@@ -178,13 +196,7 @@ class StageJob:
                 time.sleep(0.5)
             raise RuntimeError(f"rank {env.global_rank} stopped at step {e.step}; the job was not requeued")
         if not sig.usr2:
-            # SIGTERM alone: scancel, `scontrol requeue` or the kill at the time limit. Wait for the
-            # kill (or for submitit's USR2 that may follow), then fail if neither comes.
-            deadline = time.monotonic() + 120
-            while not sig.usr2 and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if not sig.usr2:
-                raise RuntimeError("terminated (SIGTERM) and not requeued; checkpoint saved")
+            self._after_term(env, sig)
         if restarts() >= self.launcher.max_requeues:
             raise RuntimeError(f"not requeued: the job already restarted {restarts()} times "
                                f"(launcher.max_requeues={self.launcher.max_requeues}); checkpoint saved")
@@ -193,6 +205,30 @@ class StageJob:
             handler(self._usr_signum(), None)
         requeue_self(env.job_id)  # outside submitit's SLURM environment (should not happen)
         sys.exit(-1)
+
+    @staticmethod
+    def _after_term(env, sig: Signals) -> None:
+        """SIGTERM alone. Give submitit's USR2 a moment to follow (preemption), then ask SLURM: a
+        job still RUNNING was sent SIGTERM without an end (`scancel --signal=TERM`, a preemption's
+        GraceTime) and requeues itself; any other state (CANCELLED, TIMEOUT, requeued by `scontrol
+        requeue`: SLURM ends or restarts it) waits for the kill, and fails if none comes."""
+        from . import slurm
+
+        deadline = time.monotonic() + TERM_SETTLE_S
+        while not sig.usr2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if sig.usr2:
+            return
+        state = slurm.state(env.job_id)
+        if state == "RUNNING":
+            _say("SIGTERM and the job is still RUNNING: requeueing it; it resumes from the checkpoint")
+            return
+        _say(f"SIGTERM and the job is {state or 'unknown to squeue'}: waiting for SLURM to end it")
+        deadline = time.monotonic() + 120
+        while not sig.usr2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not sig.usr2:
+            raise RuntimeError(f"terminated (SIGTERM, job {state or 'unknown'}) and not requeued; checkpoint saved")
 
     @staticmethod
     def _usr_signum() -> int:

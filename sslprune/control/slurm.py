@@ -113,6 +113,39 @@ def query(job_ids: Iterable[str], since: Optional[float] = None) -> dict[str, Jo
     return _tasks(states, wanted)
 
 
+def state(job_id: str) -> str:
+    """squeue's state of one job or array task ('123', '123_4'), e.g. RUNNING; '' when squeue does not answer."""
+    out = _run(["squeue", "-h", "-j", job_id, "-o", "%T"]).split()
+    return out[0] if out else ""
+
+
+def depend(dependencies: dict[str, str]) -> None:
+    """Give tasks of a held array their own dependency ({"12_3": "afterok:11_5"}): one
+    `scontrol update` per distinct dependency (updating a task splits it from its array's record)."""
+    by: dict[str, list[str]] = {}
+    for job, dep in dependencies.items():
+        by.setdefault(dep, []).append(job)
+    for dep, jobs in by.items():
+        p = subprocess.run(["scontrol", "update", f"JobId={','.join(jobs)}", f"Dependency={dep}"],
+                           capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            raise RuntimeError(f"scontrol update JobId={','.join(jobs)} Dependency={dep} failed: "
+                               f"{(p.stderr or p.stdout).strip()}")
+
+
+def release(job_id: str) -> None:
+    p = subprocess.run(["scontrol", "release", job_id], capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise RuntimeError(f"scontrol release {job_id} failed: {(p.stderr or p.stdout).strip()}")
+
+
+def live_jobs() -> list[tuple[str, str]]:
+    """(array or job id, name) of each of this user's jobs SLURM still holds (pending, running, ...)."""
+    out = _run(["squeue", "-h", "--me", "-t", "all", "-o", "%F|%T|%j"])
+    rows = [line.split("|", 2) for line in out.splitlines() if line.count("|") >= 2]
+    return list(dict.fromkeys((job, name) for job, state, name in rows if state in LIVE))
+
+
 def cancel(job_ids: Iterable[str]) -> None:
     ids = [j for j in job_ids if j]
     if ids:

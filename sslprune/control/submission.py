@@ -4,8 +4,10 @@ Plan: one array per (level, stage kind and variant) over every signal and seed w
 missing, e.g. "IMP level 3, signals labels and rotnet, seeds 0-4", "retrain winning_ticket of
 level 3, ...". Signals are in one order in every array (those more kinds of stage evaluate first),
 so an array's task i depends on task i of its parent array (IMP level L-1 for IMP level L; IMP
-level L for its re-training and probes): `aftercorr:<array>`, seed by seed; else (a partial
-re-submission) the array waits for its parent jobs (`afterok`). So re-training and probing of
+level L for its re-training and probes): `aftercorr:<array>`, seed by seed. Otherwise (a partial
+re-submission, parents at other indices or in several arrays) each task waits for its own parent
+task only (`afterok:<array>_<task>`, set per task while the array is held), never for the whole
+parent array: a failed task cancels only its own dependants. So re-training and probing of
 level L start as soon as that seed's level L is done. Arrays go to sbatch from a few threads, each
 as soon as the arrays it depends on have job ids. `--kill-on-invalid-dep=yes`: when a parent
 fails, its dependants are cancelled and reported as blocked by it (`sslprune-status`), and the
@@ -17,6 +19,11 @@ A stage is submitted only when it is not done and its recorded job is not pendin
 requeued (asked to squeue/sacct); so re-running `sslprune-run` never duplicates a job and, after a
 failure, submits only the failed stages and what depends on them. Submissions of one store are
 serialised by a lock. Jobs read the experiment's config from `<store>/jobs/configs/<hash>.json`.
+
+Job names end with the store's tag (a hash of its path): two stores' sweeps never share a name,
+and `sslprune-status --cancel` cancels exactly this store's jobs (those its ledger records and
+those named with its tag). SVMs and standardised-feature probes, whose fit runs once, are jobs of
+one task with `launcher.single`'s resources (no GPU by default), never packed with DDP stages.
 """
 from __future__ import annotations
 
@@ -110,7 +117,8 @@ def records(store: Path) -> dict[str, dict]:
                 index = int(jid.split("_")[1]) if "_" in jid else 0
                 out[d] = {"job_id": jid, "array_job_id": a["array"], "array_size": size, "index": index,
                           "stage": labels[i] if i < len(labels) else None,
-                          "submitted": entry["time"], "name": a.get("name"), "dependency": a.get("dependency"),
+                          "submitted": entry["time"], "name": a.get("name"),
+                          "dependency": (a["dependencies"][index] if a.get("dependencies") else a.get("dependency")),
                           "log": _log(Path(entry.get("folder", Path(store) / "slurm")), jid),
                           "snapshot": entry.get("snapshot"), "experiment": entry.get("experiment"),
                           "history": (old["history"] + [old["job_id"]]) if old else []}
@@ -211,7 +219,8 @@ def plan(cfg: Config, todo: list[Stage]) -> list[list[list[Stage]]]:
     groups: "OrderedDict[tuple, OrderedDict]" = OrderedDict()
     for s in sorted(todo, key=lambda s: (depth(cfg, s.signal), s.level, s.kind != "imp", order[s.signal], s.seed)):
         wave, evaluation = depth(cfg, s.signal), s.kind != "imp"
-        if pack and evaluation and not getattr(s, "shared", False):  # the dense re-training waits for nothing
+        # The dense re-training waits for nothing; a runs-once stage gets its own one-task job.
+        if pack and evaluation and not getattr(s, "shared", False) and not runs_once(s):
             key, task = (wave, s.level, True, "pack"), (s.signal, s.seed)
         else:
             key, task = (wave, s.level, evaluation, _variant(s), s.dir.name), s.key()
@@ -226,25 +235,25 @@ def task_parents(task: list[Stage]) -> list[Stage]:
     return next((s.parents() for s in task if s.parents()), [])
 
 
-def _dependency(parents: list[Optional[str]], sizes: dict[str, int]) -> Optional[str]:
-    """How an array waits, from each task's parent job ("<array>_<task>" or "<job>"; None: done).
+def _dependency(parents: list[list[str]]) -> tuple[Optional[str], Optional[list[Optional[str]]]]:
+    """How an array waits, from each task's parent jobs ("<array>_<task>" or "<job>"; done parents left
+    out): (the array's dependency, None) when one dependency is right for every task, else (None, each
+    task's own dependency), set per task while the array is held.
 
-    `aftercorr:<array>` when task i's parent is task i of one array; else `afterok` on every parent
-    job, a whole array named once when all its tasks are parents."""
-    waiting = [p for p in parents if p]
-    if not waiting:
-        return None
-    base = waiting[0].split("_")[0]
-    if len(waiting) == len(parents) and all(p == f"{base}_{k}" for k, p in enumerate(parents)):
-        return f"aftercorr:{base}"
-    by_base: "OrderedDict[str, set]" = OrderedDict()
-    for p in waiting:
-        by_base.setdefault(p.split("_")[0], set()).add(p)
-    ids = []
-    for b, members in by_base.items():
-        whole = all("_" in m for m in members) and len(members) == sizes.get(b)
-        ids += [b] if whole else sorted(members)
-    return "afterok:" + ":".join(ids)
+    `aftercorr:<array>` when task i's one parent is task i of one array; `afterok:<jobs>` when every
+    task waits for the same jobs. Otherwise a task must wait for its own parents only: an array-wide
+    `afterok` on the union made every task wait for every parent, and SLURM cancelled them all
+    (`--kill-on-invalid-dep`) when any one parent failed."""
+    if not any(parents):
+        return None, None
+    first = parents[0][0] if parents[0] else ""
+    base = first.split("_")[0]
+    if all(len(p) == 1 and p[0] == f"{base}_{k}" for k, p in enumerate(parents)):
+        return f"aftercorr:{base}", None
+    own = ["afterok:" + ":".join(p) if p else None for p in parents]
+    if len(set(own)) == 1:
+        return own[0], None
+    return None, own
 
 
 # ------------------------------------------------------------------ submission
@@ -261,7 +270,19 @@ def _lock(store: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _executor(cfg: Config, folder: Path, code: Optional[Path], name: str, dependency: Optional[str]):
+def runs_once(stage: Stage) -> bool:
+    """A stage whose fit runs once in one process, never under DDP: an SVM, or a probe on
+    standardised features (features computed once, then a small fit on them)."""
+    return isinstance(stage, Svm) or (isinstance(stage, Probe) and stage.cfg.probe.features == "standardised")
+
+
+def store_tag(store) -> str:
+    """A short hash of the store's absolute path: the end of every job name it submits."""
+    return hashlib.sha256(os.path.abspath(str(store)).encode()).hexdigest()[:8]
+
+
+def _executor(cfg: Config, folder: Path, code: Optional[Path], name: str, dependency: Optional[str],
+              single: bool = False, hold: bool = False):
     import submitit
 
     L: LauncherConfig = cfg.launcher
@@ -272,14 +293,19 @@ def _executor(cfg: Config, folder: Path, code: Optional[Path], name: str, depend
     if code is not None:
         setup.append(f"export PYTHONPATH={shlex.quote(str(code))}${{PYTHONPATH:+:$PYTHONPATH}}")
         extra["chdir"] = str(code)  # python -m puts the working directory first on sys.path
+    if hold:
+        extra["hold"] = True  # released once each task's own dependency is set
     extra.update(L.additional_parameters)
-    params = dict(job_name=name, time=L.time_min, nodes=L.nodes, ntasks_per_node=L.tasks_per_node,
-                  cpus_per_task=L.cpus_per_task, array_parallelism=L.array_parallelism,
+    nodes, tasks, gpus, cpus = L.nodes, L.tasks_per_node, L.gpus_per_node, L.cpus_per_task
+    if single:
+        nodes, tasks, gpus, cpus = 1, 1, L.single.gpus_per_node, L.single.cpus_per_task or L.cpus_per_task
+    params = dict(job_name=name, time=L.time_min, nodes=nodes, ntasks_per_node=tasks,
+                  cpus_per_task=cpus, array_parallelism=L.array_parallelism,
                   signal_delay_s=L.signal_delay_s, setup=setup + list(L.setup) + [SITE_ENV],
                   additional_parameters=extra,
                   stderr_to_stdout=True)
-    if L.gpus_per_node:
-        params["gpus_per_node"] = L.gpus_per_node
+    if gpus:
+        params["gpus_per_node"] = gpus
     if L.mem_gb:
         params["mem"] = f"{int(L.mem_gb * 1024)}M"
     for k in ("partition", "account", "qos", "constraint", "exclude", "comment"):
@@ -315,8 +341,11 @@ def _config_file(cfg: Config, store: Path) -> Path:
     return path
 
 
-def submit(cfg: Config) -> dict:
-    """Submit every stage of the experiment that is neither done nor queued; returns what was submitted."""
+def submit(cfg: Config, overrides: Optional[list[str]] = None) -> dict:
+    """Submit every stage of the experiment that is neither done nor queued; returns what was submitted.
+
+    `overrides`: the command line's (Hydra) overrides, repeated in the printed `sslprune-status`
+    command so that it selects the same stages."""
     from .job import StageJob
 
     if not slurm.available():
@@ -324,6 +353,7 @@ def submit(cfg: Config) -> dict:
                            "`bash slurm/local-cluster.sh start`, or use launcher=local)")
     write_chains(cfg)
     store = Path(cfg.store)
+    tag = store_tag(store)
     with _lock(store):
         states = stage_states(cfg)
         by_key = {st.stage.key(): st for st in states}
@@ -347,11 +377,6 @@ def submit(cfg: Config) -> dict:
             _say(f"code snapshot {code}")
         config_file = _config_file(cfg, store)
         new_jobs: dict[str, str] = {}  # stage key -> job id submitted now
-        sizes: dict[str, int] = {}  # array id -> number of tasks
-        for st in states:
-            r = st.record
-            if st.active and r and r.get("array_size") and "_" in r["job_id"]:
-                sizes[r["job_id"].split("_")[0]] = r["array_size"]
         groups = plan(cfg, [st.stage for st in todo])
         submitted: dict[int, Future] = {}
         owner = {s.key(): g for g, group in enumerate(groups) for task in group for s in task}
@@ -361,32 +386,35 @@ def submit(cfg: Config) -> dict:
             """sbatch one array, once the arrays it depends on have their job ids."""
             parents = []
             for task in group:
-                pid = None
+                pids = []
                 for p in task_parents(task):
                     if p.key() in owner:
                         submitted[owner[p.key()]].result()  # submitted before this group: its ids are known
-                        pid = new_jobs[p.key()]
+                        pids.append(new_jobs[p.key()])
                     elif by_key[p.key()].active:
-                        pid = by_key[p.key()].job_id
-                parents.append(pid)
-            with lock:
-                dependency = _dependency(parents, dict(sizes))
+                        pids.append(by_key[p.key()].job_id)
+                parents.append(sorted(set(pids)))
+            dependency, own = _dependency(parents)
             first = group[0][0]
-            kind = "pack" if len(group[0]) > 1 or cfg.launcher.pack and first.kind != "imp" else _variant(first)
-            name = f"sslprune-{cfg.experiment}-{kind}-L{first.level}"
-            ex = _executor(cfg, folder, code, name, dependency)
+            single = all(runs_once(s) for task in group for s in task)
+            kind = "pack" if len(group[0]) > 1 or cfg.launcher.pack and not single and first.kind != "imp" \
+                else _variant(first)
+            name = f"sslprune-{cfg.experiment}-{kind}-L{first.level}-{tag}"
+            ex = _executor(cfg, folder, code, name, dependency, single=single, hold=own is not None)
             with ex.batch():
                 jobs = [ex.submit(StageJob(task, config_file=config_file)) for task in group]
             ids = [j.job_id for j in jobs]
             base = ids[0].split("_")[0]
+            if own is not None:  # held: each task gets its own parents, then the array may run
+                slurm.depend({jid: d for jid, d in zip(ids, own) if d})
+                if not cfg.launcher.additional_parameters.get("hold"):
+                    slurm.release(base)
             pairs = [(jid, s) for task, jid in zip(group, ids) for s in task]
             with lock:
                 for jid, s in pairs:
                     new_jobs[s.key()] = jid
-                if len(ids) > 1:
-                    sizes[base] = len(ids)
             return {"name": name, "job_id": base if len(ids) > 1 else ids[0], "tasks": len(ids),
-                    "dependency": dependency, "stages": [s.label for _, s in pairs],
+                    "dependency": dependency, "dependencies": own, "stages": [s.label for _, s in pairs],
                     "jobs": [[jid, str(s.dir)] for jid, s in pairs]}
 
         # Arrays go to sbatch from a few threads: an array waits only for the arrays it depends on
@@ -396,8 +424,8 @@ def submit(cfg: Config) -> dict:
                 submitted[g] = pool.submit(one, g, group)
             arrays = [submitted[g].result() for g in range(len(groups))]
         for a in arrays:
-            _say(f"submitted {a['name']}: {a['tasks']} task(s) job {a['job_id']}"
-                 + (f" after {a['dependency']}" if a["dependency"] else ""))
+            after = a["dependency"] or (a["dependencies"] and "each task's own parent task (afterok per task)")
+            _say(f"submitted {a['name']}: {a['tasks']} task(s) job {a['job_id']}" + (f" after {after}" if after else ""))
         summary["arrays"] = [{k: v for k, v in a.items() if k != "jobs"} for a in arrays]
         summary["submitted"] = len(new_jobs)
         ledger = ledger_path(store)
@@ -406,13 +434,34 @@ def submit(cfg: Config) -> dict:
                                 "snapshot": str(code) if code else None, "argv": sys.argv,
                                 "config": str(config_file),
                                 "arrays": [{"array": a["job_id"], "name": a["name"], "dependency": a["dependency"],
-                                            "jobs": a["jobs"], "stages": a["stages"]} for a in arrays]}) + "\n")
+                                            "dependencies": a["dependencies"], "jobs": a["jobs"],
+                                            "stages": a["stages"]} for a in arrays]}) + "\n")
             f.flush()
             os.fsync(f.fileno())  # the one durable write of the submission: every record is in it
         files.sync_folder(ledger.parent)
         _say(f"submitted {len(new_jobs)} stage(s) in {len(arrays)} array(s); store {cfg.store}; "
-             f"logs {folder}; watch with: sslprune-status experiment={cfg.experiment} {_override('store', cfg.store)}")
+             f"logs {folder}; watch with: {watch_command(cfg, overrides)}")
         return summary
+
+
+def watch_command(cfg: Config, overrides: Optional[list[str]] = None) -> str:
+    """The sslprune-status command for this submission: the run's own overrides (they select its stages:
+    seeds, levels, signals...), each quoted for the shell, with the store made absolute."""
+    kept = [o for o in overrides or [] if not o.split("=", 1)[0].lstrip("+~") in ("experiment", "store")]
+    return " ".join(["sslprune-status", f"experiment={cfg.experiment}", *(shlex.quote(o) for o in kept),
+                     _override("store", cfg.store)])
+
+
+def cancel(store: Path) -> list[str]:
+    """Cancel exactly this store's live jobs: the arrays its ledger records and any job named with
+    its tag; returns the job ids cancelled (an array counts once)."""
+    recorded = set()
+    for r in records(store).values():
+        recorded |= {j.split("_")[0] for j in [r["job_id"], *r["history"]]}
+    tag = f"-{store_tag(store)}"
+    ids = sorted({j for j, name in slurm.live_jobs() if j in recorded or name.endswith(tag)}, key=int)
+    slurm.cancel(ids)
+    return ids
 
 
 def run_submitit_local(cfg: Config) -> int:
