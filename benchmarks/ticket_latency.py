@@ -23,6 +23,7 @@ path is faster than dense, or that it never is.
 
     python benchmarks/ticket_latency.py --store runs --experiment demo --signal rotnet --seed 0
     python benchmarks/ticket_latency.py --synthetic --model resnet18_cifar --width 64 --image-size 32
+    python benchmarks/ticket_latency.py --synthetic --model resnet50 --width 64 --image-size 224 --device cuda
 """
 from __future__ import annotations
 
@@ -181,12 +182,20 @@ def best_times(fns: dict, x, calls: int, reps: int) -> dict:
         for r in range(reps):
             for name in order[r % len(order):] + order[:r % len(order)]:
                 f = fns[name]
+                sync(x)
                 w0, p0 = time.perf_counter(), time.process_time()
                 for _ in range(calls):
                     f(x)
+                sync(x)
                 wall, cpu = (time.perf_counter() - w0) / calls, (time.process_time() - p0) / calls
                 best[name] = {"cpu": min(cpu, best[name]["cpu"]), "wall": min(wall, best[name]["wall"])}
     return best
+
+
+def sync(x) -> None:
+    """Wait for queued GPU work, so a timed interval holds its kernels (no-op on the CPU)."""
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
 
 
 def main(argv=None) -> None:
@@ -205,6 +214,7 @@ def main(argv=None) -> None:
     ap.add_argument("--calls", type=int, default=5, help="forward passes per timed repetition")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (CUDA: wall time, synchronised)")
     ap.add_argument("--every", type=int, default=1, help="time every n-th level (and the last)")
     ap.add_argument("overrides", nargs="*", help="the experiment's overrides (model.width=4 ...)")
     args = ap.parse_args(argv)
@@ -213,9 +223,10 @@ def main(argv=None) -> None:
     tickets, size, what = tickets_synthetic(args) if args.synthetic else tickets_from_store(args)
     tickets = [t for i, t in enumerate(tickets) if i % args.every == 0 or i == len(tickets) - 1]
     batches = [int(b) for b in args.batches.split(",")]
-    print(f"{what}; input {tuple(size)}; torch {torch.__version__}, {args.threads} thread(s), "
+    print(f"{what}; input {tuple(size)}; torch {torch.__version__}, {args.device}, {args.threads} thread(s), "
           f"best of {args.reps} x {args.calls} calls")
-    clock = "cpu" if args.threads == 1 else "wall"
+    device = torch.device(args.device)
+    clock = "cpu" if args.threads == 1 and device.type == "cpu" else "wall"
     print(f"times: the least {'process CPU' if clock == 'cpu' else 'wall'} time per forward pass over the repetitions "
           f"({'one thread: CPU time is the work done, and what other processes take is not counted' if clock == 'cpu' else 'several threads: wall time'}); "
           "the other clock in brackets")
@@ -225,9 +236,9 @@ def main(argv=None) -> None:
     rows = []
     g = torch.Generator().manual_seed(0)
     for (level, net, mask), batch in itertools.product(tickets, batches):
-        net.eval()
+        net = net.eval().to(device)
         sparse, unfold = converted(net, mask, True).eval(), converted(net, mask, False).eval()
-        x = torch.randn(batch, *size, generator=g)
+        x = torch.randn(batch, *size, generator=g).to(device)
         with torch.inference_mode():
             diff = float((sparse(x) - net(x)).abs().max())
         t = best_times({"dense": net, "sparse": sparse, "unfold": unfold}, x, args.calls, args.reps)
