@@ -6,6 +6,7 @@
     api.run(cfg)                                   # every missing stage here, then the report files
     api.results(cfg)                               # one row per measurement (a pandas DataFrame)
     api.where(cfg, "imp rotnet seed=0 level=2")    # the directory of that stage
+    api.export(cfg, "rotnet", seed=0, level=2)     # that ticket as standalone files (sslprune-export)
 
 The same presets and overrides as the command-line apps (`sslprune-run experiment=demo seeds=[0]`),
 without Hydra in sight: `config` composes them with Hydra's compose API and returns the plain
@@ -21,7 +22,7 @@ from typing import Optional, Union
 from .control.config import Config, ConfigError
 
 __all__ = ["presets", "config", "stages", "stage", "where", "run", "run_stage", "submit", "report", "results",
-           "summary", "table"]
+           "summary", "table", "export"]
 
 
 def presets() -> list[str]:
@@ -152,3 +153,43 @@ def table(cfg: Config) -> str:
     from .control import report as report_
 
     return report_.pivot(report_.summarize(report_.rows(cfg)))
+
+
+def export_stage(cfg: Config, signal: Optional[str], seed: int, level: Optional[int], scheme: Optional[str] = None):
+    """The stage `export` writes: IMP level `level` of `signal`'s chain, or with `scheme` the
+    re-training of that level's mask from that start. Bad selectors raise ConfigError naming them."""
+    from .control.config import SCHEMES
+    from .control.stage import ImpLevel, Retrain
+
+    if signal not in cfg.signals:
+        raise ConfigError(f"signal={signal!r} is not a signal of experiment {cfg.experiment}: "
+                          f"one of {', '.join(cfg.signals)}")
+    if seed not in cfg.seeds:
+        raise ConfigError(f"seed={seed} is not one of the experiment's seeds {list(cfg.seeds)}")
+    if level is None or not 0 <= level <= cfg.prune.levels:
+        raise ConfigError(f"level={level} must be an IMP level 0..{cfg.prune.levels} (prune.levels)")
+    if scheme is None:
+        return ImpLevel(cfg, signal, seed, level)
+    if scheme not in SCHEMES:
+        raise ConfigError(f"scheme={scheme!r} is not one of {', '.join(SCHEMES)}")
+    return Retrain(cfg, signal, seed, level, scheme)
+
+
+def export(cfg: Config, signal: str, seed: int = 0, level: Optional[int] = None, scheme: Optional[str] = None,
+           out: Optional[Union[str, Path]] = None) -> dict:
+    """Write a finished stage's network as standalone files (sslprune.compute.export: model.pt, a
+    plain state_dict with pruned weights zero; mask.pt; compact.pt with bit-packed masks and kept
+    values; export.json) into `out`, by default <store>/exports/<experiment>/<stage>; returns
+    export.json's record (with "folder")."""
+    from .control.stage import DONE, MissingInput
+
+    s = export_stage(cfg, signal, seed, level, scheme)
+    if not s.done():
+        raise MissingInput(f"{s.label} is not done: expected {s.dir / DONE}; run it first (sslprune-run)")
+    if out is None:
+        name = f"{s.kind}_{signal}" + (f"_{scheme}" if scheme else "") + f"_seed{seed}_level{level}"
+        out = Path(cfg.store) / "exports" / cfg.experiment / name
+    from .compute import export as exporter
+
+    record = exporter.write(s, Path(out))
+    return {**record, "folder": str(Path(out))}

@@ -31,8 +31,9 @@ def test_demo_writes_results_for_every_signal_evaluation_level_and_seed(demo):
     store, out = demo
     report = store / "reports" / "demo"
     rows = _read(report / "results.csv")
+    # The cost columns (issue 25) are appended: the original ten keep their positions.
     assert list(rows[0]) == ["experiment", "signal", "task", "scope", "evaluation", "metric", "level", "remaining", "seed",
-                            "accuracy"]
+                            "accuracy", "params", "params_kept", "prunable", "prunable_kept", "macs_dense", "macs"]
     expected = {("labels", e) for e in ("pretext", "winning_ticket", "random_reinit", "random")}
     expected |= {("rotnet", e) for e in ("pretext", "winning_ticket", "random_reinit", "random", "probe:digits")}
     got = {}
@@ -54,7 +55,7 @@ def test_demo_summary_is_mean_and_standard_error_over_seeds(demo):
     rows = _read(report / "results.csv")
     summary = _read(report / "summary.csv")
     assert list(summary[0]) == ["experiment", "signal", "task", "scope", "evaluation", "metric", "level", "remaining",
-                                "mean", "stderr", "count"]
+                                "mean", "stderr", "count", "params_kept", "macs_dense", "macs"]
     for s in summary:
         accs = [float(r["accuracy"]) for r in rows if (r["signal"], r["evaluation"], r["level"]) ==
                 (s["signal"], s["evaluation"], s["level"])]
@@ -66,8 +67,9 @@ def test_demo_summary_is_mean_and_standard_error_over_seeds(demo):
     assert "| rotnet | probe:digits | 3 | 51.19% |" in md  # 0.8^3 up to ceil rounding
     table = (report / "table.md").read_text()
     assert table.split("\n", 2)[2] in out  # the run ends by printing the pivot
-    for name in ("", "_pretext", "_retrain", "_probe"):
-        png = (report / f"accuracy_vs_remaining{name}.png").read_bytes()
+    for name in ("remaining", "remaining_pretext", "remaining_retrain", "remaining_probe",
+                 "macs", "macs_pretext", "macs_retrain", "macs_probe"):
+        png = (report / f"accuracy_vs_{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000, name
 
 

@@ -42,7 +42,7 @@ def test_imp_help_is_its_own_not_the_stage_module_name():
 
 @pytest.mark.slow
 def test_every_app_has_its_own_help():
-    for app in ("report", "train", "retrain", "probe", "svm", "finetune", "status", "sync"):
+    for app in ("report", "train", "retrain", "probe", "svm", "finetune", "status", "sync", "export"):
         ours, _ = _help(f"sslprune-{app}")
         assert ours.startswith(f"sslprune-{app}: "), ours[:200]
         assert "\nNeeds: " in ours and "\nExample" in ours, app

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import ROOT
 
-APPS = ("run", "report", "train", "imp", "retrain", "probe", "svm", "finetune", "status", "sync")
+APPS = ("run", "report", "train", "imp", "retrain", "probe", "svm", "finetune", "status", "sync", "export")
 TINY = ["model.width=4", "prune.levels=0", "seeds=[0]", "run.log_every=1000",
         *[f"{k}.optim.{o}" for k in ("signals.labels", "signals.rotnet", "retrain", "probe")
           for o in ("epochs=1", "milestones=[]")]]

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from sslprune.control import store as files
-from sslprune.control import dashboard, upload
+from sslprune.control import dashboard, report, upload
 
 from sslprune.compute import checkpoint
 from sslprune.control.config import Config, WandbConfig
@@ -143,6 +143,10 @@ def test_offline_demo_logs_one_run_per_stage(demo):
                 "probe_dataset": "digits" if stage.kind == "probe" else None}
         assert {k: c[k] for k in want} == want  # ... and what identifies the stage
         assert c["remaining"] == pytest.approx(result["remaining"])
+        # the network's cost, known when the stage ends, joins the config and the summary (issue 25)
+        cost = {k: result[k] for k in (*report.COST, "input_size")}
+        assert {k: c[k] for k in cost} == cost == {k: s["summary"][k] for k in cost}
+        assert c["macs_dense"] == (49568 if stage.signal == "labels" or stage.kind != "imp" else 49472)
         assert c["model"]["width"] == 4
         assert s["summary"]["accuracy"] == result["accuracy"] and s["summary"]["status"] == "done"
         run_rec = next(r["run"] for r in recs if r["type"] == "run")
@@ -182,7 +186,7 @@ def test_report_logs_a_summary_run_with_the_results_table(demo):
         return {k[len(key) + 1:]: v for k, v in row.items() if k.startswith(key + ".")}
 
     for key in ("results", "summary", "charts/accuracy_vs_remaining_table", "charts/winning_ticket_table",
-                "charts/pretext_table", "charts/probe_digits_table"):
+                "charts/pretext_table", "charts/probe_digits_table", "charts/accuracy_vs_macs_table"):
         assert media(key)["_type"] == "table-file", key
     table = json.loads((dirs[-1] / "files" / media("results")["path"]).read_text())
     with open(out / "results.csv") as f:
@@ -192,6 +196,12 @@ def test_report_logs_a_summary_run_with_the_results_table(demo):
     col = {c: i for i, c in enumerate(table["columns"])}
     got = {(r[col["signal"]], r[col["evaluation"]], r[col["level"]]): r[col["accuracy"]] for r in table["data"]}
     assert got == {(e["signal"], e["evaluation"], int(e["level"])): float(e["accuracy"]) for e in expected}
+    assert table["columns"][-6:] == report.COST  # the cost columns, as in results.csv
+    macs = {(r[col["signal"]], r[col["evaluation"]], r[col["level"]]): r[col["macs"]] for r in table["data"]}
+    assert macs == {(e["signal"], e["evaluation"], int(e["level"])): int(e["macs"]) for e in expected}
+    curve = json.loads((dirs[-1] / "files" / media("charts/accuracy_vs_macs_table")["path"]).read_text())
+    step = curve["columns"].index("step")  # wandb's name for x
+    assert sorted(r[step] for r in curve["data"]) == sorted(int(e["macs"]) / 1e6 for e in expected)
     curve = json.loads((dirs[-1] / "files" / media("charts/accuracy_vs_remaining_table")["path"]).read_text())
     assert len(curve["data"]) == 9  # (signal, evaluation) lines x 2 levels, + the reference at level 0
 

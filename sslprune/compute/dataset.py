@@ -70,6 +70,13 @@ class FolderData:
     decode: str = "auto"  # DataConfig.decode: where the loader decodes and augments
 
 
+def input_size(data) -> tuple:
+    """(channels, height, width) of one image as the network sees it at test time."""
+    if isinstance(data, MemoryData):
+        return tuple(data.test.images.shape[1:])
+    return (data.channels, data.image_size, data.image_size)
+
+
 def _limit(split: Split, n: Optional[int]) -> Split:
     return split if n is None else Split(split.images[:n], split.labels[:n])
 

@@ -18,7 +18,7 @@ from ..control.progress import Progress, clock
 from ..control.stage import DONE, OUTPUTS, Finetune, ImpLevel, MissingInput, Probe, Retrain, Stage, Svm, \
     chain_identity
 from . import checkpoint, dataset, loader as loaders, mask as masks, model as models, seed as seeds, task as tasks
-from . import sparsity, subset as subsets
+from . import cost as costs, sparsity, subset as subsets
 from .runtime import Runtime, from_environment, local
 from .trainer import Fit, evaluate, fit
 
@@ -182,7 +182,20 @@ def _train(stage: Stage, rt: Runtime, progress: Progress, interrupt=None) -> dic
         if stage.kind == "imp" and stage.level == 0:  # the report's natural-sparsity statistics
             files.write_json(sparsity.summary(weights), stage.dir / "weights.json")
     extra = s.report() if s.report else {}
-    return {**info, **metrics, **extra, "remaining": masks.density(s.mask), "evaluation": stage.evaluation}
+    return {**info, **metrics, **extra, "remaining": masks.density(s.mask), "evaluation": stage.evaluation,
+            **cost(stage.cfg, s.data, s.task.num_outputs, s.mask)}
+
+
+def cost(cfg, data, outputs: int, mask: masks.Mask) -> dict:
+    """The evaluated network's parameters and MACs of one forward pass at the data set's input size,
+    dense and under `mask` (sslprune.compute.cost). A function of the architecture, the head's size
+    and the mask only: it is counted on a copy built on the meta device, so the stage's weights and
+    batch-norm statistics are never touched. For a standardised probe (a linear map on features),
+    the network that computes those features is what an image costs."""
+    with torch.device("meta"):
+        net = models.build(cfg.model, data.channels, outputs, 0)
+    size = dataset.input_size(data)
+    return {**costs.count(net, size, mask), "input_size": list(size)}
 
 
 # ---------------------------------------------------------------- IMP level
@@ -376,7 +389,10 @@ def run_svm(stage: Svm, rt: Runtime, progress: Progress, interrupt=None) -> dict
     result = svm.evaluate(train_x, train_t, test_x, test_t, sv.costs, sv.folds, seeds.derive(stage.seed, "svm"),
                           getattr(data, "classes", ()), jobs=cfg.run.threads or None, note=progress.note,
                           features=sv.features)
-    return {**result, "remaining": masks.density(_evaluated_mask(stage, net)), "evaluation": stage.evaluation}
+    mask = _evaluated_mask(stage, net)
+    # The SVMs are one linear map from the features to the classes: the head's cost.
+    return {**result, "remaining": masks.density(mask), "evaluation": stage.evaluation,
+            **cost(cfg, data, data.num_classes, mask)}
 
 
 def prepare_finetune(stage: Finetune, rt: Runtime) -> Setup:

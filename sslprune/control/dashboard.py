@@ -366,6 +366,14 @@ class StageRun:
             keep = ("accuracy", "loss", "count", "remaining", "evaluation", "level", "seed", "kind", "steps",
                     "start_step", "seconds")
             r.summary.update({k: result[k] for k in keep if k in result})
+            # What the network costs is known only now: it joins the run's config (W&B filters and
+            # groups runs by config) and its summary.
+            from .report import COST
+
+            cost = {k: result[k] for k in (*COST, "input_size") if k in result}
+            if cost:
+                r.config.update(cost, allow_val_change=True)
+                r.summary.update(cost)
             r.summary["status"] = "done"
             r.finish(exit_code=0)
             self.run = None
@@ -458,6 +466,16 @@ def _publish(cfg: Config, mode: str) -> Optional[str]:
             data["charts/accuracy_vs_remaining"] = wandb.plot.line_series(
                 xs=xs, ys=ys, keys=keys, title=f"{cfg.experiment}: accuracy (mean over seeds) vs weights remaining",
                 xname="weights remaining (%)")
+            costed = {k: sorted((p for p in pts if p.get("macs") is not None), key=lambda p: -p["macs"])
+                      for k, pts in sorted(lines.items())}
+            costed = {k: pts for k, pts in costed.items() if pts}
+            if costed:
+                data["charts/accuracy_vs_macs"] = wandb.plot.line_series(
+                    xs=[[p["macs"] / 1e6 for p in pts] for pts in costed.values()],
+                    ys=[[100 * p["mean"] for p in pts] for pts in costed.values()],
+                    keys=[f"{signal} / {ev}" for signal, ev in costed],
+                    title=f"{cfg.experiment}: accuracy (mean over seeds) vs MACs of one forward pass",
+                    xname="MACs (millions, mean over seeds)")
             # One chart per evaluation (pretext, each re-training start, each probe): mean and mean ± s.e. per signal.
             for ev in sorted({e for _, e in lines}):
                 keys, xs, ys = [], [], []

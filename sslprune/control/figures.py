@@ -11,7 +11,8 @@ and `finetune` (the transfer evaluations). In a family's figure:
 - a dashed line at the dense (level 0) result: for re-training, random re-init at level 0 (the
   unpruned network trained from scratch on labels; random when the experiment has no random
   re-init), each line's own level 0 otherwise;
-- x: weights remaining on a reversed log axis, ticked at the levels' remaining fractions;
+- x: weights remaining on a reversed log axis, ticked at the levels' remaining fractions
+  (`accuracy_vs_macs*.png`: the same panels against the MACs of one forward pass);
 - y: the panel's own metric and unit: a pretext panel says what its task measures (rotation
   accuracy is not label accuracy), so pretext results never share an axis with label accuracy;
 - the legend outside the panels, right of each row.
@@ -21,6 +22,7 @@ Reads the summary rows of report.summarize only (no torch); matplotlib draws off
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,10 +74,12 @@ class Line:
     label: str
     color: str
     points: list  # summary rows, densest first
+    axis: "Axis" = None  # what x is; None: weights remaining (%)
 
     @property
     def x(self) -> list[float]:
-        return [100 * p["remaining"] for p in self.points]
+        axis = self.axis or REMAINING
+        return [axis.scale * p[axis.key] for p in self.points]
 
     @property
     def mean(self) -> list[float]:
@@ -89,6 +93,27 @@ class Line:
     def dense(self) -> Optional[float]:
         """Mean at level 0, in %, or None when level 0 is not in the summary."""
         return next((100 * p["mean"] for p in self.points if p["level"] == 0), None)
+
+
+@dataclass(frozen=True)
+class Axis:
+    """What a figure's x axis shows: a summary column, scaled (to % or to a unit of MACs)."""
+    key: str
+    scale: float
+    name: str  # file names: accuracy_vs_<name>
+    label: str = ""
+    ticked: bool = True  # ticks at the points' own values (levels); False: the log axis's own
+
+
+REMAINING = Axis("remaining", 100.0, "remaining")
+
+
+def macs_axis(summary: list[dict]) -> Axis:
+    """Multiply-accumulates of one forward pass (sslprune.compute.cost), in the unit of the densest network.
+    Ticked by the log scale: lines of one level differ in MACs (each mask keeps other layers)."""
+    top = max((s["macs_dense"] or 0 for s in summary if s.get("macs_dense") is not None), default=0)
+    unit, scale = next(((u, f) for u, f in (("G", 1e9), ("M", 1e6), ("K", 1e3)) if top >= f), ("", 1.0))
+    return Axis("macs", 1 / scale, "macs", f"MACs of one forward pass ({unit or 'count'}, log scale)", ticked=False)
 
 
 @dataclass
@@ -137,14 +162,14 @@ def metric_name(task: str, metric: str, fam: str) -> str:
     return METRIC_NAMES.get(metric, metric)
 
 
-def panels(cfg: Config, summary: list[dict], fam: str) -> list[Panel]:
-    """The panels of one family, in the order of cfg.signals."""
-    mine = [s for s in summary if family(s["evaluation"]) == fam]
+def panels(cfg: Config, summary: list[dict], fam: str, axis: Axis = REMAINING) -> list[Panel]:
+    """The panels of one family, in the order of cfg.signals; x is `axis` (rows without its value are left out)."""
+    mine = [s for s in summary if family(s["evaluation"]) == fam and s.get(axis.key) is not None]
     by_signal: dict = defaultdict(lambda: defaultdict(list))
     for s in mine:
         by_signal[s["signal"]][s["evaluation"]].append(s)
     scoped = any(signal_prune(cfg, n).scope != "all" for n in cfg.signals)
-    xlabel = "weights of the pruned layers remaining (%)" if scoped else "weights remaining (%)"
+    xlabel = axis.label or ("weights of the pruned layers remaining (%)" if scoped else "weights remaining (%)")
     out = []
     for name in cfg.signals:
         if name not in by_signal:
@@ -159,7 +184,8 @@ def panels(cfg: Config, summary: list[dict], fam: str) -> list[Panel]:
             order = sorted(evaluations)
             labels = {e: evaluation_label(e) for e in order}
             colors = {e: PALETTE[i % len(PALETTE)] for i, e in enumerate(order)}
-        lines = [Line(labels[e], colors[e], sorted(evaluations[e], key=lambda p: -p["remaining"])) for e in order]
+        lines = [Line(labels[e], colors[e], sorted(evaluations[e], key=lambda p: -p[axis.key]), axis)
+                 for e in order]
         metrics = sorted({metric_name(task, p["metric"], fam) for e in order for p in evaluations[e]})
         where = f" on {cfg.retrain.data.name}" if fam == "retrain" else ""
         what = describe_signal(cfg, name)
@@ -195,7 +221,7 @@ def draw(rows: list[list[Optional[Panel]]], title: str, sharey_rows: bool = Fals
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
-    from matplotlib.ticker import FixedLocator, NullLocator
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator
 
     ncols = max(len(r) for r in rows)
     # At least as wide as the title (about 0.09 inch per character at 11 pt): a one-panel figure cut it.
@@ -222,9 +248,18 @@ def draw(rows: list[list[Optional[Panel]]], title: str, sharey_rows: bool = Fals
                 ax.axhline(y, color=color, ls="--", lw=1.0)
             ax.set_xscale("log")
             ticks = p.ticks
-            ax.xaxis.set_major_locator(FixedLocator(ticks))
-            ax.xaxis.set_minor_locator(NullLocator())
-            ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks], rotation=90, fontsize=7)
+            if all(line.axis is None or line.axis.ticked for line in p.lines):
+                ax.xaxis.set_major_locator(FixedLocator(ticks))
+                ax.xaxis.set_minor_locator(NullLocator())
+                ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks], rotation=90, fontsize=7)
+            else:  # every 1-9 x 10^k, labelled plainly; within a decade all of them, else 1, 2 and 5
+                wide = max(ticks) / min(ticks) > 10
+                plain = FuncFormatter(lambda v, _: f"{v:.3g}" if not wide or
+                                      round(v / 10 ** math.floor(math.log10(v) + 1e-9)) in (1, 2, 5) else "")
+                ax.xaxis.set_major_locator(LogLocator(subs=tuple(range(1, 10))))
+                ax.xaxis.set_minor_locator(NullLocator())
+                ax.xaxis.set_major_formatter(plain)
+                ax.tick_params(axis="x", labelsize=7, labelrotation=90)
             ax.set_xlim(max(ticks) * 1.08, min(ticks) / 1.08)  # reversed: dense left, sparsest right
             ax.tick_params(axis="y", labelsize=8)
             ax.set_xlabel(p.xlabel, fontsize=8)
@@ -265,31 +300,39 @@ def _seeds(summary: list[dict]) -> str:
 
 def write(cfg: Config, summary: list[dict], out: Path) -> dict[str, Path]:
     """accuracy_vs_remaining_<family>.png per family with results, and the overview
-    accuracy_vs_remaining.png; returns {family or 'overview': path}."""
+    accuracy_vs_remaining.png; the same against MACs (accuracy_vs_macs_<family>.png,
+    accuracy_vs_macs.png) for the rows whose stages stored their cost; returns
+    {family or 'overview' (or 'macs:' + either): path}."""
+    out = Path(out)
+    written = _write_axis(cfg, summary, out, REMAINING, "")
+    written.update(_write_axis(cfg, summary, out, macs_axis(summary), "macs:"))
+    # A figure of an earlier report (a family with no results now, or an older layout) would read
+    # as current: the folder holds what this report drew and nothing else of its kind.
+    for old in [*out.glob("accuracy_vs_remaining*.png"), *out.glob("accuracy_vs_macs*.png")]:
+        if old not in written.values():
+            old.unlink()
+    return written
+
+
+def _write_axis(cfg: Config, summary: list[dict], out: Path, axis: Axis, prefix: str) -> dict[str, Path]:
     import matplotlib.pyplot as plt
 
-    out = Path(out)
     written: dict[str, Path] = {}
-    by_family = {f: panels(cfg, summary, f) for f in FAMILIES}
+    by_family = {f: panels(cfg, summary, f, axis) for f in FAMILIES}
     by_family = {f: p for f, p in by_family.items() if p}
     for fam, ps in by_family.items():
         fig = draw(grid(ps), f"{cfg.experiment}: {TITLES[fam]}\n{_seeds(summary)}", sharey_rows=fam != "pretext")
-        path = out / f"accuracy_vs_remaining_{fam}.png"
+        path = out / f"accuracy_vs_{axis.name}_{fam}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
-        written[fam] = path
+        written[prefix + fam] = path
     if by_family:
         # Each family's grid, stacked: one row of panels per family, or the family's rows when it
         # has more signals than fit (sweeps: one row per base signal), never one 8-panel row.
         rows = [row for ps in by_family.values() for row in grid(ps)]
         fig = draw(rows, f"{cfg.experiment}: every evaluation family\n{_seeds(summary)}", row_titles=True)
-        path = out / "accuracy_vs_remaining.png"
+        path = out / f"accuracy_vs_{axis.name}.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
-        written["overview"] = path
-    # A figure of an earlier report (a family with no results now, or an older layout) would read
-    # as current: the folder holds what this report drew and nothing else of its kind.
-    for old in out.glob("accuracy_vs_remaining*.png"):
-        if old not in written.values():
-            old.unlink()
+        written[prefix + "overview"] = path
     return written

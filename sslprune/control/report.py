@@ -2,11 +2,12 @@
 
 The store is the source of truth; the report can be rebuilt from it at any time. Under
 <store>/reports/<experiment>/:
-- `results.csv` (one row per measurement), `summary.csv` / `summary.md` (mean, s.e., count per
-  signal, evaluation and level), `table.md` (the pivot printed at the end of a run: per family,
-  one row per level, one column per signal and evaluation), `stages.csv` (index.py);
+- `results.csv` (one row per measurement, the network's cost last: COST), `summary.csv` /
+  `summary.md` (mean, s.e., count per signal, evaluation and level, and the mean cost), `table.md`
+  (the pivot printed at the end of a run: per family, one row per level, one column per signal
+  and evaluation), `stages.csv` (index.py);
 - the figures of figures.py: `accuracy_vs_remaining_<family>.png` and the overview
-  `accuracy_vs_remaining.png`;
+  `accuracy_vs_remaining.png`, and the same against MACs (`accuracy_vs_macs*.png`);
 - `rewind.md`: each signal's rewind point in every unit (updates, epochs, samples, % of training);
 - `layerwise.md/png` when signals prune only part of the network (prune.scope / scopes);
 - `semi_supervised.md/png` when a signal uses a label subset or S4L;
@@ -24,9 +25,18 @@ from .config import SCHEMES, Config, rewind_steps, signal_prune
 from .experiment import measurements, stages
 from .figures import FAMILIES, SCHEME_NAMES, TITLES, family, metric_name
 
-COLUMNS = ["experiment", "signal", "task", "scope", "evaluation", "metric", "level", "remaining", "seed", "accuracy"]
+# What the evaluated network costs (sslprune.compute.cost, stored in result.json by the stage): every
+# parameter and those its mask keeps, the prunable weights and those kept, and the multiply-accumulates
+# of one forward pass at the data set's input size, dense and masked. Appended after the original
+# columns, so a reader that indexes them by position still finds them; empty for stages that ran
+# before the counts were stored.
+COST = ["params", "params_kept", "prunable", "prunable_kept", "macs_dense", "macs"]
+COLUMNS = ["experiment", "signal", "task", "scope", "evaluation", "metric", "level", "remaining", "seed",
+           "accuracy", *COST]
+# Per group, the mean over seeds (IMP masks and random masks differ by seed, and so do their MACs).
+SUMMARY_COST = ["params_kept", "macs_dense", "macs"]
 SUMMARY = ["experiment", "signal", "task", "scope", "evaluation", "metric", "level", "remaining", "mean", "stderr",
-           "count"]
+           "count", *SUMMARY_COST]
 
 
 def finished(cfg: Config) -> dict:
@@ -47,7 +57,8 @@ def rows(cfg: Config, known: Optional[dict] = None) -> list[dict]:
         out.append({"experiment": cfg.experiment, "signal": stage.signal,
                     "task": cfg.signals[stage.signal].task.name, "scope": scopes[stage.signal],
                     "evaluation": stage.evaluation, "metric": r.get("metric", "top1"), "level": stage.level,
-                    "remaining": r["remaining"], "seed": stage.seed, "accuracy": r["accuracy"]})
+                    "remaining": r["remaining"], "seed": stage.seed, "accuracy": r["accuracy"],
+                    **{k: r.get(k) for k in COST}})
     return out
 
 
@@ -61,14 +72,22 @@ def mean_stderr(values: list[float]) -> tuple[float, Optional[float]]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) / math.sqrt(n) if n > 1 else None
 
 
+def mean_count(values: list) -> Optional[float]:
+    """The mean of counts over seeds: an int when they agree, None when any stage lacks the count."""
+    if not values or any(v is None for v in values):
+        return None
+    return values[0] if len(set(values)) == 1 else sum(values) / len(values)
+
+
 def summarize(results: list[dict]) -> list[dict]:
     groups = defaultdict(list)
     for r in results:
-        groups[tuple(r[k] for k in GROUP)].append(r["accuracy"])
+        groups[tuple(r[k] for k in GROUP)].append(r)
     out = []
-    for key, accs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][4], kv[0][6])):
-        mean, stderr = mean_stderr(accs)
-        out.append({**dict(zip(GROUP, key)), "mean": mean, "stderr": stderr, "count": len(accs)})
+    for key, rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][4], kv[0][6])):
+        mean, stderr = mean_stderr([r["accuracy"] for r in rs])
+        out.append({**dict(zip(GROUP, key)), "mean": mean, "stderr": stderr, "count": len(rs),
+                    **{k: mean_count([r.get(k) for r in rs]) for k in SUMMARY_COST}})
     return out
 
 
@@ -116,13 +135,26 @@ def _write_csv(path: Path, columns: list[str], data: list[dict]) -> None:
             w.writerow({k: ("" if row[k] is None else row[k]) for k in columns})
 
 
+def quantity(n: Optional[float]) -> str:
+    """A count in K, M or G with three significant digits ('' when unknown)."""
+    if n is None:
+        return ""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.3g}"
+
+
 def markdown(summary: list[dict]) -> str:
-    lines = ["| signal | evaluation | level | remaining | result (mean ± s.e.) | metric | seeds |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| signal | evaluation | level | remaining | result (mean ± s.e.) | metric | seeds | MACs | "
+             "MACs of dense | parameters kept |", "|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         se = "" if s["stderr"] is None else f" ± {100 * s['stderr']:.2f}"
+        macs, dense = s.get("macs"), s.get("macs_dense")
+        share = f"{100 * macs / dense:.2f}%" if macs is not None and dense else ""
         lines.append(f"| {s['signal']} | {s['evaluation']} | {s['level']} | {100 * s['remaining']:.2f}% | "
-                     f"{100 * s['mean']:.2f}{se} | {s['metric']} | {s['count']} |")
+                     f"{100 * s['mean']:.2f}{se} | {s['metric']} | {s['count']} | {quantity(macs)} | {share} | "
+                     f"{quantity(s.get('params_kept'))} |")
     return "\n".join(lines) + "\n"
 
 
