@@ -256,3 +256,130 @@ def test_a_full_disk_is_one_line_nothing_corrupt_and_the_rerun_resumes(tmp_path)
         assert _same_weights(level0 / "model.pt", _level0(ref) / "model.pt")
     finally:
         subprocess.run(["umount", "-l", str(disk)])
+
+
+# ---------------------------------------------------------------- hostile store contents
+
+
+def _cfg(store: Path):
+    from hydra import compose, initialize_config_dir
+
+    from sslprune.launch.compose import CONF_DIR, typed
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return typed(compose("config", overrides=[f"store={store}", *TINY, "run.quiet=true"]), announce=False)
+
+
+def _copy(reference: Path, store: Path) -> Path:
+    """A copy of the reference store (the chain's name does not depend on where the store is)."""
+    shutil.copytree(reference.parents[3], store, symlinks=True)
+    return _level0(store)
+
+
+NOT_RESULTS = {
+    "empty": {},
+    "accuracy a string": {"accuracy": "oops"},
+    "no outputs": {"outputs": None},
+    "remaining a list": {"remaining": [1.0]},
+    "steps a string": {"steps": "11"},
+    "another kind": {"kind": "probe"},
+    "an output outside": {"outputs": {"../../../x": {"bytes": 1, "sha256": "0" * 64}}},
+}
+
+
+@pytest.mark.parametrize("damage", NOT_RESULTS)
+def test_a_result_json_that_is_not_a_result_is_corrupt(tmp_path, reference, damage):
+    from sslprune.control.stage import ImpLevel
+
+    store = tmp_path / "store"
+    level0 = _copy(reference, store)
+    result = json.loads((level0 / "result.json").read_text())
+    bad = {} if damage == "empty" else {**result, **NOT_RESULTS[damage]}
+    if damage == "no outputs":
+        del bad["outputs"]
+    (level0 / "result.json").write_text(json.dumps(bad))
+    stage = ImpLevel(_cfg(store), "labels", 0, 0)
+    assert stage.state() == "corrupt" and not stage.done()
+    with pytest.raises(files.Corrupt, match="is not a result"):
+        files.read_result(level0, "imp")
+
+
+def test_a_result_json_that_is_not_a_result_is_set_aside_and_recomputed(tmp_path, reference):
+    store = tmp_path / "store"
+    level0 = _copy(reference, store)
+    (level0 / "result.json").write_text('{"accuracy": "oops"}')
+    status = json.loads(cli("sslprune-status", f"store={store}", *TINY, "--json").stdout)
+    assert status["kinds"]["imp"]["corrupt"] == 1 and not status["complete"]
+    p = cli(*_imp(store))
+    assert "accuracy is 'oops', not a number" in p.stdout and "recomputing this stage" in p.stdout, p.stdout[-2000:]
+    (aside,) = level0.glob("result.json.corrupt-*[0-9]")  # beside its .why
+    assert json.loads(aside.read_text()) == {"accuracy": "oops"}
+    assert files.read_result(level0, "imp")["accuracy"] == files.read_result(reference, "imp")["accuracy"]
+    assert _same_weights(level0 / "model.pt", reference / "model.pt")
+    report = cli("sslprune-report", f"store={store}", *TINY)
+    assert "Traceback" not in report.stderr
+
+
+def test_a_symlinked_lock_does_not_truncate_its_target(tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    folder = tmp_path / "store" / "stage"
+    folder.mkdir(parents=True)
+    (folder / ".lock").symlink_to(precious)
+    with pytest.raises(files.StoreError, match="symbolic link") as e:
+        with files.lock(folder):
+            pass
+    assert str(folder / ".lock") in str(e.value.strerror)
+    assert precious.read_text() == "keep me\n"
+    (folder / ".lock").unlink()
+    os.mkfifo(folder / ".lock")
+    with pytest.raises(files.StoreError, match="a FIFO, not a lock file"):
+        with files.lock(folder):
+            pass
+
+
+@pytest.mark.parametrize("where", ["level", "chain"])
+def test_a_symlinked_stage_folder_is_refused_and_nothing_outside_changes(tmp_path, reference, where):
+    store = tmp_path / "store"
+    level0 = _copy(reference, store)
+    (level0 / "result.json").unlink()  # a stage to compute: the run would write through the link
+    linked = level0 if where == "level" else level0.parents[1]
+    outside = tmp_path / "outside"
+    shutil.move(linked, outside)
+    linked.symlink_to(outside)
+    before = {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()}
+    for app in (_imp(store), ["sslprune-status", f"store={store}", *TINY]):
+        p = cli(*app, check=False)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1, p.stdout[-2000:] + p.stderr[-2000:]
+        assert lines[0] == (f"sslprune: error: {linked} is a symbolic link (to {outside}) inside the store {store}; "
+                            "the store never follows one: remove it and re-run")
+    assert {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()} == before
+
+
+def test_a_symlinked_output_is_corrupt_and_set_aside_removes_only_the_link(tmp_path, reference):
+    from sslprune.control.stage import ImpLevel
+
+    store = tmp_path / "store"
+    level0 = _copy(reference, store)
+    elsewhere = tmp_path / "model.pt"
+    shutil.copy(level0 / "model.pt", elsewhere)  # the same bytes: only lstat tells
+    (level0 / "model.pt").unlink()
+    (level0 / "model.pt").symlink_to(elsewhere)
+    stage = ImpLevel(_cfg(store), "labels", 0, 0)
+    assert stage.state() == "corrupt"
+    assert "model.pt is a symbolic link" in stage.set_aside()
+    assert not (level0 / "model.pt").is_symlink() and elsewhere.read_bytes() == (reference / "model.pt").read_bytes()
+
+
+def test_a_fifo_as_result_json_does_not_hang_status_or_report(tmp_path, reference):
+    store = tmp_path / "store"
+    level0 = _copy(reference, store)
+    (level0 / "result.json").unlink()
+    os.mkfifo(level0 / "result.json")
+    status = json.loads(cli("sslprune-status", f"store={store}", *TINY, "--json", timeout=60).stdout)
+    assert status["kinds"]["imp"]["corrupt"] == 1
+    p = cli("sslprune-report", f"store={store}", *TINY, timeout=60)
+    assert "Traceback" not in p.stderr
+    with pytest.raises(files.Corrupt, match=f"{level0 / 'result.json'} is a FIFO, not a regular file"):
+        files.read_result(level0)

@@ -41,7 +41,8 @@ def load(path: Path, verify: bool = True) -> Any:
     if verify:
         files.verify_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with files.open_regular(path) as f:  # not through a link, never blocking on a FIFO
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
         found = re.search(r"(?:GLOBAL|[Uu]nsupported global:?)\s+([\w.]+)", text)
