@@ -339,3 +339,21 @@ def test_store_path_the_log_patterns_cannot_hold(tmp_path, launcher, char):
             f"store={str(path)!r} contains {char!r}, which launcher={launcher} cannot pass to its log paths: "
             "choose a path without % \\ or newlines")
     assert not path.parent.exists()
+
+
+# ---------------------------------------------------------------- values that trained silently wrong
+
+
+@pytest.mark.parametrize("override,message", [
+    ("retrain.optim.gamma=-1", "retrain.optim.gamma=-1.0 must be in (0, 1]: the learning rate is multiplied by it "
+                               "at each milestone"),
+    ("signals.rotnet.optim.gamma=0", "signals.rotnet.optim.gamma=0.0 must be in (0, 1]: the learning rate is "
+                                     "multiplied by it at each milestone"),
+    ("run.eval_batch_size=0", "run.eval_batch_size=0 must be an integer > 0"),
+    ("run.workers=-1", "run.workers=-1 must be an integer >= 0 (0: one per core on CPU)"),
+    ("data.workers=-2", "data.workers=-2 must be an integer >= 0"),
+])
+def test_values_that_trained_silently_wrong_are_refused(tmp_path, override, message):
+    store = tmp_path / "store"
+    refused(cli("sslprune-run", f"store={store}", override, *QUICK, check=False), message)
+    assert not store.exists()

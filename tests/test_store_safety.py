@@ -283,7 +283,9 @@ NOT_RESULTS = {
     "remaining a list": {"remaining": [1.0]},
     "steps a string": {"steps": "11"},
     "another kind": {"kind": "probe"},
-    "an output outside": {"outputs": {"../../../x": {"bytes": 1, "sha256": "0" * 64}}},
+    # A file beside the store (tmp_path/x) that its manifest entry matches: sizes agree, so only the
+    # name tells that it is not the stage's own.
+    "an output outside": {"outputs": {"../../../../../x": {"bytes": 1, "sha256": "0" * 64}}},
 }
 
 
@@ -297,6 +299,7 @@ def test_a_result_json_that_is_not_a_result_is_corrupt(tmp_path, reference, dama
     bad = {} if damage == "empty" else {**result, **NOT_RESULTS[damage]}
     if damage == "no outputs":
         del bad["outputs"]
+    (tmp_path / "x").write_bytes(b"x")
     (level0 / "result.json").write_text(json.dumps(bad))
     stage = ImpLevel(_cfg(store), "labels", 0, 0)
     assert stage.state() == "corrupt" and not stage.done()
