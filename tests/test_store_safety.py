@@ -386,3 +386,29 @@ def test_a_fifo_as_result_json_does_not_hang_status_or_report(tmp_path, referenc
     assert "Traceback" not in p.stderr
     with pytest.raises(files.Corrupt, match=f"{level0 / 'result.json'} is a FIFO, not a regular file"):
         files.read_result(level0)
+
+
+# ---------------------------------------------------------------- code snapshots
+
+
+def test_a_code_snapshot_is_verified_before_it_is_reused(tmp_path):
+    from sslprune.control import snapshot
+
+    store = tmp_path / "store"
+    code = snapshot.take(store)
+    assert snapshot.digest(code) == code.name and snapshot.take(store) == code  # intact: reused
+    cache = code / "sslprune" / "control" / "__pycache__"
+    cache.mkdir()
+    (cache / "job.cpython-312.pyc").write_bytes(b"planted")  # would run in place of job.py
+    assert snapshot.take(store) == code and not cache.exists()
+    for planted in ("sslprune/control/job.py", "sslprune/evil.py"):
+        target = code / planted
+        original = target.read_bytes() if target.exists() else None
+        target.write_bytes((original or b"") + b"\nimport os; os.system('touch PWNED')\n")
+        with pytest.raises(snapshot.Mismatch) as e:
+            snapshot.take(store)
+        assert e.value.strerror == (f"code snapshot {code} does not match its name (its content hashes to "
+                                    f"{snapshot.digest(code)}): code was added or changed in the store; refusing "
+                                    "to run it. Remove that folder to take a fresh snapshot")
+        target.write_bytes(original) if original is not None else target.unlink()
+    snapshot.take(store)

@@ -270,6 +270,9 @@ def _executor(cfg: Config, folder: Path, code: Optional[Path], name: str, depend
     setup = list(JOB_ENV)
     extra = {"kill-on-invalid-dep": "yes", "requeue": True}
     if code is not None:
+        # Checked before Python imports it (code planted in the store is refused, not run), and kept
+        # free of .pyc files the check would have to remove again.
+        setup += [snapshot.job_setup(code), "export PYTHONDONTWRITEBYTECODE=1"]
         setup.append(f"export PYTHONPATH={shlex.quote(str(code))}${{PYTHONPATH:+:$PYTHONPATH}}")
         extra["chdir"] = str(code)  # python -m puts the working directory first on sys.path
     extra.update(L.additional_parameters)
