@@ -16,8 +16,9 @@ def execute(cfg: DictConfig) -> None:
     from sslprune.control import experiment
 
     if c.launcher.name == "slurm":  # submit and return at once (sslprune-status, then sslprune-report)
-        from sslprune.control import submission
+        from sslprune.control import slurm, submission
 
+        slurm.require()  # before check_inputs creates the store
         experiment.check_inputs(c)
         submission.submit(c)
         return

@@ -322,9 +322,7 @@ def submit(cfg: Config) -> dict:
     """Submit every stage of the experiment that is neither done nor queued; returns what was submitted."""
     from .job import StageJob
 
-    if not slurm.available():
-        raise RuntimeError("launcher=slurm but sbatch/squeue are not on PATH (start a cluster, e.g. "
-                           "`bash slurm/local-cluster.sh start`, or use launcher=local)")
+    slurm.require()
     write_chains(cfg)
     store = Path(cfg.store)
     with _lock(store):
