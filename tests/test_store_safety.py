@@ -412,3 +412,26 @@ def test_a_code_snapshot_is_verified_before_it_is_reused(tmp_path):
                                     "to run it. Remove that folder to take a fresh snapshot")
         target.write_bytes(original) if original is not None else target.unlink()
     snapshot.take(store)
+
+
+def test_a_full_disk_while_the_report_draws_is_one_line(tmp_path, reference):
+    disk = tmp_path / "disk"
+    _mount(disk, 2 * 2**20)
+    try:
+        store = disk / "store"
+        shutil.copytree(reference.parents[3], store)
+        # Room for the tables (a page each on tmpfs) and two pages more; the first figure takes about seven.
+        free = shutil.disk_usage(disk).free
+        (disk / "filler").write_bytes(b"\0" * (free - 7 * 4096))
+        p = cli("sslprune-report", f"store={store}", *TINY, check=False)
+        out = store / "reports" / "demo"
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 1 and len(lines) == 1, p.stderr[-3000:]
+        assert lines[0].startswith(f"sslprune: error: no space left writing {out / 'accuracy_vs_remaining_pretext.png'} (")
+        assert "MiB free); nothing was corrupted" in lines[0]
+        assert (out / "results.csv").exists() and not list(out.glob("*.png")) and not list(out.glob(".*.tmp"))
+        (disk / "filler").unlink()
+        cli("sslprune-report", f"store={store}", *TINY)
+        assert (out / "accuracy_vs_remaining_pretext.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])

@@ -108,7 +108,7 @@ def confine(root, path) -> None:
                                             "belongs: remove it and re-run")
 
 
-def _disk_full(path: Path, error: OSError) -> StoreError:
+def disk_full(path: Path, error: OSError) -> StoreError:
     try:
         free = shutil.disk_usage(path.parent if path.parent.exists() else path.anchor).free
         space = f"{free / 2**20:.1f} MiB free"
@@ -135,9 +135,9 @@ def replace(path: Path, write: Callable, durable: bool = True) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise _disk_full(path, e) from None
+            raise disk_full(path, e) from None
         if isinstance(e, RuntimeError) and ("file write failed" in str(e) or "No space left" in str(e)):
-            raise _disk_full(path, OSError(errno.ENOSPC, str(e))) from None  # torch's inline_container.cc
+            raise disk_full(path, OSError(errno.ENOSPC, str(e))) from None  # torch's inline_container.cc
         raise
     if durable:
         sync_folder(path.parent)
@@ -326,7 +326,7 @@ def writable(store: Path) -> None:
         os.unlink(tmp)
     except OSError as e:
         if e.errno == errno.ENOSPC:
-            raise _disk_full(store / ".write-test", e) from None
+            raise disk_full(store / ".write-test", e) from None
         raise StoreError(e.errno or errno.EIO, f"store={store} cannot be written: {e.strerror or e}") from None
 
 
