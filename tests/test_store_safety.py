@@ -111,7 +111,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, re
     warnings = [line for line in p.stdout.splitlines() if "warning:" in line]
     assert len(warnings) == 1 and str(level0 / "checkpoint.pt") in warnings[0], p.stdout[-3000:]
     assert "resuming from the previous checkpoint" in warnings[0]
-    assert "at step 8/" in p.stdout
+    assert f"resumed from {level0 / 'checkpoint.prev.pt'} at step 8/" in p.stdout  # the file it came from
     assert _same_weights(level0 / "model.pt", reference / "model.pt")
 
 
@@ -123,6 +123,16 @@ def test_both_checkpoints_damaged_restart_the_stage(tmp_path, reference):
     p = cli(*_imp(store))
     assert "resuming from the start of the stage" in p.stdout and "resumed from" not in p.stdout
     assert _same_weights(level0 / "model.pt", reference / "model.pt")
+
+
+def test_divergence_without_a_checkpoint_does_not_claim_one_is_kept(tmp_path):
+    store = tmp_path / "store"
+    p = cli(*_imp(store, "signals.labels.optim.lr=1e12", "signals.labels.optim.momentum=0.0", "run.log_every=1",
+                  "run.checkpoint_steps=0"), check=False)  # checkpoints by time alone: none in a few seconds
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1 and lines[0].startswith("sslprune: training diverged: non-finite")
+    assert lines[0].endswith("no checkpoint had been saved yet, so a re-run starts this stage from its beginning")
+    assert not list(_level0(store).glob("checkpoint*.pt"))
 
 
 # ---------------------------------------------------------------- damaged finished outputs

@@ -26,6 +26,7 @@ from ..control import store as files
 from ..control.store import Damaged, Unsafe
 
 LATEST = "checkpoint.pt"
+FROM = "loaded_from"  # resume_state's note of the file a state was read from (not saved in checkpoints)
 
 
 def save(obj: Any, path: Path) -> None:
@@ -91,6 +92,7 @@ def resume_state(path: Path, note: Callable[[str], None]) -> Optional[dict]:
         if not isinstance(state, dict) or "model" not in state or "step" not in state:
             note(f"warning: {candidate} is not a training checkpoint; ignoring it")
             continue
+        state[FROM] = candidate
         return state
     return None
 
