@@ -349,6 +349,11 @@ def test_a_symlinked_lock_does_not_truncate_its_target(tmp_path):
     with pytest.raises(files.StoreError, match="a FIFO, not a lock file"):
         with files.lock(folder):
             pass
+    (folder / ".lock").unlink()
+    (folder / ".lock").mkdir()
+    with pytest.raises(files.StoreError, match="is a folder, not a lock file"):
+        with files.lock(folder):
+            pass
 
 
 @pytest.mark.parametrize("where", ["level", "chain"])

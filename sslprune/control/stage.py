@@ -144,7 +144,7 @@ class Stage:
 
     def set_aside(self) -> str:
         """Make a corrupt stage computable again (store.set_aside); returns why it was corrupt."""
-        self.confine()
+        self.confine(fresh=True)  # it moves and removes files
         try:
             result = files.read_result(self.dir, self.kind) or {}
             files.verify(self.dir, result)
@@ -178,13 +178,14 @@ class Stage:
             raise FileNotFoundError(errno.ENOENT, f"{self.dir / DONE} does not exist")
         return result
 
-    def confine(self) -> None:
+    def confine(self, fresh: bool = False) -> None:
         """Refuse (StoreError, one line) a stage folder reached through a symbolic link below the store:
-        the run would read, write and delete files wherever it points."""
+        the run would read, write and delete files wherever it points. Reads remember the folders
+        found plain; `fresh` (before writing) checks every one again."""
         memo = _memo(self.cfg)
         if "store" not in memo:
             memo["store"] = os.path.normpath(self.cfg.store)
-        files.confine(memo["store"], self.key())
+        files.confine(memo["store"], self.key(), None if fresh else memo.setdefault("plain", set()))
 
     def parents(self) -> list["Stage"]:
         return []

@@ -83,11 +83,15 @@ def open_regular(path, mode: str = "rb"):
     return os.fdopen(fd, mode)
 
 
-def confine(root, path) -> None:
+def confine(root, path, seen: Optional[set] = None) -> None:
     """Raise StoreError when a part of `path` below the store folder `root` is a symbolic link or
     not a folder: a planted link would make a run read, write, overwrite and delete files outside
-    the store. `root` itself may be a link (a store on another disk); parts not yet made are fine."""
+    the store. `root` itself may be a link (a store on another disk); parts not yet made are fine.
+    `seen`: folders already found plain, skipped (status of 10,000 stages shares their parents);
+    a check before writing passes none."""
     root, path = os.path.normpath(root), os.path.normpath(path)
+    if seen is not None and path in seen:
+        return
     rel = os.path.relpath(path, root)
     if rel == os.curdir:
         return
@@ -96,6 +100,8 @@ def confine(root, path) -> None:
     at = root
     for part in rel.split(os.sep):
         at = os.path.join(at, part)
+        if seen is not None and at in seen:
+            continue
         try:
             mode = os.lstat(at).st_mode
         except FileNotFoundError:
@@ -106,6 +112,8 @@ def confine(root, path) -> None:
         if not stat.S_ISDIR(mode):
             raise StoreError(errno.ENOTDIR, f"{at} is {_kind(mode)} inside the store {root} where a folder "
                                             "belongs: remove it and re-run")
+        if seen is not None:
+            seen.add(at)
 
 
 def disk_full(path: Path, error: OSError) -> StoreError:
@@ -348,6 +356,8 @@ def lock(folder: Path, wait: bool = True, note: Optional[Callable[[str], None]] 
         if e.errno == errno.ELOOP:
             raise StoreError(errno.ELOOP, f"{path} is a symbolic link (to {os.readlink(path)}); the store never "
                                           "writes through one: remove it and re-run") from None
+        if e.errno == errno.EISDIR:
+            raise StoreError(errno.EISDIR, f"{path} is a folder, not a lock file: remove it and re-run") from None
         raise
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
