@@ -450,3 +450,42 @@ def test_a_full_disk_while_the_report_draws_is_one_line(tmp_path, reference):
         assert (out / "accuracy_vs_remaining_pretext.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     finally:
         subprocess.run(["umount", "-l", str(disk)])
+
+
+def test_linked_jobs_reports_and_chain_folders_are_refused(tmp_path, reference):
+    from sslprune.control import index, submission
+
+    store, outside = tmp_path / "store", tmp_path / "outside"
+    level0 = _copy(reference, store)
+    outside.mkdir()
+    precious = outside / "precious.txt"
+    precious.write_text("keep me\n")
+    # jobs/.lock was opened with "w": a link truncated its target
+    (store / "jobs").mkdir()
+    (store / "jobs" / ".lock").symlink_to(precious)
+    with pytest.raises(files.StoreError, match="symbolic link"):
+        with submission._lock(store):
+            pass
+    (store / "jobs" / ".lock").unlink()
+    (store / "jobs").rmdir()
+    (store / "jobs").symlink_to(outside)
+    with pytest.raises(files.StoreError, match=f"{store / 'jobs'} is a symbolic link"):
+        with submission._lock(store):
+            pass
+    chain = level0.parents[1]
+    shutil.move(chain, outside / "chain")
+    chain.symlink_to(outside / "chain")
+    cfg = _cfg(store)
+    cfg.experiment = "another"  # its chain.json would gain a `used_by` entry
+    with pytest.raises(files.StoreError, match=f"{chain} is a symbolic link"):
+        index.write_chains(cfg)
+    chain.unlink()
+    shutil.move(outside / "chain", chain)
+    (store / "reports").mkdir(exist_ok=True)
+    shutil.rmtree(store / "reports" / "demo", ignore_errors=True)
+    (store / "reports" / "demo").symlink_to(outside)
+    p = cli("sslprune-report", f"store={store}", *TINY, check=False)
+    assert p.returncode == 2 and p.stderr.splitlines() == [
+        f"sslprune: error: {store / 'reports' / 'demo'} is a symbolic link (to {outside}) inside the store {store}; "
+        "the store never follows one: remove it and re-run"], p.stderr
+    assert sorted(p.name for p in outside.iterdir()) == ["precious.txt"] and precious.read_text() == "keep me\n"

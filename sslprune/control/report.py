@@ -208,6 +208,7 @@ def _write(cfg: Config, plots: bool) -> tuple[Path, list[dict]]:
     from . import figures, findings, index, naturals
 
     out = Path(cfg.store) / "reports" / cfg.experiment
+    files.confine(cfg.store, out)  # a linked reports folder would take the tables elsewhere
     out.mkdir(parents=True, exist_ok=True)
     known = finished(cfg)  # every result.json read once, for the tables, the index and the findings
     results = rows(cfg, known)

@@ -20,7 +20,6 @@ serialised by a lock. Jobs read the experiment's config from `<store>/jobs/confi
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -251,14 +250,10 @@ def _dependency(parents: list[Optional[str]], sizes: dict[str, int]) -> Optional
 
 @contextmanager
 def _lock(store: Path):
-    d = store / "jobs"
-    d.mkdir(parents=True, exist_ok=True)
-    with open(d / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    # store.lock: never through a linked jobs/ or .lock (open(".lock", "w") truncated a link's target).
+    files.confine(store, store / "jobs")
+    with files.lock(store / "jobs"):
+        yield
 
 
 def _executor(cfg: Config, folder: Path, code: Optional[Path], name: str, dependency: Optional[str]):
