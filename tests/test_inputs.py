@@ -361,8 +361,8 @@ def test_values_that_trained_silently_wrong_are_refused(tmp_path, override, mess
 
 # ---------------------------------------------------------------- ImageFolder trees
 
-FOLDER = ["data.name=imagenet", "data.image_size=24", "model.width=4", "prune.levels=0", "run.threads=1", "run.quiet=true",
-          "signal=labels", "~signals.rotnet", "probe.signals=[]", "signals.labels.optim.batch_size=8",
+FOLDER = ["data.name=imagenet", "data.image_size=24", "model.width=4", "prune.levels=0", "run.threads=1",
+          "run.quiet=true", "signal=labels", "~signals.rotnet", "probe.signals=[]", "signals.labels.optim.batch_size=8",
           "signals.labels.optim.epochs=1", "signals.labels.optim.milestones=[]"]
 
 

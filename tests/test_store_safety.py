@@ -442,7 +442,8 @@ def test_a_full_disk_while_the_report_draws_is_one_line(tmp_path, reference):
         out = store / "reports" / "demo"
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 1 and len(lines) == 1, p.stderr[-3000:]
-        assert lines[0].startswith(f"sslprune: error: no space left writing {out / 'accuracy_vs_remaining_pretext.png'} (")
+        figure = out / "accuracy_vs_remaining_pretext.png"
+        assert lines[0].startswith(f"sslprune: error: no space left writing {figure} (")
         assert "MiB free); nothing was corrupted" in lines[0]
         assert (out / "results.csv").exists() and not list(out.glob("*.png")) and not list(out.glob(".*.tmp"))
         (disk / "filler").unlink()
