@@ -16,10 +16,10 @@ def execute(cfg: DictConfig) -> None:
     from sslprune.control import experiment
 
     if c.launcher.name == "slurm":  # submit and return at once (sslprune-status, then sslprune-report)
-        from sslprune.control import submission
-
         from hydra.core.hydra_config import HydraConfig
+        from sslprune.control import slurm, submission
 
+        slurm.require()  # before check_inputs creates the store
         experiment.check_inputs(c)
         submission.submit(c, list(HydraConfig.get().overrides.task))
         return

@@ -46,3 +46,38 @@ def test_store_path_with_spaces_and_shell_syntax_runs_and_executes_nothing(tmp_p
     assert watched.returncode == 0, watched.stderr
     assert json.loads(watched.stdout)["store"] == str(store)
     assert not Path(f"{marker}-a").exists() and not Path(f"{marker}-b").exists()
+
+
+def _entries(store: Path) -> list[str]:
+    return sorted(str(p.relative_to(store)) for p in store.rglob("*")) if store.exists() else []
+
+
+def test_an_unreachable_controller_is_one_line_and_nothing_is_written(tmp_path):
+    """A slurm.conf whose controller port nobody listens on: one line before any write (the store
+    used to gain code/, jobs/configs/ and job pickles, then a 59-line traceback)."""
+    conf = tmp_path / "slurm.conf"
+    text = Path("/etc/slurm/slurm.conf").read_text()
+    assert "SlurmctldPort=6817" in text
+    conf.write_text(text.replace("SlurmctldPort=6817", "SlurmctldPort=1"))
+    store = tmp_path / "store"
+    p = cli("sslprune-run", *tiny(store, signals=("labels",), seeds="[0]", levels=0), *SLURM, check=False,
+            env={"SLURM_CONF": str(conf)}, timeout=120)
+    assert p.returncode == 2 and p.stderr.splitlines() == [
+        "sslprune: error: launcher=slurm but the SLURM controller does not answer (scontrol ping: Slurmctld(primary) "
+        "at vm is DOWN); nothing was submitted or written: start it, check SLURM_CONF, or use launcher=local"], p.stderr
+    assert _entries(store) == []
+
+
+def test_no_sbatch_on_path_is_one_line_and_nothing_is_written(tmp_path):
+    import shutil
+
+    bin_ = tmp_path / "bin"  # sslprune-run alone (its shebang names the venv's python); SLURM's tools are not
+    bin_.mkdir()
+    (bin_ / "sslprune-run").symlink_to(shutil.which("sslprune-run"))
+    store = tmp_path / "store"
+    p = cli("sslprune-run", *tiny(store, signals=("labels",), seeds="[0]", levels=0), *SLURM, check=False,
+            env={"PATH": str(bin_)})
+    assert p.returncode == 2 and p.stderr.splitlines() == [
+        "sslprune: error: launcher=slurm but sbatch and squeue are not on PATH (start a cluster, e.g. "
+        "`bash slurm/local-cluster.sh start`, or use launcher=local)"], p.stderr
+    assert _entries(store) == []

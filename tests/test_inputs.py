@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import cli
-from test_dataset import write_cifar10, write_fashion_mnist
+from test_dataset import write_cifar10, write_fashion_mnist, write_image_folder
 
 APPS = ("sslprune-run", "sslprune-train", "sslprune-status", "sslprune-report")
 # A run that would finish in seconds if it were not refused (the stage apps need signal=).
@@ -339,3 +339,52 @@ def test_store_path_the_log_patterns_cannot_hold(tmp_path, launcher, char):
             f"store={str(path)!r} contains {char!r}, which launcher={launcher} cannot pass to its log paths: "
             "choose a path without % \\ or newlines")
     assert not path.parent.exists()
+
+
+# ---------------------------------------------------------------- values that trained silently wrong
+
+
+@pytest.mark.parametrize("override,message", [
+    ("retrain.optim.gamma=-1", "retrain.optim.gamma=-1.0 must be in (0, 1]: the learning rate is multiplied by it "
+                               "at each milestone"),
+    ("signals.rotnet.optim.gamma=0", "signals.rotnet.optim.gamma=0.0 must be in (0, 1]: the learning rate is "
+                                     "multiplied by it at each milestone"),
+    ("run.eval_batch_size=0", "run.eval_batch_size=0 must be an integer > 0"),
+    ("run.workers=-1", "run.workers=-1 must be an integer >= 0 (0: one per core on CPU)"),
+    ("data.workers=-2", "data.workers=-2 must be an integer >= 0"),
+])
+def test_values_that_trained_silently_wrong_are_refused(tmp_path, override, message):
+    store = tmp_path / "store"
+    refused(cli("sslprune-run", f"store={store}", override, *QUICK, check=False), message)
+    assert not store.exists()
+
+
+# ---------------------------------------------------------------- ImageFolder trees
+
+FOLDER = ["data.name=imagenet", "data.image_size=24", "model.width=4", "prune.levels=0", "run.threads=1",
+          "run.quiet=true", "signal=labels", "~signals.rotnet", "probe.signals=[]", "signals.labels.optim.batch_size=8",
+          "signals.labels.optim.epochs=1", "signals.labels.optim.milestones=[]"]
+
+
+@pytest.mark.parametrize("limit", [None, 7])
+def test_an_image_folder_smaller_than_one_batch_is_refused_before_any_work(tmp_path, limit):
+    root, store = tmp_path / "data", tmp_path / "store"
+    write_image_folder(root, train={"a": 3, "b": 3, "c": 3} if limit else {"a": 2, "b": 2, "c": 2},
+                       val={"a": 1, "b": 1, "c": 1}, size=(24, 24))
+    extra = [f"data.train_limit={limit}"] if limit else []
+    n = limit or 6
+    refused(cli("sslprune-run", f"store={store}", f"data.root={root}", *FOLDER, *extra, check=False),
+            f"signals.labels.optim.batch_size=8 is more than the {n} training images of data (imagenet)")
+    assert not store.exists()
+
+
+@pytest.mark.slow
+def test_a_damaged_jpeg_read_by_a_worker_is_one_line_naming_it(tmp_path):
+    root, store = tmp_path / "data", tmp_path / "store"
+    write_image_folder(root, train={"a": 8, "b": 8, "c": 8}, val={"a": 2, "b": 2, "c": 2}, size=(24, 24))
+    bad = root / "train" / "b" / "b_0003.JPEG"
+    bad.write_bytes(bad.read_bytes()[:200])
+    p = cli("sslprune-imp", f"store={store}", f"data.root={root}", "data.workers=1", *FOLDER, check=False)
+    assert p.returncode == 2, p.stderr[-3000:]
+    # torch re-raised the worker's error with its traceback as the message: 18 lines, the file on the last
+    assert p.stderr.splitlines() == [f"sslprune: error: {bad} does not decode as an image: Truncated File Read"]

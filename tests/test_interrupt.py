@@ -61,3 +61,26 @@ def test_a_signal_stops_the_run_checkpointed_and_the_rerun_resumes(tmp_path, ref
     assert "resumed from" in again.stdout
     ours = (store / "reports" / "demo" / "results.csv").read_text()
     assert ours == (reference / "reports" / "demo" / "results.csv").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_second_ctrl_c_stops_at_once_with_a_short_message(tmp_path, workers):
+    store = tmp_path / "store"
+    p = subprocess.Popen(["sslprune-run", f"store={store}", *ARGS, f"run.workers={workers}"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    t0 = time.monotonic()
+    while not _started(store):
+        assert p.poll() is None and time.monotonic() - t0 < 300, "the run ended before it could be interrupted"
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGINT)
+    time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, out[-3000:] + err[-3000:]
+    assert err == "", err[-3000:]  # was a 107-line traceback
+    said = [line for line in out.splitlines() if "second Ctrl-C" in line]
+    assert len(said) == 1 and said[0].startswith("[sslprune] stopped at once by a second Ctrl-C: ")
+    assert said[0].endswith(f"kept in {store}; the running stages lose what they trained since their last "
+                            "checkpoint (nothing is corrupted); re-run the same command to resume")

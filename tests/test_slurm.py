@@ -410,3 +410,33 @@ def test_a_login_node_without_torch_submits(tmp_path):
         assert "nothing to submit" in again.stdout
     finally:
         subprocess.run(["scancel", *{r["array_job_id"] for r in recs.values()}])
+
+
+def test_code_planted_in_a_snapshot_is_refused_by_the_job_and_by_the_next_submission(tmp_path):
+    """The job checks <store>/code/<hash> against its name before Python imports it: a job whose
+    snapshot was changed while it waited fails with one line and runs nothing of it; the next
+    submission refuses the snapshot too, submitting nothing."""
+    from sslprune.control import snapshot
+
+    store, marker = tmp_path / "store", tmp_path / "PWNED"
+    args = tiny(store, signals=("labels",), seeds="[0]", levels=0)
+    cli("sslprune-run", *args, *SLURM, "+launcher.additional_parameters.hold=true")
+    recs = job_records(store)
+    try:
+        (code,) = (store / "code").iterdir()
+        with open(code / "sslprune" / "control" / "job.py", "a") as f:
+            f.write(f"\nopen({str(marker)!r}, 'w').write('ran')\n")
+        imp = next(r["job_id"] for r in recs.values() if r["stage"] == "imp labels seed=0 level=0")
+        subprocess.run(["scontrol", "release", *{r["job_id"] for r in recs.values()}], check=True)
+        wait_for(lambda: sacct_states(imp) == ["FAILED"], 120, "the job to refuse its snapshot")
+        line = (f"sslprune: error: code snapshot {code} does not match its name (its content hashes to "
+                f"{snapshot.digest(code)}): code was added or "
+                "changed in the store; refusing to run it. Remove that folder to take a fresh snapshot")
+        assert logs(store, imp).strip().splitlines() == [line]
+        assert not marker.exists()
+        ledger = (store / "jobs" / "ledger.jsonl").read_text()
+        p = cli("sslprune-run", *args, *SLURM, check=False)
+        assert p.returncode == 2 and p.stderr.strip().splitlines() == [line], p.stderr
+        assert (store / "jobs" / "ledger.jsonl").read_text() == ledger and not marker.exists()
+    finally:
+        subprocess.run(["scancel", *{r["array_job_id"] for r in recs.values()}])

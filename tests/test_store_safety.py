@@ -111,7 +111,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, re
     warnings = [line for line in p.stdout.splitlines() if "warning:" in line]
     assert len(warnings) == 1 and str(level0 / "checkpoint.pt") in warnings[0], p.stdout[-3000:]
     assert "resuming from the previous checkpoint" in warnings[0]
-    assert "at step 8/" in p.stdout
+    assert f"resumed from {level0 / 'checkpoint.prev.pt'} at step 8/" in p.stdout  # the file it came from
     assert _same_weights(level0 / "model.pt", reference / "model.pt")
 
 
@@ -123,6 +123,16 @@ def test_both_checkpoints_damaged_restart_the_stage(tmp_path, reference):
     p = cli(*_imp(store))
     assert "resuming from the start of the stage" in p.stdout and "resumed from" not in p.stdout
     assert _same_weights(level0 / "model.pt", reference / "model.pt")
+
+
+def test_divergence_without_a_checkpoint_does_not_claim_one_is_kept(tmp_path):
+    store = tmp_path / "store"
+    p = cli(*_imp(store, "signals.labels.optim.lr=1e12", "signals.labels.optim.momentum=0.0", "run.log_every=1",
+                  "run.checkpoint_steps=0"), check=False)  # checkpoints by time alone: none in a few seconds
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1 and lines[0].startswith("sslprune: training diverged: non-finite")
+    assert lines[0].endswith("no checkpoint had been saved yet, so a re-run starts this stage from its beginning")
+    assert not list(_level0(store).glob("checkpoint*.pt"))
 
 
 # ---------------------------------------------------------------- damaged finished outputs
@@ -256,3 +266,227 @@ def test_a_full_disk_is_one_line_nothing_corrupt_and_the_rerun_resumes(tmp_path)
         assert _same_weights(level0 / "model.pt", _level0(ref) / "model.pt")
     finally:
         subprocess.run(["umount", "-l", str(disk)])
+
+
+# ---------------------------------------------------------------- hostile store contents
+
+
+def _cfg(store: Path):
+    from hydra import compose, initialize_config_dir
+
+    from sslprune.launch.compose import CONF_DIR, typed
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return typed(compose("config", overrides=[f"store={store}", *TINY, "run.quiet=true"]), announce=False)
+
+
+def _copy(reference: Path, store: Path) -> Path:
+    """A copy of the reference store (the chain's name does not depend on where the store is)."""
+    shutil.copytree(reference.parents[3], store, symlinks=True)
+    return _level0(store)
+
+
+NOT_RESULTS = {
+    "empty": {},
+    "accuracy a string": {"accuracy": "oops"},
+    "no outputs": {"outputs": None},
+    "remaining a list": {"remaining": [1.0]},
+    "steps a string": {"steps": "11"},
+    "another kind": {"kind": "probe"},
+    # A file beside the store (tmp_path/x) that its manifest entry matches: sizes agree, so only the
+    # name tells that it is not the stage's own.
+    "an output outside": {"outputs": {"../../../../../x": {"bytes": 1, "sha256": "0" * 64}}},
+}
+
+
+@pytest.mark.parametrize("damage", NOT_RESULTS)
+def test_a_result_json_that_is_not_a_result_is_corrupt(tmp_path, reference, damage):
+    from sslprune.control.stage import ImpLevel
+
+    store = tmp_path / "store"
+    level0 = _copy(reference, store)
+    result = json.loads((level0 / "result.json").read_text())
+    bad = {} if damage == "empty" else {**result, **NOT_RESULTS[damage]}
+    if damage == "no outputs":
+        del bad["outputs"]
+    (tmp_path / "x").write_bytes(b"x")
+    (level0 / "result.json").write_text(json.dumps(bad))
+    stage = ImpLevel(_cfg(store), "labels", 0, 0)
+    assert stage.state() == "corrupt" and not stage.done()
+    with pytest.raises(files.Corrupt, match="is not a result"):
+        files.read_result(level0, "imp")
+
+
+def test_a_result_json_that_is_not_a_result_is_set_aside_and_recomputed(tmp_path, reference):
+    store = tmp_path / "store"
+    level0 = _copy(reference, store)
+    (level0 / "result.json").write_text('{"accuracy": "oops"}')
+    status = json.loads(cli("sslprune-status", f"store={store}", *TINY, "--json").stdout)
+    assert status["kinds"]["imp"]["corrupt"] == 1 and not status["complete"]
+    p = cli(*_imp(store))
+    assert "accuracy is 'oops', not a number" in p.stdout and "recomputing this stage" in p.stdout, p.stdout[-2000:]
+    (aside,) = level0.glob("result.json.corrupt-*[0-9]")  # beside its .why
+    assert json.loads(aside.read_text()) == {"accuracy": "oops"}
+    assert files.read_result(level0, "imp")["accuracy"] == files.read_result(reference, "imp")["accuracy"]
+    assert _same_weights(level0 / "model.pt", reference / "model.pt")
+    report = cli("sslprune-report", f"store={store}", *TINY)
+    assert "Traceback" not in report.stderr
+
+
+def test_a_symlinked_lock_does_not_truncate_its_target(tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    folder = tmp_path / "store" / "stage"
+    folder.mkdir(parents=True)
+    (folder / ".lock").symlink_to(precious)
+    with pytest.raises(files.StoreError, match="symbolic link") as e:
+        with files.lock(folder):
+            pass
+    assert str(folder / ".lock") in str(e.value.strerror)
+    assert precious.read_text() == "keep me\n"
+    (folder / ".lock").unlink()
+    os.mkfifo(folder / ".lock")
+    with pytest.raises(files.StoreError, match="a FIFO, not a lock file"):
+        with files.lock(folder):
+            pass
+    (folder / ".lock").unlink()
+    (folder / ".lock").mkdir()
+    with pytest.raises(files.StoreError, match="is a folder, not a lock file"):
+        with files.lock(folder):
+            pass
+
+
+@pytest.mark.parametrize("where", ["level", "chain"])
+def test_a_symlinked_stage_folder_is_refused_and_nothing_outside_changes(tmp_path, reference, where):
+    store = tmp_path / "store"
+    level0 = _copy(reference, store)
+    (level0 / "result.json").unlink()  # a stage to compute: the run would write through the link
+    linked = level0 if where == "level" else level0.parents[1]
+    outside = tmp_path / "outside"
+    shutil.move(linked, outside)
+    linked.symlink_to(outside)
+    before = {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()}
+    for app in (_imp(store), ["sslprune-status", f"store={store}", *TINY]):
+        p = cli(*app, check=False)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1, p.stdout[-2000:] + p.stderr[-2000:]
+        assert lines[0] == (f"sslprune: error: {linked} is a symbolic link (to {outside}) inside the store {store}; "
+                            "the store never follows one: remove it and re-run")
+    assert {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()} == before
+
+
+def test_a_symlinked_output_is_corrupt_and_set_aside_removes_only_the_link(tmp_path, reference):
+    from sslprune.control.stage import ImpLevel
+
+    store = tmp_path / "store"
+    level0 = _copy(reference, store)
+    elsewhere = tmp_path / "model.pt"
+    shutil.copy(level0 / "model.pt", elsewhere)  # the same bytes: only lstat tells
+    (level0 / "model.pt").unlink()
+    (level0 / "model.pt").symlink_to(elsewhere)
+    stage = ImpLevel(_cfg(store), "labels", 0, 0)
+    assert stage.state() == "corrupt"
+    assert "model.pt is a symbolic link" in stage.set_aside()
+    assert not (level0 / "model.pt").is_symlink() and elsewhere.read_bytes() == (reference / "model.pt").read_bytes()
+
+
+def test_a_fifo_as_result_json_does_not_hang_status_or_report(tmp_path, reference):
+    store = tmp_path / "store"
+    level0 = _copy(reference, store)
+    (level0 / "result.json").unlink()
+    os.mkfifo(level0 / "result.json")
+    status = json.loads(cli("sslprune-status", f"store={store}", *TINY, "--json", timeout=60).stdout)
+    assert status["kinds"]["imp"]["corrupt"] == 1
+    p = cli("sslprune-report", f"store={store}", *TINY, timeout=60)
+    assert "Traceback" not in p.stderr
+    with pytest.raises(files.Corrupt, match=f"{level0 / 'result.json'} is a FIFO, not a regular file"):
+        files.read_result(level0)
+
+
+# ---------------------------------------------------------------- code snapshots
+
+
+def test_a_code_snapshot_is_verified_before_it_is_reused(tmp_path):
+    from sslprune.control import snapshot
+
+    store = tmp_path / "store"
+    code = snapshot.take(store)
+    assert snapshot.digest(code) == code.name and snapshot.take(store) == code  # intact: reused
+    cache = code / "sslprune" / "control" / "__pycache__"
+    cache.mkdir()
+    (cache / "job.cpython-312.pyc").write_bytes(b"planted")  # would run in place of job.py
+    assert snapshot.take(store) == code and not cache.exists()
+    for planted in ("sslprune/control/job.py", "sslprune/evil.py"):
+        target = code / planted
+        original = target.read_bytes() if target.exists() else None
+        target.write_bytes((original or b"") + b"\nimport os; os.system('touch PWNED')\n")
+        with pytest.raises(snapshot.Mismatch) as e:
+            snapshot.take(store)
+        assert e.value.strerror == (f"code snapshot {code} does not match its name (its content hashes to "
+                                    f"{snapshot.digest(code)}): code was added or changed in the store; refusing "
+                                    "to run it. Remove that folder to take a fresh snapshot")
+        target.write_bytes(original) if original is not None else target.unlink()
+    snapshot.take(store)
+
+
+def test_a_full_disk_while_the_report_draws_is_one_line(tmp_path, reference):
+    disk = tmp_path / "disk"
+    _mount(disk, 2 * 2**20)
+    try:
+        store = disk / "store"
+        shutil.copytree(reference.parents[3], store)
+        # Room for the tables (a page each on tmpfs) and two pages more; the first figure takes about seven.
+        free = shutil.disk_usage(disk).free
+        (disk / "filler").write_bytes(b"\0" * (free - 7 * 4096))
+        p = cli("sslprune-report", f"store={store}", *TINY, check=False)
+        out = store / "reports" / "demo"
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 1 and len(lines) == 1, p.stderr[-3000:]
+        figure = out / "accuracy_vs_remaining_pretext.png"
+        assert lines[0].startswith(f"sslprune: error: no space left writing {figure} (")
+        assert "MiB free); nothing was corrupted" in lines[0]
+        assert (out / "results.csv").exists() and not list(out.glob("*.png")) and not list(out.glob(".*.tmp"))
+        (disk / "filler").unlink()
+        cli("sslprune-report", f"store={store}", *TINY)
+        assert (out / "accuracy_vs_remaining_pretext.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
+
+
+def test_linked_jobs_reports_and_chain_folders_are_refused(tmp_path, reference):
+    from sslprune.control import index, submission
+
+    store, outside = tmp_path / "store", tmp_path / "outside"
+    level0 = _copy(reference, store)
+    outside.mkdir()
+    precious = outside / "precious.txt"
+    precious.write_text("keep me\n")
+    # jobs/.lock was opened with "w": a link truncated its target
+    (store / "jobs").mkdir()
+    (store / "jobs" / ".lock").symlink_to(precious)
+    with pytest.raises(files.StoreError, match="symbolic link"):
+        with submission._lock(store):
+            pass
+    (store / "jobs" / ".lock").unlink()
+    (store / "jobs").rmdir()
+    (store / "jobs").symlink_to(outside)
+    with pytest.raises(files.StoreError, match=f"{store / 'jobs'} is a symbolic link"):
+        with submission._lock(store):
+            pass
+    chain = level0.parents[1]
+    shutil.move(chain, outside / "chain")
+    chain.symlink_to(outside / "chain")
+    cfg = _cfg(store)
+    cfg.experiment = "another"  # its chain.json would gain a `used_by` entry
+    with pytest.raises(files.StoreError, match=f"{chain} is a symbolic link"):
+        index.write_chains(cfg)
+    chain.unlink()
+    shutil.move(outside / "chain", chain)
+    (store / "reports").mkdir(exist_ok=True)
+    shutil.rmtree(store / "reports" / "demo", ignore_errors=True)
+    (store / "reports" / "demo").symlink_to(outside)
+    p = cli("sslprune-report", f"store={store}", *TINY, check=False)
+    assert p.returncode == 2 and p.stderr.splitlines() == [
+        f"sslprune: error: {store / 'reports' / 'demo'} is a symbolic link (to {outside}) inside the store {store}; "
+        "the store never follows one: remove it and re-run"], p.stderr
+    assert sorted(p.name for p in outside.iterdir()) == ["precious.txt"] and precious.read_text() == "keep me\n"

@@ -26,6 +26,7 @@ from ..control import store as files
 from ..control.store import Damaged, Unsafe
 
 LATEST = "checkpoint.pt"
+FROM = "loaded_from"  # resume_state's note of the file a state was read from (not saved in checkpoints)
 
 
 def save(obj: Any, path: Path) -> None:
@@ -41,7 +42,8 @@ def load(path: Path, verify: bool = True) -> Any:
     if verify:
         files.verify_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with files.open_regular(path) as f:  # not through a link, never blocking on a FIFO
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
         found = re.search(r"(?:GLOBAL|[Uu]nsupported global:?)\s+([\w.]+)", text)
@@ -90,6 +92,7 @@ def resume_state(path: Path, note: Callable[[str], None]) -> Optional[dict]:
         if not isinstance(state, dict) or "model" not in state or "step" not in state:
             note(f"warning: {candidate} is not a training checkpoint; ignoring it")
             continue
+        state[FROM] = candidate
         return state
     return None
 

@@ -22,7 +22,7 @@ from typing import Iterator, Optional
 import torch
 from torch.nn import functional as F
 
-from ..control.config import DECODES
+from ..control.config import DECODES, ConfigError, DataCorrupt
 from . import image, seed as seeds
 from .dataset import DataMissing, FolderData, MemoryData
 
@@ -249,6 +249,17 @@ def _labelled(samples: list, data: FolderData) -> list:
     return [samples[i] for i in sorted(keep)]
 
 
+def _own_message(e: Exception) -> str:
+    """A worker's error as its own one line: torch re-raises it in this process with the worker's
+    whole traceback as the message ("Caught DataCorrupt in DataLoader worker process 0. Original
+    Traceback ..."), 18 lines for one damaged JPEG, the file named on the last."""
+    text = str(e).strip()
+    if "Original Traceback" not in text:
+        return text
+    last = text.splitlines()[-1]  # "sslprune.control.config.DataCorrupt: <the message>"
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
 class FolderLoader:
     """ImageNet-like trees: decoded and augmented in the DataLoader workers (PIL, uint8), or with
     `FolderData.decode` "device" (the default on CUDA) a batch at a time where the batch is used,
@@ -279,8 +290,8 @@ class FolderLoader:
         self.train = _SeededFolder(train, self.size, True, self.on_device, index_targets)
         self.test = _SeededFolder(test, self.size, False, self.on_device)
         self.train_labels = torch.tensor([label for _, label in train], dtype=torch.int64)
-        if len(train) < batch_size:
-            raise ValueError(f"{data.name} has {len(train)} training images, fewer than one batch of {batch_size}")
+        if len(train) < batch_size:  # check_inputs refuses a smaller tree before any work; a label subset can be
+            raise ConfigError(f"{data.name} has {len(train)} training images, fewer than one batch of {batch_size}")
         self.steps_per_epoch = len(train) // batch_size
 
     def batches(self, epoch: int, start: int = 0):
@@ -299,12 +310,15 @@ class FolderLoader:
 
     def _batches(self, dataset, plan):
         loader = self._loader(dataset, plan)
-        if self.on_device:
-            yield from _ahead(loader, self._made_here, self.device)
-        else:
-            for x, y in loader:
-                x = image.normalize(x.to(self.device, non_blocking=True), self.mean, self.std, self.channels_last)
-                yield x, y.to(self.device, non_blocking=True)
+        try:
+            if self.on_device:
+                yield from _ahead(loader, self._made_here, self.device)
+            else:
+                for x, y in loader:
+                    x = image.normalize(x.to(self.device, non_blocking=True), self.mean, self.std, self.channels_last)
+                    yield x, y.to(self.device, non_blocking=True)
+        except (DataCorrupt, DataMissing) as e:
+            raise type(e)(_own_message(e)) from None
 
     def _made_here(self, batch) -> tuple:
         """A batch of bytes (and of pixels the workers decoded) decoded, cropped, resized, flipped

@@ -68,6 +68,7 @@ def run(stage: Stage, rt=None, interrupt=None, started: Optional[float] = None, 
         finally:
             rt.close()
     rt = rt or local(stage.cfg.run)
+    stage.confine(fresh=True)  # before the lock makes any folder: never through a link out of the store
     if not rt.is_writer:
         if rt.agree(False):  # rank 0 found it done once it held the lock
             return stage.result()

@@ -103,7 +103,8 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
     state = job.resume if job.resume is not None else checkpoint.resume_state(job.checkpoint, progress.note)
     if state is not None:
         step = restore(state, net, opt, job.task)
-        progress.note(f"resumed from {job.checkpoint} at step {step}/{total}")
+        # The file it came from: checkpoint.prev.pt when the latest was damaged.
+        progress.note(f"resumed from {state.get(checkpoint.FROM, job.checkpoint)} at step {step}/{total}")
     apply_mask()  # masks hold on load too
 
     rank, world = getattr(job.loader, "rank", 0), getattr(job.loader, "world", 1)
@@ -135,9 +136,11 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
         elif weights and not bool(torch.stack([torch.isfinite(p).all() for p in net.parameters()]).all()):  # one sync
             where = f"non-finite weights after step {at_step} (epoch {at_step // spe}), the loss was still finite"
         if where:
+            kept = next((p for p in (job.checkpoint, checkpoint.previous(job.checkpoint)) if p.exists()), None)
             raise NonFiniteLoss(
-                f"{where} while training towards step {total}; stopped at step {at_step}; "
-                f"the last good checkpoint ({job.checkpoint}) is kept")
+                f"{where} while training towards step {total}; stopped at step {at_step}; " +
+                (f"the last good checkpoint ({kept}) is kept" if kept is not None else
+                 "no checkpoint had been saved yet, so a re-run starts this stage from its beginning"))
 
     def stop_requested() -> bool:
         wanted = bool(job.interrupt is not None and job.interrupt())

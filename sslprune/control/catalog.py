@@ -236,6 +236,29 @@ def folder_classes(name: str, root: Path) -> list[str]:
     return classes
 
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
+
+
+def folder_images(cfg: DataConfig, enough: int) -> Optional[int]:
+    """The training images of an ImageFolder tree (train/<class>/..., found as torchvision's
+    ImageFolder finds them, cut to train_limit), counted only up to `enough`: ImageNet reaches
+    any batch size within its first class folder. None for data sets listed by split files."""
+    if cfg.name in ("digits", "fashion_mnist", "cifar10", "voc07"):
+        return None
+    root = root_of(cfg)
+    if cfg.name == "places205" and places205_released(root):
+        return None
+    if cfg.train_limit is not None:
+        enough = min(enough, cfg.train_limit)
+    n = 0
+    for c in folder_classes(cfg.name, root):
+        for _, _, names in os.walk(root / "train" / c, followlinks=True):
+            n += sum(1 for f in names if f.lower().endswith(IMAGE_EXTENSIONS))
+            if n >= enough:
+                return enough
+    return n
+
+
 def places205_files(root: Path) -> tuple[Path, Path, Path]:
     """(train list, val list, image folder) of the official Places205 release."""
     lists = [root / PLACES205_SPLITS / f"{s}_places205.csv" for s in ("train", "val")]

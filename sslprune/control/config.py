@@ -419,10 +419,16 @@ def _positive(key: str, value) -> None:
         raise ConfigError(f"{key}={value!r} must be > 0")
 
 
+def _count(key: str, value) -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        raise ConfigError(f"{key}={value!r} must be an integer >= 0")
+
+
 def validate_data(key: str, d: DataConfig) -> None:
     _choice(f"{key}.name", d.name, DATASETS)
     _choice(f"{key}.decode", d.decode, DECODES)
     _positive(f"{key}.image_size", d.image_size)
+    _count(f"{key}.workers", d.workers)
     for k in ("train_limit", "test_limit"):
         v = getattr(d, k)
         if v is not None and v <= 0:
@@ -441,6 +447,10 @@ def validate_optim(key: str, o: OptimConfig) -> None:
         raise ConfigError(f"{key}.momentum={o.momentum} must be in [0, 1)")
     if not 0 <= o.warmup_epochs < o.epochs:
         raise ConfigError(f"{key}.warmup_epochs={o.warmup_epochs} must be in [0, epochs={o.epochs})")
+    if not (isinstance(o.gamma, (int, float)) and 0 < o.gamma <= 1):
+        # -1 flipped the learning rate's sign at the first milestone and trained on, silently worse.
+        raise ConfigError(f"{key}.gamma={o.gamma!r} must be in (0, 1]: the learning rate is multiplied by it "
+                          "at each milestone")
     for m in o.milestones:
         if not 0 < m < o.epochs:
             raise ConfigError(f"{key}.milestones contains {m}, outside (0, epochs={o.epochs})")
@@ -604,6 +614,10 @@ def validate(cfg: Config) -> None:
     _choice("run.device", cfg.run.device, DEVICES)
     _positive("run.log_every", cfg.run.log_every)
     _positive("run.interrupt_every", cfg.run.interrupt_every)
+    if not (isinstance(cfg.run.eval_batch_size, int) and cfg.run.eval_batch_size > 0):
+        raise ConfigError(f"run.eval_batch_size={cfg.run.eval_batch_size!r} must be an integer > 0")
+    if not (isinstance(cfg.run.workers, int) and cfg.run.workers >= 0):
+        raise ConfigError(f"run.workers={cfg.run.workers!r} must be an integer >= 0 (0: one per core on CPU)")
     if not (isinstance(cfg.run.threads, int) and cfg.run.threads >= 0):
         raise ConfigError(f"run.threads={cfg.run.threads!r} must be an integer >= 0 (0: from the launcher)")
     if cfg.run.checkpoint_steps < 0 or cfg.run.checkpoint_minutes < 0:

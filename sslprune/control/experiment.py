@@ -89,13 +89,14 @@ def check_inputs(cfg: Config) -> None:
              for i, d in enumerate(cfg.finetune.datasets)]
     for data_key, data_cfg, optim_key, optim, signal in uses:
         data = load(data_cfg)
-        if not data.in_memory:
-            continue  # ImageFolder trees are counted when their loader is built
-        n = data.train_count
+        # An ImageFolder tree is counted up to one batch (a smaller one failed once its stage had started).
+        n = data.train_count if data.in_memory else catalog.folder_images(data_cfg, optim.batch_size)
+        if n is None:
+            continue
         if n < optim.batch_size:
             raise ConfigError(f"{optim_key}.batch_size={optim.batch_size} is more than the {n} training images "
                               f"of {data_key} ({data_cfg.name})")
-        if signal is not None:
+        if signal is not None and data.in_memory:
             spe = n // optim.batch_size
             rewind = signal_prune(cfg, signal).rewind
             rewind_steps(rewind, spe, optim.batch_size, optim.epochs * spe)  # raises if beyond training

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from . import store as files
 from .config import SCHEMES, Config, signal_prune
 
 FAMILIES = ("pretext", "retrain", "probe", "svm", "finetune")
@@ -298,6 +299,12 @@ def _seeds(summary: list[dict]) -> str:
     return f"mean ± s.e. over {n} seeds" if n > 1 else "one seed (no error band)"
 
 
+def save(fig, path: Path, dpi: int) -> None:
+    """A PNG written atomically: a full disk is one line (store.StoreError) and leaves the previous
+    figure whole, never a truncated PNG and a traceback."""
+    files.replace(Path(path), lambda f: fig.savefig(f, dpi=dpi, format="png"), durable=False)
+
+
 def write(cfg: Config, summary: list[dict], out: Path) -> dict[str, Path]:
     """accuracy_vs_remaining_<family>.png per family with results, and the overview
     accuracy_vs_remaining.png; the same against MACs (accuracy_vs_macs_<family>.png,
@@ -323,7 +330,7 @@ def _write_axis(cfg: Config, summary: list[dict], out: Path, axis: Axis, prefix:
     for fam, ps in by_family.items():
         fig = draw(grid(ps), f"{cfg.experiment}: {TITLES[fam]}\n{_seeds(summary)}", sharey_rows=fam != "pretext")
         path = out / f"accuracy_vs_{axis.name}_{fam}.png"
-        fig.savefig(path, dpi=110)
+        save(fig, path, 110)
         plt.close(fig)
         written[prefix + fam] = path
     if by_family:
@@ -332,7 +339,7 @@ def _write_axis(cfg: Config, summary: list[dict], out: Path, axis: Axis, prefix:
         rows = [row for ps in by_family.values() for row in grid(ps)]
         fig = draw(rows, f"{cfg.experiment}: every evaluation family\n{_seeds(summary)}", row_titles=True)
         path = out / f"accuracy_vs_{axis.name}.png"
-        fig.savefig(path, dpi=100)
+        save(fig, path, 100)
         plt.close(fig)
         written[prefix + "overview"] = path
     return written

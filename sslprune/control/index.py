@@ -54,6 +54,7 @@ def write_chains(cfg: Config, signals: Optional[list[str]] = None) -> list[Path]
     for name in cfg.signals if signals is None else signals:
         record = chain_record(cfg, name)
         path = Path(cfg.store) / "imp" / record["chain"] / CHAIN
+        files.confine(cfg.store, path.parent)  # a linked chain folder: one line, nothing written through it
         try:
             old = files.read_json(path) if path.exists() else {}
         except (OSError, ValueError):

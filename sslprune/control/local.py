@@ -143,10 +143,16 @@ def run_local(cfg: Config) -> int:
                 _pool(cfg, batch, workers, signals, stopped, display)
             if signals.signum:
                 raise Stopped(signals.signum, stopped)
-    except Stopped as e:
+    except (Stopped, KeyboardInterrupt) as e:
         if display is not None:
             display.close()
             display = None
+        if isinstance(e, KeyboardInterrupt):  # the second Ctrl-C: a short message, not 107 lines of traceback
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a third one while this prints changes nothing
+            print(f"\n[sslprune] stopped at once by a second Ctrl-C: {_finished(all_chains, states)} stage(s) "
+                  f"finished in this run are kept in {cfg.store}; the running stages lose what they trained since "
+                  "their last checkpoint (nothing is corrupted); re-run the same command to resume", flush=True)
+            raise Stopped(signal.SIGINT, []) from None
         _say_stopped(cfg, e, _finished(all_chains, states))
         raise
     finally:

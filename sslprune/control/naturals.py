@@ -9,7 +9,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from . import store as files
+from . import figures, store as files
 from .config import Config, signal_data
 from .experiment import chains
 from .stage import ImpLevel
@@ -73,5 +73,5 @@ def _plot(hists: dict, path: Path) -> None:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    figures.save(fig, path, 120)
     plt.close(fig)

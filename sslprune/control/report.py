@@ -16,11 +16,13 @@ The store is the source of truth; the report can be rebuilt from it at any time.
 from __future__ import annotations
 
 import csv
+import errno
 import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
+from . import store as files
 from .config import SCHEMES, Config, rewind_steps, signal_prune
 from .experiment import measurements, stages
 from .figures import FAMILIES, SCHEME_NAMES, TITLES, family, metric_name
@@ -222,12 +224,23 @@ def write(cfg: Config, plots: bool = True) -> tuple[Path, list[dict]]:
     """Write every report file of the experiment (see the module docstring); return the folder.
 
     `plots=False` (sslprune-report --tables) writes the tables alone: the figures cost about the same
-    at any store size, the tables grow with it."""
+    at any store size, the tables grow with it. A full disk is one line (store.StoreError, exit 1):
+    the report is made from the store's results, which it never changes."""
+    try:
+        return _write(cfg, plots)
+    except OSError as e:
+        if e.errno != errno.ENOSPC or isinstance(e, files.StoreError):
+            raise
+        raise files.disk_full(Path(e.filename or Path(cfg.store) / "reports" / cfg.experiment), e) from None
+
+
+def _write(cfg: Config, plots: bool) -> tuple[Path, list[dict]]:
     import shutil
 
     from . import figures, findings, index, naturals
 
     out = Path(cfg.store) / "reports" / cfg.experiment
+    files.confine(cfg.store, out)  # a linked reports folder would take the tables elsewhere
     out.mkdir(parents=True, exist_ok=True)
     known = finished(cfg)  # every result.json read once, for the tables, the index and the findings
     results = rows(cfg, known)

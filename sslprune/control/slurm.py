@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
+from .config import ConfigError
+
 GRACE_S = 60
 
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "RESIZING", "SUSPENDED", "STOPPED"}
@@ -35,6 +37,30 @@ class JobState:
 
 def available() -> bool:
     return shutil.which("sbatch") is not None and shutil.which("squeue") is not None
+
+
+class Unavailable(ConfigError):
+    """launcher=slurm where SLURM cannot take jobs: no sbatch on PATH, or no controller answering."""
+
+
+def require() -> None:
+    """Raise Unavailable (one line) unless jobs can be submitted now. Called before anything is
+    written: an unreachable controller used to fail inside submitit's sbatch call, 59 lines of
+    traceback after the store had gained code/, jobs/configs/ and job pickles."""
+    missing = [c for c in ("sbatch", "squeue") if shutil.which(c) is None]
+    if missing:
+        raise Unavailable(f"launcher=slurm but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
+                          "on PATH (start a cluster, e.g. `bash slurm/local-cluster.sh start`, or use launcher=local)")
+    if shutil.which("scontrol") is None:
+        return
+    try:  # `scontrol ping` answers in milliseconds, up or down; squeue retries for seconds
+        p = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=60)
+        said, ok = (p.stdout.strip().splitlines() or [p.stderr.strip()])[0], p.returncode == 0
+    except (OSError, subprocess.TimeoutExpired) as e:
+        said, ok = str(e), False
+    if not ok:
+        raise Unavailable(f"launcher=slurm but the SLURM controller does not answer (scontrol ping: {said}); "
+                          "nothing was submitted or written: start it, check SLURM_CONF, or use launcher=local")
 
 
 def _run(cmd: list[str]) -> str:

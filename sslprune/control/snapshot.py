@@ -5,16 +5,26 @@ checkout (or upgrading the installed package) while jobs wait in the queue does 
 lays it out (launch/ and conf/ inside it), taken from a source checkout (tracked and untracked,
 non-ignored files of sslprune/, launch/ and conf/) or from the installed package itself. Jobs run
 with that folder first on PYTHONPATH. Identical code is copied once.
+
+A snapshot's name is the hash of its content, and it is checked (`verify`) before a submission
+reuses it and, in each job, before Python imports it (`job_setup`): code planted in the store is
+refused with one line naming the folder, never run. `__pycache__` folders are removed before
+that check: Python would run a planted .pyc in place of the verified source.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+from .store import StoreError, confine
 
 PACKAGE = Path(__file__).resolve().parent.parent  # the sslprune package this process runs
 # Repository folder -> where it sits inside the package (pyproject.toml's package-dir).
@@ -51,19 +61,103 @@ def files() -> list[tuple[Path, str]]:
             if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
 
 
-def take(store: Path) -> Path:
-    """Copy the code to <store>/code/<content hash> (reused if identical); returns that folder."""
-    items = files()
+COMPLETE = ".complete"
+
+
+class Mismatch(StoreError):
+    """A snapshot whose content is not what its name says (planted or edited code)."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.EINVAL, message)
+
+
+def _digest(items) -> str:
     h = hashlib.sha256()
-    for src, rel in items:
-        h.update(rel.encode() + b"\0" + src.read_bytes() + b"\0")
-    dest = Path(store) / "code" / h.hexdigest()[:12]
-    if not (dest / ".complete").exists():
+    for read, rel in items:
+        h.update(rel.encode() + b"\0" + read() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def _source(rel: str) -> str:
+    """Where a file of the snapshot sits in a checkout (LAYOUT reversed): `take` hashed a checkout's
+    files in that order."""
+    for top, inside in sorted(LAYOUT.items(), key=lambda kv: -len(kv[1])):
+        if rel.startswith(inside + "/"):
+            return top + rel[len(inside):]
+    return rel
+
+
+def digest(folder: Path) -> str:
+    """The content hash of a snapshot folder as `take` names it. Every file counts (an added module
+    changes it) but .complete; a link or anything but a file or folder raises Mismatch."""
+    folder = Path(folder)
+    rels = []
+    for at, dirs, names in os.walk(folder):
+        for name in dirs + names:
+            p = os.path.join(at, name)
+            if os.path.islink(p) or not (os.path.isdir(p) or os.path.isfile(p)):
+                raise Mismatch(f"code snapshot {folder} holds {p}, which is not a plain file or folder")
+        rels += [os.path.relpath(os.path.join(at, n), folder) for n in names]
+    rels = [r for r in rels if r != COMPLETE]
+
+    def items(order):
+        return [(lambda r=r: (folder / r).read_bytes(), r) for r in sorted(rels, key=order)]
+
+    checkout_order = _digest(items(_source))  # taken from a source checkout (git's order)
+    if checkout_order == folder.name:
+        return checkout_order
+    return _digest(items(lambda r: Path(r).parts))  # taken from an installed package
+
+
+def verify(folder: Path) -> None:
+    """Raise Mismatch (one line naming the folder) unless the snapshot's content hashes to its name."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        raise Mismatch(f"code snapshot {folder} is not a folder")
+    for at, dirs, _ in os.walk(folder):
+        if "__pycache__" in dirs:  # a planted .pyc would run instead of the verified source
+            dirs.remove("__pycache__")
+            cache = os.path.join(at, "__pycache__")
+            os.unlink(cache) if os.path.islink(cache) else shutil.rmtree(cache)
+    found = digest(folder)
+    if found != folder.name:
+        raise Mismatch(f"code snapshot {folder} does not match its name (its content hashes to {found}): "
+                       "code was added or changed in the store; refusing to run it. Remove that folder "
+                       "to take a fresh snapshot")
+
+
+def job_setup(folder: Path) -> str:
+    """The shell line a job runs before Python imports the snapshot: this module, run from the
+    installed package in isolated mode (-I: neither PYTHONPATH nor the working folder, the snapshot,
+    is on its path), verifies it; the job stops on a mismatch."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from sslprune.control import snapshot; "
+            "snapshot.main(sys.argv[2])")
+    return (f"{shlex.quote(sys.executable)} -I -c {shlex.quote(code)} {shlex.quote(str(PACKAGE.parent))} "
+            f"{shlex.quote(str(folder))} || exit 1")
+
+
+def main(folder: str) -> None:
+    try:
+        verify(Path(folder))
+    except OSError as e:
+        print(f"sslprune: error: {e.strerror or e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def take(store: Path) -> Path:
+    """Copy the code to <store>/code/<content hash> (reused if identical, once verified); returns that folder."""
+    items = files()
+    name = _digest([(src.read_bytes, rel) for src, rel in items])
+    dest = Path(store) / "code" / name
+    confine(store, dest)  # a linked code/ would take (and remove) files elsewhere
+    if os.path.lexists(dest / COMPLETE):
+        verify(dest)
+    else:
         tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
         for src, rel in items:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, tmp / rel)
-        (tmp / ".complete").write_text(json.dumps({"from": str(checkout() or PACKAGE), "files": len(items),
+        (tmp / COMPLETE).write_text(json.dumps({"from": str(checkout() or PACKAGE), "files": len(items),
                                                    "time": time.time()}))
         if dest.exists():
             shutil.rmtree(dest)

@@ -22,6 +22,7 @@ done fails at once naming the path.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 from pathlib import Path
 from typing import Optional
@@ -128,8 +129,9 @@ class Stage:
     def state(self, deep: bool = False) -> str:
         """done, corrupt (a result.json its files do not match), or todo. Sizes are checked (a stat
         per file); `deep` also checks every output's sha256 (reads them)."""
+        self.confine()
         try:
-            result = files.read_result(self.key())
+            result = files.read_result(self.key(), self.kind)
             if result is None:
                 return "todo"
             files.verify(self.key(), result)
@@ -142,8 +144,9 @@ class Stage:
 
     def set_aside(self) -> str:
         """Make a corrupt stage computable again (store.set_aside); returns why it was corrupt."""
+        self.confine(fresh=True)  # it moves and removes files
         try:
-            result = files.read_result(self.dir) or {}
+            result = files.read_result(self.dir, self.kind) or {}
             files.verify(self.dir, result)
             for name in result.get("outputs") or {}:
                 files.verify_file(self.dir / name)
@@ -159,8 +162,9 @@ class Stage:
     def finished(self) -> Optional[dict]:
         """The stage's result if it is done, else None, from one read of result.json (done() and
         result() read it twice: a report over 10,000 stages paid that three times over)."""
+        self.confine()
         try:
-            result = files.read_result(self.key())
+            result = files.read_result(self.key(), self.kind)
             if result is not None:
                 files.verify(self.key(), result)
             return result
@@ -168,7 +172,20 @@ class Stage:
             return None
 
     def result(self) -> dict:
-        return files.read_json(self.dir / DONE)
+        self.confine()
+        result = files.read_result(self.key(), self.kind)
+        if result is None:
+            raise FileNotFoundError(errno.ENOENT, f"{self.dir / DONE} does not exist")
+        return result
+
+    def confine(self, fresh: bool = False) -> None:
+        """Refuse (StoreError, one line) a stage folder reached through a symbolic link below the store:
+        the run would read, write and delete files wherever it points. Reads remember the folders
+        found plain; `fresh` (before writing) checks every one again."""
+        memo = _memo(self.cfg)
+        if "store" not in memo:
+            memo["store"] = os.path.normpath(self.cfg.store)
+        files.confine(memo["store"], self.key(), None if fresh else memo.setdefault("plain", set()))
 
     def parents(self) -> list["Stage"]:
         return []

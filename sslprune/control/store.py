@@ -8,6 +8,9 @@
   stages); `verify_file` checks a file's bytes against its sha256 when a later stage reads it.
 * Locks: one process at a time computes a stage: `lock(dir)` holds an flock on `<dir>/.lock`,
   released by the operating system when the holder dies, so a killed run never leaves a stale lock.
+* Hostile files: the store never follows a symbolic link below its root (`confine`), never writes
+  through one, and never opens a file that is not a regular file (`open_regular`: a FIFO would
+  block the reader forever). A `result.json` that parses but is not a result is `Corrupt`.
 """
 from __future__ import annotations
 
@@ -17,7 +20,9 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
+import stat
 import tempfile
 import time
 from contextlib import contextmanager
@@ -46,7 +51,72 @@ class Damaged(ValueError):
     """A store file that cannot be read as a torch file (truncated, random bytes)."""
 
 
-def _disk_full(path: Path, error: OSError) -> StoreError:
+class NotRegular(OSError):
+    """A store file that is a symbolic link, a FIFO, a device or a folder where a regular file belongs."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path, mode: str = "rb"):
+    """Open a store file for reading, refusing (NotRegular) a symbolic link at its name and anything
+    but a regular file: O_NONBLOCK so that opening a FIFO returns at once instead of waiting for a
+    writer that never comes (sslprune-status hung on one)."""
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotRegular(errno.ELOOP, f"{path} is a symbolic link (to {os.readlink(path)}); "
+                                          "the store never follows one") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise NotRegular(errno.EINVAL, f"{path} is {_kind(st.st_mode)}, not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, mode)
+
+
+def confine(root, path, seen: Optional[set] = None) -> None:
+    """Raise StoreError when a part of `path` below the store folder `root` is a symbolic link or
+    not a folder: a planted link would make a run read, write, overwrite and delete files outside
+    the store. `root` itself may be a link (a store on another disk); parts not yet made are fine.
+    `seen`: folders already found plain, skipped (status of 10,000 stages shares their parents);
+    a check before writing passes none."""
+    root, path = os.path.normpath(root), os.path.normpath(path)
+    if seen is not None and path in seen:
+        return
+    rel = os.path.relpath(path, root)
+    if rel == os.curdir:
+        return
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        raise StoreError(errno.EXDEV, f"{path} is not inside the store {root}")
+    at = root
+    for part in rel.split(os.sep):
+        at = os.path.join(at, part)
+        if seen is not None and at in seen:
+            continue
+        try:
+            mode = os.lstat(at).st_mode
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(mode):
+            raise StoreError(errno.ELOOP, f"{at} is a symbolic link (to {os.readlink(at)}) inside the store "
+                                          f"{root}; the store never follows one: remove it and re-run")
+        if not stat.S_ISDIR(mode):
+            raise StoreError(errno.ENOTDIR, f"{at} is {_kind(mode)} inside the store {root} where a folder "
+                                            "belongs: remove it and re-run")
+        if seen is not None:
+            seen.add(at)
+
+
+def disk_full(path: Path, error: OSError) -> StoreError:
     try:
         free = shutil.disk_usage(path.parent if path.parent.exists() else path.anchor).free
         space = f"{free / 2**20:.1f} MiB free"
@@ -73,9 +143,9 @@ def replace(path: Path, write: Callable, durable: bool = True) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise _disk_full(path, e) from None
+            raise disk_full(path, e) from None
         if isinstance(e, RuntimeError) and ("file write failed" in str(e) or "No space left" in str(e)):
-            raise _disk_full(path, OSError(errno.ENOSPC, str(e))) from None  # torch's inline_container.cc
+            raise disk_full(path, OSError(errno.ENOSPC, str(e))) from None  # torch's inline_container.cc
         raise
     if durable:
         sync_folder(path.parent)
@@ -95,12 +165,13 @@ def write_json(obj: Any, path: Path, durable: bool = True) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    with open_regular(path) as f:
+        return json.loads(f.read().decode())
 
 
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -116,31 +187,77 @@ def manifest(folder: Path, names) -> dict:
     return out
 
 
-def read_result(folder) -> Optional[dict]:
-    """A stage's result.json, None when absent; raises Corrupt when it cannot be parsed."""
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # not NaN
+
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_result(result, where: str, kind: Optional[str] = None) -> dict:
+    """Raise Corrupt unless `result` holds what every stage's result.json holds (what the report and
+    the stages that read it use): a numeric accuracy and remaining fraction, the stage's kind, and
+    the manifest of its outputs (plain file names with a size and a sha256). `{}` or
+    `"accuracy": "oops"` parsed fine and counted as done forever."""
+    if not isinstance(result, dict):
+        raise Corrupt(f"{where} holds {type(result).__name__}, not a result record")
+    problems = [f"{k} is {result.get(k)!r}, not a number" for k in ("accuracy", "remaining")
+                if not _number(result.get(k))]
+    if _number(result.get("remaining")) and not 0 <= result["remaining"] <= 1:
+        problems.append(f"remaining is {result['remaining']!r}, not a fraction")
+    if not isinstance(result.get("metric", ""), str):
+        problems.append(f"metric is {result['metric']!r}, not a name")
+    if not isinstance(result.get("kind"), str) or (kind is not None and result["kind"] != kind):
+        problems.append(f"kind is {result.get('kind')!r}, not {kind or 'a stage kind'!r}")
+    if kind == "imp" and not (isinstance(result.get("steps"), int) and not isinstance(result["steps"], bool)):
+        problems.append(f"steps is {result.get('steps')!r}, not a count")  # the rewind table reads it
+    outputs = result.get("outputs")
+    if not isinstance(outputs, dict):
+        problems.append(f"outputs is {outputs!r}, not a manifest")
+    else:
+        for name, rec in outputs.items():
+            # A name is a file of the stage's own folder: "../../x" would make verify and set_aside
+            # look (or delete) outside it.
+            if not name or "/" in name or name in (".", "..", DONE) or not isinstance(rec, dict) \
+                    or not isinstance(rec.get("bytes"), int) or isinstance(rec.get("bytes"), bool) \
+                    or not isinstance(rec.get("sha256"), str) or not SHA256.fullmatch(rec["sha256"]):
+                problems.append(f"outputs entry {name!r}: {rec!r} is not a file name with bytes and sha256")
+                break
+    if problems:
+        raise Corrupt(f"{where} is not a result: " + "; ".join(problems))
+    return result
+
+
+def read_result(folder, kind: Optional[str] = None) -> Optional[dict]:
+    """A stage's result.json, None when absent; raises Corrupt when it cannot be parsed, is not a
+    regular file, or does not hold a result (check_result; `kind`: the stage's kind)."""
     p = os.path.join(folder, DONE)  # strings, not Paths: status reads ten thousand of these
     try:
-        with open(p) as f:
-            text = f.read()
+        with open_regular(p) as f:
+            text = f.read().decode(errors="replace")
     except FileNotFoundError:
         return None
+    except NotRegular as e:
+        raise Corrupt(e.strerror) from None
     try:
         result = json.loads(text)
     except ValueError:
         raise Corrupt(f"{p} is not valid JSON ({len(text)} bytes)") from None
-    if not isinstance(result, dict):
-        raise Corrupt(f"{p} holds {type(result).__name__}, not a result record")
-    return result
+    return check_result(result, p, kind)
 
 
 def verify(folder, result: dict) -> None:
-    """Raise Corrupt when an output recorded in `result` is missing or has another size."""
+    """Raise Corrupt when an output recorded in `result` is missing, has another size, or is not a
+    regular file (lstat: a link to a file of the same size elsewhere is not the output)."""
     for name, rec in (result.get("outputs") or {}).items():
         p = os.path.join(folder, name)
         try:
-            size = os.stat(p).st_size
+            st = os.lstat(p)
         except FileNotFoundError:
             raise Corrupt(f"{p} is missing (recorded in {os.path.join(folder, DONE)})") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise Corrupt(f"{p} is {_kind(st.st_mode)}, not the file recorded in {os.path.join(folder, DONE)}")
+        size = st.st_size
         if size != rec.get("bytes"):
             raise Corrupt(f"{p} has {size} bytes, {rec.get('bytes')} were written")
 
@@ -217,7 +334,7 @@ def writable(store: Path) -> None:
         os.unlink(tmp)
     except OSError as e:
         if e.errno == errno.ENOSPC:
-            raise _disk_full(store / ".write-test", e) from None
+            raise disk_full(store / ".write-test", e) from None
         raise StoreError(e.errno or errno.EIO, f"store={store} cannot be written: {e.strerror or e}") from None
 
 
@@ -231,7 +348,23 @@ def lock(folder: Path, wait: bool = True, note: Optional[Callable[[str], None]] 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK
-    f = open(path, "a+")
+    # O_NOFOLLOW and a regular-file check: the holder's line is written into this file (truncating
+    # it), and a planted `.lock -> ~/.bashrc` truncated its target.
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise StoreError(errno.ELOOP, f"{path} is a symbolic link (to {os.readlink(path)}); the store never "
+                                          "writes through one: remove it and re-run") from None
+        if e.errno == errno.EISDIR:
+            raise StoreError(errno.EISDIR, f"{path} is a folder, not a lock file: remove it and re-run") from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise StoreError(errno.EINVAL, f"{path} is {_kind(mode)}, not a lock file: remove it and re-run")
+    os.set_blocking(fd, True)
+    f = os.fdopen(fd, "r+")
     try:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

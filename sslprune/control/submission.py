@@ -27,7 +27,6 @@ one task with `launcher.single`'s resources (no GPU by default), never packed wi
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -260,14 +259,10 @@ def _dependency(parents: list[list[str]]) -> tuple[Optional[str], Optional[list[
 
 @contextmanager
 def _lock(store: Path):
-    d = store / "jobs"
-    d.mkdir(parents=True, exist_ok=True)
-    with open(d / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    # store.lock: never through a linked jobs/ or .lock (open(".lock", "w") truncated a link's target).
+    files.confine(store, store / "jobs")
+    with files.lock(store / "jobs"):
+        yield
 
 
 def runs_once(stage: Stage) -> bool:
@@ -291,6 +286,9 @@ def _executor(cfg: Config, folder: Path, code: Optional[Path], name: str, depend
     setup = list(JOB_ENV)
     extra = {"kill-on-invalid-dep": "yes", "requeue": True}
     if code is not None:
+        # Checked before Python imports it (code planted in the store is refused, not run), and kept
+        # free of .pyc files the check would have to remove again.
+        setup += [snapshot.job_setup(code), "export PYTHONDONTWRITEBYTECODE=1"]
         setup.append(f"export PYTHONPATH={shlex.quote(str(code))}${{PYTHONPATH:+:$PYTHONPATH}}")
         extra["chdir"] = str(code)  # python -m puts the working directory first on sys.path
     if hold:
@@ -348,9 +346,7 @@ def submit(cfg: Config, overrides: Optional[list[str]] = None) -> dict:
     command so that it selects the same stages."""
     from .job import StageJob
 
-    if not slurm.available():
-        raise RuntimeError("launcher=slurm but sbatch/squeue are not on PATH (start a cluster, e.g. "
-                           "`bash slurm/local-cluster.sh start`, or use launcher=local)")
+    slurm.require()
     write_chains(cfg)
     store = Path(cfg.store)
     tag = store_tag(store)
