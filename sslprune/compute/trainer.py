@@ -72,9 +72,10 @@ def rng_state() -> dict:
     """torch's CPU generator, saved with each checkpoint. No training draw uses it (every draw has its
     own seeded generator), but a resumed process then starts exactly where the killed one was.
 
-    No CUDA generator is saved: no draw uses one (seed.Draws makes its numbers on the CPU, the
-    loaders' augmentation draws from seeded CPU generators), and `get_rng_state_all` holds one state
-    per *visible* GPU, so a checkpoint of an 8-GPU job could not be resumed where fewer are visible."""
+    No CUDA generator is saved: no draw uses the default ones (seed.Draws makes its numbers on the
+    CPU, the loaders' augmentation draws from generators seeded per batch, seed.generator), and
+    `get_rng_state_all` holds one state per *visible* GPU, so a checkpoint of an 8-GPU job could not
+    be resumed where fewer are visible."""
     return {"torch": torch.get_rng_state()}
 
 
