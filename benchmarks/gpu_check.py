@@ -1,18 +1,30 @@
 """The GPU check: everything the CPU tests cannot see, in one run of at most 8 minutes on one H100/H200.
 
-One line per check, then the two train-step ratios last:
+One line per check, then the train-step ratios, the two project/reference ratios last:
   device            what runs it (GPU name, torch, CUDA)
   memory format     RotNet's and S4L's 4x pretext batches reach the model channels_last on CUDA
+  mask format       each mask has its channels_last weight's strides (the fused _foreach_mul_)
   loss dtype        NPID's (and every task's) loss is computed in fp32 outside bf16 autocast
-  resume            a tiny IMP stage on CUDA, killed with SIGKILL mid-stage and resumed from its
-                    checkpoint (the old crash: RNG states moved to the GPU), against an uninterrupted run
+  resume            a tiny IMP stage on CUDA, killed with SIGKILL mid-stage, its checkpoint given the
+                    8 CUDA RNG states an 8-GPU job used to save, and resumed under
+                    CUDA_VISIBLE_DEVICES=<one GPU> (first showing that torch's set_rng_state_all,
+                    what resuming used to call, raises there), against an uninterrupted run
+  decode            the project's batch JPEG decoder on the GPU against the same decoder on the CPU,
+                    for real JPEGs (scikit-learn's two photographs and crops of them), two rounds of
+                    batches decoded one after the other (the pattern of pytorch/vision PR 9606)
+  exemplar/labels   img/s of an Exemplar training step (two augmented views per image, drawn from
+                    seed.Draws) against a labels step, same model and batch
   input pipeline    real/synthetic: ResNet-50 at batch 256 on JPEGs decoded and augmented on the GPU
                     against the same model on one synthetic batch (benchmarks/input_pipeline.py)
-  train step        project/reference for CIFAR ResNet-18 at batch 512 and ResNet-50 at batch 256,
-                    bf16 + channels_last (benchmarks/train_step.py), the last two lines
+  train step        masked/dense, then project/reference for CIFAR ResNet-18 at batch 512 and
+                    ResNet-50 at batch 256, bf16 + channels_last (benchmarks/train_step.py)
+
+The DDP decisions (items 7-8 of issue 20: finite checks, the checkpoint clock, `done`, a pack's
+rendezvous) are the same code on NCCL and gloo and are tested on CPU ranks (tests/test_ranks.py);
+one GPU cannot hold two NCCL ranks.
 
     python benchmarks/gpu_check.py                      # on the GPU machine (see gpu_check.sh for set-up)
-    python benchmarks/gpu_check.py --device cpu --quick # a dry run of every check at toy sizes, here
+    python benchmarks/gpu_check.py --dry-run            # every check at toy sizes on the CPU (--device cpu --quick)
 """
 from __future__ import annotations
 
@@ -89,6 +101,18 @@ def check_memory_format(device: torch.device, steps: int) -> bool:
     return ok
 
 
+def check_mask_format(device: torch.device) -> bool:
+    from sslprune.compute import mask as masks, model as models
+    from sslprune.control.config import ModelConfig
+
+    net = models.build(ModelConfig("resnet18_cifar", 16), 3, 10, 0).to(device).to(memory_format=torch.channels_last)
+    applier = masks.Applier(net, masks.magnitude(dict(net.named_parameters()), masks.ones(net), 0.8))
+    same = sum(m.stride() == p.stride() for m, p in zip(applier.masks, applier.params))
+    good = same == len(applier.masks) > 0
+    say("mask format", f"{same}/{len(applier.masks)} masks with their weight's strides: {'ok' if good else 'FAIL'}")
+    return good
+
+
 def check_loss_dtype(device: torch.device, steps: int) -> bool:
     seen = []
 
@@ -114,11 +138,39 @@ def _imp(store: Path, device: str, epochs: int) -> list[str]:
             f"signals.labels.optim.epochs={epochs}", "signals.labels.optim.milestones=[]", "wandb=disabled"]
 
 
+SAVED_GPUS = 8  # the CUDA RNG states an 8-GPU job's checkpoint held before issue 20
+
+
+def _old_setter_fails(env: dict) -> str:
+    """What resuming used to call, torch.cuda.set_rng_state_all with 8 states, where one GPU is
+    visible: the error it raises ('' if none)."""
+    code = ("import torch; torch.cuda.init(); s = torch.cuda.get_rng_state()\n"
+            f"try:\n    torch.cuda.set_rng_state_all([s] * {SAVED_GPUS})\n"
+            "except Exception as e:\n    print(type(e).__name__ + ': ' + str(e))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.strip()
+
+
+def _as_an_8_gpu_job_saved_it(level: Path) -> None:
+    """Give the killed stage's checkpoint the "cuda" RNG entry of the checkpoints of old versions."""
+    from sslprune.compute import checkpoint
+
+    path = level / checkpoint.LATEST
+    state = checkpoint.load(path, verify=False)
+    state["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8) for _ in range(SAVED_GPUS)]
+    checkpoint.save_training(state, path)
+
+
 def check_resume(device: torch.device, epochs: int) -> bool:
-    """SIGKILL a stage mid-way on the device, resume it, compare with an uninterrupted run."""
+    """SIGKILL a stage mid-way on the device, give its checkpoint 8 GPUs' RNG states, resume it where
+    one GPU is visible, compare with an uninterrupted run."""
     with tempfile.TemporaryDirectory() as tmp:
         ref, killed = Path(tmp) / "ref", Path(tmp) / "killed"
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        one = {**env, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]}
+        if device.type == "cuda":
+            old = _old_setter_fails(one)
+            say("resume", f"{SAVED_GPUS} saved CUDA RNG states, 1 GPU visible: set_rng_state_all raises "
+                          f"{old or 'nothing (torch no longer fails there)'}")
         subprocess.run(_imp(ref, device.type, epochs), check=True, capture_output=True, env=env)
         p = subprocess.Popen(_imp(killed, device.type, epochs), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              env=env)
@@ -134,7 +186,8 @@ def check_resume(device: torch.device, epochs: int) -> bool:
         if level is None or (level / "result.json").exists():
             say("resume", "FAIL: the stage finished (or never started) before it could be killed")
             return False
-        out = subprocess.run(_imp(killed, device.type, epochs), capture_output=True, text=True, env=env)
+        _as_an_8_gpu_job_saved_it(level)
+        out = subprocess.run(_imp(killed, device.type, epochs), capture_output=True, text=True, env=one)
         resumed = [line for line in out.stdout.splitlines() if "resumed from" in line]
         if out.returncode != 0 or not resumed:
             say("resume", f"FAIL: exit {out.returncode}, {'resumed' if resumed else 'did not resume'}: "
@@ -147,10 +200,89 @@ def check_resume(device: torch.device, epochs: int) -> bool:
         wa, wb = checkpoint.load(next(ref.glob("imp/*/seed_0/level_0/model.pt"))), checkpoint.load(level / "model.pt")
         diff = max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa if wa[k].is_floating_point())
         step = resumed[0].split(" at step ")[-1]
-        say("resume", f"killed with SIGKILL, {resumed[0].split(']')[0][1:]} resumed at step {step}; accuracy "
+        say("resume", f"killed with SIGKILL, {SAVED_GPUS} CUDA RNG states in its checkpoint, resumed with "
+                      f"CUDA_VISIBLE_DEVICES={one['CUDA_VISIBLE_DEVICES']}: "
+                      f"{resumed[0].split(']')[0][1:]} resumed at step {step}; accuracy "
                       f"{b['accuracy']:.4f} vs uninterrupted {a['accuracy']:.4f}, max |dw| {diff:.2e} "
                       f"({'bit-identical' if diff == 0 else 'cudnn autotuning makes CUDA runs differ by rounding'}): ok")
         return True
+
+
+def project_decode(blobs: list, device: torch.device) -> list:
+    """The project's batch JPEG decoder (bytes as 1-D uint8 CPU tensors -> 3 x H x W uint8 images),
+    looked up by name: the one place to change if sslprune.compute.image renames it."""
+    from sslprune.compute import image
+
+    for name in ("decode", "decode_jpegs", "decode_batch"):
+        if callable(getattr(image, name, None)):
+            return list(getattr(image, name)(blobs, device))
+    raise SystemExit("gpu_check: sslprune.compute.image has no batch decoder (decode, decode_jpegs, decode_batch)")
+
+
+def real_jpegs(n: int) -> list:
+    """scikit-learn's two photographs as shipped, then n JPEG crops of them as input_pipeline builds."""
+    import sklearn.datasets
+    import input_pipeline
+
+    folder = Path(sklearn.datasets.__file__).parent / "images"
+    raw = [p.read_bytes() for p in sorted(folder.glob("*.jpg"))]
+    raw += [input_pipeline.make_jpeg(i) for i in range(n)]
+    return [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in raw]
+
+
+def check_decode(device: torch.device, quick: bool) -> bool:
+    """Decoded pixels on the device against the CPU decode of the same bytes. On a dry run the
+    'device' side is PIL (another decoder than torchvision's libjpeg-turbo) to exercise the comparison."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    blobs = real_jpegs(14 if quick else 62)
+    want = project_decode(blobs, torch.device("cpu"))
+    batch, worst, mean, bad = 8, 0, [], 0
+    for _ in range(2):  # a second round decodes into memory the first round's batches released
+        for i in range(0, len(blobs), batch):
+            if device.type == "cuda":
+                got = [x.cpu() for x in project_decode(blobs[i:i + batch], device)]
+            else:
+                got = [torch.from_numpy(np.array(Image.open(io.BytesIO(b.numpy().tobytes())).convert("RGB")))
+                       .permute(2, 0, 1) for b in blobs[i:i + batch]]
+            for a, b in zip(got, want[i:i + batch]):
+                if a.shape != b.shape:
+                    bad += 1
+                    continue
+                d = (a.int() - b.int()).abs()
+                worst, mean = max(worst, int(d.max())), mean + [float(d.float().mean())]
+                bad += float(d.float().mean()) > 2  # a wrong block, not rounding, lifts an image's mean
+    good = bad == 0 and max(mean) < 2
+    say("decode", f"{len(blobs)} real JPEGs x 2 rounds in batches of {batch}, "
+                  f"{'GPU' if device.type == 'cuda' else 'PIL (dry run)'} against the CPU decode: max |d| {worst}, "
+                  f"mean |d| per image at most {max(mean):.3f}, {bad} images off: {'ok' if good else 'FAIL'}")
+    return good
+
+
+def exemplar_over_labels(device: torch.device, quick: bool) -> float:
+    """img/s of an Exemplar step over a labels step (train_step.Bench: the real fit, same model)."""
+    import argparse as ap
+    import statistics
+
+    import train_step
+
+    cuda = device.type == "cuda"
+    common = dict(model="resnet18_cifar", width=64 if cuda else 4, batch=512 if cuda else 8, image_size=32,
+                  channels=3, pad=2, steps=30 if cuda else 2, warmup=10 if cuda else 1, reps=3 if cuda else 1,
+                  device=device.type, threads=0 if cuda else 1)
+    benches = {t: train_step.Bench(ap.Namespace(task=t, **common)) for t in ("labels", "exemplar")}
+    ips = {t: [] for t in benches}
+    for r in range(common["reps"]):
+        for t in (("labels", "exemplar") if r % 2 == 0 else ("exemplar", "labels")):
+            ips[t].append(benches[t].project(False)[0])
+    med = {t: statistics.median(v) for t, v in ips.items()}
+    ratio = med["exemplar"] / med["labels"]
+    say("exemplar/labels", f"img/s {med['exemplar']:.0f} against {med['labels']:.0f}: {ratio:.3f} (its two views "
+                           f"make about twice the forward work: 0.5 is what the model alone allows)")
+    return ratio
 
 
 def check_input_pipeline(device: torch.device, quick: bool) -> None:
@@ -163,7 +295,8 @@ def check_input_pipeline(device: torch.device, quick: bool) -> None:
                          "--batch", "256", "--reps", "1" if quick else "2"])
 
 
-def train_step_ratio(device: torch.device, model: str, batch: int, quick: bool) -> float:
+def train_step_ratios(device: torch.device, model: str, batch: int, quick: bool) -> dict:
+    """{"project/reference": r, "masked/dense": r} of benchmarks/train_step.py."""
     import contextlib
     import io
 
@@ -179,15 +312,19 @@ def train_step_ratio(device: torch.device, model: str, batch: int, quick: bool) 
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
         train_step.main(args)
-    line = next(x for x in text.getvalue().splitlines() if x.startswith("project/reference:"))
-    return float(line.split(":")[1])
+    lines = text.getvalue().splitlines()
+    return {k: float(next(x for x in lines if x.startswith(k + ":")).split(":")[1])
+            for k in ("project/reference", "masked/dense")}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--quick", action="store_true", help="toy sizes (a dry run of every check)")
+    ap.add_argument("--dry-run", action="store_true", help="--device cpu --quick")
     args = ap.parse_args(argv)
+    if args.dry_run:
+        args.device, args.quick = "cpu", True
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: --device cuda but no CUDA device is visible; use --device cpu --quick for a dry run",
               file=sys.stderr)
@@ -197,14 +334,18 @@ def main(argv=None) -> int:
     check_device(device)
     steps = 2 if args.quick else 4
     ok = check_memory_format(device, steps)
+    ok &= check_mask_format(device)
     ok &= check_loss_dtype(device, steps)
     ok &= check_resume(device, 2 if args.quick else 3)
+    ok &= check_decode(device, args.quick)
+    exemplar_over_labels(device, args.quick)
     check_input_pipeline(device, args.quick)
-    r18 = train_step_ratio(device, "resnet18_cifar", 512, args.quick)
-    r50 = train_step_ratio(device, "resnet50", 256, args.quick)
+    r18 = train_step_ratios(device, "resnet18_cifar", 512, args.quick)
+    r50 = train_step_ratios(device, "resnet50", 256, args.quick)
     say("time", f"{time.monotonic() - t0:.0f} s")
-    print(f"resnet18_cifar batch 512 project/reference: {r18:.3f}")
-    print(f"resnet50 batch 256 project/reference: {r50:.3f}")
+    for key in ("masked/dense", "project/reference"):
+        print(f"resnet18_cifar batch 512 {key}: {r18[key]:.3f}")
+        print(f"resnet50 batch 256 {key}: {r50[key]:.3f}")
     return 0 if ok else 1
 
 

@@ -364,3 +364,26 @@ def test_voc_multilabel_targets_on_the_device_path(tmp_path):
     assert x.shape[1:] == (3, 16, 16) and y.dtype == torch.float32 and y.shape[1] == 20
     train_y = torch.cat([t for _, t in ld.batches(0)])
     assert sorted(map(tuple, train_y.int().tolist())) == sorted(t for _, t in data.train_samples)
+
+
+def test_a_loader_keeps_its_workers_and_gives_what_fresh_loaders_give(mixed, monkeypatch):
+    """The DataLoader (and its worker processes) was built again for every epoch and every
+    evaluation. One per split now lives as long as the loader, each pass with its own plan: the
+    batches are those of fresh loaders, mid-epoch starts and evaluations included."""
+    built = []
+
+    class Counted(torch.utils.data.DataLoader):
+        def __init__(self, *a, **kw):
+            built.append(kw.get("persistent_workers"))
+            super().__init__(*a, **kw)
+
+    kept = make(mixed, "workers", workers=1)
+    fresh = [every(make(mixed, "workers").batches(e)) for e in (0, 1)]
+    tests = every(make(mixed, "workers").eval_batches(4))
+    monkeypatch.setattr(torch.utils.data, "DataLoader", Counted)
+    assert equal(every(kept.batches(0)), fresh[0]) and equal(every(kept.eval_batches(4)), tests)
+    assert equal(every(kept.batches(1)), fresh[1]) and equal(every(kept.batches(0, 2)), fresh[0][2:])
+    half = kept.batches(1)  # a pass left unfinished (an interrupted stage) does not leak into the next
+    next(half)
+    assert equal(every(kept.batches(0)), fresh[0]) and equal(every(kept.eval_batches(4)), tests)
+    assert built == [True, True]  # one DataLoader per split, its workers kept between passes

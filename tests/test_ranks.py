@@ -16,15 +16,24 @@ width 8 on 8 px digits) amplify float32 rounding to O(1) differences within two 
 the float32 check uses the CIFAR ResNet (FLOAT32_REL after 4 steps)."""
 from __future__ import annotations
 
+import contextlib
+import datetime
+import itertools
+import json
+import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from sslprune.compute import checkpoint
+from sslprune.compute import checkpoint, task as tasks, trainer
 from sslprune.compute.runtime import Runtime
+from sslprune.control import store as files
 from sslprune.control.config import DataConfig, ModelConfig, RunConfig, SignalConfig, TaskConfig
+from sslprune.control.job import StageJob
 from sslprune.control.stage import ImpLevel
 
 from conftest import tiny_config, tiny_optim
@@ -64,8 +73,7 @@ def _run(root: Path, rt: Runtime) -> None:
 def _ranks(rank: int, world: int, root: str) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{root}/rendezvous", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    group = torch.distributed.new_group(backend="gloo")
-    _run(Path(root) / "two", Runtime(torch.device("cpu"), rank, world, group, group))
+    _run(Path(root) / "two", Runtime(torch.device("cpu"), rank, world))  # one group for all, as from_environment
     torch.distributed.destroy_process_group()
 
 
@@ -104,3 +112,160 @@ def test_two_ranks_train_as_one(runs, task, model, dtype):
         assert ra["accuracy"] == rb["accuracy"]
     else:
         assert abs(ra["accuracy"] - rb["accuracy"]) <= 1 / ra["count"]  # one test image at most
+
+
+# ---------------------------------------------------------------- every branch taken by all ranks or none
+
+
+def _small(store: Path, **run):
+    """Labels on 128 digits, 2 ranks of 16 images: 4 steps, a finiteness check every 2."""
+    cfg = tiny_config(store, run=RunConfig(quiet=True, threads=1, workers=1, log_every=2, **run))
+    cfg.data = DataConfig("digits", train_limit=128, test_limit=64)
+    cfg.signals = {s: SignalConfig(TaskConfig(s), tiny_optim(epochs=1, batch_size=32)) for s in ("labels", "rotnet")}
+    cfg.prune = replace(cfg.prune, levels=0, rewind="1it")
+    return cfg
+
+
+def _join(rank: int, root: str) -> None:
+    # A short timeout: a rank left alone in a collective fails the test in a minute, not in 30.
+    torch.distributed.init_process_group("gloo", init_method=f"file://{root}/rendezvous", rank=rank, world_size=2,
+                                         timeout=datetime.timedelta(seconds=60))
+    torch.set_num_threads(1)
+
+
+def _outcome(root: str, rank: int, name: str, work) -> None:
+    t0 = time.monotonic()
+    try:
+        out = work()
+    except Exception as e:  # what each rank ended with, for the test to compare
+        out = f"{type(e).__name__}: {e}"
+    (Path(root) / f"{name}-{rank}.json").write_text(json.dumps([out, time.monotonic() - t0]))
+
+
+def _outcomes(root: Path, name: str) -> list:
+    return [json.loads((root / f"{name}-{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def _nan_on_rank_1(rank: int, root: str) -> None:
+    _join(rank, root)
+    if rank == 1:  # the loss of this rank's second step is NaN; rank 0's losses stay finite
+        calls, loss = itertools.count(), tasks.Labels.loss
+        tasks.Labels.loss = lambda self, x, t: loss(self, x, t) * (float("nan") if next(calls) == 1 else 1.0)
+    stage = ImpLevel(_small(Path(root) / "store"), "labels", 0, 0)
+    _outcome(root, rank, "nan", lambda: stage.run(Runtime(torch.device("cpu"), rank, 2))["accuracy"])
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_once(tmp_path):
+    """check_finite read each rank's own first non-finite step: rank 1 raised NonFiniteLoss while
+    rank 0 went on into the next step's collectives and failed there (`Connection reset by peer`,
+    or after the 30-minute timeout on a cluster). The ranks now agree on it in one all-reduce."""
+    torch.multiprocessing.start_processes(_nan_on_rank_1, args=(str(tmp_path),), nprocs=2, start_method="spawn")
+    (zero, t0), (one, t1) = _outcomes(tmp_path, "nan")
+    assert zero == one, (zero, one)
+    assert zero.startswith("NonFiniteLoss: non-finite loss at step 1 (epoch 0) while training towards step 4; "
+                           "stopped at step 2"), zero
+    assert max(t0, t1) < 50, (t0, t1)  # well inside the 60 s a rank left alone would wait
+
+
+def _clocks(rank: int, root: str) -> None:
+    _join(rank, root)
+    saved, save = [], checkpoint.save_training
+    checkpoint.save_training = lambda state, path: (saved.append(state["step"]), save(state, path))[1]
+    for ahead in (0, 1):  # whose clock says a checkpoint is due at every step
+        saved.clear()
+        ticks = itertools.count()  # each reading an hour later than the one before
+        fast = SimpleNamespace(time=time.time, monotonic=lambda: time.monotonic() + 3600 * next(ticks))
+        trainer.time = fast if rank == ahead else time
+        stage = ImpLevel(_small(Path(root) / f"ahead{ahead}", checkpoint_minutes=1, interrupt_every=1), "labels", 0, 0)
+        _outcome(root, rank, f"ahead{ahead}", lambda: [stage.run(Runtime(torch.device("cpu"), rank, 2))["accuracy"],
+                                                       list(saved)])
+
+
+@pytest.mark.slow
+def test_rank_0s_clock_decides_when_a_checkpoint_is_due(tmp_path):
+    """The time trigger read each rank's own clock; with the finiteness check now a collective, a
+    rank whose clock ran ahead would enter it alone. Rank 0's clock decides for all (it rides on
+    the stop agreement): its fast clock checkpoints after every step, rank 1's changes nothing,
+    and neither changes a number."""
+    torch.multiprocessing.start_processes(_clocks, args=(str(tmp_path),), nprocs=2, start_method="spawn")
+    (a0, _), (a1, _) = _outcomes(tmp_path, "ahead0")
+    (b0, _), (b1, _) = _outcomes(tmp_path, "ahead1")
+    assert isinstance(a0, list) and isinstance(b0, list), (a0, b0)
+    assert a0 == [a1[0], [1, 2, 3, 4]] and a1[1] == []  # rank 0 writes: 3 due by time, then the final one
+    assert b0 == [b1[0], [4]] and b1[1] == [] and b0[0] == a0[0]
+    one, two = (ImpLevel(_small(tmp_path / f"ahead{i}"), "labels", 0, 0) for i in (0, 1))
+    a, b = checkpoint.load(one.dir / "model.pt"), checkpoint.load(two.dir / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _done_race(rank: int, root: str) -> None:
+    _join(rank, root)
+    root = Path(root)
+    if rank == 0:  # say when this rank has read the stage as not done and waits for its lock
+        real = files.lock
+
+        @contextlib.contextmanager
+        def lock(folder, **kw):
+            (root / "rank0-waits").touch()
+            with real(folder, **kw):
+                yield
+        files.lock = lock
+    else:  # this rank reads the store after another writer finished the stage
+        while not (root / "finished").exists():
+            time.sleep(0.05)
+    stage = ImpLevel(_small(root / "raced"), "labels", 0, 0)
+    _outcome(str(root), rank, "race", lambda: stage.run(Runtime(torch.device("cpu"), rank, 2))["accuracy"])
+
+
+@pytest.mark.slow
+def test_a_stage_finished_by_another_writer_between_two_ranks_reads_is_done_on_both(tmp_path):
+    """Each rank read `done` on its own before the ranks' agreement: rank 0 found the stage not done
+    and waited for its lock while another writer finished it; rank 1 then found it done and left,
+    and rank 0, finding it done under the lock, waited alone in the agreement. Rank 0 now reads
+    and broadcasts; both return the other writer's result."""
+    other = ImpLevel(_small(tmp_path / "other"), "labels", 0, 0)
+    before = torch.get_num_threads()
+    try:
+        expected = other.run(Runtime(torch.device("cpu")))["accuracy"]
+    finally:
+        torch.set_num_threads(before)
+    raced = ImpLevel(_small(tmp_path / "raced"), "labels", 0, 0)
+    ranks = torch.multiprocessing.start_processes(_done_race, args=(str(tmp_path),), nprocs=2, start_method="spawn",
+                                                  join=False)
+    with files.lock(raced.dir):  # the other writer
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "rank0-waits").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for f in other.dir.iterdir():
+            if f.is_file() and f.name != files.LOCK:
+                shutil.copy2(f, raced.dir / f.name)
+        assert raced.done()
+        (tmp_path / "finished").touch()
+    while not ranks.join():
+        pass
+    assert [o for o, _ in _outcomes(tmp_path, "race")] == [expected, expected]
+
+
+def _pack_stages(store: Path) -> list:
+    cfg = _small(store)
+    return [ImpLevel(cfg, "labels", 0, 0), ImpLevel(cfg, "rotnet", 0, 0)]
+
+
+@pytest.mark.slow
+def test_a_pack_on_two_ranks_gives_what_its_stages_give_apart(tmp_path):
+    """A packed job under DDP called init_process_group again for its second stage on the same
+    MASTER_PORT: rank 1, done first, joined the first stage's rendezvous and failed with
+    `Connection reset by peer` while rank 0 hung. The ranks now rendezvous once per process."""
+    import submitit
+
+    ex = submitit.LocalExecutor(folder=str(tmp_path / "jobs" / "%j"))
+    ex.update_parameters(tasks_per_node=2, timeout_min=10)
+    packed = ex.submit(StageJob(_pack_stages(tmp_path / "packed")))
+    apart = [ex.submit(StageJob(s)) for s in _pack_stages(tmp_path / "apart")]
+    outs = packed.results()
+    assert outs[0] == outs[1] and [o["accuracy"] for o in outs[0]] == [j.results()[0]["accuracy"] for j in apart]
+    for p, a in zip(_pack_stages(tmp_path / "packed"), _pack_stages(tmp_path / "apart")):
+        assert p.result()["world"] == a.result()["world"] == 2
+        wp, wa = checkpoint.load(p.dir / "model.pt"), checkpoint.load(a.dir / "model.pt")
+        assert wp.keys() == wa.keys() and all(torch.equal(wp[k], wa[k]) for k in wp), p.label

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from sslprune.compute import checkpoint, dataset, loader as loaders, model as models, runner, seed as seeds
+from sslprune.compute import checkpoint, dataset, loader as loaders, mask as masks, model as models, runner
+from sslprune.compute import seed as seeds
 from sslprune.compute import task as tasks, trainer
 from sslprune.compute.runtime import Runtime
 from sslprune.control import store as files
@@ -39,9 +40,11 @@ def _fit(cfg, signal, ckpt, net=None, loader=None, **kw):
 
 
 def test_resume_hands_cpu_rng_states_to_the_setters_whatever_the_device(tmp_path, monkeypatch):
-    """A checkpoint written on one device and resumed on another (CUDA on a cluster, `meta` here, the
-    only other device a CPU machine has): map_location=device used to move the RNG ByteTensor there
-    and torch.set_rng_state raised `RNG state must be a torch.ByteTensor` on every GPU resume."""
+    """A checkpoint written on one device and resumed on a network on another (`meta` here, the only
+    other device a CPU machine has): map_location=device used to move the RNG ByteTensor there and
+    torch.set_rng_state raised `RNG state must be a torch.ByteTensor` on every GPU resume. `meta`
+    stands in for the device of the weights only: CUDA's own RNG is the next test's (and the GPU
+    check's, benchmarks/gpu_check.py, which resumes with fewer visible GPUs for real)."""
     cfg = tiny_config(tmp_path / "s")
     job = _fit(cfg, "labels", tmp_path / "ckpt.pt", interrupt=lambda: True)
     with pytest.raises(trainer.Interrupted):
@@ -55,10 +58,46 @@ def test_resume_hands_cpu_rng_states_to_the_setters_whatever_the_device(tmp_path
     data = dataset.load(cfg.data)
     meta_loader = loaders.make(data, 128, 0, torch.device("meta"))
     resumed = _fit(cfg, "labels", tmp_path / "ckpt.pt", net=meta_net, loader=meta_loader, interrupt=lambda: True)
-    with pytest.raises(Exception):  # a meta tensor has no values: the loop cannot go on, the restore must not fail
+    # A meta tensor has no values: the restore succeeds, then the first check of the loss cannot read it.
+    with pytest.raises(RuntimeError, match=r"^Tensor\.item\(\) cannot be called on meta tensors$"):
         trainer.fit(resumed, RunConfig(quiet=True), Progress("t", quiet=True))
     assert any(torch.equal(h, state["rng"]["torch"]) for h in handed)  # the checkpoint's state was restored
     assert all(h.device.type == "cpu" and h.dtype == torch.uint8 for h in handed)
+
+
+def test_a_checkpoint_of_an_8_gpu_job_resumes_where_one_gpu_is_visible(tmp_path, monkeypatch):
+    """Checkpoints held torch.cuda.get_rng_state_all(): one state per GPU the rank saw (every rank
+    sees all of its node's GPUs), and set_rng_state_all raised IndexError when the stage resumed
+    where fewer are visible (an 8-GPU job's stage re-run by sslprune-imp on one GPU). No draw uses
+    the CUDA generator: none is saved, and a "cuda" entry of an old checkpoint is ignored.
+
+    This machine has no GPU: torch.cuda here pretends one is visible, and set_rng_state_all fails
+    as torch's does with one GPU (its default_generators has one entry). The GPU check
+    (benchmarks/gpu_check.py) resumes such a checkpoint under CUDA_VISIBLE_DEVICES for real."""
+    def one_gpu(states):
+        if len(states) > 1:
+            raise IndexError("tuple index out of range")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.zeros(16, dtype=torch.uint8)])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", one_gpu)
+    cfg = tiny_config(tmp_path / "s", run=RunConfig(quiet=True, threads=1, checkpoint_steps=1, device="cpu"))
+    stage = ImpLevel(cfg, "labels", 0, 0)
+    polls = iter(range(1000))
+    with pytest.raises(trainer.Interrupted):
+        stage.run(Runtime(CPU), interrupt=lambda: next(polls) == 5)
+    ckpt = stage.dir / "checkpoint.pt"
+    state = checkpoint.load(ckpt, verify=False)
+    assert set(state["rng"]) == {"torch"}  # nothing of CUDA's, though a GPU was visible
+    state["rng"]["cuda"] = [torch.full((16,), i, dtype=torch.uint8) for i in range(8)]  # what an 8-GPU job wrote
+    checkpoint.save_training(state, ckpt)
+    resumed = stage.run(Runtime(CPU))
+    reference = ImpLevel(tiny_config(tmp_path / "r", run=cfg.run), "labels", 0, 0)
+    expected = reference.run(Runtime(CPU))
+    assert resumed["accuracy"] == expected["accuracy"]
+    a, b = checkpoint.load(stage.dir / "model.pt"), checkpoint.load(reference.dir / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _colour(n: int = 128, size: int = 8):
@@ -86,6 +125,22 @@ def test_the_model_gets_the_memory_format_the_runtime_asked_for(tmp_path, name):
     trainer.fit(job, RunConfig(quiet=True), Progress("t", quiet=True))
     trainer.evaluate(net, task, ld, 256)
     assert len(formats) == 4 + 1 and all(formats), f"{formats.count(False)} of {len(formats)} forward passes got NCHW"
+
+
+def test_masks_take_their_parameters_memory_format():
+    """Masks kept NCHW strides while the weights were channels_last (on CUDA): torch._foreach_mul_
+    then fell back from its fused kernel to one kernel per tensor. Each mask now has its weight's
+    strides, and applying it zeroes exactly what it did."""
+    net = models.build(ModelConfig("resnet_small", 4), 3, 10, 0).to(memory_format=torch.channels_last)
+    params = dict(net.named_parameters())
+    mask = masks.magnitude(params, masks.ones(net), 0.5)
+    expected = {n: (params[n] * mask[n]).detach().clone() for n in mask}
+    applier = masks.Applier(net, mask)
+    convs = [n for n in mask if params[n].dim() == 4]
+    assert convs and all(params[n].is_contiguous(memory_format=torch.channels_last) for n in convs)
+    assert [m.stride() for m in applier.masks] == [p.stride() for p in applier.params]
+    applier()
+    assert all(torch.equal(params[n], expected[n]) for n in mask)
 
 
 @pytest.mark.parametrize("name", ["npid", "labels", "exemplar"])

@@ -293,6 +293,7 @@ class FolderLoader:
         if len(train) < batch_size:  # check_inputs refuses a smaller tree before any work; a label subset can be
             raise ConfigError(f"{data.name} has {len(train)} training images, fewer than one batch of {batch_size}")
         self.steps_per_epoch = len(train) // batch_size
+        self._loaders: dict = {}  # id(dataset) -> (its plan, its DataLoader), see _loader
 
     def batches(self, epoch: int, start: int = 0):
         order = torch.randperm(len(self.train), generator=seeds.generator(self.seed, "order", epoch)).tolist()
@@ -331,12 +332,34 @@ class FolderLoader:
         return image.normalize(x, self.mean, self.std, self.channels_last), targets.to(self.device, non_blocking=True)
 
     def _loader(self, dataset, plan):
-        # A private generator for the DataLoader's base seed: iterating must not draw from (and so
-        # shift) the caller's global RNG. Worker seeds do not matter, every sample carries its own.
-        return torch.utils.data.DataLoader(dataset, batch_sampler=plan, num_workers=self.workers,
-                                           collate_fn=_read_batch if self.on_device else None,
-                                           pin_memory=self.device.type == "cuda" and not self.on_device,
-                                           generator=torch.Generator())
+        """The DataLoader of `dataset`, built at its first pass and kept for the stage: its worker
+        processes persist between epochs and evaluations (starting them took seconds per epoch on
+        ImageNet). Each pass hands it its own plan, so a batch stays a function of (seed, epoch, index)."""
+        made = self._loaders
+        if id(dataset) not in made:
+            plan_now = _Plan()
+            # A private generator for the DataLoader's base seed: iterating must not draw from (and so
+            # shift) the caller's global RNG. Worker seeds do not matter, every sample carries its own.
+            made[id(dataset)] = plan_now, torch.utils.data.DataLoader(
+                dataset, batch_sampler=plan_now, num_workers=self.workers, persistent_workers=self.workers > 0,
+                collate_fn=_read_batch if self.on_device else None,
+                pin_memory=self.device.type == "cuda" and not self.on_device, generator=torch.Generator())
+        plan_now, loader = made[id(dataset)]
+        plan_now.batches = plan  # read when the pass starts (the loop starts one pass at a time)
+        return loader
+
+
+class _Plan(torch.utils.data.Sampler):
+    """The batches (lists of (index, seed)) of a loader's current pass."""
+
+    def __init__(self):
+        self.batches = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
 
 
 def make(data, batch_size: int, seed: int, device: torch.device, rank: int = 0, world: int = 1,

@@ -119,7 +119,9 @@ class Applier:
         if missing:
             raise KeyError(f"mask names parameters the model lacks: {missing[:5]}")
         self.params = [params[n] for n in mask]
-        self.masks = [mask[n].to(device=params[n].device, dtype=params[n].dtype) for n in mask]
+        # Each mask takes its parameter's strides (channels_last on CUDA): the fused multi-tensor
+        # multiply needs equal strides, otherwise it falls back to one kernel per tensor.
+        self.masks = [torch.empty_like(params[n]).copy_(mask[n]) for n in mask]
 
     @torch.no_grad()
     def __call__(self) -> None:

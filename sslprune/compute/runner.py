@@ -7,6 +7,7 @@ and writes its outputs. `result.json` is written last, with the size and sha256 
 """
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -51,33 +52,47 @@ class Setup:
 
 
 
+COMPUTE, FOUND_DONE, PARENT_MISSING = 0, 1, 2  # rank 0's decision, broadcast to the other ranks
+
+
 def run(stage: Stage, rt=None, interrupt=None, started: Optional[float] = None, observer=None) -> dict:
     """Run (or resume) `stage` here; a done stage returns its stored result without work.
 
     `rt`: a Runtime, None (this process alone) or "environment" (the ranks of a submitit job, set
-    up here and torn down at the end). One process at a time computes a stage: the writing rank
-    holds the stage's lock (another run that reaches it waits, then finds it done). A stage whose
-    outputs do not match its result.json (`corrupt`) is recomputed from scratch."""
-    if stage.done():
-        return stage.result()
-    stage.require_parents()
+    up by the process's first stage and kept for the next stages of a pack). One process at a time
+    computes a stage: the writing rank holds the stage's lock (another run that reaches it waits,
+    then finds it done). A stage whose outputs do not match its result.json (`corrupt`) is
+    recomputed from scratch.
+
+    Under several ranks only rank 0 reads the store to decide (done, a parent missing, compute) and
+    broadcasts its answer: another writer can finish the stage between two ranks' reads, and a rank
+    that saw it done would leave the others waiting in the next collective."""
     if rt == "environment":
-        rt = from_environment(stage.cfg.run)
-        try:
-            return run(stage, rt, interrupt, started, observer)
-        finally:
-            rt.close()
-    rt = rt or local(stage.cfg.run)
-    stage.confine(fresh=True)  # before the lock makes any folder: never through a link out of the store
-    if not rt.is_writer:
-        if rt.agree(False):  # rank 0 found it done once it held the lock
+        return run(stage, from_environment(stage.cfg.run), interrupt, started, observer)
+    if rt is None or rt.world <= 1:
+        if stage.done():
             return stage.result()
+        stage.require_parents()
+        rt = rt or local(stage.cfg.run)
+    elif not rt.is_writer:
+        decision = rt.decide(COMPUTE)
+        if decision == FOUND_DONE:
+            return stage.result()
+        if decision == PARENT_MISSING:
+            raise MissingInput(f"{stage.label}: rank 0 found a parent stage not done")
         return _compute(stage, rt, interrupt, started, observer)
+    else:
+        try:
+            stage.require_parents()
+        except MissingInput:
+            rt.decide(PARENT_MISSING)
+            raise
+    stage.confine(fresh=True)  # before the lock makes any folder: never through a link out of the store
     say = Progress(stage.label, quiet=stage.cfg.run.quiet or observer is not None,
                    sinks=[observer] if observer is not None else []).note
     with files.lock(stage.dir, note=say):
         state = stage.state()
-        if rt.agree(state == "done"):
+        if rt.decide(FOUND_DONE if state == "done" else COMPUTE) == FOUND_DONE:
             return stage.result()  # finished by the process that held the lock
         if state == "corrupt":
             say(f"warning: {stage.set_aside()}; recomputing this stage")
@@ -165,13 +180,19 @@ def _train(stage: Stage, rt: Runtime, progress: Progress, interrupt=None) -> dic
     model = net
     if rt.world > 1:
         net = model = rt.sync_batchnorm(net)  # batch statistics over the global batch, as in one process
-        model = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        # The batch norms are synchronised: every rank computes the same running statistics from the
+        # global batch, so broadcasting rank 0's buffers before every forward pass would copy equal
+        # values (one more collective per step). Rank 0 writes model.pt from its own buffers anyway.
+        ddp = torch.nn.parallel.DistributedDataParallel
+        # (torch 2.14 renamed the switch; both still sync the buffers once, when DDP is built)
+        no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters \
+            else "broadcast_buffers"
+        model = ddp(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, **{no_sync: False})
     params = s.params(net) if s.params else None
     job = Fit(model=model, net=net, task=s.task, loader=loader, optim=s.optim, mask=s.train_mask,
               checkpoint=stage.dir / checkpoint.LATEST, start_step=s.start(loader) if s.start else 0,
               params=params, hooks=[h(loader) for h in s.hooks], interrupt=interrupt,
-              agree=rt.agree if rt.world > 1 else None, resume=resume, threads=threads)
+              agree=rt.agree_all if rt.world > 1 else None, resume=resume, threads=threads)
     info = fit(job, stage.cfg.run, progress, rt.is_writer)
     info["threads"] = threads
     metrics = evaluate(net, s.task, loader, stage.cfg.run.eval_batch_size, stage.cfg.run.amp)

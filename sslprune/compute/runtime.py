@@ -3,11 +3,14 @@
 `local(run)` is one process. `from_environment(run)` reads the SLURM/submitit environment: with
 more than one task it sets up torch.distributed (gloo on CPU, NCCL on GPU) with a rendezvous
 address and port derived from the job id and its restart count, so every requeue gets a fresh
-rendezvous. `Runtime.sync_batchnorm` makes batch-norm statistics global across ranks, so a
-2-process run matches a 1-process run at the same global batch.
+rendezvous. The process group is set up once per process and kept for every stage of a pack
+(a second init_process_group on the same port races the first one's teardown: a rank that finished
+its stage early joined the old rendezvous). `Runtime.sync_batchnorm` makes batch-norm statistics
+global across ranks, so a 2-process run matches a 1-process run at the same global batch.
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import datetime
 import os
@@ -31,8 +34,10 @@ class Runtime:
     device: torch.device
     rank: int = 0
     world: int = 1
-    group: Optional[Any] = None  # process group for batch-norm statistics (separate from DDP's gradients)
-    control: Optional[Any] = None  # a gloo (CPU) group for small decisions: no device sync
+    # Process group for batch-norm statistics; None: the default group, the communicator DDP's
+    # gradients use too (one NCCL communicator per rank, not two).
+    group: Optional[Any] = None
+    control: Optional[Any] = None  # a gloo (CPU) group for small decisions: no device sync; None: the default
     channels_last: Optional[bool] = None  # None: on CUDA (what convolutions there are fastest with)
 
     def __post_init__(self):
@@ -45,11 +50,25 @@ class Runtime:
 
     def agree(self, wanted: bool) -> bool:
         """True on every rank when any rank wants it (one all-reduce of one CPU integer)."""
+        return bool(self.agree_all([int(wanted)])[0])
+
+    def agree_all(self, values: list[int]) -> list[int]:
+        """The elementwise maximum over ranks of a few CPU integers (one all-reduce): what every rank
+        then acts on, so no rank takes a branch alone and waits in a collective the others skip."""
         if self.world <= 1:
-            return wanted
-        flag = torch.tensor([int(wanted)])
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self.control)
-        return bool(flag.item())
+            return [int(v) for v in values]
+        flags = torch.tensor([int(v) for v in values], dtype=torch.long)
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX, group=self.control)
+        return flags.tolist()
+
+    def decide(self, value: int) -> int:
+        """Rank 0's `value` on every rank (one broadcast of one CPU integer): for what each rank
+        would read from the store at a different moment, such as whether a stage is done."""
+        if self.world <= 1:
+            return int(value)
+        flag = torch.tensor([int(value)], dtype=torch.long)
+        torch.distributed.broadcast(flag, src=0, group=self.control)
+        return int(flag.item())
 
     def sync_batchnorm(self, net: nn.Module) -> nn.Module:
         """Batch norm over the global batch (all ranks); a no-op for one process."""
@@ -94,21 +113,20 @@ def local(run: RunConfig) -> Runtime:
     return Runtime(_threads_and_device(run))
 
 
-def rendezvous_port(job_id: str, restart: int, group: int = 0) -> int:
+def rendezvous_port(job_id: str, restart: int) -> int:
     """A port from the job id and its restart count: stable across ranks, new after each requeue.
-
-    `group`: how many process groups this process set up before (a pack runs one per stage). Each
-    gets the next port: on the previous one a rank that finished its stage first would meet the
-    other rank's old store, still open, take the old group's addresses from it and hang."""
-    first = random.Random(f"{job_id}/{restart}").randint(20000, 60000)
-    return 20000 + (first - 20000 + group) % 40001
+    A pack's stages share the one process group its first stage sets up (from_environment), so
+    no second rendezvous ever meets the first one's store, still open on this port."""
+    return random.Random(f"{job_id}/{restart}").randint(20000, 60000)
 
 
-_groups = 0  # process groups set up by this process (from_environment)
+_ranks: Optional[Runtime] = None  # this process's rank of a multi-task job, set up by its first stage
 
 
 def from_environment(run: RunConfig) -> Runtime:
-    """The runtime of a submitit job: one process, or one rank of a multi-task (DDP) job."""
+    """The runtime of a submitit job: one process, or one rank of a multi-task (DDP) job. The
+    ranks rendezvous once per process: the next stage of a pack reuses the same process group."""
+    global _ranks
     import submitit
 
     env = submitit.JobEnvironment()
@@ -116,18 +134,22 @@ def from_environment(run: RunConfig) -> Runtime:
         run = dataclasses.replace(run, threads=int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0))
     if env.num_tasks <= 1:
         return local(run)
-    global _groups
-    os.environ["MASTER_PORT"] = str(rendezvous_port(env.job_id, int(os.environ.get("SLURM_RESTART_COUNT", 0)), _groups))
-    _groups += 1
+    if _ranks is not None:
+        return _ranks
+    os.environ["MASTER_PORT"] = str(rendezvous_port(env.job_id, int(os.environ.get("SLURM_RESTART_COUNT", 0))))
     dist = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     device = _threads_and_device(run, dist.local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
     torch.distributed.init_process_group(backend, init_method="env://", rank=dist.rank, world_size=dist.world_size,
                                          timeout=datetime.timedelta(minutes=30),
                                          **({"device_id": device} if device.type == "cuda" else {}))
-    group = torch.distributed.new_group(backend=backend)
-    control = torch.distributed.new_group(backend="gloo") if backend != "gloo" else group
-    return Runtime(device, dist.rank, dist.world_size, group, control)
+    # Batch-norm statistics use the default group, as DDP does: the ranks issue both kinds of all-reduce
+    # in the same (autograd's) order, so one communicator serves both. Decisions go over gloo, so
+    # they never wait for the GPU; with gloo as the backend the default group is that group.
+    control = torch.distributed.new_group(backend="gloo") if backend != "gloo" else None
+    _ranks = Runtime(device, dist.rank, dist.world_size, None, control)
+    atexit.register(_ranks.close)  # once the job's last stage is done
+    return _ranks
 
 
 class _AllReduceSum(torch.autograd.Function):

@@ -43,6 +43,8 @@ class Draws:
             rows = torch.rand(self.BLOCK, k, generator=generator(self.seed, purpose, k, b))
             at = blocks == b
             out[at] = rows[self.positions[at] - b * self.BLOCK]
+        if self.device.type == "cuda":  # from page-locked memory the copy runs without blocking the host
+            return out.pin_memory().to(self.device, non_blocking=True)
         return out.to(self.device)
 
     def generator(self, purpose: str) -> torch.Generator:

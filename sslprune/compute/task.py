@@ -149,13 +149,22 @@ class Exemplar(Labels):
     def __init__(self, cfg: TaskConfig, mean: tuple, std: tuple):
         self.num_outputs, self.margin = cfg.embedding, cfg.margin
         self.mean, self.std = tuple(mean), tuple(std)
+        self._made = {}  # (device, dtype) -> the constants of `view` there
+
+    def _constants(self, x: torch.Tensor) -> tuple:
+        """mean, std and the luma weights as (1, C, 1, 1) tensors on x's device and dtype, made once:
+        built in every view they were three small host-to-device copies per view, six per step."""
+        key = (x.device, x.dtype)
+        if key not in self._made:
+            self._made[key] = tuple(torch.tensor(v, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+                               for v in (self.mean, self.std, self.grey))
+        return self._made[key]
 
     def view(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """One transformed view per image of a normalised batch from its four uniform draws `u`
         (b x 4 in [0, 1): brightness, contrast, saturation, angle), whatever the channels."""
         b, c = x.shape[:2]
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, c, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, c, 1, 1)
+        mean, std, grey = self._constants(x)
         u = u.to(device=x.device, dtype=x.dtype) * 2 - 1
         bright, contrast, sat = (1 + self.jitter * u[:, i].view(b, 1, 1, 1) for i in range(3))
         # Jitter acts on intensities in [0, 1]: brightness scales towards black, which is not a
@@ -165,7 +174,7 @@ class Exemplar(Labels):
         level = raw.mean(dim=(1, 2, 3), keepdim=True)
         raw = (raw - level) * contrast + level
         if c == 3:
-            luma = (raw * torch.tensor(self.grey, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)).sum(1, keepdim=True)
+            luma = (raw * grey).sum(1, keepdim=True)
             raw = (raw - luma) * sat + luma
         raw = raw.clamp(0, 1)
         angle = u[:, 3] * math.radians(self.max_degrees)

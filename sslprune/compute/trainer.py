@@ -8,7 +8,9 @@ resumed run is bit-identical on CPU at the same thread count, whatever ran befor
 
 Under DDP every rank polls its own interrupt flag; every `run.interrupt_every` steps the ranks
 agree on it with one collective (`Fit.agree`), so all of them stop at the same step boundary,
-rank 0 checkpoints, and none is left waiting in a collective the others never join.
+rank 0 checkpoints, and none is left waiting in a collective the others never join. The same
+collective carries rank 0's clock (a checkpoint due by `run.checkpoint_minutes`), and the finiteness
+checks agree too: every branch that leads to a collective or a raise is taken by all ranks or none.
 """
 from __future__ import annotations
 
@@ -47,8 +49,9 @@ class Fit:
     # Polled at step boundaries (a cheap Python check); when it returns True the loop checkpoints
     # at once and raises Interrupted. Set by the cluster code on SLURM's signal, by sslprune-run on Ctrl-C.
     interrupt: Optional[Callable[[], bool]] = None
-    # The ranks' common answer to "does any rank want to stop?" (one collective); None: one process.
-    agree: Optional[Callable[[bool], bool]] = None
+    # The ranks' elementwise maximum of a few integers (one collective, Runtime.agree_all): their common
+    # answer to "does any rank want to stop?" and the like; None: one process.
+    agree: Optional[Callable[[list], list]] = None
     # The checkpoint to continue from, already read (sslprune.compute.checkpoint.resume_state);
     # None: read `checkpoint` (or its previous generation) if there is one.
     resume: Optional[dict] = None
@@ -66,19 +69,20 @@ def optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
 
 
 def rng_state() -> dict:
-    """torch's generators, saved with each checkpoint. No training draw uses them (every draw has its
-    own seeded generator), but a resumed process then starts exactly where the killed one was."""
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    """torch's CPU generator, saved with each checkpoint. No training draw uses it (every draw has its
+    own seeded generator), but a resumed process then starts exactly where the killed one was.
+
+    No CUDA generator is saved: no draw uses the default ones (seed.Draws makes its numbers on the
+    CPU, the loaders' augmentation draws from generators seeded per batch, seed.generator), and
+    `get_rng_state_all` holds one state per *visible* GPU, so a checkpoint of an 8-GPU job could not
+    be resumed where fewer are visible."""
+    return {"torch": torch.get_rng_state()}
 
 
 def set_rng_state(state: dict) -> None:
-    """Checkpoints are read to the CPU, so these are CPU ByteTensors whatever the run's device."""
+    """Checkpoints are read to the CPU, so this is a CPU ByteTensor whatever the run's device. A
+    "cuda" entry (checkpoints of earlier versions: one state per GPU the job saw) is ignored."""
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def restore(state: dict, net: nn.Module, opt: torch.optim.Optimizer, task) -> int:
@@ -130,10 +134,17 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
 
     def check_finite(at_step: int, weights: bool = False) -> None:
         bad = int(first_bad.item())
+        bad_weights = weights and bad < 0 and \
+            not bool(torch.stack([torch.isfinite(p).all() for p in net.parameters()]).all())  # one sync
+        if job.agree is not None:
+            # A loss is one rank's own: all ranks raise when any saw a non-finite one (the earliest
+            # step is the largest total - step), else the others would wait in the next collective.
+            earliest, bad_weights = job.agree([total + 1 - bad if bad >= 0 else 0, int(bad_weights)])
+            bad = total + 1 - earliest if earliest else -1
         where = None
         if bad >= 0:
             where = f"non-finite loss at step {bad} (epoch {bad // spe})"
-        elif weights and not bool(torch.stack([torch.isfinite(p).all() for p in net.parameters()]).all()):  # one sync
+        elif bad_weights:
             where = f"non-finite weights after step {at_step} (epoch {at_step // spe}), the loss was still finite"
         if where:
             kept = next((p for p in (job.checkpoint, checkpoint.previous(job.checkpoint)) if p.exists()), None)
@@ -142,18 +153,22 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
                 (f"the last good checkpoint ({kept}) is kept" if kept is not None else
                  "no checkpoint had been saved yet, so a re-run starts this stage from its beginning"))
 
-    def stop_requested() -> bool:
-        wanted = bool(job.interrupt is not None and job.interrupt())
-        return job.agree(wanted) if job.agree is not None else wanted
+    def clock_due() -> bool:
+        return bool(run.checkpoint_minutes) and time.monotonic() - last_save > 60 * run.checkpoint_minutes
 
     job.model.train()
     batches = None
     first_step_at = time.time() if step >= total else None  # nothing left to train: set-up is all there was
+    time_due = False  # under DDP: rank 0's clock, as of the last agreement
     while step < total:
-        if step % every == 0 and stop_requested():
-            check_finite(step, weights=True)
-            save(step)
-            raise Interrupted(step)
+        if step % every == 0:
+            wanted = bool(job.interrupt is not None and job.interrupt())
+            if job.agree is not None:  # rank 0's clock decides for all: the ranks' clocks differ
+                wanted, time_due = (bool(v) for v in job.agree([int(wanted), int(rank == 0 and clock_due())]))
+            if wanted:
+                check_finite(step, weights=True)
+                save(step)
+                raise Interrupted(step)
         for hook in job.hooks:
             hook(step, net)
         epoch, index = divmod(step, spe)
@@ -195,11 +210,11 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
             loss_sum.zero_(), correct.zero_()
             seen, last_log, last_log_step = 0, now, step
         due = (run.checkpoint_steps and step % run.checkpoint_steps == 0) or \
-              (run.checkpoint_minutes and time.monotonic() - last_save > 60 * run.checkpoint_minutes)
+              (time_due if job.agree is not None else clock_due())
         if due and step < total:
             check_finite(step, weights=True)  # never overwrite a good checkpoint with a diverged one
             save(step)
-            last_save = time.monotonic()
+            last_save, time_due = time.monotonic(), False
     check_finite(step, weights=True)
     for hook in job.hooks:
         hook(step, net)

@@ -160,7 +160,7 @@ class StageJob:
         out = []
         for stage in self.stages:
             _say(f"{stage.label} -> {stage.dir}")
-            if stage.done():
+            if env.num_tasks == 1 and stage.done():  # several ranks: rank 0 decides for all (runner.run)
                 _say("already done")
                 out.append({"stage": stage.label, "dir": str(stage.dir), **stage.result()})
                 continue

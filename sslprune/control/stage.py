@@ -224,7 +224,7 @@ class Stage:
 
         The one door from the control plane to the compute plane: torch is imported here, when a
         stage actually runs, never when stages are planned, submitted or reported."""
-        if self.done():
+        if rt is None and self.done():  # ranks decide together (runner.run): rank 0 reads, all follow
             return self.result()
         from ..compute import runner
 
