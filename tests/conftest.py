@@ -71,14 +71,14 @@ def _fashion_mnist_there(root: Path) -> bool:
 
 def _apt_install(package: str) -> str:
     """apt-get install `package` (after apt-get update if the lists do not know it); '' when
-    installed, else apt's last line."""
+    installed, else apt's last line. --reinstall: also when dpkg has it but its files are gone."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     out = ""
     for update in (False, True):
         if update:
             subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True, env=env, timeout=600)
-        p = subprocess.run(["apt-get", "install", "-y", "-qq", package], capture_output=True, text=True, env=env,
-                           timeout=600)
+        p = subprocess.run(["apt-get", "install", "-y", "-qq", "--reinstall", package], capture_output=True,
+                           text=True, env=env, timeout=600)
         if p.returncode == 0:
             return ""
         out = (p.stderr.strip() or p.stdout.strip() or f"exit {p.returncode}").splitlines()[-1]
@@ -95,8 +95,8 @@ def fashion_mnist() -> Path:
         return root
     debian = root == Path(catalog.FASHION_MNIST_DEBIAN)
     if debian and os.geteuid() == 0 and shutil.which("apt-get"):
-        error = _apt_install(FASHION_MNIST_PACKAGE)
-        if not error and _fashion_mnist_there(root):
+        error = _apt_install(FASHION_MNIST_PACKAGE) or "its files are still missing"
+        if _fashion_mnist_there(root):
             return root
         pytest.skip(f"Fashion-MNIST not in {root}: apt-get install {FASHION_MNIST_PACKAGE} failed: {error}")
     how = f"install Debian's package {FASHION_MNIST_PACKAGE}" if debian else \
