@@ -19,8 +19,8 @@ where the pixels are made:
 
 Decoding is TorchCodec's, not torchvision's: torchvision 0.29 deprecates its decoders for
 TorchCodec's (>= 0.16, the first with `decode_jpeg(list, device=)`); on the CPU both are the same
-libjpeg-turbo call and give the same pixels (checked on the input-pipeline benchmark's 528 JPEGs). torchvision
-stays for the transforms.
+libjpeg-turbo call and give the same pixels (checked on the input-pipeline benchmark's 528
+JPEGs). torchvision stays for the transforms.
 
 `resample` is `torchvision.ops.roi_align(aligned=True, sampling_ratio=-1)` for a list of images
 of different sizes: roi_align wants one padded N x C x H x W tensor, whose padding would cost

@@ -211,8 +211,8 @@ def _ahead(source, make, device: torch.device, depth: int = 2):
                         # kernels reading them may still be queued. A decoder working outside this
                         # stream's order (torchvision's nvJPEG path had a stream of its own,
                         # pytorch/vision PR 9606) could then write batch N+1 into blocks batch N
-                        # is still reading; TorchCodec 0.17 queues nvJPEG on the current stream,
-                        # and this wait keeps the rule whatever a decoder version does. It costs
+                        # is still reading. TorchCodec 0.17 asks torch for the current stream (this
+                        # one); the wait keeps the rule whatever a decoder version does. It costs
                         # this thread, not the training step, which it runs `depth` batches ahead of.
                         event.synchronize()
             put((_END, None, None))
