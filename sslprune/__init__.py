@@ -2,7 +2,7 @@
 
 Two planes, one-way imports:
 - `sslprune.control`: config schema and validation, identity and store paths, the stage graph,
-  submission, status, report tables and plots, W&B sync. Imports no torch, torchvision,
+  submission, status, report tables and plots, W&B sync. Imports no torch, torchvision, torchcodec,
   scikit-learn or scipy: it runs on a login node.
 - `sslprune.compute`: models, tasks, masks, loaders, the training loop, evaluation: what a job
   imports. It may use control-plane types, never the reverse (a stage hands itself to the compute

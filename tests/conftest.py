@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from sslprune.control import catalog
 from sslprune.control.config import Config, DataConfig, ModelConfig, OptimConfig, ProbeConfig, PruneConfig, \
     RetrainConfig, RunConfig, SignalConfig, TaskConfig
 
@@ -50,3 +52,83 @@ def cli(*args: str, timeout: float = 600, check: bool = True, env: dict | None =
 @pytest.fixture
 def store(tmp_path) -> Path:
     return tmp_path / "store"
+
+
+# ---------------------------------------------------------------- Fashion-MNIST, as the cluster comes
+
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+
+
+def fashion_mnist_root() -> Path:
+    """Where the tests look for Fashion-MNIST: Debian's package, or SSLPRUNE_FASHION_MNIST_ROOT
+    (a CI step points it at an empty folder to play a machine without the package)."""
+    return Path(os.environ.get("SSLPRUNE_FASHION_MNIST_ROOT") or catalog.FASHION_MNIST_DEBIAN)
+
+
+def _fashion_mnist_there(root: Path) -> bool:
+    return all(catalog.find_idx(root, n) is not None for n in catalog.FASHION_MNIST_FILES)
+
+
+def _apt_install(package: str) -> str:
+    """apt-get install `package` (after apt-get update if the lists do not know it); '' when
+    installed, else apt's last line. --reinstall: also when dpkg has it but its files are gone."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    out = ""
+    for update in (False, True):
+        if update:
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True, env=env, timeout=600)
+        p = subprocess.run(["apt-get", "install", "-y", "-qq", "--reinstall", package], capture_output=True,
+                           text=True, env=env, timeout=600)
+        if p.returncode == 0:
+            return ""
+        out = (p.stderr.strip() or p.stdout.strip() or f"exit {p.returncode}").splitlines()[-1]
+    return out
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist() -> Path:
+    """The Fashion-MNIST root for the tests that need the real files: installed with apt-get when
+    missing from Debian's place and this is root with apt (as tests/test_slurm.py's fixture starts
+    the cluster), else those tests skip naming the package."""
+    root = fashion_mnist_root()
+    if _fashion_mnist_there(root):
+        return root
+    debian = root == Path(catalog.FASHION_MNIST_DEBIAN)
+    if debian and os.geteuid() == 0 and shutil.which("apt-get"):
+        error = _apt_install(FASHION_MNIST_PACKAGE) or "its files are still missing"
+        if _fashion_mnist_there(root):
+            return root
+        pytest.skip(f"Fashion-MNIST not in {root}: apt-get install {FASHION_MNIST_PACKAGE} failed: {error}")
+    how = f"install Debian's package {FASHION_MNIST_PACKAGE}" if debian else \
+        f"SSLPRUNE_FASHION_MNIST_ROOT={root} does not hold it; unset it and install Debian's package " \
+        f"{FASHION_MNIST_PACKAGE}"
+    pytest.skip(f"Fashion-MNIST not in {root}: {how}")
+
+
+def fashion_mnist_configs(cfg) -> list:
+    """Every DataConfig named fashion_mnist inside a composed Config (dataclasses, lists, dicts)."""
+    import dataclasses
+
+    from sslprune.control.config import DataConfig
+
+    found, seen = [], set()
+
+    def walk(x):
+        if id(x) in seen:
+            return
+        seen.add(id(x))
+        if isinstance(x, DataConfig):
+            if x.name == "fashion_mnist":
+                found.append(x)
+        elif dataclasses.is_dataclass(x):
+            for f in dataclasses.fields(x):
+                walk(getattr(x, f.name))
+        elif isinstance(x, (list, tuple)):
+            for y in x:
+                walk(y)
+        elif isinstance(x, dict):
+            for y in x.values():
+                walk(y)
+
+    walk(cfg)
+    return found

@@ -24,8 +24,6 @@ from sslprune.control.config import DataConfig
 from sslprune.compute.dataset import DataMissing, FolderData, MemoryData
 
 CPU = torch.device("cpu")
-FMNIST = Path(dataset.FASHION_MNIST_DEBIAN)
-FMNIST_FILES = [f"{p}-{k}-idx{d}-ubyte.gz" for p in ("train", "t10k") for k, d in (("images", 3), ("labels", 1))]
 
 
 # ---------------------------------------------------------------- fixture writers
@@ -145,10 +143,8 @@ def test_digits_shapes_split_and_determinism():
 # ---------------------------------------------------------------- Fashion-MNIST
 
 
-@pytest.mark.skipif(not all((FMNIST / f).is_file() for f in FMNIST_FILES),
-                    reason=f"Fashion-MNIST not installed at {FMNIST} (Debian package dataset-fashion-mnist)")
-def test_fashion_mnist_real_files():
-    data = dataset.load(DataConfig(name="fashion_mnist"))  # default root: the Debian package
+def test_fashion_mnist_real_files(fashion_mnist):
+    data = dataset.load(DataConfig(name="fashion_mnist", root=str(fashion_mnist)))  # the Debian package
     assert isinstance(data, MemoryData) and data.num_classes == 10 and data.channels == 1
     tr, te = data.train, data.test
     assert tr.images.shape == (60000, 1, 28, 28) and te.images.shape == (10000, 1, 28, 28)

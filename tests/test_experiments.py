@@ -20,7 +20,7 @@ from sslprune.control import experiment, report
 from sslprune.compute import checkpoint
 from sslprune.control.config import DataConfig, OptimConfig, REWIND, rewind_steps, signal_data, signal_prune
 
-from conftest import ROOT, cli
+from conftest import ROOT, cli, fashion_mnist_configs
 
 CONF = ROOT / "conf"
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
@@ -31,6 +31,17 @@ SMALL = [e for e in EXPERIMENTS if re.match(r"(fig\d|table\d)_", e) and e.endswi
 def load(name: str, *overrides: str):
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         return typed(compose("config", overrides=[f"experiment={name}", *overrides]))
+
+
+def with_fashion_mnist(cfg, request):
+    """cfg reading Fashion-MNIST (where it does) from the `fashion_mnist` fixture's root: the
+    Debian package, installed by the fixture when it can be, or the test skips naming it."""
+    found = fashion_mnist_configs(cfg)
+    if found:
+        root = str(request.getfixturevalue("fashion_mnist"))
+        for d in found:
+            d.root = root
+    return cfg
 
 
 def test_every_figure_and_table_1_has_a_preset_and_a_reduced_twin():
@@ -138,8 +149,8 @@ def shrink(cfg):
 
 
 @pytest.mark.parametrize("name", SMALL)
-def test_reduced_twin_runs_every_stage_for_a_few_steps(name, tmp_path):
-    cfg = shrink(load(name, f"store={tmp_path}"))
+def test_reduced_twin_runs_every_stage_for_a_few_steps(name, tmp_path, request):
+    cfg = with_fashion_mnist(shrink(load(name, f"store={tmp_path}")), request)
     run_local(cfg)
     out, summary = report.write(cfg)
     every = experiment.stages(cfg)
@@ -196,8 +207,8 @@ def _updates(cfg, signal: str) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("name", SMALL)
-def test_twins_rewind_at_the_papers_fraction_of_training_in_updates(name):
-    cfg = load(name)
+def test_twins_rewind_at_the_papers_fraction_of_training_in_updates(name, request):
+    cfg = with_fashion_mnist(load(name), request)
     seen = set()
     for signal in cfg.signals:
         spe, batch = _updates(cfg, signal)

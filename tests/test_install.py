@@ -1,14 +1,19 @@
 """Installable: a wheel built from the project, installed into a fresh venv, works from any directory.
 
-The venv sees the system site-packages for torch and the other dependencies (no network here),
-so the test also checks that what runs is the venv's copy of sslprune, not this checkout (the
-checkout may be installed in the system site-packages in editable mode).
+The venv finds torch and the other dependencies where the interpreter running the test finds
+them (no network here): a `.pth` file lists that interpreter's site-packages folders, whether it is
+the system's or a virtual environment's (`venv --system-site-packages` would give only the base
+interpreter's, which a project installed in a venv does not use). So the test also checks that
+what runs is the venv's copy of sslprune, not this checkout (the checkout may be installed
+editable beside the dependencies; a folder listed in a `.pth` file is searched after the venv's
+own site-packages and its `.pth` files, such as an editable install's finder, are not run).
 """
 from __future__ import annotations
 
 import csv
 import os
 import shutil
+import site as python_site
 import subprocess
 import sys
 import zipfile
@@ -56,6 +61,16 @@ def _builder(env: dict) -> tuple[str, list[str]]:
     return sys.executable, []
 
 
+def _dependency_dirs() -> list[str]:
+    """The site-packages folders this interpreter imports its packages from: its own (a venv's or
+    the system's), the system's a venv may see, the user's."""
+    dirs = list(python_site.getsitepackages())
+    if python_site.ENABLE_USER_SITE:
+        dirs.append(python_site.getusersitepackages())
+    dirs += [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+    return [d for d in dict.fromkeys(dirs) if Path(d).is_dir()]
+
+
 @pytest.mark.slow
 def test_wheel_installs_only_sslprune_and_its_commands_work_outside_the_checkout(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
@@ -79,10 +94,11 @@ def test_wheel_installs_only_sslprune_and_its_commands_work_outside_the_checkout
     assert all(f"sslprune-{a} = " in scripts for a in APPS), scripts
 
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", venv], cwd=tmp_path, env=env)
+    _run([sys.executable, "-m", "venv", venv], cwd=tmp_path, env=env)
     py, bin_ = venv / "bin" / "python", venv / "bin"
     site = Path(_run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path, env)
                 .stdout.strip())
+    (site / "_dependencies.pth").write_text("".join(f"{d}\n" for d in _dependency_dirs()))
     before = set(os.listdir(site))
     _run([bin_ / "pip", "install", "--no-deps", "-q", wheel], cwd=tmp_path, env=env)
     added = set(os.listdir(site)) - before

@@ -1,5 +1,5 @@
 """Two planes with one-way imports: the control plane plans, submits, reports status and writes
-tables without torch, torchvision, scikit-learn or scipy (a login node may lack them); the compute
+tables without torch, torchvision, torchcodec, scikit-learn or scipy (a login node may lack them); the compute
 plane may use the control plane's types, never the reverse; no import cycles."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, cli
 
 PACKAGE = ROOT / "sslprune"
-HEAVY = ("torch", "torchvision", "sklearn", "scipy")
+HEAVY = ("torch", "torchvision", "torchcodec", "sklearn", "scipy")
 # The only places the control plane reaches into the compute plane, each inside a function that
 # runs only when a stage is actually computed in this process.
 DOORS = {
@@ -94,7 +94,7 @@ def test_compute_plane_never_imports_the_apps_and_no_module_imports_in_a_cycle()
 
 
 def _without_heavy(tmp_path: Path) -> dict:
-    """An environment whose torch, torchvision, sklearn and scipy raise ImportError on import."""
+    """An environment whose torch, torchvision, torchcodec, sklearn and scipy raise ImportError on import."""
     blocked = tmp_path / "blocked"
     for name in HEAVY:
         (blocked / name).mkdir(parents=True)

@@ -271,11 +271,12 @@ def test_stage_multirun_with_stock_submitit_launcher_is_one_array(tmp_path):
     assert len(logs) == 4 and all("[sslprune job] imp" in log for log in logs), logs[:1]
 
 
-def test_transfer_chains_and_new_evaluations_run_as_dependent_arrays(tmp_path):
+def test_transfer_chains_and_new_evaluations_run_as_dependent_arrays(tmp_path, fashion_mnist):
     """Pruning during transfer waits for its source's level 0 (afterok across chains); SVM and
     fine-tuning stages run as arrays after their IMP level, all on the real cluster."""
     store = tmp_path / "store"
     args = [f"store={store}", "experiment=fig2_voc07_finetune_resnet50_small", "seeds=[0]", "prune.levels=1",
+            f"signals.transfer.data.root={fashion_mnist}",
             "model.width=4", "run.threads=1", "run.quiet=true", "data.train_limit=512", "data.test_limit=128",
             "svm.signals=[rotnet]", "svm.datasets=[{name: digits}]", "svm.folds=2", "finetune.levels=null", "prune.rewind=1it",
             "signals.transfer.data.train_limit=256", "finetune.datasets=[{name: digits}]"]

@@ -5,16 +5,22 @@ Both paths take the same crops and flips, drawn from each sample's seed and its 
 alone (`train_box`; `eval_box` for the resize + centre crop of evaluation), and differ only in
 where the pixels are made:
 
-- workers (`load`): libjpeg-turbo decodes in the DataLoader workers (torchvision's call, or PIL's
+- workers (`load`): libjpeg-turbo decodes in the DataLoader workers (TorchCodec's call, or PIL's
   `draft` at half size, libjpeg's DCT scaling, when the crop is at least twice the output; PIL
   for other files), and the crop is resized on uint8 tensors; the loader normalises the uint8
   batch once, where it is used. Half size only: at 1/4 and 1/8 libjpeg-turbo decodes 4:2:0 colour
   too coarsely (measured on a photo: a mean error of 0.6-7.6 grey levels against the full-size
   decode's crop, 0.2-0.5 at 1/2) for ~0.1 ms less.
 - device (`read`, `decode`, `resample`): the workers read the file's bytes (and decode with PIL
-  only what nvjpeg does not take: greyscale and CMYK JPEGs, PNG and other formats); the batch is
-  decoded where it is used (`torchvision.io.decode_jpeg` on a list: nvjpeg on CUDA, libjpeg-turbo
-  on CPU) and cropped, resized and flipped by one batched resampling of all its images.
+  only what nvJPEG does not take: greyscale and CMYK JPEGs, PNG and other formats); the batch is
+  decoded where it is used (`decode`: TorchCodec's `decode_jpeg` on a list, one batched nvJPEG
+  call on CUDA, libjpeg-turbo on CPU) and cropped, resized and flipped by one batched
+  resampling of all its images.
+
+Decoding is TorchCodec's, not torchvision's: torchvision 0.29 deprecates its decoders for
+TorchCodec's (>= 0.16, the first with `decode_jpeg(list, device=)`); on the CPU both are the same
+libjpeg-turbo call and give the same pixels (checked on the input-pipeline benchmark's 528
+JPEGs). torchvision stays for the transforms.
 
 `resample` is `torchvision.ops.roi_align(aligned=True, sampling_ratio=-1)` for a list of images
 of different sizes: roi_align wants one padded N x C x H x W tensor, whose padding would cost
@@ -96,12 +102,12 @@ def load(path: str, size: int, seed: Optional[int]) -> torch.Tensor:
     """One image as a 3 x size x size uint8 tensor: the random-resized crop and flip of `seed`,
     or (seed None) the evaluation resize + centre crop.
 
-    JPEGs decode with torchvision's libjpeg-turbo call, straight into a tensor (PIL's decode plus
+    JPEGs decode with TorchCodec's libjpeg-turbo call, straight into a tensor (PIL's decode plus
     its copy into a tensor cost ~0.5 ms more per ImageNet image here); at half size, which only
     PIL's `draft` offers, when the crop is at least twice the output; other files with PIL."""
     from PIL import Image
     from torch.nn import functional as F
-    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchcodec.decoders import decode_jpeg
     from torchvision.transforms.v2 import functional as TF
 
     with open(path, "rb") as f:
@@ -118,7 +124,7 @@ def load(path: str, size: int, seed: Optional[int]) -> torch.Tensor:
                 image.draft("RGB", (max(1, width // 2), max(1, height // 2)))  # libjpeg's 1/2 DCT scaling
                 x = _rgb(image)
             elif image.format == "JPEG":
-                x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+                x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode="RGB")
             else:
                 x = _rgb(image)
     except (OSError, RuntimeError, SyntaxError, ValueError) as e:  # PIL's and libjpeg's complaints
@@ -171,23 +177,28 @@ def read(path: str, size: int, seed: Optional[int]) -> tuple:
 
 def decode(data: Sequence[torch.Tensor], device: torch.device, names: Sequence[str] = ()) -> list:
     """Colour JPEG bytes (1-D uint8 CPU tensors) as 3 x H x W uint8 images on `device`: one
-    batched nvjpeg call on CUDA. A batch that does not decode is decoded image by image: on CUDA
-    with PIL on the CPU for what nvjpeg refuses; a file neither decodes is named (`names`)."""
+    batched nvJPEG call on CUDA (TorchCodec's), libjpeg-turbo on CPU. A batch that does not
+    decode is decoded image by image: on CUDA with PIL on the CPU for what nvJPEG refuses; a file
+    neither decodes is named (`names`).
+
+    On CUDA, a caller that frees the images (and whatever it allocated beside them) and decodes
+    again must first wait for the work queued on them, or the decoder can write into blocks that
+    are still being read: loader._ahead does (the rule is written there)."""
     from PIL import Image
-    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchcodec.decoders import decode_jpeg
 
     if not data:
         return []
     try:
-        return decode_jpeg(list(data), mode=ImageReadMode.RGB, device=device)
-    except RuntimeError:
+        return decode_jpeg(list(data), mode="RGB", device=device)
+    except (RuntimeError, ValueError):
         pass
     out = []
     for i, d in enumerate(data):
         try:
-            out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
+            out.append(decode_jpeg(d, mode="RGB", device=device))
             continue
-        except RuntimeError as e:
+        except (RuntimeError, ValueError) as e:
             error = e
         if device.type == "cuda":
             try:

@@ -204,6 +204,17 @@ def _ahead(source, make, device: torch.device, depth: int = 2):
                         event.record(stream)
                     if not put((out, event, None)):
                         return
+                    if cuda:
+                        # The rule: batch N's work on this stream is finished before batch N+1 is
+                        # decoded. make() has returned, so the allocator already counts batch N's
+                        # decoded images and scratch buffers as free on this stream while the
+                        # kernels reading them may still be queued. A decoder working outside this
+                        # stream's order (torchvision's nvJPEG path had a stream of its own,
+                        # pytorch/vision PR 9606) could then write batch N+1 into blocks batch N
+                        # is still reading. TorchCodec 0.17 asks torch for the current stream (this
+                        # one); the wait keeps the rule whatever a decoder version does. It costs
+                        # this thread, not the training step, which it runs `depth` batches ahead of.
+                        event.synchronize()
             put((_END, None, None))
         except BaseException as e:  # handed to the consumer, which raises it
             put((None, None, e))
