@@ -490,3 +490,23 @@ def test_linked_jobs_reports_and_chain_folders_are_refused(tmp_path, reference):
         f"sslprune: error: {store / 'reports' / 'demo'} is a symbolic link (to {outside}) inside the store {store}; "
         "the store never follows one: remove it and re-run"], p.stderr
     assert sorted(p.name for p in outside.iterdir()) == ["precious.txt"] and precious.read_text() == "keep me\n"
+
+
+def test_a_linked_report_file_is_replaced_and_its_target_left_alone(tmp_path, reference):
+    from sslprune.control import report
+
+    store, outside = tmp_path / "store", tmp_path / "outside"
+    _copy(reference, store)
+    outside.mkdir()
+    out = store / "reports" / "demo"
+    out.mkdir(parents=True)
+    # One file of each writer: report's tables and markdown, index, naturals, findings.
+    names = ["results.csv", "summary.md", "stages.csv", "natural_sparsity.csv", "findings.md"]
+    for name in names:
+        (outside / name).write_text(f"precious {name}\n")
+        (out / name).symlink_to(outside / name)
+    report.write(_cfg(store), plots=False)
+    assert {n: (outside / n).read_text() for n in names} == {n: f"precious {n}\n" for n in names}
+    assert not any((out / n).is_symlink() for n in names)
+    assert (out / "results.csv").read_text().splitlines()[0] == ",".join(report.COLUMNS)
+    assert (out / "findings.md").read_text().startswith("# ")

@@ -19,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
+from . import store as files
 from .claims import CLAIMS, Claim, Term
 from .config import CUT_POINTS, REWIND, Config, signal_prune
 from .report import mean_stderr
@@ -342,5 +343,5 @@ def markdown(cfg: Config, findings: list[dict], unaddressed: list[str], known: O
 def write(cfg: Config, rows: list[dict], out: Path, known: Optional[dict] = None) -> list[dict]:
     """findings.md in the report folder `out`; returns the findings."""
     found, unaddressed = compute(cfg, rows)
-    (out / "findings.md").write_text(markdown(cfg, found, unaddressed, known))
+    files.write_text(out / "findings.md", markdown(cfg, found, unaddressed, known))  # never through a link
     return found

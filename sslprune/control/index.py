@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import difflib
 import json
@@ -93,10 +92,7 @@ def stage_rows(cfg: Config, known: Optional[dict] = None) -> list[dict]:
 
 def write_stages(cfg: Config, out_dir: Path, known: Optional[dict] = None) -> Path:
     path = Path(out_dir) / STAGES
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, COLUMNS)
-        w.writeheader()
-        w.writerows(stage_rows(cfg, known))
+    files.write_csv(path, COLUMNS, stage_rows(cfg, known))  # replaces a link at the name, never writes through it
     return path
 
 

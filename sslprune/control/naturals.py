@@ -4,7 +4,6 @@ dense network (sslprune.compute.sparsity.summary). Reads JSON only.
 """
 from __future__ import annotations
 
-import csv
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -44,10 +43,7 @@ def write(cfg: Config, out_dir: Path, plots: bool = True) -> list[dict]:
         pooled["counts"] = [a + b for a, b in zip(pooled["counts"], h["counts"])]
         pooled["zeros"] += h["zeros"]
         pooled["natural"] += stats["global"]["zero"]
-    with open(out_dir / "natural_sparsity.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    files.write_csv(out_dir / "natural_sparsity.csv", COLUMNS, rows)  # never through a link at the name
     if hists and plots:
         _plot(hists, out_dir / "weight_magnitudes.png")
     return rows

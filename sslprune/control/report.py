@@ -15,7 +15,6 @@ The store is the source of truth; the report can be rebuilt from it at any time.
 """
 from __future__ import annotations
 
-import csv
 import errno
 import math
 from collections import defaultdict
@@ -130,11 +129,7 @@ def rewind_markdown(rows_: list[dict]) -> str:
 
 
 def _write_csv(path: Path, columns: list[str], data: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, columns)
-        w.writeheader()
-        for row in data:
-            w.writerow({k: ("" if row[k] is None else row[k]) for k in columns})
+    files.write_csv(path, columns, [{k: ("" if row[k] is None else row[k]) for k in columns} for row in data])
 
 
 def quantity(n: Optional[float]) -> str:
@@ -235,8 +230,6 @@ def write(cfg: Config, plots: bool = True) -> tuple[Path, list[dict]]:
 
 
 def _write(cfg: Config, plots: bool) -> tuple[Path, list[dict]]:
-    import shutil
-
     from . import figures, findings, index, naturals
 
     out = Path(cfg.store) / "reports" / cfg.experiment
@@ -247,33 +240,35 @@ def _write(cfg: Config, plots: bool) -> tuple[Path, list[dict]]:
     summary = summarize(results)
     _write_csv(out / "results.csv", COLUMNS, results)
     _write_csv(out / "summary.csv", SUMMARY, summary)
-    (out / "summary.md").write_text(f"# {cfg.experiment}\n\n" + markdown(summary))
-    (out / "table.md").write_text(f"# {cfg.experiment}\n\n" + pivot(summary))
+    # Every report file goes through files.write_text / write_csv / copy: a link planted at a
+    # file's name is replaced, its target outside the store left alone.
+    files.write_text(out / "summary.md", f"# {cfg.experiment}\n\n" + markdown(summary))
+    files.write_text(out / "table.md", f"# {cfg.experiment}\n\n" + pivot(summary))
     index.write_stages(cfg, out, known)
     drawn = figures.write(cfg, summary, out) if plots else {}
     keep = 1 - cfg.prune.rate
     rw = rewinds(cfg, known)
     if rw:
         _write_csv(out / "rewind.csv", list(rw[0]), rw)
-        (out / "rewind.md").write_text(f"# {cfg.experiment}: rewind points\n\n" + rewind_markdown(rw))
+        files.write_text(out / "rewind.md", f"# {cfg.experiment}: rewind points\n\n" + rewind_markdown(rw))
     # The layerwise and semi-supervised figures of the paper are re-training figures: the same
     # picture as accuracy_vs_remaining_retrain.png (panels per scope / per label subset), under
     # the name that goes with their tables.
     headline = drawn.get("retrain") or next((drawn[f] for f in ("probe", "svm", "finetune") if f in drawn), None)
     if any(signal_prune(cfg, n).scope != "all" for n in cfg.signals):
         part = [s for s in summary if s["evaluation"] != "pretext"]
-        (out / "layerwise.md").write_text(_family_markdown(part, f"{cfg.experiment}: layerwise pruning",
-                                                           ["scope", "task", "evaluation"], keep))
+        files.write_text(out / "layerwise.md", _family_markdown(part, f"{cfg.experiment}: layerwise pruning",
+                                                                ["scope", "task", "evaluation"], keep))
         if headline:
-            shutil.copyfile(headline, out / "layerwise.png")
+            files.copy(headline, out / "layerwise.png")
     semi = {n for n, sig in cfg.signals.items() if sig.task.name == "s4l" or sig.task.label_fraction < 1}
     if semi:
         part = [s for s in summary if s["evaluation"] != "pretext"]
-        (out / "semi_supervised.md").write_text(_family_markdown(
+        files.write_text(out / "semi_supervised.md", _family_markdown(
             part, f"{cfg.experiment}: semi-supervised pruning (label subsets: {', '.join(sorted(semi))})",
             ["signal", "task", "evaluation"], keep))
         if headline:
-            shutil.copyfile(headline, out / "semi_supervised.png")
+            files.copy(headline, out / "semi_supervised.png")
     naturals.write(cfg, out, plots=plots)
     findings.write(cfg, results, out, known)  # findings.md: the paper's claims tested on these rows
     return out, summary

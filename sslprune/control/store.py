@@ -164,6 +164,30 @@ def write_json(obj: Any, path: Path, durable: bool = True) -> None:
     replace(Path(path), lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()), durable)
 
 
+def write_text(path: Path, text: str) -> None:
+    """A report file (table, markdown): replaced, never written through a link planted at its name
+    (open(path, "w") overwrote a linked results.csv's target outside the store)."""
+    replace(Path(path), lambda f: f.write(text.encode()), durable=False)
+
+
+def write_csv(path: Path, columns: list, rows) -> None:
+    """A CSV report file with a header row, written like write_text."""
+    import csv
+    import io
+
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, columns)
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def copy(source: Path, dest: Path) -> None:
+    """A copy of `source` at `dest`, replacing (never writing through) a link at `dest`."""
+    with open_regular(source) as src:
+        replace(Path(dest), lambda f: shutil.copyfileobj(src, f), durable=False)
+
+
 def read_json(path: Path) -> Any:
     with open_regular(path) as f:
         return json.loads(f.read().decode())
