@@ -38,7 +38,14 @@ def execute(cfg: DictConfig) -> None:
 
         if not slurm.available():
             _fail("sslprune: error: --cancel needs SLURM, but squeue/sbatch are not on PATH", 2)
-        ids = submission.cancel(Path(c.store))
+        said = slurm.silent()  # squeue answered "" when the controller was down: "cancelled 0 job(s)"
+        if said is not None:
+            _fail(f"sslprune: error: --cancel needs the SLURM controller, which does not answer (scontrol ping: "
+                  f"{said}); nothing was cancelled: start it or check SLURM_CONF", 2)
+        try:
+            ids = submission.cancel(Path(c.store))
+        except slurm.Refused as e:
+            _fail(f"sslprune: error: {e}; the store's jobs may still be live (check with squeue)", 1)
         print(f"[sslprune] cancelled {len(ids)} job(s) of store {c.store}" + (f": {' '.join(ids)}" if ids else ""),
               flush=True)
         return

@@ -52,13 +52,19 @@ def _entries(store: Path) -> list[str]:
     return sorted(str(p.relative_to(store)) for p in store.rglob("*")) if store.exists() else []
 
 
-def test_an_unreachable_controller_is_one_line_and_nothing_is_written(tmp_path):
-    """A slurm.conf whose controller port nobody listens on: one line before any write (the store
-    used to gain code/, jobs/configs/ and job pickles, then a 59-line traceback)."""
+def _dead_controller(tmp_path: Path) -> Path:
+    """A slurm.conf whose controller port nobody listens on."""
     conf = tmp_path / "slurm.conf"
     text = Path("/etc/slurm/slurm.conf").read_text()
     assert "SlurmctldPort=6817" in text
     conf.write_text(text.replace("SlurmctldPort=6817", "SlurmctldPort=1"))
+    return conf
+
+
+def test_an_unreachable_controller_is_one_line_and_nothing_is_written(tmp_path):
+    """A slurm.conf whose controller port nobody listens on: one line before any write (the store
+    used to gain code/, jobs/configs/ and job pickles, then a 59-line traceback)."""
+    conf = _dead_controller(tmp_path)
     store = tmp_path / "store"
     p = cli("sslprune-run", *tiny(store, signals=("labels",), seeds="[0]", levels=0), *SLURM, check=False,
             env={"SLURM_CONF": str(conf)}, timeout=120)
@@ -66,6 +72,28 @@ def test_an_unreachable_controller_is_one_line_and_nothing_is_written(tmp_path):
         "sslprune: error: launcher=slurm but the SLURM controller does not answer (scontrol ping: Slurmctld(primary) "
         "at vm is DOWN); nothing was submitted or written: start it, check SLURM_CONF, or use launcher=local"], p.stderr
     assert _entries(store) == []
+
+
+def test_cancel_with_an_unreachable_controller_is_one_line_not_cancelled_0(tmp_path):
+    """squeue answered nothing, so --cancel printed "cancelled 0 job(s)" and exited 0."""
+    p = cli("sslprune-status", f"store={tmp_path / 'store'}", "--cancel", check=False,
+            env={"SLURM_CONF": str(_dead_controller(tmp_path))}, timeout=120)
+    assert p.returncode == 2 and p.stdout == "" and p.stderr.splitlines() == [
+        "sslprune: error: --cancel needs the SLURM controller, which does not answer (scontrol ping: "
+        "Slurmctld(primary) at vm is DOWN); nothing was cancelled: start it or check SLURM_CONF"], p.stderr
+
+
+@pytest.mark.slow
+def test_a_failed_scancel_is_an_error_not_a_success(tmp_path, monkeypatch):
+    """The controller going away between squeue and scancel: scancel's exit status was ignored."""
+    from sslprune.control import slurm
+
+    monkeypatch.setenv("SLURM_CONF", str(_dead_controller(tmp_path)))  # the real scancel, a real dead port
+    with pytest.raises(slurm.Refused) as e:
+        slurm.cancel(["12345"], check=True)
+    assert re.fullmatch(r"scancel 12345 failed \(exit [1-9]\d*\): scancel: error: Kill job error on job id 12345: "
+                        r"Unable to contact slurm controller \(connect failure\)", str(e.value)), str(e.value)
+    slurm.cancel(["12345"])  # a re-submission's clean-up of stale jobs does not check
 
 
 def test_no_sbatch_on_path_is_one_line_and_nothing_is_written(tmp_path):

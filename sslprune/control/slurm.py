@@ -51,16 +51,26 @@ def require() -> None:
     if missing:
         raise Unavailable(f"launcher=slurm but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
                           "on PATH (start a cluster, e.g. `bash slurm/local-cluster.sh start`, or use launcher=local)")
+    said = silent()
+    if said is not None:
+        raise Unavailable(f"launcher=slurm but the SLURM controller does not answer (scontrol ping: {said}); "
+                          "nothing was submitted or written: start it, check SLURM_CONF, or use launcher=local")
+
+
+def silent() -> Optional[str]:
+    """None when the controller answers (or there is no scontrol to ask), else what `scontrol ping` said."""
     if shutil.which("scontrol") is None:
-        return
+        return None
     try:  # `scontrol ping` answers in milliseconds, up or down; squeue retries for seconds
         p = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=60)
         said, ok = (p.stdout.strip().splitlines() or [p.stderr.strip()])[0], p.returncode == 0
     except (OSError, subprocess.TimeoutExpired) as e:
         said, ok = str(e), False
-    if not ok:
-        raise Unavailable(f"launcher=slurm but the SLURM controller does not answer (scontrol ping: {said}); "
-                          "nothing was submitted or written: start it, check SLURM_CONF, or use launcher=local")
+    return None if ok else said
+
+
+class Refused(RuntimeError):
+    """A SLURM command that must succeed (scancel of --cancel) failed: one line naming it."""
 
 
 def _run(cmd: list[str]) -> str:
@@ -165,14 +175,34 @@ def release(job_id: str) -> None:
         raise RuntimeError(f"scontrol release {job_id} failed: {(p.stderr or p.stdout).strip()}")
 
 
-def live_jobs() -> list[tuple[str, str]]:
-    """(array or job id, name) of each of this user's jobs SLURM still holds (pending, running, ...)."""
-    out = _run(["squeue", "-h", "--me", "-t", "all", "-o", "%F|%T|%j"])
+def live_jobs(check: bool = False) -> list[tuple[str, str]]:
+    """(array or job id, name) of each of this user's jobs SLURM still holds (pending, running, ...).
+    `check`: raise Refused when squeue fails, instead of answering "none"."""
+    cmd = ["squeue", "-h", "--me", "-t", "all", "-o", "%F|%T|%j"]
+    out = _run(cmd)
+    if check and not out:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)  # empty queue, or a failure?
+        if p.returncode != 0:
+            said = ((p.stderr or p.stdout).strip().splitlines() or [""])[-1]
+            raise Refused(f"squeue failed (exit {p.returncode}): {said}")
+        out = p.stdout
     rows = [line.split("|", 2) for line in out.splitlines() if line.count("|") >= 2]
     return list(dict.fromkeys((job, name) for job, state, name in rows if state in LIVE))
 
 
-def cancel(job_ids: Iterable[str]) -> None:
+def cancel(job_ids: Iterable[str], check: bool = False) -> None:
+    """scancel the ids. `check`: raise Refused when scancel fails (sslprune-status --cancel printed
+    "cancelled" for jobs a controller that went away never cancelled); a re-submission's clean-up
+    of stale jobs does not check (a job may end between squeue and scancel)."""
     ids = [j for j in job_ids if j]
-    if ids:
-        subprocess.run(["scancel", *ids], capture_output=True, timeout=60)
+    if not ids:
+        return
+    try:
+        p = subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        if check:
+            raise Refused(f"scancel {' '.join(ids)} failed: {e}") from None
+        return
+    if check and p.returncode != 0:
+        said = ((p.stderr or p.stdout).strip().splitlines() or [""])[-1]
+        raise Refused(f"scancel {' '.join(ids)} failed (exit {p.returncode}): {said}")

@@ -450,13 +450,14 @@ def watch_command(cfg: Config, overrides: Optional[list[str]] = None) -> str:
 
 def cancel(store: Path) -> list[str]:
     """Cancel exactly this store's live jobs: the arrays its ledger records and any job named with
-    its tag; returns the job ids cancelled (an array counts once)."""
+    its tag; returns the job ids cancelled (an array counts once). Raises slurm.Refused when squeue
+    or scancel fails: "cancelled 0 job(s)" must mean that none was live."""
     recorded = set()
     for r in records(store).values():
         recorded |= {j.split("_")[0] for j in [r["job_id"], *r["history"]]}
     tag = f"-{store_tag(store)}"
-    ids = sorted({j for j, name in slurm.live_jobs() if j in recorded or name.endswith(tag)}, key=int)
-    slurm.cancel(ids)
+    ids = sorted({j for j, name in slurm.live_jobs(check=True) if j in recorded or name.endswith(tag)}, key=int)
+    slurm.cancel(ids, check=True)
     return ids
 
 
