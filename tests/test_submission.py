@@ -102,6 +102,26 @@ def test_launcher_validation_names_the_key(tmp_path, key, value, match):
         validate(cfg)
 
 
+def test_cuda_with_gpu_less_single_task_jobs_is_refused(tmp_path):
+    """run.device=cuda and the default launcher.single.gpus_per_node=0: every SVM and standardised-probe
+    job failed with NoDevice on the cluster. Refused up front; the combinations that work pass."""
+    cfg = tiny_config(tmp_path, seeds=[0])
+    cfg.launcher = replace(cfg.launcher, name="slurm", gpus_per_node=1)
+    cfg.run = replace(cfg.run, device="cuda")
+    validate(cfg)  # no one-task stage: the probes are on augmented features (DDP jobs with the GPUs)
+    for single in ({"svm": replace(cfg.svm, signals=["rotnet"], datasets=[cfg.data])},
+                   {"probe": replace(cfg.probe, features="standardised")}):
+        bad = replace(cfg, **single)
+        with pytest.raises(ConfigError) as e:
+            validate(bad)
+        assert str(e.value) == (
+            "run.device=cuda with launcher.single.gpus_per_node=0: the SVM and standardised-probe jobs (one task, "
+            "launcher.single) would have no GPU; set launcher.single.gpus_per_node=1 or run.device=auto")
+        validate(replace(bad, launcher=replace(bad.launcher, single=SingleConfig(gpus_per_node=1))))
+        validate(replace(bad, run=replace(bad.run, device="auto")))
+        validate(replace(bad, launcher=replace(bad.launcher, name="local")))
+
+
 def test_launcher_is_not_identity(tmp_path):
     a, b = tiny_config(tmp_path), tiny_config(tmp_path)
     b.launcher = LauncherConfig(name="slurm", partition="learnfair", gpus_per_node=8, tasks_per_node=8)

@@ -623,6 +623,13 @@ def validate(cfg: Config) -> None:
     if cfg.run.checkpoint_steps < 0 or cfg.run.checkpoint_minutes < 0:
         raise ConfigError("run.checkpoint_steps and run.checkpoint_minutes must be >= 0")
     validate_launcher("launcher", cfg.launcher)
+    # SVM and standardised-probe stages run as one-task jobs with launcher.single's resources (no
+    # GPU by default): run.device=cuda made every one of them fail with NoDevice on the cluster.
+    single = cfg.svm.signals or (cfg.probe.features == "standardised" and cfg.probe.signals)
+    if cfg.launcher.name == "slurm" and cfg.run.device == "cuda" and cfg.launcher.single.gpus_per_node == 0 and single:
+        raise ConfigError("run.device=cuda with launcher.single.gpus_per_node=0: the SVM and standardised-probe "
+                          "jobs (one task, launcher.single) would have no GPU; set launcher.single.gpus_per_node=1 "
+                          "or run.device=auto")
     validate_store(cfg)
     validate_wandb(cfg.wandb)
 
