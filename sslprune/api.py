@@ -189,6 +189,9 @@ def export(cfg: Config, signal: str, seed: int = 0, level: Optional[int] = None,
     if out is None:
         name = f"{s.kind}_{signal}" + (f"_{scheme}" if scheme else "") + f"_seed{seed}_level{level}"
         out = Path(cfg.store) / "exports" / cfg.experiment / name
+        from .control import store as files
+
+        files.confine(cfg.store, out)  # a linked exports/ would take the files outside the store
     from .compute import export as exporter
 
     record = exporter.write(s, Path(out))

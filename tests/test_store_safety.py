@@ -510,3 +510,15 @@ def test_a_linked_report_file_is_replaced_and_its_target_left_alone(tmp_path, re
     assert not any((out / n).is_symlink() for n in names)
     assert (out / "results.csv").read_text().splitlines()[0] == ",".join(report.COLUMNS)
     assert (out / "findings.md").read_text().startswith("# ")
+
+
+def test_a_linked_exports_folder_is_refused_and_nothing_is_written_outside(tmp_path, reference):
+    store, outside = tmp_path / "store", tmp_path / "outside"
+    _copy(reference, store)
+    outside.mkdir()
+    (store / "exports").symlink_to(outside)
+    p = cli("sslprune-export", f"store={store}", *TINY, "signal=labels", "level=0", check=False)
+    assert p.returncode == 2 and p.stderr.splitlines() == [
+        f"sslprune: error: {store / 'exports'} is a symbolic link (to {outside}) inside the store {store}; "
+        "the store never follows one: remove it and re-run"], p.stderr
+    assert list(outside.iterdir()) == []
