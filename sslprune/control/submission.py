@@ -52,7 +52,7 @@ from .stage import Finetune, ImpLevel, Probe, Retrain, Stage, Svm
 
 LEDGER = "ledger.jsonl"
 SBATCH_THREADS = 8  # arrays submitted at once (slurmctld answers them in parallel)
-# Shell lines every job runs before Python starts, then launcher.setup, then $SSLPRUNE_JOB_ENV if set.
+# Shell lines every job runs first, then launcher.setup, then $SSLPRUNE_JOB_ENV if set, then the snapshot's check.
 JOB_ENV = (
     # One math-library thread per CPU SLURM gave this task, never more (oversubscription is slow).
     'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
@@ -283,7 +283,9 @@ def _executor(cfg: Config, folder: Path, code: Optional[Path], name: str, depend
     L: LauncherConfig = cfg.launcher
     # One folder per array (%A), not per job: a thousand jobs, a few dozen folders.
     ex = submitit.SlurmExecutor(folder=str(folder / "%A"), max_num_timeout=L.max_num_timeout)
-    setup = list(JOB_ENV)
+    # The site's own lines (launcher.setup, then $SSLPRUNE_JOB_ENV) come before anything runs Python:
+    # on many clusters Python works only after `module load` or `conda activate`.
+    setup = list(JOB_ENV) + list(L.setup) + [SITE_ENV]
     extra = {"kill-on-invalid-dep": "yes", "requeue": True}
     if code is not None:
         # Checked before Python imports it (code planted in the store is refused, not run), and kept
@@ -299,7 +301,7 @@ def _executor(cfg: Config, folder: Path, code: Optional[Path], name: str, depend
         nodes, tasks, gpus, cpus = 1, 1, L.single.gpus_per_node, L.single.cpus_per_task or L.cpus_per_task
     params = dict(job_name=name, time=L.time_min, nodes=nodes, ntasks_per_node=tasks,
                   cpus_per_task=cpus, array_parallelism=L.array_parallelism,
-                  signal_delay_s=L.signal_delay_s, setup=setup + list(L.setup) + [SITE_ENV],
+                  signal_delay_s=L.signal_delay_s, setup=setup,
                   additional_parameters=extra,
                   stderr_to_stdout=True)
     if gpus:
