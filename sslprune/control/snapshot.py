@@ -160,7 +160,8 @@ def verifier() -> str:
     parts = ["import hashlib, os, shutil, sys",
              f"LAYOUT = {LAYOUT!r}", f"COMPLETE = {COMPLETE!r}",
              *(inspect.getsource(f) for f in (_digest, _source, _hash, _problem)),
-             "try:\n    why = _problem(sys.argv[1])\nexcept OSError as e:\n    why = f'{e.strerror or e}: {e.filename}'",
+             "try:\n    why = _problem(sys.argv[1])\n"
+             "except OSError as e:\n    why = f'{e.strerror or e}: {e.filename}'",
              "if why is not None:\n    print('sslprune: error: ' + why, file=sys.stderr, flush=True)\n    sys.exit(1)"]
     return "\n".join(parts) + "\n"
 
