@@ -441,3 +441,54 @@ def test_code_planted_in_a_snapshot_is_refused_by_the_job_and_by_the_next_submis
         assert (store / "jobs" / "ledger.jsonl").read_text() == ledger and not marker.exists()
     finally:
         subprocess.run(["scancel", *{r["array_job_id"] for r in recs.values()}])
+
+
+def test_a_held_array_whose_dependency_slurm_refuses_is_cancelled_with_one_line(tmp_path):
+    """A held array whose per-task dependency SLURM refuses (in use: a parent purged since it was
+    queried; here a circular one, which SLURM always refuses) is cancelled, not left held forever
+    and unrecorded, and the error is one line naming the refusal and the array."""
+    from sslprune.control import slurm, submission
+
+    base = subprocess.run(["sbatch", "--parsable", "--hold", "--array=0-1", "-o", "/dev/null", "--wrap", "true"],
+                          check=True, capture_output=True, text=True, cwd=tmp_path).stdout.strip()
+    tasks = [f"{base}_0", f"{base}_1"]
+    try:
+        assert {j: s.state for j, s in slurm.query(tasks).items()} == {t: "PENDING" for t in tasks}
+        with pytest.raises(slurm.Refused) as e:
+            submission.wire(base, {tasks[0]: f"afterok:{tasks[1]}", tasks[1]: f"afterok:{tasks[0]}"})
+        assert str(e.value) == (f"scontrol update JobId={tasks[1]} Dependency=afterok:{tasks[0]} failed: "
+                                f"{tasks[1]}: Circular job dependency; array {base} was cancelled")
+        wait_for(lambda: not any(s.live for s in slurm.query(tasks).values()), 30, "the array to be cancelled")
+        assert {s.state for s in slurm.query(tasks).values()} == {"CANCELLED"}
+    finally:
+        subprocess.run(["scancel", base])
+
+
+def test_arrays_sbatch_accepted_are_recorded_when_another_is_refused(tmp_path):
+    """When sbatch refuses one array of a submission (here single-task jobs asking for a GPU the
+    cluster lacks), the error is one line and the arrays already in SLURM are recorded: the next run
+    submits only the refused stages, never a second job for a queued one."""
+    store = tmp_path / "store"
+    args = tiny(store, seeds="[0]", levels=0) + ["probe.features=standardised", *SLURM,
+                                                  "+launcher.additional_parameters.hold=true"]
+    p = cli("sslprune-run", *args, "launcher.single.gpus_per_node=1", check=False)
+    recs = job_records(store)
+    try:
+        assert p.returncode == 2, p.stderr
+        *echoed, line = p.stderr.strip().splitlines()  # submitit echoes sbatch's own line for each refused array
+        assert echoed == ["sbatch: error: Invalid generic resource (gres) specification"] * 2, p.stderr
+        assert re.fullmatch(r"sslprune: error: sbatch refused sslprune-demo-probe-digits(-init)?-L0-\w+: "
+                            r"sbatch: error: Invalid generic resource \(gres\) specification; "
+                            r"4 stage\(s\) in 2 array\(s\) were submitted and recorded: run again to submit the rest",
+                            line), p.stderr
+        assert sorted(r["stage"] for r in recs.values()) == [
+            "imp labels seed=0 level=0", "imp rotnet seed=0 level=0",
+            "retrain labels winning_ticket seed=0 level=0", "retrain rotnet winning_ticket seed=0 level=0"]
+        cli("sslprune-run", *args)
+        again = job_records(store)
+        assert {d: r["job_id"] for d, r in again.items() if d in recs} == {d: r["job_id"] for d, r in recs.items()}
+        assert sorted(r["stage"] for d, r in again.items() if d not in recs) == [
+            "probe:digits rotnet seed=0 level=0", "probe:digits@init rotnet seed=0 level=0"]
+        assert all(r["history"] == [] for r in again.values())
+    finally:
+        subprocess.run(["scancel", *{r["array_job_id"] for r in job_records(store).values()}])

@@ -429,6 +429,47 @@ def test_a_code_snapshot_is_verified_before_it_is_reused(tmp_path):
     snapshot.take(store)
 
 
+def test_a_job_checks_its_snapshot_after_the_site_setup_and_without_the_checkout(tmp_path):
+    """A job runs launcher.setup and $SSLPRUNE_JOB_ENV first (on many sites Python works only after
+    `module load`), then the snapshot's check, which names no checkout and imports nothing of
+    sslprune: a switched commit, a half-finished edit or a deleted checkout cannot stop queued jobs."""
+    import shlex
+    import sys
+
+    from conftest import tiny_config
+    from sslprune.control import snapshot, submission
+
+    store = tmp_path / "store"
+    cfg = tiny_config(store)
+    cfg.launcher.setup = ["module load python/3.11"]
+    code = snapshot.take(store)
+    check = snapshot.job_setup(code)
+    ex = submission._executor(cfg, tmp_path / "slurm", code, "name", None)
+    assert ex.parameters["setup"] == [*submission.JOB_ENV, "module load python/3.11", submission.SITE_ENV, check,
+                                      "export PYTHONDONTWRITEBYTECODE=1",
+                                      f"export PYTHONPATH={code}${{PYTHONPATH:+:$PYTHONPATH}}"]
+    assert str(ROOT) not in check
+    exe, isolated, c, program, folder, *rest = shlex.split(check)
+    assert (exe, isolated, c, folder, rest) == (sys.executable, "-I", "-c", str(code), ["||", "exit", "1"])
+    # The check's program imports only the standard library (-X importtime lists every import).
+    p = subprocess.run([sys.executable, "-I", "-X", "importtime", "-c", program, str(code)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    imported = [line.rsplit("|", 1)[-1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")]
+    assert p.returncode == 0 and "hashlib" in imported, p.stderr  # the list is real
+    assert [m for m in imported if m.split(".")[0] == "sslprune"] == []
+    # The very line the job runs: silent for the intact snapshot, one line and exit 1 for a planted one.
+    ok = subprocess.run(["bash", "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "", "")
+    with open(code / "sslprune" / "control" / "job.py", "a") as f:
+        f.write("\nimport os; os.system('touch PWNED')\n")
+    bad = subprocess.run(["bash", "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (bad.returncode, bad.stdout) == (1, "")
+    assert bad.stderr.splitlines() == [
+        f"sslprune: error: code snapshot {code} does not match its name (its content hashes to "
+        f"{snapshot.digest(code)}): code was added or changed in the store; refusing to run it. Remove that "
+        "folder to take a fresh snapshot"]
+
+
 def test_a_full_disk_while_the_report_draws_is_one_line(tmp_path, reference):
     disk = tmp_path / "disk"
     _mount(disk, 2 * 2**20)

@@ -155,6 +155,14 @@ def state(job_id: str) -> str:
     return out[0] if out else ""
 
 
+class Refused(ConfigError):
+    """SLURM refused a submission or a change to a submitted job (sbatch, a dependency, a release): one line."""
+
+
+def _said(p: subprocess.CompletedProcess) -> str:
+    return "; ".join(line.strip() for line in (p.stderr or p.stdout).splitlines() if line.strip())
+
+
 def depend(dependencies: dict[str, str]) -> None:
     """Give tasks of a held array their own dependency ({"12_3": "afterok:11_5"}): one
     `scontrol update` per distinct dependency (updating a task splits it from its array's record)."""
@@ -165,14 +173,13 @@ def depend(dependencies: dict[str, str]) -> None:
         p = subprocess.run(["scontrol", "update", f"JobId={','.join(jobs)}", f"Dependency={dep}"],
                            capture_output=True, text=True, timeout=60)
         if p.returncode != 0:
-            raise RuntimeError(f"scontrol update JobId={','.join(jobs)} Dependency={dep} failed: "
-                               f"{(p.stderr or p.stdout).strip()}")
+            raise Refused(f"scontrol update JobId={','.join(jobs)} Dependency={dep} failed: {_said(p)}")
 
 
 def release(job_id: str) -> None:
     p = subprocess.run(["scontrol", "release", job_id], capture_output=True, text=True, timeout=60)
     if p.returncode != 0:
-        raise RuntimeError(f"scontrol release {job_id} failed: {(p.stderr or p.stdout).strip()}")
+        raise Refused(f"scontrol release {job_id} failed: {_said(p)}")
 
 
 def live_jobs(check: bool = False) -> list[tuple[str, str]]:

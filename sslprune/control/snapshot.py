@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -71,14 +72,23 @@ class Mismatch(StoreError):
         super().__init__(errno.EINVAL, message)
 
 
+# The content hash is written once, below, as plain functions over the standard library and the
+# constants LAYOUT and COMPLETE: `digest` and `verify` call them here, and `job_setup` hands their
+# very source (inspect.getsource) to `python -I -c`, so the check each job runs is this code, yet
+# imports nothing of sslprune. Importing it from the checkout (as it once did) made every queued
+# job depend on the checkout snapshots exist to remove (a switched commit, a half-finished edit, a
+# deleted checkout killed them all); a verifier file in the store could itself be planted.
+
 def _digest(items) -> str:
+    """The hash of (file path, path inside the snapshot) pairs, in their order."""
     h = hashlib.sha256()
-    for read, rel in items:
-        h.update(rel.encode() + b"\0" + read() + b"\0")
+    for path, rel in items:
+        with open(path, "rb") as f:
+            h.update(rel.encode() + b"\0" + f.read() + b"\0")
     return h.hexdigest()[:12]
 
 
-def _source(rel: str) -> str:
+def _source(rel):
     """Where a file of the snapshot sits in a checkout (LAYOUT reversed): `take` hashed a checkout's
     files in that order."""
     for top, inside in sorted(LAYOUT.items(), key=lambda kv: -len(kv[1])):
@@ -87,67 +97,88 @@ def _source(rel: str) -> str:
     return rel
 
 
-def digest(folder: Path) -> str:
-    """The content hash of a snapshot folder as `take` names it. Every file counts (an added module
-    changes it) but .complete; a link or anything but a file or folder raises Mismatch."""
-    folder = Path(folder)
+def _hash(folder):
+    """(the content hash of a snapshot folder as `take` names it, None), or (None, why it cannot be
+    hashed: a link or anything but a file or folder). Every file counts (an added module changes
+    it) but .complete."""
     rels = []
     for at, dirs, names in os.walk(folder):
         for name in dirs + names:
             p = os.path.join(at, name)
             if os.path.islink(p) or not (os.path.isdir(p) or os.path.isfile(p)):
-                raise Mismatch(f"code snapshot {folder} holds {p}, which is not a plain file or folder")
+                return None, f"code snapshot {folder} holds {p}, which is not a plain file or folder"
         rels += [os.path.relpath(os.path.join(at, n), folder) for n in names]
     rels = [r for r in rels if r != COMPLETE]
 
     def items(order):
-        return [(lambda r=r: (folder / r).read_bytes(), r) for r in sorted(rels, key=order)]
+        return [(os.path.join(folder, r), r) for r in sorted(rels, key=order)]
 
     checkout_order = _digest(items(_source))  # taken from a source checkout (git's order)
-    if checkout_order == folder.name:
-        return checkout_order
-    return _digest(items(lambda r: Path(r).parts))  # taken from an installed package
+    if checkout_order == os.path.basename(folder):
+        return checkout_order, None
+    return _digest(items(lambda r: r.split("/"))), None  # taken from an installed package
+
+
+def _problem(folder):
+    """Why the snapshot must not run (one line naming the folder), or None when its content hashes
+    to its name. `__pycache__` folders go first: Python would run a planted .pyc in place of the
+    verified source."""
+    if os.path.islink(folder) or not os.path.isdir(folder):
+        return f"code snapshot {folder} is not a folder"
+    for at, dirs, _ in os.walk(folder):
+        if "__pycache__" in dirs:
+            dirs.remove("__pycache__")
+            cache = os.path.join(at, "__pycache__")
+            os.unlink(cache) if os.path.islink(cache) else shutil.rmtree(cache)
+    found, why = _hash(folder)
+    if why is None and found != os.path.basename(folder):
+        why = (f"code snapshot {folder} does not match its name (its content hashes to {found}): "
+               "code was added or changed in the store; refusing to run it. Remove that folder "
+               "to take a fresh snapshot")
+    return why
+
+
+def digest(folder: Path) -> str:
+    """The content hash of a snapshot folder as `take` names it; Mismatch if it holds a link or
+    anything but files and folders."""
+    found, why = _hash(str(folder))
+    if why is not None:
+        raise Mismatch(why)
+    return found
 
 
 def verify(folder: Path) -> None:
     """Raise Mismatch (one line naming the folder) unless the snapshot's content hashes to its name."""
-    folder = Path(folder)
-    if folder.is_symlink() or not folder.is_dir():
-        raise Mismatch(f"code snapshot {folder} is not a folder")
-    for at, dirs, _ in os.walk(folder):
-        if "__pycache__" in dirs:  # a planted .pyc would run instead of the verified source
-            dirs.remove("__pycache__")
-            cache = os.path.join(at, "__pycache__")
-            os.unlink(cache) if os.path.islink(cache) else shutil.rmtree(cache)
-    found = digest(folder)
-    if found != folder.name:
-        raise Mismatch(f"code snapshot {folder} does not match its name (its content hashes to {found}): "
-                       "code was added or changed in the store; refusing to run it. Remove that folder "
-                       "to take a fresh snapshot")
+    why = _problem(str(folder))
+    if why is not None:
+        raise Mismatch(why)
+
+
+def verifier() -> str:
+    """A stdlib-only Python program, `_problem` and what it calls, that checks the snapshot named by
+    its first argument: prints `sslprune: error: ...` and exits 1 unless it is intact."""
+    parts = ["import hashlib, os, shutil, sys",
+             f"LAYOUT = {LAYOUT!r}", f"COMPLETE = {COMPLETE!r}",
+             *(inspect.getsource(f) for f in (_digest, _source, _hash, _problem)),
+             "try:\n    why = _problem(sys.argv[1])\n"
+             "except OSError as e:\n    why = f'{e.strerror or e}: {e.filename}'",
+             "if why is not None:\n    print('sslprune: error: ' + why, file=sys.stderr, flush=True)\n    sys.exit(1)"]
+    return "\n".join(parts) + "\n"
 
 
 def job_setup(folder: Path) -> str:
-    """The shell line a job runs before Python imports the snapshot: this module, run from the
-    installed package in isolated mode (-I: neither PYTHONPATH nor the working folder, the snapshot,
-    is on its path), verifies it; the job stops on a mismatch."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from sslprune.control import snapshot; "
-            "snapshot.main(sys.argv[2])")
-    return (f"{shlex.quote(sys.executable)} -I -c {shlex.quote(code)} {shlex.quote(str(PACKAGE.parent))} "
-            f"{shlex.quote(str(folder))} || exit 1")
-
-
-def main(folder: str) -> None:
-    try:
-        verify(Path(folder))
-    except OSError as e:
-        print(f"sslprune: error: {e.strerror or e}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    """The shell line a job runs before Python imports the snapshot; the job stops on a mismatch.
+    Isolated mode (-I): neither PYTHONPATH nor the working folder (the snapshot) is on its path.
+    The program is inline: sbatch keeps the job script from submission on, so nothing in the store
+    or the checkout can change the check afterwards."""
+    return (f"{shlex.quote(sys.executable)} -I -c {shlex.quote(verifier())} {shlex.quote(str(folder))} "
+            "|| exit 1")
 
 
 def take(store: Path) -> Path:
     """Copy the code to <store>/code/<content hash> (reused if identical, once verified); returns that folder."""
     items = files()
-    name = _digest([(src.read_bytes, rel) for src, rel in items])
+    name = _digest(items)
     dest = Path(store) / "code" / name
     confine(store, dest)  # a linked code/ would take (and remove) files elsewhere
     if os.path.lexists(dest / COMPLETE):

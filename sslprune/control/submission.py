@@ -52,7 +52,7 @@ from .stage import Finetune, ImpLevel, Probe, Retrain, Stage, Svm
 
 LEDGER = "ledger.jsonl"
 SBATCH_THREADS = 8  # arrays submitted at once (slurmctld answers them in parallel)
-# Shell lines every job runs before Python starts, then launcher.setup, then $SSLPRUNE_JOB_ENV if set.
+# Shell lines every job runs first, then launcher.setup, then $SSLPRUNE_JOB_ENV if set, then the snapshot's check.
 JOB_ENV = (
     # One math-library thread per CPU SLURM gave this task, never more (oversubscription is slow).
     'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
@@ -283,7 +283,9 @@ def _executor(cfg: Config, folder: Path, code: Optional[Path], name: str, depend
     L: LauncherConfig = cfg.launcher
     # One folder per array (%A), not per job: a thousand jobs, a few dozen folders.
     ex = submitit.SlurmExecutor(folder=str(folder / "%A"), max_num_timeout=L.max_num_timeout)
-    setup = list(JOB_ENV)
+    # The site's own lines (launcher.setup, then $SSLPRUNE_JOB_ENV) come before anything runs Python:
+    # on many clusters Python works only after `module load` or `conda activate`.
+    setup = list(JOB_ENV) + list(L.setup) + [SITE_ENV]
     extra = {"kill-on-invalid-dep": "yes", "requeue": True}
     if code is not None:
         # Checked before Python imports it (code planted in the store is refused, not run), and kept
@@ -299,7 +301,7 @@ def _executor(cfg: Config, folder: Path, code: Optional[Path], name: str, depend
         nodes, tasks, gpus, cpus = 1, 1, L.single.gpus_per_node, L.single.cpus_per_task or L.cpus_per_task
     params = dict(job_name=name, time=L.time_min, nodes=nodes, ntasks_per_node=tasks,
                   cpus_per_task=cpus, array_parallelism=L.array_parallelism,
-                  signal_delay_s=L.signal_delay_s, setup=setup + list(L.setup) + [SITE_ENV],
+                  signal_delay_s=L.signal_delay_s, setup=setup,
                   additional_parameters=extra,
                   stderr_to_stdout=True)
     if gpus:
@@ -344,6 +346,8 @@ def submit(cfg: Config, overrides: Optional[list[str]] = None) -> dict:
 
     `overrides`: the command line's (Hydra) overrides, repeated in the printed `sslprune-status`
     command so that it selects the same stages."""
+    from submitit.core.utils import FailedJobError
+
     from .job import StageJob
 
     slurm.require()
@@ -397,14 +401,17 @@ def submit(cfg: Config, overrides: Optional[list[str]] = None) -> dict:
                 else _variant(first)
             name = f"sslprune-{cfg.experiment}-{kind}-L{first.level}-{tag}"
             ex = _executor(cfg, folder, code, name, dependency, single=single, hold=own is not None)
-            with ex.batch():
-                jobs = [ex.submit(StageJob(task, config_file=config_file)) for task in group]
+            try:
+                with ex.batch():
+                    jobs = [ex.submit(StageJob(task, config_file=config_file)) for task in group]
+            except FailedJobError as e:  # sbatch said no (e.g. a resource the cluster lacks): one line
+                said = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+                raise slurm.Refused(f"sbatch refused {name}: {said}") from None
             ids = [j.job_id for j in jobs]
             base = ids[0].split("_")[0]
             if own is not None:  # held: each task gets its own parents, then the array may run
-                slurm.depend({jid: d for jid, d in zip(ids, own) if d})
-                if not cfg.launcher.additional_parameters.get("hold"):
-                    slurm.release(base)
+                wire(base, {jid: d for jid, d in zip(ids, own) if d},
+                     release=not cfg.launcher.additional_parameters.get("hold"))
             pairs = [(jid, s) for task, jid in zip(group, ids) for s in task]
             with lock:
                 for jid, s in pairs:
@@ -418,10 +425,15 @@ def submit(cfg: Config, overrides: Optional[list[str]] = None) -> dict:
         with ThreadPoolExecutor(SBATCH_THREADS) as pool:
             for g, group in enumerate(groups):
                 submitted[g] = pool.submit(one, g, group)
-            arrays = [submitted[g].result() for g in range(len(groups))]
+        # An array that failed (and those waiting for it, never submitted) is left out; every array
+        # that is in SLURM is recorded, so the next run submits only the rest, with no duplicate.
+        arrays = [f.result() for g, f in sorted(submitted.items()) if f.exception() is None]
+        failure = next((f.exception() for _, f in sorted(submitted.items()) if f.exception() is not None), None)
         for a in arrays:
             after = a["dependency"] or (a["dependencies"] and "each task's own parent task (afterok per task)")
             _say(f"submitted {a['name']}: {a['tasks']} task(s) job {a['job_id']}" + (f" after {after}" if after else ""))
+        if failure is not None and not arrays:
+            _refused(failure, "nothing was submitted")
         summary["arrays"] = [{k: v for k, v in a.items() if k != "jobs"} for a in arrays]
         summary["submitted"] = len(new_jobs)
         ledger = ledger_path(store)
@@ -435,9 +447,31 @@ def submit(cfg: Config, overrides: Optional[list[str]] = None) -> dict:
             f.flush()
             os.fsync(f.fileno())  # the one durable write of the submission: every record is in it
         files.sync_folder(ledger.parent)
+        if failure is not None:
+            _refused(failure, f"{len(new_jobs)} stage(s) in {len(arrays)} array(s) were submitted and recorded")
         _say(f"submitted {len(new_jobs)} stage(s) in {len(arrays)} array(s); store {cfg.store}; "
              f"logs {folder}; watch with: {watch_command(cfg, overrides)}")
         return summary
+
+
+def _refused(failure: BaseException, submitted: str) -> None:
+    """Raise a submission's first failure; SLURM's refusals as one line saying what was submitted."""
+    if isinstance(failure, slurm.Refused):
+        raise slurm.Refused(f"{failure}; {submitted}: run again to submit the rest") from None
+    raise failure
+
+
+def wire(base: str, dependencies: dict[str, str], release: bool = True) -> None:
+    """Give tasks of the held array `base` their own dependency, then release it. If SLURM refuses
+    (e.g. a parent purged since it was queried), cancel the array and raise one line: left held it
+    waited forever, unrecorded, and the next run submitted its stages again beside it."""
+    try:
+        slurm.depend(dependencies)
+        if release:
+            slurm.release(base)
+    except slurm.Refused as e:
+        slurm.cancel([base])
+        raise slurm.Refused(f"{e}; array {base} was cancelled") from None
 
 
 def watch_command(cfg: Config, overrides: Optional[list[str]] = None) -> str:
