@@ -69,10 +69,6 @@ def silent() -> Optional[str]:
     return None if ok else said
 
 
-class Refused(RuntimeError):
-    """A SLURM command that must succeed (scancel of --cancel) failed: one line naming it."""
-
-
 def _run(cmd: list[str]) -> str:
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
@@ -156,7 +152,8 @@ def state(job_id: str) -> str:
 
 
 class Refused(ConfigError):
-    """SLURM refused a submission or a change to a submitted job (sbatch, a dependency, a release): one line."""
+    """SLURM refused a submission, a change to a submitted job (sbatch, a dependency, a release) or a
+    command that must succeed (squeue and scancel of --cancel): one line naming it."""
 
 
 def _said(p: subprocess.CompletedProcess) -> str:
