@@ -333,3 +333,39 @@ def test_a_pack_on_two_ranks_gives_what_its_stages_give_apart(tmp_path):
         assert p.result()["world"] == a.result()["world"] == 2
         wp, wa = checkpoint.load(p.dir / "model.pt"), checkpoint.load(a.dir / "model.pt")
         assert wp.keys() == wa.keys() and all(torch.equal(wp[k], wa[k]) for k in wp), p.label
+
+
+# Each stage of a pack on 2 ranks: set up the ranks as the first stage does, leave another thread
+# count behind (as a stage resumed from a checkpoint that recorded it does), ask again as the next
+# stage does, with run.threads set and with run.threads=0 (torch's count when the job started).
+_NEXT_STAGES = """
+import json, os, torch
+os.environ.pop("SLURM_CPUS_PER_TASK", None)  # run.threads=0 is then torch's count at the start
+from sslprune.compute.runtime import from_environment
+from sslprune.control.config import RunConfig
+start = torch.get_num_threads()
+first = from_environment(RunConfig(threads=1))
+seen = [torch.get_num_threads()]
+for threads in (2, 0):
+    torch.set_num_threads(start + 3)
+    assert from_environment(RunConfig(threads=threads)) is first
+    seen.append(torch.get_num_threads())
+print(json.dumps([first.rank, start, seen]))
+"""
+
+
+@pytest.mark.slow
+def test_each_stage_of_a_pack_on_two_ranks_computes_with_its_own_thread_count(tmp_path):
+    """The next stage of a pack got the ranks set up by the first one, and with them the thread
+    count the previous stage left behind (a resumed checkpoint's recorded count), not its own
+    run.threads: a stage's CPU numbers depended on what ran before it in the job."""
+    import submitit
+    import sys
+
+    ex = submitit.LocalExecutor(folder=str(tmp_path / "jobs" / "%j"))
+    ex.update_parameters(tasks_per_node=2, timeout_min=5)
+    job = ex.submit(submitit.helpers.CommandFunction([sys.executable, "-c", _NEXT_STAGES]))
+    outs = sorted(json.loads(out.strip().splitlines()[-1]) for out in job.results())
+    assert [rank for rank, _, _ in outs] == [0, 1]
+    for _, start, seen in outs:
+        assert seen == [1, 2, start], seen
