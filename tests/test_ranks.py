@@ -126,10 +126,10 @@ def _small(store: Path, **run):
     return cfg
 
 
-def _join(rank: int, root: str) -> None:
+def _join(rank: int, root: str, timeout_s: float = 60) -> None:
     # A short timeout: a rank left alone in a collective fails the test in a minute, not in 30.
     torch.distributed.init_process_group("gloo", init_method=f"file://{root}/rendezvous", rank=rank, world_size=2,
-                                         timeout=datetime.timedelta(seconds=60))
+                                         timeout=datetime.timedelta(seconds=timeout_s))
     torch.set_num_threads(1)
 
 
@@ -247,6 +247,70 @@ def test_a_stage_finished_by_another_writer_between_two_ranks_reads_is_done_on_b
     assert [o for o, _ in _outcomes(tmp_path, "race")] == [expected, expected]
 
 
+WAIT_S = 20  # how long a rank left alone in the broadcast of rank 0's decision waits here (30 min in a job)
+
+
+def _level(store: Path, level: int) -> ImpLevel:
+    cfg = _small(store)
+    cfg.prune = replace(cfg.prune, levels=1)
+    return ImpLevel(cfg, "labels", 0, level)
+
+
+def _decisions(rank: int, root: str) -> None:
+    _join(rank, root, WAIT_S)
+    root = Path(root)
+    # First (the group is still sound): a done stage whose parent was set aside since
+    stage = _level(root / "store", 1)
+    _outcome(str(root), rank, "done", lambda: stage.run(Runtime(torch.device("cpu"), rank, 2))["accuracy"])
+    # Then rank 0 fails before deciding: the stage's `.lock` is a folder
+    stage = _level(root / "store", 0)
+    _outcome(str(root), rank, "failed", lambda: stage.run(Runtime(torch.device("cpu"), rank, 2))["accuracy"])
+    deadline = time.monotonic() + 2 * WAIT_S  # rank 0 leaving first would end a waiting rank 1 sooner
+    while rank == 0 and not (root / "failed-1.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def decisions(tmp_path_factory):
+    root = tmp_path_factory.mktemp("decisions")
+    before = torch.get_num_threads()
+    try:
+        done = [_level(root / "store", level).run()["accuracy"] for level in (0, 1)]
+    finally:
+        torch.set_num_threads(before)
+    zero = _level(root / "store", 0)
+    files.set_aside(zero.dir, "a test", ())  # level 1 stays done: it needs level 0 only to start
+    assert not zero.done()
+    (zero.dir / files.LOCK).unlink(missing_ok=True)
+    (zero.dir / files.LOCK).mkdir()
+    torch.multiprocessing.start_processes(_decisions, args=(str(root),), nprocs=2, start_method="spawn")
+    return root, done[1]
+
+
+@pytest.mark.slow
+def test_a_failure_of_rank_0_before_it_decides_ends_every_rank_at_once(decisions):
+    """Only a missing parent was broadcast: any other error of rank 0 before its decision (a link
+    in the store, a `.lock` that is a folder or a FIFO, Ctrl-C while it waits for the lock) left the
+    other ranks in the broadcast until the process group's timeout, 30 minutes in a job (WAIT_S
+    here). Rank 0 now broadcasts FAILED and the other ranks stop with one line."""
+    root, _ = decisions
+    (zero, t0), (one, t1) = _outcomes(root, "failed")
+    lock = _level(root / "store", 0).dir / files.LOCK
+    assert zero == f"StoreError: [Errno 21] {lock} is a folder, not a lock file: remove it and re-run", zero
+    assert one == "RuntimeError: imp labels seed=0 level=0: rank 0 failed before the stage started (its log says " \
+                  "why)", one
+    assert max(t0, t1) < WAIT_S / 2, (t0, t1)
+
+
+@pytest.mark.slow
+def test_a_done_stage_whose_parent_was_set_aside_is_done_on_every_rank(decisions):
+    """Rank 0 required the parents before it read `done`: a finished stage whose parent was set
+    aside since returned its result in one process but raised MissingInput on every rank of a
+    DDP job. Rank 0 now decides as one process does."""
+    root, expected = decisions
+    assert [o for o, _ in _outcomes(root, "done")] == [expected, expected]
+
+
 def _pack_stages(store: Path) -> list:
     cfg = _small(store)
     return [ImpLevel(cfg, "labels", 0, 0), ImpLevel(cfg, "rotnet", 0, 0)]
@@ -269,3 +333,39 @@ def test_a_pack_on_two_ranks_gives_what_its_stages_give_apart(tmp_path):
         assert p.result()["world"] == a.result()["world"] == 2
         wp, wa = checkpoint.load(p.dir / "model.pt"), checkpoint.load(a.dir / "model.pt")
         assert wp.keys() == wa.keys() and all(torch.equal(wp[k], wa[k]) for k in wp), p.label
+
+
+# Each stage of a pack on 2 ranks: set up the ranks as the first stage does, leave another thread
+# count behind (as a stage resumed from a checkpoint that recorded it does), ask again as the next
+# stage does, with run.threads set and with run.threads=0 (torch's count when the job started).
+_NEXT_STAGES = """
+import json, os, torch
+os.environ.pop("SLURM_CPUS_PER_TASK", None)  # run.threads=0 is then torch's count at the start
+from sslprune.compute.runtime import from_environment
+from sslprune.control.config import RunConfig
+start = torch.get_num_threads()
+first = from_environment(RunConfig(threads=1))
+seen = [torch.get_num_threads()]
+for threads in (2, 0):
+    torch.set_num_threads(start + 3)
+    assert from_environment(RunConfig(threads=threads)) is first
+    seen.append(torch.get_num_threads())
+print(json.dumps([first.rank, start, seen]))
+"""
+
+
+@pytest.mark.slow
+def test_each_stage_of_a_pack_on_two_ranks_computes_with_its_own_thread_count(tmp_path):
+    """The next stage of a pack got the ranks set up by the first one, and with them the thread
+    count the previous stage left behind (a resumed checkpoint's recorded count), not its own
+    run.threads: a stage's CPU numbers depended on what ran before it in the job."""
+    import submitit
+    import sys
+
+    ex = submitit.LocalExecutor(folder=str(tmp_path / "jobs" / "%j"))
+    ex.update_parameters(tasks_per_node=2, timeout_min=5)
+    job = ex.submit(submitit.helpers.CommandFunction([sys.executable, "-c", _NEXT_STAGES]))
+    outs = sorted(json.loads(out.strip().splitlines()[-1]) for out in job.results())
+    assert [rank for rank, _, _ in outs] == [0, 1]
+    for _, start, seen in outs:
+        assert seen == [1, 2, start], seen

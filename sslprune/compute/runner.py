@@ -7,6 +7,7 @@ and writes its outputs. `result.json` is written last, with the size and sha256 
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from dataclasses import dataclass, field
@@ -52,7 +53,7 @@ class Setup:
 
 
 
-COMPUTE, FOUND_DONE, PARENT_MISSING = 0, 1, 2  # rank 0's decision, broadcast to the other ranks
+COMPUTE, FOUND_DONE, PARENT_MISSING, FAILED = 0, 1, 2, 3  # rank 0's decision, broadcast to the other ranks
 
 
 def run(stage: Stage, rt=None, interrupt=None, started: Optional[float] = None, observer=None) -> dict:
@@ -66,38 +67,55 @@ def run(stage: Stage, rt=None, interrupt=None, started: Optional[float] = None, 
 
     Under several ranks only rank 0 reads the store to decide (done, a parent missing, compute) and
     broadcasts its answer: another writer can finish the stage between two ranks' reads, and a rank
-    that saw it done would leave the others waiting in the next collective."""
+    that saw it done would leave the others waiting in the next collective. Rank 0 decides exactly
+    as one process does, and broadcasts FAILED when it raises before deciding (a link in the store,
+    a `.lock` that is a folder, Ctrl-C): the other ranks would otherwise wait for its broadcast
+    until the process group's timeout (30 minutes)."""
     if rt == "environment":
         return run(stage, from_environment(stage.cfg.run), interrupt, started, observer)
-    if rt is None or rt.world <= 1:
-        if stage.done():
-            return stage.result()
-        stage.require_parents()
-        rt = rt or local(stage.cfg.run)
-    elif not rt.is_writer:
+    if rt is not None and rt.world > 1 and not rt.is_writer:
         decision = rt.decide(COMPUTE)
         if decision == FOUND_DONE:
             return stage.result()
         if decision == PARENT_MISSING:
             raise MissingInput(f"{stage.label}: rank 0 found a parent stage not done")
+        if decision == FAILED:
+            raise RuntimeError(f"{stage.label}: rank 0 failed before the stage started (its log says why)")
         return _compute(stage, rt, interrupt, started, observer)
-    else:
-        try:
-            stage.require_parents()
-        except MissingInput:
-            rt.decide(PARENT_MISSING)
-            raise
-    stage.confine(fresh=True)  # before the lock makes any folder: never through a link out of the store
     say = Progress(stage.label, quiet=stage.cfg.run.quiet or observer is not None,
                    sinks=[observer] if observer is not None else []).note
-    with files.lock(stage.dir, note=say):
-        state = stage.state()
-        if rt.decide(FOUND_DONE if state == "done" else COMPUTE) == FOUND_DONE:
-            return stage.result()  # finished by the process that held the lock
-        if state == "corrupt":
-            say(f"warning: {stage.set_aside()}; recomputing this stage")
-        files.clean(stage.dir, older_than=0)  # temporary files of killed writers (we hold the lock)
+    with contextlib.ExitStack() as held:
+        try:
+            if stage.done():
+                decision = FOUND_DONE
+            else:
+                stage.require_parents()
+                rt = rt or local(stage.cfg.run)
+                stage.confine(fresh=True)  # before the lock makes any folder: never through a link out of the store
+                held.enter_context(files.lock(stage.dir, note=say))
+                state = stage.state()
+                decision = FOUND_DONE if state == "done" else COMPUTE  # done: by the process that held the lock
+                if state == "corrupt":
+                    say(f"warning: {stage.set_aside()}; recomputing this stage")
+                if decision == COMPUTE:
+                    files.clean(stage.dir, older_than=0)  # temporary files of killed writers (we hold the lock)
+        except MissingInput:
+            _broadcast(rt, PARENT_MISSING)
+            raise
+        except BaseException:
+            _broadcast(rt, FAILED)
+            raise
+        # Only now: the other ranks read the folder once told to compute, and set_aside and clean
+        # above remove files from it.
+        _broadcast(rt, decision)
+        if decision == FOUND_DONE:
+            return stage.result()
         return _compute(stage, rt, interrupt, started, observer)
+
+
+def _broadcast(rt: Optional[Runtime], decision: int) -> None:
+    if rt is not None:
+        rt.decide(decision)  # a no-op for one process
 
 
 def _compute(stage: Stage, rt: Runtime, interrupt, started: Optional[float] = None, observer=None) -> dict:

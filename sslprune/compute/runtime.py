@@ -121,12 +121,13 @@ def rendezvous_port(job_id: str, restart: int) -> int:
 
 
 _ranks: Optional[Runtime] = None  # this process's rank of a multi-task job, set up by its first stage
+_start_threads = 0  # torch's thread count before the first stage set it: what run.threads=0 means in a job
 
 
 def from_environment(run: RunConfig) -> Runtime:
     """The runtime of a submitit job: one process, or one rank of a multi-task (DDP) job. The
     ranks rendezvous once per process: the next stage of a pack reuses the same process group."""
-    global _ranks
+    global _ranks, _start_threads
     import submitit
 
     env = submitit.JobEnvironment()
@@ -135,7 +136,11 @@ def from_environment(run: RunConfig) -> Runtime:
     if env.num_tasks <= 1:
         return local(run)
     if _ranks is not None:
+        # Set again for each stage of a pack: the previous stage may have changed it (a resumed
+        # checkpoint's recorded count), and the count changes CPU results.
+        torch.set_num_threads(run.threads or _start_threads)
         return _ranks
+    _start_threads = torch.get_num_threads()
     os.environ["MASTER_PORT"] = str(rendezvous_port(env.job_id, int(os.environ.get("SLURM_RESTART_COUNT", 0))))
     dist = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     device = _threads_and_device(run, dist.local_rank)
