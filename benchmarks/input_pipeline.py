@@ -7,8 +7,9 @@ DataLoader worker count, same batch size, crop size and tree of JPEGs):
              pin_memory on CUDA), each batch moved to the device.
   pipeline   sslprune's FolderLoader (`data.decode`, default auto: decoded on the GPU when there is
              one, else in the workers), normalised batches on the device (channels_last on CUDA).
-Each timed epoch starts its DataLoader workers, as every epoch of a stage does, and is timed from
-its first batch on (steady state); one untimed epoch of each warms the page cache first. Repetitions alternate the order of the two; the table shows
+The reference starts its DataLoader workers every epoch; FolderLoader keeps its workers for the
+whole stage, as a stage does, so its CPU time per image misses the workers it has not reaped yet
+(read the wall-time ratio). Each epoch is timed from its first batch on (steady state); one untimed epoch of each warms the page cache first. Repetitions alternate the order of the two; the table shows
 medians, min and max, and the process CPU time per image (this process and its reaped worker
 processes), steadier than wall time on a shared machine.
 
