@@ -1,6 +1,7 @@
 """sslprune-run: every stage of an experiment (IMP chains, re-training, probes), then the report."""
 from __future__ import annotations
 
+import signal
 import sys
 
 import hydra
@@ -34,6 +35,9 @@ def execute(cfg: DictConfig) -> None:
         try:
             local.run_local(c)
         except local.Stopped as e:  # Ctrl-C / SIGTERM: what was kept and how to resume are printed
+            # The run is over. Python resets its handlers to the default while it shuts down, so a
+            # Ctrl-C landing then killed the process by SIGINT (-2) instead of exit 130; SIG_IGN holds.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             sys.exit(e.code)
     try:
         publish(c)

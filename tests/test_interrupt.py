@@ -81,6 +81,12 @@ def test_a_second_ctrl_c_stops_at_once_with_a_short_message(tmp_path, workers):
     assert p.returncode == 130, out[-3000:] + err[-3000:]
     assert err == "", err[-3000:]  # was a 107-line traceback
     said = [line for line in out.splitlines() if "second Ctrl-C" in line]
+    if not said:
+        # On an idle machine the first Ctrl-C's checkpointed stop can finish within the 0.2 s: then the
+        # second lands while Python shuts down, which used to kill the run by SIGINT (exit -2, seen in
+        # CI); it must still end as a stop, 130, with the first stop's summary and nothing else.
+        assert "[sslprune] stopped by SIGINT: " in out and "re-run the same command to resume" in out, out[-3000:]
+        return
     assert len(said) == 1 and said[0].startswith("[sslprune] stopped at once by a second Ctrl-C: ")
     assert said[0].endswith(f"kept in {store}; the running stages lose what they trained since their last "
                             "checkpoint (nothing is corrupted); re-run the same command to resume")

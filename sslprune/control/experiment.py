@@ -87,6 +87,10 @@ def check_inputs(cfg: Config) -> None:
     uses += [(f"probe.datasets[{i}]", d, "probe.optim", cfg.probe.optim, None) for i, d in enumerate(cfg.probe.datasets)]
     uses += [(f"finetune.datasets[{i}]", d, "finetune.optim", cfg.finetune.optim, None)
              for i, d in enumerate(cfg.finetune.datasets)]
+    for _, data_cfg, _, _, _ in uses:
+        load(data_cfg)  # every root first: a missing one is named before any size is counted
+    for d in cfg.svm.datasets:
+        load(d)  # its root (sizes are not checked: the SVMs see the whole split)
     for data_key, data_cfg, optim_key, optim, signal in uses:
         data = load(data_cfg)
         # An ImageFolder tree is counted up to one batch (a smaller one failed once its stage had started).
@@ -100,8 +104,6 @@ def check_inputs(cfg: Config) -> None:
             spe = n // optim.batch_size
             rewind = signal_prune(cfg, signal).rewind
             rewind_steps(rewind, spe, optim.batch_size, optim.epochs * spe)  # raises if beyond training
-    for d in cfg.svm.datasets:
-        load(d)  # its root (sizes are not checked: the SVMs see the whole split)
     for key, ev in (("probe", cfg.probe), ("svm", cfg.svm), ("finetune", cfg.finetune)):
         for i, d in enumerate(ev.datasets):  # the evaluated network's first layer must take these images
             for name in ev.signals:
