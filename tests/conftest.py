@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,17 @@ def fashion_mnist_configs(cfg) -> list:
 
     walk(cfg)
     return found
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 1.0, queue=None):
+    """Poll `predicate` until it returns something true (returned) or `timeout` s pass; the failure
+    names `what` and shows the queue (`queue()`: squeue's output; by default this machine's cluster)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    shown = queue() if queue else subprocess.run(["squeue"], capture_output=True, text=True).stdout
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{shown}")
+

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli
+from conftest import ROOT, cli, wait_for as waiting
 
 pytestmark = pytest.mark.slurm
 
@@ -67,14 +67,7 @@ def complete(args) -> bool:
 
 
 def wait_for(predicate, timeout: float, what: str, every: float = 1.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    queue = on_cluster("squeue", check=False).stdout
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{queue}")
+    return waiting(predicate, timeout, what, every, queue=lambda: on_cluster("squeue", check=False).stdout)
 
 
 def step(stage_dir: Path) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, cli
+from conftest import ROOT, cli, wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -50,16 +50,6 @@ def status(args) -> dict:
 
 def counts(st: dict, *keys: str) -> dict:
     return {kind: {k: c[k] for k in keys} for kind, c in st["kinds"].items()}
-
-
-def wait_for(predicate, timeout: float, what: str, every: float = 1.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{subprocess.run(['squeue'], capture_output=True, text=True).stdout}")
 
 
 def wait_complete(args, timeout: float = 420) -> dict:
