@@ -4,7 +4,8 @@ Every batch is a pure function of (seed, epoch, batch index): the shuffling orde
 augmentation draws come from generators seeded by those, so a resumed run sees exactly the
 batches an uninterrupted one would. With several ranks, each rank takes its contiguous slice
 of the same global batch, so the global batch does not depend on the number of ranks.
-Evaluation splits the test set by rank with no padding, so every image is counted once.
+Evaluation splits the test set by rank with no padding, so every image is counted once
+(both slicings are sslprune.compute.distributed's `share` and `test_share`).
 
 With `index_targets`, training batches carry each image's index in the training set instead of
 its label (NPID's memory bank is indexed by image); `train_labels` holds every training image's
@@ -23,7 +24,7 @@ import torch
 from torch.nn import functional as F
 
 from ..control.config import DECODES, ConfigError, DataCorrupt
-from . import image, seed as seeds
+from . import distributed, image, seed as seeds
 from .dataset import DataMissing, FolderData, MemoryData
 
 
@@ -32,8 +33,7 @@ class MemoryLoader:
 
     def __init__(self, data: MemoryData, batch_size: int, seed: int, device: torch.device,
                  rank: int = 0, world: int = 1, channels_last: bool = False, index_targets: bool = False):
-        if batch_size % world:
-            raise ValueError(f"batch size {batch_size} is not divisible by {world} ranks")
+        distributed.check_divisible(batch_size, world)
         self.data, self.batch_size, self.seed, self.device = data, batch_size, seed, device
         self.rank, self.world, self.channels_last, self.index_targets = rank, world, channels_last, index_targets
         self.train_labels = data.train.labels.cpu()
@@ -59,8 +59,8 @@ class MemoryLoader:
         Draws are made for the global batch and this rank keeps its slice, so the images a
         rank sees are the same ones a single process would see at that position."""
         b, _, h, w = x.shape
-        mine = slice(self.rank * b, (self.rank + 1) * b)
         n, p = b * self.world, self.data.pad
+        mine = distributed.share(0, n, self.rank, self.world)
         if p:
             dy = torch.randint(0, 2 * p + 1, (n,), generator=g, device=x.device)[mine]
             dx = torch.randint(0, 2 * p + 1, (n,), generator=g, device=x.device)[mine]
@@ -73,15 +73,15 @@ class MemoryLoader:
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(len(self.train_y), generator=seeds.generator(self.seed, "order", epoch),
                                device="cpu").to(self.device)
-        per_rank = self.batch_size // self.world
         for i in range(start, self.steps_per_epoch):
-            idx = order[i * self.batch_size + self.rank * per_rank: i * self.batch_size + (self.rank + 1) * per_rank]
+            idx = order[distributed.share(i, self.batch_size, self.rank, self.world)]
             g = seeds.generator(self.seed, "augment", epoch, i, device=self.device)
             x = self.augment(self.train_x[idx], g)
             yield self._normalize(x), idx if self.index_targets else self.train_y[idx]
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        x, y = self.test_x[self.rank::self.world], self.test_y[self.rank::self.world]
+        mine = distributed.test_share(self.rank, self.world)
+        x, y = self.test_x[mine], self.test_y[mine]
         for i in range(0, len(y), batch_size):
             yield self._normalize(x[i:i + batch_size]), y[i:i + batch_size]
 
@@ -281,8 +281,7 @@ class FolderLoader:
                  rank: int = 0, world: int = 1, channels_last: bool = False, index_targets: bool = False):
         from torchvision.datasets.folder import find_classes
 
-        if batch_size % world:
-            raise ValueError(f"batch size {batch_size} is not divisible by {world} ranks")
+        distributed.check_divisible(batch_size, world)
         if data.decode not in DECODES:
             raise ValueError(f"data.decode={data.decode!r} is not one of {', '.join(DECODES)}")
         self.batch_size, self.seed, self.device = batch_size, seed, device
@@ -308,15 +307,14 @@ class FolderLoader:
 
     def batches(self, epoch: int, start: int = 0):
         order = torch.randperm(len(self.train), generator=seeds.generator(self.seed, "order", epoch)).tolist()
-        per_rank = self.batch_size // self.world
         plan = []
         for i in range(start, self.steps_per_epoch):
-            lo = i * self.batch_size + self.rank * per_rank
-            plan.append([(j, seeds.derive(self.seed, "augment", epoch, j)) for j in order[lo:lo + per_rank]])
+            mine = order[distributed.share(i, self.batch_size, self.rank, self.world)]
+            plan.append([(j, seeds.derive(self.seed, "augment", epoch, j)) for j in mine])
         return self._batches(self.train, plan)
 
     def eval_batches(self, batch_size: int):
-        mine = list(range(self.rank, len(self.test), self.world))
+        mine = list(range(len(self.test))[distributed.test_share(self.rank, self.world)])
         plan = [[(j, 0) for j in mine[i:i + batch_size]] for i in range(0, len(mine), batch_size)]
         return self._batches(self.test, plan)
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import loader as loaders, seed as seeds
+from . import distributed, loader as loaders, seed as seeds
 from .svm import as_test
 
 
@@ -101,8 +101,7 @@ class FeatureLoader:
 
     def __init__(self, features: Features, batch_size: int, seed: int, device: torch.device,
                  rank: int = 0, world: int = 1):
-        if batch_size % world:
-            raise ValueError(f"batch size {batch_size} is not divisible by {world} ranks")
+        distributed.check_divisible(batch_size, world)
         n = len(features.train_y)
         if n < batch_size:
             raise ValueError(f"{n} training images, fewer than one batch of {batch_size}")
@@ -114,13 +113,12 @@ class FeatureLoader:
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(len(self.train_y), generator=seeds.generator(self.seed, "order", epoch)).to(self.device)
-        per_rank = self.batch_size // self.world
         for i in range(start, self.steps_per_epoch):
-            lo = i * self.batch_size + self.rank * per_rank
-            idx = order[lo:lo + per_rank]
+            idx = order[distributed.share(i, self.batch_size, self.rank, self.world)]
             yield self.train_x[idx], self.train_y[idx]
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        x, y = self.test_x[self.rank::self.world], self.test_y[self.rank::self.world]
+        mine = distributed.test_share(self.rank, self.world)
+        x, y = self.test_x[mine], self.test_y[mine]
         for i in range(0, len(y), batch_size):
             yield x[i:i + batch_size], y[i:i + batch_size]

@@ -7,6 +7,8 @@ rendezvous. The process group is set up once per process and kept for every stag
 (a second init_process_group on the same port races the first one's teardown: a rank that finished
 its stage early joined the old rendezvous). `Runtime.sync_batchnorm` makes batch-norm statistics
 global across ranks, so a 2-process run matches a 1-process run at the same global batch.
+What the ranks say to each other once the group is set up (decisions, sums, gathers) is in
+sslprune.compute.distributed; Runtime's `agree_all` and `decide` bind it to this runtime's ranks.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..control.config import ConfigError, RunConfig
+from . import distributed
 
 
 class NoDevice(ConfigError):
@@ -53,22 +56,14 @@ class Runtime:
         return bool(self.agree_all([int(wanted)])[0])
 
     def agree_all(self, values: list[int]) -> list[int]:
-        """The elementwise maximum over ranks of a few CPU integers (one all-reduce): what every rank
-        then acts on, so no rank takes a branch alone and waits in a collective the others skip."""
-        if self.world <= 1:
-            return [int(v) for v in values]
-        flags = torch.tensor([int(v) for v in values], dtype=torch.long)
-        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX, group=self.control)
-        return flags.tolist()
+        """The elementwise maximum over ranks of a few CPU integers (distributed.max_over_ranks),
+        over the control group."""
+        return distributed.max_over_ranks(values, self.world, self.control)
 
     def decide(self, value: int) -> int:
-        """Rank 0's `value` on every rank (one broadcast of one CPU integer): for what each rank
-        would read from the store at a different moment, such as whether a stage is done."""
-        if self.world <= 1:
-            return int(value)
-        flag = torch.tensor([int(value)], dtype=torch.long)
-        torch.distributed.broadcast(flag, src=0, group=self.control)
-        return int(flag.item())
+        """Rank 0's `value` on every rank (distributed.from_rank0): for what each rank would read
+        from the store at a different moment, such as whether a stage is done."""
+        return distributed.from_rank0(value, self.world, self.control)
 
     def sync_batchnorm(self, net: nn.Module) -> nn.Module:
         """Batch norm over the global batch (all ranks); a no-op for one process."""
@@ -157,23 +152,6 @@ def from_environment(run: RunConfig) -> Runtime:
     return _ranks
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks, differentiable: the gradient of a sum is the sum of the gradients."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        x = x.clone()
-        torch.distributed.all_reduce(x, group=group)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.clone()
-        torch.distributed.all_reduce(grad, group=ctx.group)
-        return grad, None
-
-
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch norm (1-d or 2-d) whose training statistics cover the batches of all ranks (a CPU/gloo
     SyncBatchNorm; AlexNet's fully-connected layers use BatchNorm1d, the convolutions BatchNorm2d).
@@ -195,9 +173,9 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         # Every rank holds an equal slice of the global batch (the loaders guarantee it), so the
         # global count is derived: no extra all-reduce and host sync per layer and step.
         n = float(x.numel() // x.shape[1] * torch.distributed.get_world_size(self.group))
-        mean = _AllReduceSum.apply(x.sum(dims), self.group) / n
+        mean = distributed.differentiable_sum(x.sum(dims), self.group) / n
         centred = x - mean.view(shape)
-        var = _AllReduceSum.apply((centred * centred).sum(dims), self.group) / n
+        var = distributed.differentiable_sum((centred * centred).sum(dims), self.group) / n
         if self.track_running_stats:
             with torch.no_grad():
                 m = self.momentum if self.momentum is not None else 0.1

@@ -22,13 +22,13 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import nn
 
-from . import checkpoint, mask as masks
+from . import checkpoint, distributed, mask as masks
 from . import seed as seeds
 from ..control.config import OptimConfig, RunConfig
 from ..control.progress import Progress
 from ..control.stage import Interrupted, NonFiniteLoss
 from .schedule import lr_at
-from .task import at_least_fp32
+from .classification import at_least_fp32
 
 
 Hook = Callable[[int, nn.Module], None]  # called with the number of updates done so far
@@ -49,7 +49,8 @@ class Fit:
     # Polled at step boundaries (a cheap Python check); when it returns True the loop checkpoints
     # at once and raises Interrupted. Set by the cluster code on SLURM's signal, by sslprune-run on Ctrl-C.
     interrupt: Optional[Callable[[], bool]] = None
-    # The ranks' elementwise maximum of a few integers (one collective, Runtime.agree_all): their common
+    # The ranks' elementwise maximum of a few integers (one collective, Runtime.agree_all; what
+    # distributed.agree_stop and agree_non_finite ask through): their common
     # answer to "does any rank want to stop?" and the like; None: one process.
     agree: Optional[Callable[[list], list]] = None
     # The checkpoint to continue from, already read (sslprune.compute.checkpoint.resume_state);
@@ -136,11 +137,7 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
         bad = int(first_bad.item())
         bad_weights = weights and bad < 0 and \
             not bool(torch.stack([torch.isfinite(p).all() for p in net.parameters()]).all())  # one sync
-        if job.agree is not None:
-            # A loss is one rank's own: all ranks raise when any saw a non-finite one (the earliest
-            # step is the largest total - step), else the others would wait in the next collective.
-            earliest, bad_weights = job.agree([total + 1 - bad if bad >= 0 else 0, int(bad_weights)])
-            bad = total + 1 - earliest if earliest else -1
+        bad, bad_weights = distributed.agree_non_finite(job.agree, bad, bad_weights, total)  # all ranks raise, or none
         where = None
         if bad >= 0:
             where = f"non-finite loss at step {bad} (epoch {bad // spe})"
@@ -164,7 +161,7 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
         if step % every == 0:
             wanted = bool(job.interrupt is not None and job.interrupt())
             if job.agree is not None:  # rank 0's clock decides for all: the ranks' clocks differ
-                wanted, time_due = (bool(v) for v in job.agree([int(wanted), int(rank == 0 and clock_due())]))
+                wanted, time_due = distributed.agree_stop(job.agree, wanted, rank == 0 and clock_due())
             if wanted:
                 check_finite(step, weights=True)
                 save(step)
@@ -236,7 +233,7 @@ def evaluate(model: nn.Module, task, loader, batch_size: int, amp: bool = True) 
     channels_last = getattr(loader, "channels_last", False)
     seed, done = seeds.derive(loader.seed, "eval"), 0
     for x, y in loader.eval_batches(batch_size):
-        positions = rank + world * (done + torch.arange(len(y)))
+        positions = distributed.test_positions(rank, world, done, len(y))
         done += len(y)
         x, target = task.eval_prepare(x, y, seeds.Draws(seed, positions, device))
         if channels_last and x.dim() == 4:
