@@ -31,6 +31,7 @@ pixel is a function of its own image and box only, whatever the batch holds.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import random
@@ -95,6 +96,28 @@ def _rgb(image) -> torch.Tensor:
     return torch.from_numpy(np.array(image)).permute(2, 0, 1)
 
 
+@contextlib.contextmanager
+def _opened(path: str, size: int, seed: Optional[int]):
+    """The file's bytes, the image opened on them with only its header read, its (height, width),
+    and what to take of it: the box (top, left, height, width in its pixels) and flip of the
+    random-resized crop of `seed`, or (seed None) of the evaluation resize + centre crop. What
+    PIL or libjpeg raise on a bad file, here or in the caller's block, is a DataCorrupt naming it."""
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            width, height = image.size
+            if seed is None:
+                box, flip = eval_box(height, width, size), False
+            else:
+                *box, flip = train_box(seed, height, width)
+            yield data, image, (height, width), box, flip
+    except (OSError, RuntimeError, SyntaxError, ValueError) as e:  # PIL's and libjpeg's complaints
+        raise DataCorrupt(f"{path} does not decode as an image: {e}") from None
+
+
 # ---------------------------------------------------------------- workers: PIL, uint8
 
 
@@ -105,30 +128,19 @@ def load(path: str, size: int, seed: Optional[int]) -> torch.Tensor:
     JPEGs decode with TorchCodec's libjpeg-turbo call, straight into a tensor (PIL's decode plus
     its copy into a tensor cost ~0.5 ms more per ImageNet image here); at half size, which only
     PIL's `draft` offers, when the crop is at least twice the output; other files with PIL."""
-    from PIL import Image
     from torch.nn import functional as F
     from torchcodec.decoders import decode_jpeg
     from torchvision.transforms.v2 import functional as TF
 
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        with Image.open(io.BytesIO(data)) as image:  # the header: size and format
-            width, height = image.size
-            if seed is None:
-                box, flip = eval_box(height, width, size), False
-            else:
-                *box, flip = train_box(seed, height, width)
-            top, left, h, w = box
-            if image.format == "JPEG" and min(h, w) >= 2 * size:
-                image.draft("RGB", (max(1, width // 2), max(1, height // 2)))  # libjpeg's 1/2 DCT scaling
-                x = _rgb(image)
-            elif image.format == "JPEG":
-                x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode="RGB")
-            else:
-                x = _rgb(image)
-    except (OSError, RuntimeError, SyntaxError, ValueError) as e:  # PIL's and libjpeg's complaints
-        raise DataCorrupt(f"{path} does not decode as an image: {e}") from None
+    with _opened(path, size, seed) as (data, image, (height, width), box, flip):
+        top, left, h, w = box
+        if image.format == "JPEG" and min(h, w) >= 2 * size:
+            image.draft("RGB", (max(1, width // 2), max(1, height // 2)))  # libjpeg's 1/2 DCT scaling
+            x = _rgb(image)
+        elif image.format == "JPEG":
+            x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode="RGB")
+        else:
+            x = _rgb(image)
     if seed is None:
         return TF.center_crop(TF.resize(x, [eval_size(size)], antialias=True), [size, size])
     fy, fx = x.shape[1] / height, x.shape[2] / width  # 1 unless decoded at half size
@@ -157,22 +169,10 @@ def read(path: str, size: int, seed: Optional[int]) -> tuple:
     """What a worker hands the device path for one image: (path, bytes or None, pixels or None,
     box, flip). The bytes of a colour JPEG (what nvjpeg decodes); the 3 x H x W pixels, decoded
     by PIL, of anything else (greyscale and CMYK JPEGs, PNG, ...). The box is in the image's pixels."""
-    from PIL import Image
-
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        with Image.open(io.BytesIO(data)) as image:  # reads the header only
-            width, height = image.size
-            if seed is None:
-                box, flip = eval_box(height, width, size), False
-            else:
-                *box, flip = train_box(seed, height, width)
-            if image.format == "JPEG" and image.mode == "RGB":
-                return path, torch.frombuffer(bytearray(data), dtype=torch.uint8), None, box, flip
-            return path, None, _rgb(image), box, flip
-    except (OSError, RuntimeError, SyntaxError, ValueError) as e:
-        raise DataCorrupt(f"{path} does not decode as an image: {e}") from None
+    with _opened(path, size, seed) as (data, image, _, box, flip):
+        if image.format == "JPEG" and image.mode == "RGB":
+            return path, torch.frombuffer(bytearray(data), dtype=torch.uint8), None, box, flip
+        return path, None, _rgb(image), box, flip
 
 
 def decode(data: Sequence[torch.Tensor], device: torch.device, names: Sequence[str] = ()) -> list:

@@ -198,12 +198,22 @@ class Network(nn.Module):
 
     def new_head(self, num_outputs: int, generator: torch.Generator) -> None:
         """Replace the head with a freshly initialised one (seeded, so reproducible)."""
-        head = nn.Linear(self.backbone.out_features, num_outputs).to(self.head.weight.device)
-        with torch.no_grad():
-            bound = 1 / self.backbone.out_features ** 0.5
-            head.weight.copy_(torch.empty_like(head.weight, device="cpu").uniform_(-bound, bound, generator=generator))
-            head.bias.copy_(torch.empty_like(head.bias, device="cpu").uniform_(-bound, bound, generator=generator))
-        self.head = head
+        self.head = seeded_linear(self.backbone.out_features, num_outputs, generator, self.head.weight.device)
+
+
+def seeded_linear(in_features: int, out_features: int, generator: torch.Generator,
+                  device: torch.device | None = None) -> nn.Linear:
+    """A fresh linear layer (every new head: Network.new_head, the standardised probe's) with
+    nn.Linear's default distribution, U(-1/sqrt(in), 1/sqrt(in)) for weight then bias, drawn on the
+    CPU from `generator` alone: the same numbers on every device, whatever the global RNG holds."""
+    layer = nn.Linear(in_features, out_features)
+    if device is not None:
+        layer = layer.to(device)
+    with torch.no_grad():
+        bound = 1 / in_features ** 0.5
+        layer.weight.copy_(torch.empty_like(layer.weight, device="cpu").uniform_(-bound, bound, generator=generator))
+        layer.bias.copy_(torch.empty_like(layer.bias, device="cpu").uniform_(-bound, bound, generator=generator))
+    return layer
 
 
 HEAD = "head."  # parameter-name prefix of the last fully-connected layer: never pruned

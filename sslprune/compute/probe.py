@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed, loader as loaders, seed as seeds
-from .svm import as_test
+from . import distributed, features, seed as seeds
+from .model import seeded_linear
 
 
 class Linear(nn.Module):
@@ -27,25 +27,10 @@ class Linear(nn.Module):
 
     def __init__(self, dim: int, num_outputs: int, generator: torch.Generator):
         super().__init__()
-        self.head = nn.Linear(dim, num_outputs)
-        with torch.no_grad():  # the init of Network.new_head, from the stage's own generator
-            bound = 1 / dim ** 0.5
-            self.head.weight.copy_(torch.empty_like(self.head.weight).uniform_(-bound, bound, generator=generator))
-            self.head.bias.copy_(torch.empty_like(self.head.bias).uniform_(-bound, bound, generator=generator))
+        self.head = seeded_linear(dim, num_outputs, generator)  # as Network.new_head, from the stage's generator
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x)
-
-
-@torch.no_grad()
-def extract(backbone: nn.Module, data, split: str, device: torch.device, batch_size: int):
-    """(N x D features as float64 on the CPU, the N targets) of one split, in its order, un-augmented."""
-    backbone = backbone.to(device).eval()
-    xs, ys = [], []
-    for x, y in loaders.make(as_test(data, split), 1, 0, device).eval_batches(batch_size):
-        xs.append(backbone(x).double().cpu())
-        ys.append(y.cpu())
-    return torch.cat(xs), torch.cat(ys)
 
 
 @dataclass
@@ -82,13 +67,12 @@ class Features:
 
 
 def standardised(backbone: nn.Module, data, device: torch.device, batch_size: int) -> Features:
-    """Both splits' frozen features, standardised with the training split's statistics. A dimension
-    constant over the training split (a dead unit) is centred and left unscaled."""
-    train_x, train_y = extract(backbone, data, "train", device, batch_size)
-    test_x, test_y = extract(backbone, data, "test", device, batch_size)
-    mean, std = train_x.mean(0), train_x.std(0)
-    std = torch.where(std > 1e-12, std, torch.ones_like(std))
-    return Features((train_x - mean) / std, train_y, (test_x - mean) / std, test_y)
+    """Both splits' frozen features (float64), standardised with the training split's statistics
+    (sslprune.compute.features)."""
+    train_x, train_y = features.extract(backbone, data, "train", device, batch_size)
+    test_x, test_y = features.extract(backbone, data, "test", device, batch_size)
+    train_x, test_x = features.standardise(train_x, test_x)
+    return Features(train_x, train_y, test_x, test_y)
 
 
 class FeatureLoader:

@@ -28,28 +28,17 @@ import multiprocessing
 import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from . import loader as loaders, seed as seeds
+from . import seed as seeds
+from .features import extract, standardise
 
 from ..control import voc
-from .dataset import MemoryData
 
 SKIPPED = "fewer than 2 positives or negatives in the training split"
-
-
-def as_test(data, split: str):
-    """The data set with `split` in the place of its test split: the loader's test path has the
-    central-crop transform and no augmentation, which is what features are extracted with."""
-    if split == "test":
-        return data
-    if isinstance(data, MemoryData):
-        return replace(data, test=data.train)
-    return replace(data, test_dir=data.train_dir, test_samples=data.train_samples, test_limit=data.train_limit)
 
 
 def target_matrix(y: torch.Tensor, num_classes: int) -> np.ndarray:
@@ -59,29 +48,15 @@ def target_matrix(y: torch.Tensor, num_classes: int) -> np.ndarray:
     return torch.nn.functional.one_hot(y.to(torch.int64).cpu(), num_classes).numpy()
 
 
-@torch.no_grad()
 def features(backbone: torch.nn.Module, data, split: str, device: torch.device,
              batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(N x D float64 features, N x C targets) of one split, in the split's order."""
-    backbone = backbone.to(device).eval()
-    ld = loaders.make(as_test(data, split), 1, 0, device)  # one process reads the whole split
-    xs, ts = [], []
-    for x, y in ld.eval_batches(batch_size):
-        xs.append(backbone(x).float().cpu())
-        ts.append(target_matrix(y, data.num_classes))
-    return torch.cat(xs).double().numpy(), np.concatenate(ts)
+    x, y = extract(backbone, data, split, device, batch_size, torch.float32)  # float32 per batch, as always
+    return x.double().numpy(), target_matrix(y, data.num_classes)
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
     return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-5)
-
-
-def standardise(train_x: np.ndarray, test_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both splits standardised with the training split's per-dimension statistics (a dimension
-    constant over the training split is centred and left unscaled), as the standardised probe."""
-    mean, std = train_x.mean(0), train_x.std(0, ddof=1)
-    std = np.where(std > 1e-12, std, 1.0)
-    return (train_x - mean) / std, (test_x - mean) / std
 
 
 MAX_ITER = 2000
