@@ -125,7 +125,8 @@ class PairRetrieval:
     def result(self) -> dict:
         d = self.task.num_outputs
         device = self.anchors[0].device if self.anchors else distributed.collective_device()
-        anchors, positives = (distributed.gather_test_rows(torch.cat(rows) if rows else torch.zeros(0, d, device=device))
+        anchors, positives = (distributed.gather_test_rows(torch.cat(rows) if rows else
+                                                           torch.zeros(0, d, device=device))
                               for rows in (self.anchors, self.positives))
         correct, loss = 0, 0.0
         for start in range(0, len(anchors), self.chunk):
