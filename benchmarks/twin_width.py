@@ -4,8 +4,8 @@ Process time of one SGD step (batch of 8x8 one-channel images, one thread) of ea
 `name:width` against a width-8 `resnet_small` step measured in the same process and repetition,
 printed as a ratio (the twins' 30-minute budget was measured with `resnet_small` width 8).
 
-Whether a width converges is not measured here but by the twin's own level-0 stage (README,
-Figure-6 findings), e.g.
+Whether a width converges is not measured here but by the twin's own level-0 stage
+(docs/reproduction.md, Figure-6 findings), e.g.
 
     sslprune-imp experiment=fig6_cifar10_vgg19_small signal=labels seed=0 level=0 run.threads=1 \
         model.width=6 signals.labels.optim.lr=3e-3 store=/tmp/width

@@ -240,19 +240,19 @@ def test_twins_prune_as_far_as_the_paper_looks(name):
 def test_twins_train_their_dense_networks_in_the_papers_schedule_shape():
     """Every twin signal trained with twin_digits: 30 epochs (90 where a signal named below does not
     converge in 30), /10 at the ImageNet schedule's 50, 65, 80 of 90 epochs (the dense accuracy each
-    reaches is measured in the README)."""
+    reaches is measured in docs/reproduction.md)."""
     twin = OptimConfig(**yaml.safe_load((CONF / "optim" / "twin_digits.yaml").read_text()))
     assert [round(m / twin.epochs * 90) for m in twin.milestones] == [51, 66, 81]
     # Fine-tuning (VOC07: /10 at 50, 65, 80 of 90 epochs) in the same shape, and at least the 930
     # updates on 1000 images that brought the Figure-2 twin's dense fine-tuning from 62.7 % (225 updates)
-    # to 80.7 % (README).
+    # to 80.7 % (docs/reproduction.md).
     finetune = OptimConfig(**yaml.safe_load((CONF / "optim" / "twin_finetune.yaml").read_text()))
     assert [round(m / finetune.epochs * 90) for m in finetune.milestones] == [51, 66, 81]
     fig2 = load("fig2_voc07_finetune_resnet50_small")
     images = fig2.finetune.datasets[0].train_limit
     assert fig2.finetune.optim == fig2.signals["transfer"].optim == finetune
     assert finetune.epochs * (images // finetune.batch_size) >= 930  # the loader drops the last partial batch
-    longer = {("fig6_cifar10_vgg19_small", "exemplar"): 90}  # narrow VGG-19: 23.4 % pair retrieval at 30 (README)
+    longer = {("fig6_cifar10_vgg19_small", "exemplar"): 90}  # narrow VGG-19: 23.4 % pair retrieval at 30 (docs/reproduction.md)
     for name in SMALL:
         cfg = load(name)
         for signal, s in cfg.signals.items():
