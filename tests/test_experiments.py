@@ -266,7 +266,7 @@ def test_twins_train_their_dense_networks_in_the_papers_schedule_shape():
 # ------------------------------------------------------------------ Figure 3, reduced, to completion
 
 
-@pytest.mark.slow
+@pytest.mark.twin
 def test_reduced_figure_3_runs_to_completion_and_its_report_makes_sense(tmp_path):
     store = tmp_path / "store"
     p = cli("sslprune-run", "experiment=fig3_imagenet_resnet50_small", f"store={store}", timeout=3000)
