@@ -10,14 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 
-from sslprune.compute import runner
 from sslprune.control.local import run_local
 from sslprune.control import store as files
-from sslprune.launch.compose import CONF_DIR, typed
 from sslprune.control import experiment, report
-from sslprune.compute import checkpoint
 from sslprune.control.config import DataConfig, OptimConfig, REWIND, rewind_steps, signal_data, signal_prune
 
 from conftest import ROOT, cli, fashion_mnist_configs
@@ -29,6 +25,9 @@ SMALL = [e for e in EXPERIMENTS if re.match(r"(fig\d|table\d)_", e) and e.endswi
 
 
 def load(name: str, *overrides: str):
+    from hydra import compose, initialize_config_dir
+    from sslprune.launch.compose import CONF_DIR, typed
+
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         return typed(compose("config", overrides=[f"experiment={name}", *overrides]))
 
@@ -303,6 +302,7 @@ def test_reduced_figure_3_runs_to_completion_and_its_report_makes_sense(tmp_path
 def test_transfer_chain_starts_from_the_source_network_and_waits_for_it(tmp_path):
     import torch
 
+    from sslprune.compute import checkpoint, runner
     from sslprune.control.config import SignalConfig, TaskConfig, RunConfig
     from sslprune.compute.runtime import local
     from sslprune.control.stage import ImpLevel

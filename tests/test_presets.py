@@ -10,19 +10,21 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-import launch.compose
-from sslprune.launch.compose import CONF_DIR, typed
 from sslprune.control.config import DATASETS, DEFAULT_SCHEMES as SCHEMES, MODELS, Config
 
 from conftest import ROOT, cli
 from test_dataset import write_cifar10, write_image_folder
 
-PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+PRESETS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
 
 def composed(*overrides: str) -> Config:
+    from hydra import compose, initialize_config_dir
+
+    import launch.compose
+    from sslprune.launch.compose import typed
+
     with initialize_config_dir(config_dir=launch.compose.CONF_DIR, version_base=None):
         return typed(compose("config", overrides=list(overrides)))
 

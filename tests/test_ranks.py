@@ -27,10 +27,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 
-from sslprune.compute import checkpoint, task as tasks, trainer
-from sslprune.compute.runtime import Runtime
 from sslprune.control import store as files
 from sslprune.control.config import DataConfig, ModelConfig, RunConfig, SignalConfig, TaskConfig
 from sslprune.control.job import StageJob
@@ -62,6 +59,9 @@ def _cfg(root: Path, task: str, model: str, dtype: str):
 
 
 def _run(root: Path, rt: Runtime) -> None:
+    import torch
+    from sslprune.compute.runtime import Runtime
+
     for task, model, dtype in CASES:
         torch.set_default_dtype(getattr(torch, dtype))
         try:
@@ -71,6 +71,9 @@ def _run(root: Path, rt: Runtime) -> None:
 
 
 def _ranks(rank: int, world: int, root: str) -> None:
+    import torch
+    from sslprune.compute.runtime import Runtime
+
     torch.distributed.init_process_group("gloo", init_method=f"file://{root}/rendezvous", rank=rank, world_size=world)
     torch.set_num_threads(1)
     _run(Path(root) / "two", Runtime(torch.device("cpu"), rank, world))  # one group for all, as from_environment
@@ -79,6 +82,9 @@ def _ranks(rank: int, world: int, root: str) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    import torch
+    from sslprune.compute.runtime import Runtime
+
     root = tmp_path_factory.mktemp("ranks")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -93,6 +99,9 @@ def runs(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("task,model,dtype", CASES)
 def test_two_ranks_train_as_one(runs, task, model, dtype):
+    import torch
+    from sslprune.compute import checkpoint
+
     one, two = (ImpLevel(_cfg(runs / w, task, model, dtype), task, 0, 0) for w in ("one", "two"))
     a, b = checkpoint.load(one.dir / "model.pt"), checkpoint.load(two.dir / "model.pt")
     assert a.keys() == b.keys()
@@ -128,6 +137,8 @@ def _small(store: Path, **run):
 
 def _join(rank: int, root: str, timeout_s: float = 60) -> None:
     # A short timeout: a rank left alone in a collective fails the test in a minute, not in 30.
+    import torch
+
     torch.distributed.init_process_group("gloo", init_method=f"file://{root}/rendezvous", rank=rank, world_size=2,
                                          timeout=datetime.timedelta(seconds=timeout_s))
     torch.set_num_threads(1)
@@ -147,6 +158,10 @@ def _outcomes(root: Path, name: str) -> list:
 
 
 def _nan_on_rank_1(rank: int, root: str) -> None:
+    import torch
+    from sslprune.compute import task as tasks
+    from sslprune.compute.runtime import Runtime
+
     _join(rank, root)
     if rank == 1:  # the loss of this rank's second step is NaN; rank 0's losses stay finite
         calls, loss = itertools.count(), tasks.Labels.loss
@@ -160,6 +175,8 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_once(tmp_path):
     """check_finite read each rank's own first non-finite step: rank 1 raised NonFiniteLoss while
     rank 0 went on into the next step's collectives and failed there (`Connection reset by peer`,
     or after the 30-minute timeout on a cluster). The ranks now agree on it in one all-reduce."""
+    import torch
+
     torch.multiprocessing.start_processes(_nan_on_rank_1, args=(str(tmp_path),), nprocs=2, start_method="spawn")
     (zero, t0), (one, t1) = _outcomes(tmp_path, "nan")
     assert zero == one, (zero, one)
@@ -169,6 +186,10 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_once(tmp_path):
 
 
 def _clocks(rank: int, root: str) -> None:
+    import torch
+    from sslprune.compute import checkpoint, trainer
+    from sslprune.compute.runtime import Runtime
+
     _join(rank, root)
     saved, save = [], checkpoint.save_training
     checkpoint.save_training = lambda state, path: (saved.append(state["step"]), save(state, path))[1]
@@ -188,6 +209,9 @@ def test_rank_0s_clock_decides_when_a_checkpoint_is_due(tmp_path):
     rank whose clock ran ahead would enter it alone. Rank 0's clock decides for all (it rides on
     the stop agreement): its fast clock checkpoints after every step, rank 1's changes nothing,
     and neither changes a number."""
+    import torch
+    from sslprune.compute import checkpoint
+
     torch.multiprocessing.start_processes(_clocks, args=(str(tmp_path),), nprocs=2, start_method="spawn")
     (a0, _), (a1, _) = _outcomes(tmp_path, "ahead0")
     (b0, _), (b1, _) = _outcomes(tmp_path, "ahead1")
@@ -200,6 +224,9 @@ def test_rank_0s_clock_decides_when_a_checkpoint_is_due(tmp_path):
 
 
 def _done_race(rank: int, root: str) -> None:
+    import torch
+    from sslprune.compute.runtime import Runtime
+
     _join(rank, root)
     root = Path(root)
     if rank == 0:  # say when this rank has read the stage as not done and waits for its lock
@@ -224,6 +251,9 @@ def test_a_stage_finished_by_another_writer_between_two_ranks_reads_is_done_on_b
     and waited for its lock while another writer finished it; rank 1 then found it done and left,
     and rank 0, finding it done under the lock, waited alone in the agreement. Rank 0 now reads
     and broadcasts; both return the other writer's result."""
+    import torch
+    from sslprune.compute.runtime import Runtime
+
     other = ImpLevel(_small(tmp_path / "other"), "labels", 0, 0)
     before = torch.get_num_threads()
     try:
@@ -257,6 +287,9 @@ def _level(store: Path, level: int) -> ImpLevel:
 
 
 def _decisions(rank: int, root: str) -> None:
+    import torch
+    from sslprune.compute.runtime import Runtime
+
     _join(rank, root, WAIT_S)
     root = Path(root)
     # First (the group is still sound): a done stage whose parent was set aside since
@@ -272,6 +305,8 @@ def _decisions(rank: int, root: str) -> None:
 
 @pytest.fixture(scope="module")
 def decisions(tmp_path_factory):
+    import torch
+
     root = tmp_path_factory.mktemp("decisions")
     before = torch.get_num_threads()
     try:
@@ -321,6 +356,9 @@ def test_a_pack_on_two_ranks_gives_what_its_stages_give_apart(tmp_path):
     """A packed job under DDP called init_process_group again for its second stage on the same
     MASTER_PORT: rank 1, done first, joined the first stage's rendezvous and failed with
     `Connection reset by peer` while rank 0 hung. The ranks now rendezvous once per process."""
+    import torch
+    from sslprune.compute import checkpoint
+
     import submitit
 
     ex = submitit.LocalExecutor(folder=str(tmp_path / "jobs" / "%j"))

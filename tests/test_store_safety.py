@@ -12,9 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from sslprune.compute import checkpoint
 from sslprune.control import store as files
 
 from conftest import ROOT, cli
@@ -34,6 +32,9 @@ def _level0(store: Path) -> Path:
 
 
 def _same_weights(a: Path, b: Path) -> bool:
+    import torch
+    from sslprune.compute import checkpoint
+
     x, y = checkpoint.load(a), checkpoint.load(b)
     return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
@@ -47,6 +48,8 @@ def reference(tmp_path_factory):
 
 def _partial(store: Path, steps: int) -> Path:
     """A level 0 stopped after `steps` updates, with its checkpoint and the previous one."""
+    import torch
+
     from sslprune.compute.runtime import Runtime
     from sslprune.control.stage import ImpLevel, Interrupted
     from sslprune.launch.compose import CONF_DIR, typed
@@ -72,6 +75,8 @@ class _Payload:
 
 
 def test_a_crafted_checkpoint_is_refused_and_nothing_runs(tmp_path):
+    import torch
+
     store, marker = tmp_path / "store", tmp_path / "PWNED"
     level0 = _partial(store, 5)
     torch.save({"model": {}, "step": 3, "evil": _Payload(marker)}, level0 / "checkpoint.pt")
@@ -85,6 +90,8 @@ def test_a_crafted_checkpoint_is_refused_and_nothing_runs(tmp_path):
 
 
 def test_a_crafted_parent_output_is_refused_too(tmp_path, reference):
+    import torch
+
     store, marker = tmp_path / "store", tmp_path / "PWNED"
     cli(*_imp(store))
     level0 = _level0(store)
@@ -102,6 +109,8 @@ def test_a_crafted_parent_output_is_refused_too(tmp_path, reference):
 
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, reference):
+    from sslprune.compute import checkpoint
+
     store = tmp_path / "store"
     level0 = _partial(store, 9)
     assert checkpoint.load(level0 / "checkpoint.prev.pt")["step"] == checkpoint.load(level0 / "checkpoint.pt")["step"] - 1
@@ -150,6 +159,9 @@ def _results(store: Path) -> dict:
 
 @pytest.mark.parametrize("damage", ["truncated model.pt", "unparsable result.json", "a flipped byte in mask.pt"])
 def test_a_damaged_finished_stage_is_reported_and_recomputed_alone(tmp_path, damage):
+    import torch
+    from sslprune.compute import checkpoint
+
     store = tmp_path / "store"
     args = [f"store={store}", *SMALL]
     cli("sslprune-run", *args)
@@ -239,6 +251,8 @@ def _mount(folder: Path, size: int) -> None:
 
 
 def test_a_full_disk_is_one_line_nothing_corrupt_and_the_rerun_resumes(tmp_path):
+    from sslprune.compute import checkpoint
+
     args = ["model.width=16", "signals.labels.optim.epochs=2", "signals.labels.optim.milestones=[]"]
     ref = tmp_path / "ref"
     cli(*_imp(ref, *args))

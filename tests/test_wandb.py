@@ -25,7 +25,6 @@ import pytest
 from sslprune.control import store as files
 from sslprune.control import dashboard, report, upload
 
-from sslprune.compute import checkpoint
 from sslprune.control.config import Config, WandbConfig
 
 from conftest import ROOT
