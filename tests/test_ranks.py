@@ -46,6 +46,10 @@ TASKS = {
 }
 MODELS = {"resnet_small": 4, "resnet50": 8, "alexnet": 8, "vgg19": 8}  # every family; alexnet has BatchNorm1d
 CASES = [(t, m, "float64") for t in TASKS for m in MODELS] + [(t, "resnet_small", "float32") for t in TASKS]
+# One case per task family in the default tier (its module fixture trains these 5 only); the rest
+# of the matrix (every model family, float32) is slow.
+FAMILY = [(t, "resnet_small", "float64") for t in TASKS]
+MATRIX = [c for c in CASES if c not in FAMILY]
 
 
 def _cfg(root: Path, task: str, model: str, dtype: str):
@@ -58,11 +62,10 @@ def _cfg(root: Path, task: str, model: str, dtype: str):
     return cfg
 
 
-def _run(root: Path, rt: Runtime) -> None:
+def _run(root: Path, rt: Runtime, cases: list) -> None:
     import torch
-    from sslprune.compute.runtime import Runtime
 
-    for task, model, dtype in CASES:
+    for task, model, dtype in cases:
         torch.set_default_dtype(getattr(torch, dtype))
         try:
             ImpLevel(_cfg(root, task, model, dtype), task, 0, 0).run(rt)
@@ -70,38 +73,47 @@ def _run(root: Path, rt: Runtime) -> None:
             torch.set_default_dtype(torch.float32)
 
 
-def _ranks(rank: int, world: int, root: str) -> None:
+def _ranks(rank: int, world: int, root: str, cases: list) -> None:
     import torch
     from sslprune.compute.runtime import Runtime
 
     torch.distributed.init_process_group("gloo", init_method=f"file://{root}/rendezvous", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    _run(Path(root) / "two", Runtime(torch.device("cpu"), rank, world))  # one group for all, as from_environment
+    _run(Path(root) / "two", Runtime(torch.device("cpu"), rank, world), cases)  # one group for all, as from_environment
     torch.distributed.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def _runs(root: Path, cases: list) -> Path:
     import torch
     from sslprune.compute.runtime import Runtime
 
-    root = tmp_path_factory.mktemp("ranks")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        _run(root / "one", Runtime(torch.device("cpu")))
+        _run(root / "one", Runtime(torch.device("cpu")), cases)
     finally:
         torch.set_num_threads(before)
-    torch.multiprocessing.start_processes(_ranks, args=(2, str(root)), nprocs=2, start_method="spawn")
+    torch.multiprocessing.start_processes(_ranks, args=(2, str(root), cases), nprocs=2, start_method="spawn")
     return root
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("task,model,dtype", CASES)
-def test_two_ranks_train_as_one(runs, task, model, dtype):
+@pytest.fixture(scope="module")
+def family_runs(tmp_path_factory):
+    return _runs(tmp_path_factory.mktemp("ranks"), FAMILY)
+
+
+@pytest.fixture(scope="module")
+def matrix_runs(tmp_path_factory):
+    return _runs(tmp_path_factory.mktemp("ranks"), MATRIX)
+
+
+@pytest.mark.parametrize("task,model,dtype", [c if c in FAMILY else pytest.param(*c, marks=pytest.mark.slow)
+                                              for c in CASES])
+def test_two_ranks_train_as_one(request, task, model, dtype):
     import torch
     from sslprune.compute import checkpoint
 
+    runs = request.getfixturevalue("family_runs" if (task, model, dtype) in FAMILY else "matrix_runs")
     one, two = (ImpLevel(_cfg(runs / w, task, model, dtype), task, 0, 0) for w in ("one", "two"))
     a, b = checkpoint.load(one.dir / "model.pt"), checkpoint.load(two.dir / "model.pt")
     assert a.keys() == b.keys()
