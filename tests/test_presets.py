@@ -140,6 +140,7 @@ def chain_configs(store: Path) -> list[dict]:
     return [json.loads(f.read_text())["chain"] for f in sorted((store / "imp").glob("*/seed_0/level_0/config.json"))]
 
 
+@pytest.mark.slow
 def test_cifar10_resnet18_preset_runs_end_to_end(tmp_path):
     root = tmp_path / "cifar10"
     write_cifar10(root, per_batch=52, n_test=64)  # 260 train / 64 test images, the real pickle layout
@@ -163,6 +164,7 @@ def test_cifar10_resnet18_preset_runs_end_to_end(tmp_path):
     assert "report written to" in p.stdout
 
 
+@pytest.mark.slow
 def test_imagenet_resnet50_preset_runs_end_to_end(tmp_path):
     """ResNet-50 (width_per_group 8) at 32 px on a 2-class ImageFolder tree: about 30 s of one core.
 

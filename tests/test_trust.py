@@ -238,6 +238,7 @@ def test_a_stage_is_bit_identical_whatever_ran_before_in_the_process(tmp_path, n
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_a_recomputed_stage_is_bit_identical_whatever_else_is_left_to_run(tmp_path):
     """With one chain left, run_local fell back to torch's default thread count (2 here) instead of
     the 1 thread per worker the store was computed with: accuracy 0.8942 instead of 0.8969."""
