@@ -292,8 +292,14 @@ def test_reduced_figure_3_runs_to_completion_and_its_report_makes_sense(tmp_path
     last = str(cfg.prune.levels)
     mean = {(s["signal"], s["evaluation"]): float(s["mean"]) for s in summary if s["level"] == last}
     assert mean[("labels", "winning_ticket")] >= mean[("labels", "random")], mean
-    for f in ("results.csv", "summary.md", "accuracy_vs_remaining.png", "rewind.md", "natural_sparsity.csv"):
+    for f in ("results.csv", "summary.md", "findings.md", "accuracy_vs_remaining.png", "rewind.md",
+              "natural_sparsity.csv"):
         assert (store / "reports" / cfg.experiment / f).exists(), f
+    # The findings name the experiment and test the re-training claims of Figure 3 (as test_findings
+    # pins for a tiny run).
+    text = (store / "reports" / cfg.experiment / "findings.md").read_text()
+    assert text.startswith(f"# {cfg.experiment}: the paper's claims"), text[:200]
+    assert "labels_ticket_above_reinit" in text
 
 
 # ------------------------------------------------------------------ pruning during transfer
