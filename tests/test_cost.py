@@ -11,7 +11,7 @@ import pytest
 from sslprune.control import figures, report
 from sslprune.control.config import ModelConfig
 
-from conftest import tiny_config
+from conftest import SHORT_DEMO, tiny_config
 
 
 def _meta(build):
@@ -149,24 +149,22 @@ def test_rows_of_stages_without_stored_costs_leave_the_cells_empty(tmp_path):
     assert set(figures.write(cfg, summary, tmp_path)) == {"retrain", "overview"}
 
 
-@pytest.mark.slow
-def test_a_tiny_run_stores_its_costs_in_result_json_and_results_csv(tmp_path):
-    from sslprune.control import local
+def test_a_tiny_run_stores_its_costs_in_result_json_and_results_csv(short_demo):
+    from sslprune import api
     from sslprune.control.experiment import measurements
 
-    cfg = tiny_config(tmp_path / "store")
-    cfg.prune.levels = 1
-    local.run_local(cfg)
-    out, _ = report.write(cfg)
+    store, _ = short_demo  # the session's short demo (conftest): read, not changed
+    cfg = api.config("demo", *SHORT_DEMO, store=store)
+    out = store / "reports" / cfg.experiment
     with open(out / "results.csv") as f:
         table = list(csv.DictReader(f))
     # The original columns first, in their places; the cost columns appended (tests/test_demo.py pins both).
     assert list(table[0]) == ["experiment", "signal", "task", "scope", "evaluation", "metric", "level", "remaining",
                               "seed", "accuracy", "params", "params_kept", "prunable", "prunable_kept",
                               "macs_dense", "macs"]
-    by_stage = {(s.signal, s.evaluation, s.level): s for s in measurements(cfg)}  # shared ones per name
+    by_stage = {(s.signal, s.evaluation, s.level, s.seed): s for s in measurements(cfg)}  # shared ones per name
     for row in table:
-        stage = by_stage[(row["signal"], row["evaluation"], int(row["level"]))]
+        stage = by_stage[(row["signal"], row["evaluation"], int(row["level"]), int(row["seed"]))]
         result = stage.result()
         assert {k: int(row[k]) for k in report.COST} == {k: result[k] for k in report.COST}
         assert result["input_size"] == [1, 8, 8]
