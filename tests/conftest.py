@@ -55,6 +55,23 @@ def store(tmp_path) -> Path:
     return tmp_path / "store"
 
 
+# The one short CLI demo of the default tier: the demo preset through sslprune-run, 1 epoch per
+# stage, 3 levels, both seeds. Tests that only read its store share it; a test that changes what
+# is stored makes its own.
+SHORT_DEMO = ["prune.levels=3", "model.width=4", "run.log_every=1000",
+              "signals.labels.optim.epochs=1", "signals.labels.optim.milestones=[]",
+              "signals.rotnet.optim.epochs=1", "signals.rotnet.optim.milestones=[]",
+              "retrain.optim.epochs=1", "retrain.optim.milestones=[]",
+              "probe.optim.epochs=1", "probe.optim.milestones=[]"]
+
+
+@pytest.fixture(scope="session")
+def short_demo(tmp_path_factory) -> tuple[Path, str]:
+    """(store, stdout) of `sslprune-run` with SHORT_DEMO, run once per session."""
+    store = tmp_path_factory.mktemp("demo") / "store"
+    return store, cli("sslprune-run", f"store={store}", *SHORT_DEMO).stdout
+
+
 # ---------------------------------------------------------------- Fashion-MNIST, as the cluster comes
 
 FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"

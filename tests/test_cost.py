@@ -7,23 +7,25 @@ import csv
 import json
 
 import pytest
-import torch
-import torchvision
-from torch import nn
 
-from sslprune.compute import cost, model as models
 from sslprune.control import figures, report
 from sslprune.control.config import ModelConfig
 
-from conftest import tiny_config
+from conftest import SHORT_DEMO, tiny_config
 
 
 def _meta(build):
+    import torch
+
     with torch.device("meta"):
         return build()
 
 
 def test_a_small_network_costs_what_a_hand_count_says():
+    import torch
+    from torch import nn
+    from sslprune.compute import cost
+
     net = nn.Sequential(
         nn.Conv2d(1, 2, 3, padding=1, bias=False), nn.BatchNorm2d(2), nn.ReLU(),  # 4x4 out: 16 positions
         nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.ReLU(),  # 2x2 out: 4 positions, with a bias
@@ -43,6 +45,8 @@ def test_a_small_network_costs_what_a_hand_count_says():
 def test_the_projects_small_resnet_on_digits_costs_what_a_hand_count_says():
     # stem 1->4 3x3 at 8x8; block 4->4 (two 3x3) at 8x8; block 4->8 stride 2 (two 3x3 + 1x1 shortcut) at 4x4;
     # block 8->16 stride 2 at 2x2; head 16 -> 10.
+    from sslprune.compute import cost, model as models
+
     hand = (1 * 4 * 9 * 64 + 2 * 4 * 4 * 9 * 64 + (4 * 8 * 9 + 8 * 8 * 9 + 4 * 8) * 16
             + (8 * 16 * 9 + 16 * 16 * 9 + 8 * 16) * 4 + 16 * 10)
     assert hand == 49568
@@ -54,6 +58,9 @@ def test_the_projects_small_resnet_on_digits_costs_what_a_hand_count_says():
 
 def test_published_dense_counts():
     # torchvision's ResNet-50 at 224 px: "4.09 GFLOPS" (multiply-adds) and 25.6 M parameters in its docs.
+    import torchvision
+    from sslprune.compute import cost, model as models
+
     r50 = cost.count(_meta(torchvision.models.resnet50), (3, 224, 224))
     assert r50["macs_dense"] == 4_089_184_256 and r50["params"] == 25_557_032
     ours = cost.count(_meta(lambda: models.build(ModelConfig(name="resnet50", width=64), 3, 1000, 0)), (3, 224, 224))
@@ -70,6 +77,8 @@ def test_published_dense_counts():
 def test_the_projects_alexnet_is_counted_layer_by_layer():
     """The DeepCluster AlexNet (96-256-384-384-256 channels, batch norm, no biases) is not torchvision's
     (64-192-384-256-256): its count, derived here from the published layer sizes."""
+    from sslprune.compute import cost, model as models
+
     size, cin, hand = 224, 3, 0
     for c, k, stride, pad, pool in models.ALEXNET:
         size = (size + 2 * pad - k) // stride + 1
@@ -84,6 +93,9 @@ def test_the_projects_alexnet_is_counted_layer_by_layer():
 
 
 def test_counting_changes_nothing_in_the_network():
+    import torch
+    from sslprune.compute import cost, model as models
+
     net = models.build(ModelConfig(name="resnet_small", width=4), 1, 10, 0)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     net.train()
@@ -137,24 +149,22 @@ def test_rows_of_stages_without_stored_costs_leave_the_cells_empty(tmp_path):
     assert set(figures.write(cfg, summary, tmp_path)) == {"retrain", "overview"}
 
 
-@pytest.mark.slow
-def test_a_tiny_run_stores_its_costs_in_result_json_and_results_csv(tmp_path):
-    from sslprune.control import local
+def test_a_tiny_run_stores_its_costs_in_result_json_and_results_csv(short_demo):
+    from sslprune import api
     from sslprune.control.experiment import measurements
 
-    cfg = tiny_config(tmp_path / "store")
-    cfg.prune.levels = 1
-    local.run_local(cfg)
-    out, _ = report.write(cfg)
+    store, _ = short_demo  # the session's short demo (conftest): read, not changed
+    cfg = api.config("demo", *SHORT_DEMO, store=store)
+    out = store / "reports" / cfg.experiment
     with open(out / "results.csv") as f:
         table = list(csv.DictReader(f))
     # The original columns first, in their places; the cost columns appended (tests/test_demo.py pins both).
     assert list(table[0]) == ["experiment", "signal", "task", "scope", "evaluation", "metric", "level", "remaining",
                               "seed", "accuracy", "params", "params_kept", "prunable", "prunable_kept",
                               "macs_dense", "macs"]
-    by_stage = {(s.signal, s.evaluation, s.level): s for s in measurements(cfg)}  # shared ones per name
+    by_stage = {(s.signal, s.evaluation, s.level, s.seed): s for s in measurements(cfg)}  # shared ones per name
     for row in table:
-        stage = by_stage[(row["signal"], row["evaluation"], int(row["level"]))]
+        stage = by_stage[(row["signal"], row["evaluation"], int(row["level"]), int(row["seed"]))]
         result = stage.result()
         assert {k: int(row[k]) for k in report.COST} == {k: result[k] for k in report.COST}
         assert result["input_size"] == [1, 8, 8]

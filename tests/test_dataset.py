@@ -15,15 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from sslprune.control import catalog
-from sslprune.compute import dataset, loader
 from sslprune.control.config import DataConfig
-from sslprune.compute.dataset import DataMissing, FolderData, MemoryData
-
-CPU = torch.device("cpu")
 
 
 # ---------------------------------------------------------------- fixture writers
@@ -110,6 +105,8 @@ def _all(it) -> list:
 
 
 def _equal_batches(a: list, b: list) -> bool:
+    import torch
+
     return len(a) == len(b) and all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
 
 
@@ -117,6 +114,10 @@ def _equal_batches(a: list, b: list) -> bool:
 
 
 def test_digits_shapes_split_and_determinism():
+    import torch
+    from sslprune.compute import dataset
+    from sslprune.compute.dataset import MemoryData
+
     train, test = dataset.digits()
     assert train.images.shape == (1438, 1, 8, 8) and test.images.shape == (359, 1, 8, 8)
     assert train.images.dtype == torch.uint8 and train.labels.dtype == torch.int64
@@ -144,6 +145,10 @@ def test_digits_shapes_split_and_determinism():
 
 
 def test_fashion_mnist_real_files(fashion_mnist):
+    import torch
+    from sslprune.compute import dataset
+    from sslprune.compute.dataset import MemoryData
+
     data = dataset.load(DataConfig(name="fashion_mnist", root=str(fashion_mnist)))  # the Debian package
     assert isinstance(data, MemoryData) and data.num_classes == 10 and data.channels == 1
     tr, te = data.train, data.test
@@ -162,6 +167,9 @@ def test_fashion_mnist_real_files(fashion_mnist):
 
 @pytest.mark.parametrize("compress", [False, True], ids=["idx", "idx.gz"])
 def test_fashion_mnist_torchvision_layout_reads_back_exactly(tmp_path, compress):
+    import torch
+    from sslprune.compute import dataset
+
     arrays = write_fashion_mnist(tmp_path / "FashionMNIST" / "raw", np.random.RandomState(1), compress=compress)
     raw = tmp_path / "FashionMNIST" / "raw"
     assert (raw / ("train-images-idx3-ubyte" + (".gz" if compress else ""))).is_file()
@@ -176,6 +184,8 @@ def test_fashion_mnist_torchvision_layout_reads_back_exactly(tmp_path, compress)
 
 
 def test_read_idx_header_and_rejects_other_types(tmp_path):
+    from sslprune.compute import dataset
+
     a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     write_idx(tmp_path / "a-idx3-ubyte", a)
     assert (tmp_path / "a-idx3-ubyte").read_bytes()[:16] == bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4])
@@ -189,6 +199,10 @@ def test_read_idx_header_and_rejects_other_types(tmp_path):
 
 
 def test_cifar10_python_batches_read_back_exactly(cifar_root):
+    import torch
+    from sslprune.compute import dataset
+    from sslprune.compute.dataset import MemoryData
+
     root, written = cifar_root
     train, test = dataset.cifar10(root)
     expect_x = np.concatenate([written[f"data_batch_{i}"][0] for i in range(1, 6)])
@@ -216,6 +230,9 @@ def test_cifar10_python_batches_read_back_exactly(cifar_root):
 
 @pytest.mark.parametrize("name", ["imagenet", "places205"])
 def test_image_folder_load(folder_root, name):
+    from sslprune.compute import dataset
+    from sslprune.compute.dataset import FolderData
+
     data = dataset.load(DataConfig(name=name, root=str(folder_root), image_size=24, workers=0))
     assert isinstance(data, FolderData)
     assert data.num_classes == 3 and data.channels == 3 and data.image_size == 24
@@ -223,11 +240,18 @@ def test_image_folder_load(folder_root, name):
 
 
 def _folder(folder_root, size=24, batch=4, seed=0, rank=0, world=1, **kw):
+    import torch
+    from sslprune.compute import dataset, loader
+    CPU = torch.device("cpu")
+
     data = dataset.load(DataConfig(name="imagenet", root=str(folder_root), image_size=size, workers=0, **kw))
     return loader.make(data, batch, seed, CPU, rank, world)
 
 
 def test_folder_loader_batches_normalized_and_deterministic(folder_root):
+    import torch
+    from sslprune.compute import loader
+
     ld = _folder(folder_root)
     assert isinstance(ld, loader.FolderLoader) and ld.steps_per_epoch == 24 // 4
     epoch0 = _all(ld.batches(0))
@@ -248,6 +272,8 @@ def test_folder_loader_batches_normalized_and_deterministic(folder_root):
 
 
 def test_folder_loader_ignores_and_keeps_the_global_rng(folder_root):
+    import torch
+
     torch.manual_seed(123)
     a = _all(_folder(folder_root).batches(0))
     torch.manual_seed(456)
@@ -258,6 +284,11 @@ def test_folder_loader_ignores_and_keeps_the_global_rng(folder_root):
 
 
 def test_folder_class_without_images_is_data_missing(tmp_path):
+    import torch
+    from sslprune.compute import dataset, loader
+    from sslprune.compute.dataset import DataMissing
+    CPU = torch.device("cpu")
+
     write_image_folder(tmp_path, train={"a": 2, "b": 2}, val={"a": 1, "b": 1})
     (tmp_path / "train" / "c").mkdir()
     data = dataset.load(DataConfig(name="imagenet", root=str(tmp_path), workers=0))
@@ -274,6 +305,8 @@ def test_folder_loader_resume_equals_uninterrupted(folder_root):
 
 
 def test_folder_loader_ranks_split_the_global_batch(folder_root):
+    import torch
+
     one = _all(_folder(folder_root, batch=4).batches(2))
     r0 = _all(_folder(folder_root, batch=4, rank=0, world=2).batches(2))
     r1 = _all(_folder(folder_root, batch=4, rank=1, world=2).batches(2))
@@ -284,12 +317,18 @@ def test_folder_loader_ranks_split_the_global_batch(folder_root):
 
 
 def test_folder_loader_workers_give_the_same_batches(folder_root):
+    import torch
+    from sslprune.compute import dataset, loader
+    CPU = torch.device("cpu")
+
     data = dataset.load(DataConfig(name="imagenet", root=str(folder_root), image_size=24, workers=2))
     with_workers = loader.make(data, 4, 0, CPU)
     assert _equal_batches(_all(with_workers.batches(0)), _all(_folder(folder_root).batches(0)))
 
 
 def test_folder_eval_counts_every_val_image_once(folder_root):
+    import torch
+
     whole = _all(_folder(folder_root).eval_batches(3))
     x_all, y_all = torch.cat([b[0] for b in whole]), torch.cat([b[1] for b in whole])
     assert len(y_all) == 7 and y_all.tolist() == [0, 0, 0, 1, 1, 2, 2]
@@ -306,6 +345,10 @@ def test_folder_eval_counts_every_val_image_once(folder_root):
 
 def test_folder_val_labels_follow_the_train_classes(tmp_path):
     """A val tree lacking a class must not shift the labels of the classes after it."""
+    import torch
+    from sslprune.compute import dataset, loader
+    CPU = torch.device("cpu")
+
     write_image_folder(tmp_path, train={"a": 4, "b": 4, "c": 4}, val={"a": 2, "c": 2})
     data = dataset.load(DataConfig(name="imagenet", root=str(tmp_path), image_size=16, workers=0))
     assert data.num_classes == 3
@@ -315,6 +358,9 @@ def test_folder_val_labels_follow_the_train_classes(tmp_path):
 
 
 def test_folder_val_class_unknown_to_train_is_refused(tmp_path):
+    from sslprune.compute import dataset
+    from sslprune.compute.dataset import DataMissing
+
     write_image_folder(tmp_path, train={"a": 2, "b": 2}, val={"a": 1, "zzz": 1})
     with pytest.raises(DataMissing, match="zzz"):
         dataset.load(DataConfig(name="imagenet", root=str(tmp_path), workers=0))
@@ -322,6 +368,8 @@ def test_folder_val_class_unknown_to_train_is_refused(tmp_path):
 
 def test_folder_train_limit_keeps_every_class(folder_root):
     """A quick run with data.train_limit must still see all classes, not the first one only."""
+    import torch
+
     ld = _folder(folder_root, batch=3, train_limit=6, test_limit=3)
     assert ld.steps_per_epoch == 2
     ys = torch.cat([y for _, y in ld.batches(0)])
@@ -333,6 +381,8 @@ def test_folder_train_limit_keeps_every_class(folder_root):
 
 
 def _memory(kind: str, cifar_root):
+    from sslprune.compute import dataset
+
     if kind == "digits":
         return dataset.load(DataConfig(name="digits"))
     return dataset.load(DataConfig(name="cifar10", root=str(cifar_root[0])))
@@ -340,6 +390,10 @@ def _memory(kind: str, cifar_root):
 
 @pytest.mark.parametrize("kind", ["digits", "cifar10"])
 def test_memory_loader_is_a_function_of_seed_epoch_index(kind, cifar_root):
+    import torch
+    from sslprune.compute import loader
+    CPU = torch.device("cpu")
+
     data = _memory(kind, cifar_root)
     bs = 64 if kind == "digits" else 16
     a = loader.make(data, bs, 7, CPU)
@@ -361,6 +415,10 @@ def test_memory_loader_is_a_function_of_seed_epoch_index(kind, cifar_root):
 
 @pytest.mark.parametrize("kind", ["digits", "cifar10"])
 def test_memory_loader_ranks_split_the_global_batch(kind, cifar_root):
+    import torch
+    from sslprune.compute import loader
+    CPU = torch.device("cpu")
+
     data = _memory(kind, cifar_root)
     bs = 64 if kind == "digits" else 16
     one = _all(loader.make(data, bs, 3, CPU).batches(1))
@@ -374,6 +432,10 @@ def test_memory_loader_ranks_split_the_global_batch(kind, cifar_root):
 
 @pytest.mark.parametrize("kind", ["digits", "cifar10"])
 def test_memory_eval_counts_every_test_image_once(kind, cifar_root):
+    import torch
+    from sslprune.compute import loader
+    CPU = torch.device("cpu")
+
     data = _memory(kind, cifar_root)
     n = len(data.test.labels)
     whole = _all(loader.make(data, 16, 0, CPU).eval_batches(50))
@@ -396,6 +458,9 @@ HOW = {"fashion_mnist": "dataset-fashion-mnist", "cifar10": "cifar-10-python.tar
 
 @pytest.mark.parametrize("name", list(HOW))
 def test_missing_root_names_path_and_how_to_get_it(tmp_path, name):
+    from sslprune.compute import dataset
+    from sslprune.compute.dataset import DataMissing
+
     root = tmp_path / "no" / "such" / "dir"
     cfg = DataConfig(name=name, root=str(root))
     for fn in (catalog.check, dataset.load):
@@ -407,6 +472,9 @@ def test_missing_root_names_path_and_how_to_get_it(tmp_path, name):
 @pytest.mark.parametrize("name", ["fashion_mnist", "cifar10"])
 def test_empty_root_fails_at_check_naming_the_files(tmp_path, name):
     """`check` runs before any work: a root without the files must fail there, not mid-run."""
+    from sslprune.compute import dataset
+    from sslprune.compute.dataset import DataMissing
+
     cfg = DataConfig(name=name, root=str(tmp_path))
     for fn in (catalog.check, dataset.load):
         with pytest.raises(DataMissing) as e:
@@ -417,6 +485,8 @@ def test_empty_root_fails_at_check_naming_the_files(tmp_path, name):
 
 
 def test_cifar10_partial_batches_fail_at_check(tmp_path):
+    from sslprune.compute.dataset import DataMissing
+
     write_cifar10(tmp_path, per_batch=2, n_test=2)
     (tmp_path / "cifar-10-batches-py" / "data_batch_4").unlink()
     with pytest.raises(DataMissing, match="data_batch_4"):
@@ -426,6 +496,9 @@ def test_cifar10_partial_batches_fail_at_check(tmp_path):
 @pytest.mark.parametrize("name", ["imagenet", "places205"])
 @pytest.mark.parametrize("present", [[], ["train"], ["val"]], ids=["neither", "train-only", "val-only"])
 def test_folder_split_missing(tmp_path, name, present):
+    from sslprune.compute import dataset
+    from sslprune.compute.dataset import DataMissing
+
     for split in present:
         (tmp_path / split / "c0").mkdir(parents=True)
     missing = "train" if "train" not in present else "val"
@@ -437,6 +510,8 @@ def test_folder_split_missing(tmp_path, name, present):
 
 
 def test_folder_train_without_class_folders_is_data_missing(tmp_path):
+    from sslprune.compute.dataset import DataMissing
+
     (tmp_path / "train").mkdir()
     (tmp_path / "val").mkdir()
     with pytest.raises(DataMissing, match="class"):
@@ -444,5 +519,7 @@ def test_folder_train_without_class_folders_is_data_missing(tmp_path):
 
 
 def test_root_required(tmp_path):
+    from sslprune.compute.dataset import DataMissing
+
     with pytest.raises(DataMissing, match="data.root"):
         catalog.check(DataConfig(name="cifar10", root=None))

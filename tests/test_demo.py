@@ -6,13 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli
-
-SHORT = ["prune.levels=3", "model.width=4", "run.log_every=1000",
-         "signals.labels.optim.epochs=1", "signals.labels.optim.milestones=[]",
-         "signals.rotnet.optim.epochs=1", "signals.rotnet.optim.milestones=[]",
-         "retrain.optim.epochs=1", "retrain.optim.milestones=[]",
-         "probe.optim.epochs=1", "probe.optim.milestones=[]"]
+from conftest import SHORT_DEMO as SHORT, cli
 
 
 def _read(path: Path) -> list[dict]:
@@ -20,11 +14,10 @@ def _read(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    store = tmp_path_factory.mktemp("demo") / "store"
-    out = cli("sslprune-run", f"store={store}", *SHORT).stdout
-    return store, out
+@pytest.fixture
+def demo(short_demo):
+    """The session's one short demo (conftest): these tests read its store and leave its results as they were."""
+    return short_demo
 
 
 def test_demo_writes_results_for_every_signal_evaluation_level_and_seed(demo):

@@ -10,14 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 
-from sslprune.compute import runner
 from sslprune.control.local import run_local
 from sslprune.control import store as files
-from sslprune.launch.compose import CONF_DIR, typed
 from sslprune.control import experiment, report
-from sslprune.compute import checkpoint
 from sslprune.control.config import DataConfig, OptimConfig, REWIND, rewind_steps, signal_data, signal_prune
 
 from conftest import ROOT, cli, fashion_mnist_configs
@@ -29,6 +25,9 @@ SMALL = [e for e in EXPERIMENTS if re.match(r"(fig\d|table\d)_", e) and e.endswi
 
 
 def load(name: str, *overrides: str):
+    from hydra import compose, initialize_config_dir
+    from sslprune.launch.compose import CONF_DIR, typed
+
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         return typed(compose("config", overrides=[f"experiment={name}", *overrides]))
 
@@ -266,7 +265,7 @@ def test_twins_train_their_dense_networks_in_the_papers_schedule_shape():
 # ------------------------------------------------------------------ Figure 3, reduced, to completion
 
 
-@pytest.mark.slow
+@pytest.mark.twin
 def test_reduced_figure_3_runs_to_completion_and_its_report_makes_sense(tmp_path):
     store = tmp_path / "store"
     p = cli("sslprune-run", "experiment=fig3_imagenet_resnet50_small", f"store={store}", timeout=3000)
@@ -293,8 +292,14 @@ def test_reduced_figure_3_runs_to_completion_and_its_report_makes_sense(tmp_path
     last = str(cfg.prune.levels)
     mean = {(s["signal"], s["evaluation"]): float(s["mean"]) for s in summary if s["level"] == last}
     assert mean[("labels", "winning_ticket")] >= mean[("labels", "random")], mean
-    for f in ("results.csv", "summary.md", "accuracy_vs_remaining.png", "rewind.md", "natural_sparsity.csv"):
+    for f in ("results.csv", "summary.md", "findings.md", "accuracy_vs_remaining.png", "rewind.md",
+              "natural_sparsity.csv"):
         assert (store / "reports" / cfg.experiment / f).exists(), f
+    # The findings name the experiment and test the re-training claims of Figure 3 (as test_findings
+    # pins for a tiny run).
+    text = (store / "reports" / cfg.experiment / "findings.md").read_text()
+    assert text.startswith(f"# {cfg.experiment}: the paper's claims"), text[:200]
+    assert "labels_ticket_above_reinit" in text
 
 
 # ------------------------------------------------------------------ pruning during transfer
@@ -303,6 +308,7 @@ def test_reduced_figure_3_runs_to_completion_and_its_report_makes_sense(tmp_path
 def test_transfer_chain_starts_from_the_source_network_and_waits_for_it(tmp_path):
     import torch
 
+    from sslprune.compute import checkpoint, runner
     from sslprune.control.config import SignalConfig, TaskConfig, RunConfig
     from sslprune.compute.runtime import local
     from sslprune.control.stage import ImpLevel

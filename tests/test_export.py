@@ -9,17 +9,17 @@ import subprocess
 import sys
 
 import pytest
-import torch
-import torchvision
 
 from sslprune import api
-from sslprune.compute import export, model as models
 from sslprune.control.config import ConfigError, ModelConfig
 
 from conftest import ROOT, cli, tiny_config, tiny_optim
 
 
 def test_bits_pack_and_unpack_any_shape():
+    import torch
+    from sslprune.compute import export
+
     g = torch.Generator().manual_seed(0)
     for shape in [(1,), (7,), (8,), (9,), (3, 5, 3, 3)]:
         m = torch.rand(shape, generator=g) < 0.3
@@ -31,6 +31,10 @@ def test_bits_pack_and_unpack_any_shape():
 
 
 def test_resnet50_export_loads_into_torchvisions_resnet50_and_computes_the_same():
+    import torch
+    import torchvision
+    from sslprune.compute import export, model as models
+
     net = models.build(ModelConfig(name="resnet50", width=8), 3, 10, 0)
     g = torch.Generator().manual_seed(1)
     mask = {n: (torch.rand(p.shape, generator=g) < 0.2).float() for n, p in net.named_parameters()
@@ -52,6 +56,8 @@ def test_resnet50_export_loads_into_torchvisions_resnet50_and_computes_the_same(
 
 
 def test_the_other_networks_load_into_the_projects_class_only():
+    from sslprune.compute import export, model as models
+
     for name in ("alexnet", "vgg19", "resnet18_cifar"):
         net = models.build(ModelConfig(name=name, width=8), 3, 10, 0)
         _, _, loads_into = export.standalone(net.state_dict(), {}, name, 8)

@@ -12,11 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
-from sslprune.compute import runner, svm
-from sslprune.compute.runtime import Runtime
 from sslprune.control import experiment, findings
 from sslprune.control.claims import CLAIMS
 from sslprune.control.config import ConfigError, DataConfig, OptimConfig, digest, validate
@@ -24,16 +21,21 @@ from sslprune.control.stage import ImpLevel, Probe, Svm
 
 from conftest import ROOT, tiny_config
 
-CPU = torch.device("cpu")
-
 
 def _start(cfg, signal):
     """The backbone weights IMP level 0 of `signal` (seed 0) starts training from."""
+    import torch
+    from sslprune.compute import runner
+    from sslprune.compute.runtime import Runtime
+    CPU = torch.device("cpu")
+
     s = runner.prepare(ImpLevel(cfg, signal, 0, 0), Runtime(CPU))
     return {k: v.clone() for k, v in s.net.state_dict().items() if k.startswith("backbone.")}
 
 
 def test_two_signals_of_a_seed_start_from_independent_weights_by_default(tmp_path):
+    import torch
+
     cfg = tiny_config(tmp_path)
     assert cfg.model.init == "per_signal"
     labels, rotnet = _start(cfg, "labels"), _start(cfg, "rotnet")
@@ -48,6 +50,8 @@ def test_two_signals_of_a_seed_start_from_independent_weights_by_default(tmp_pat
 
 
 def test_shared_init_gives_every_signal_of_a_seed_the_same_start(tmp_path):
+    import torch
+
     cfg = tiny_config(tmp_path)
     cfg.model = replace(cfg.model, init="shared")
     labels, rotnet = _start(cfg, "labels"), _start(cfg, "rotnet")
@@ -75,6 +79,10 @@ def test_standardised_probe_is_within_one_and_a_half_points_of_lbfgs(tmp_path):
     test accuracy must be that of a full-batch L-BFGS logistic regression on the same features. The
     augmented SGD probe of the same network (the paper's protocol) read ~11 points lower on the
     Figure-1 twin."""
+    import torch
+    from sslprune.compute.runtime import Runtime
+    CPU = torch.device("cpu")
+
     cfg = _probe_cfg(tmp_path)
     for stage in (Probe(cfg, "rotnet", 0, 0, DataConfig(name="digits"), at_init=True),
                   Probe(cfg, "rotnet", 0, 1, DataConfig(name="digits"))):
@@ -87,6 +95,8 @@ def test_standardised_probe_is_within_one_and_a_half_points_of_lbfgs(tmp_path):
 
 
 def test_svm_cost_at_the_edge_of_its_grid_is_warned_about():
+    from sslprune.compute import svm
+
     costs = [0.01, 0.1, 1.0, 10.0]
     assert svm.edge_warning(costs, [0.1, 1.0], ["cat", "dog"]) is None
     assert svm.edge_warning(costs, [0.1, 10.0, 0.01], ["cat", "dog", "cow"]) == (
@@ -96,6 +106,8 @@ def test_svm_cost_at_the_edge_of_its_grid_is_warned_about():
 
 
 def test_svm_features_standardised_per_dimension_with_the_training_splits_statistics(tmp_path):
+    from sslprune.compute import svm
+
     rng = np.random.default_rng(0)
     train, test = rng.normal(3.0, [1.0, 5.0, 0.1], size=(50, 3)), rng.normal(3.0, 1.0, size=(20, 3))
     train[:, 2] = 7.0  # a dead unit: centred, not scaled

@@ -14,16 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image, JpegImagePlugin
 
-from sslprune.compute import dataset, image, loader
 from sslprune.control.config import ConfigError, DataConfig, DataCorrupt, identity, validate_data
 
 from conftest import cli
-
-CPU = torch.device("cpu")
-MEAN, STD = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1), torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
 
 
 def smooth(height: int, width: int, seed: int) -> np.ndarray:
@@ -84,6 +79,10 @@ def mixed(tmp_path_factory) -> Path:
 
 def make(root: Path, decode: str, batch: int = 6, seed: int = 0, rank: int = 0, world: int = 1, size: int = 24,
          workers: int = 0, channels_last: bool = False, **kw):
+    import torch
+    from sslprune.compute import dataset, loader
+    CPU = torch.device("cpu")
+
     data = dataset.load(DataConfig(name="imagenet", root=str(root), image_size=size, workers=workers,
                                    decode=decode, **kw))
     return loader.make(data, batch, seed, CPU, rank, world, channels_last)
@@ -94,11 +93,16 @@ def every(batches) -> list:
 
 
 def equal(a: list, b: list) -> bool:
+    import torch
+
     return len(a) == len(b) and all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
 
 
 def pixels(x: torch.Tensor) -> torch.Tensor:
     """A normalised batch back in 0..255."""
+    import torch
+    MEAN, STD = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1), torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+
     return (x * STD + MEAN) * 255
 
 
@@ -106,6 +110,8 @@ def pixels(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_train_box_follows_random_resized_crop():
+    from sslprune.compute import image
+
     areas, ratios, flips = [], [], 0
     for seed in range(400):
         top, left, h, w, flip = image.train_box(seed, 375, 500)
@@ -125,6 +131,9 @@ def test_train_box_follows_random_resized_crop():
 def test_eval_box_is_what_resize_and_centre_crop_keep():
     """The box of the resized image's centre crop, mapped back: an image whose pixels are their
     own column (row) index, resized and cropped by torchvision, holds the box's coordinates."""
+    import torch
+    from sslprune.compute import image
+
     from torchvision.transforms.v2 import functional as F
 
     for h, w in ((375, 500), (500, 333), (300, 300)):
@@ -144,6 +153,9 @@ def test_eval_box_is_what_resize_and_centre_crop_keep():
 
 
 def test_resample_is_roi_align_for_images_of_different_sizes():
+    import torch
+    from sslprune.compute import image
+
     from torchvision.ops import roi_align
 
     g = torch.Generator().manual_seed(0)
@@ -166,6 +178,9 @@ def test_resample_is_roi_align_for_images_of_different_sizes():
 
 
 def test_resample_flips_exactly_and_ignores_the_rest_of_the_batch():
+    import torch
+    from sslprune.compute import image
+
     g = torch.Generator().manual_seed(1)
     images = [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8) for h, w in ((40, 50), (70, 30), (20, 90))]
     boxes = torch.tensor([[1, 2, 30, 40], [5, 0, 60, 30], [0, 10, 20, 70.0]])
@@ -185,6 +200,9 @@ def test_resample_flips_exactly_and_ignores_the_rest_of_the_batch():
 def test_every_kind_of_file_decodes_to_its_colours(tmp_path, kind):
     """A flat-coloured image of each kind comes out of both paths in its colour (greyscale as
     grey, CMYK converted back), and only colour JPEGs are left to nvjpeg."""
+    import torch
+    from sslprune.compute import image
+
     colour = np.array([200, 40, 90], dtype=np.uint8)
     expect = torch.tensor(colour, dtype=torch.float32)
     if kind == "grey":
@@ -208,6 +226,10 @@ def test_every_kind_of_file_decodes_to_its_colours(tmp_path, kind):
 
 
 def test_decode_gives_what_pil_gives_and_names_a_file_that_does_not_decode(tmp_path):
+    import torch
+    from sslprune.compute import image
+    CPU = torch.device("cpu")
+
     buf = io.BytesIO()
     Image.fromarray(smooth(20, 30, 0)).save(buf, "JPEG", quality=90)
     data = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
@@ -234,6 +256,8 @@ def test_a_truncated_file_is_named(tmp_path, decode):
 def test_workers_and_device_paths_take_the_same_crops(mixed):
     """Same seeds, same boxes and flips: the two paths' batches differ only by resampling (a few
     grey levels on smooth images), far less than from the next epoch's crops."""
+    import torch
+
     for split in ("train", "eval"):
         w, d = make(mixed, "workers"), make(mixed, "device")
         if split == "train":
@@ -253,6 +277,9 @@ def test_workers_and_device_paths_take_the_same_crops(mixed):
 def test_reduced_size_decoding_keeps_the_crop(tmp_path, monkeypatch):
     """A crop at least twice the output size is decoded at half size (libjpeg's DCT scaling) and
     still shows the region of the full-size decode; a smaller crop is decoded at full size."""
+    import torch
+    from sslprune.compute import image
+
     from torchvision.transforms.v2 import functional as F
 
     path = tmp_path / "big.JPEG"
@@ -287,6 +314,8 @@ def test_reduced_size_decoding_keeps_the_crop(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("decode", ["workers", "device"])
 def test_batches_are_a_function_of_seed_epoch_and_index(mixed, decode):
+    import torch
+
     ld = make(mixed, decode)
     assert ld.on_device == (decode == "device") and ld.steps_per_epoch == 4
     first = every(ld.batches(0))
@@ -305,6 +334,8 @@ def test_batches_are_a_function_of_seed_epoch_and_index(mixed, decode):
 
 @pytest.mark.parametrize("decode", ["workers", "device"])
 def test_ranks_split_the_global_batch_and_the_test_set(mixed, decode):
+    import torch
+
     one = every(make(mixed, decode).batches(2))
     parts = [every(make(mixed, decode, rank=r, world=3).batches(2)) for r in range(3)]
     for i, (x, y) in enumerate(one):
@@ -321,6 +352,8 @@ def test_ranks_split_the_global_batch_and_the_test_set(mixed, decode):
 
 @pytest.mark.parametrize("decode", ["workers", "device"])
 def test_channels_last_batches_hold_the_same_numbers(mixed, decode):
+    import torch
+
     plain = every(make(mixed, decode).batches(0))
     last = every(make(mixed, decode, channels_last=True).batches(0))
     for (x, _), (xl, _) in zip(plain, last):
@@ -355,6 +388,10 @@ def test_decode_is_a_checked_runtime_setting(mixed):
 
 def test_voc_multilabel_targets_on_the_device_path(tmp_path):
     """VOC07's float target matrices travel with the bytes (the device path's own collate)."""
+    import torch
+    from sslprune.compute import dataset, loader
+    CPU = torch.device("cpu")
+
     from test_voc import voc_split, write_voc
 
     write_voc(tmp_path, voc_split(6, 4))
@@ -370,6 +407,8 @@ def test_a_loader_keeps_its_workers_and_gives_what_fresh_loaders_give(mixed, mon
     """The DataLoader (and its worker processes) was built again for every epoch and every
     evaluation. One per split now lives as long as the loader, each pass with its own plan: the
     batches are those of fresh loaders, mid-epoch starts and evaluations included."""
+    import torch
+
     built = []
 
     class Counted(torch.utils.data.DataLoader):

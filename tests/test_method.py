@@ -6,22 +6,19 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
-from sslprune.compute import runner
 from sslprune.control import store as files
-from sslprune.compute import checkpoint, mask as masks, model as models, task as tasks
 from sslprune.control.config import ModelConfig, RunConfig
 from sslprune.control.progress import Progress
-from sslprune.compute.runtime import local
 from sslprune.control.stage import ImpLevel, Probe, Retrain
-from sslprune.compute.trainer import Fit, fit
-from sslprune.compute import loader as loaders, dataset
 
 from conftest import tiny_config, tiny_optim
 
 
 def test_rotnet_uses_exact_quarter_turns():
+    import torch
+    from sslprune.compute import task as tasks
+
     x = torch.arange(2 * 1 * 3 * 3, dtype=torch.float32).view(2, 1, 3, 3)
     y = torch.tensor([7, 8])
     xr, target = tasks.RotNet().prepare(x, y)
@@ -38,16 +35,24 @@ def test_rotnet_uses_exact_quarter_turns():
 
 
 def test_labels_task_is_identity():
+    import torch
+    from sslprune.compute import task as tasks
+
     x, y = torch.randn(3, 1, 4, 4), torch.tensor([1, 2, 3])
     xo, yo = tasks.Labels(10).prepare(x, y)
     assert xo is x and yo is y
 
 
 def _net(width=4, outputs=10):
+    from sslprune.compute import model as models
+
     return models.build(ModelConfig("resnet_small", width), 1, outputs, seed=0)
 
 
 def test_head_and_batchnorm_are_never_prunable():
+    import torch
+    from sslprune.compute import mask as masks
+
     net = _net()
     names = masks.prunable(net)
     params = dict(net.named_parameters())
@@ -62,6 +67,9 @@ def test_head_and_batchnorm_are_never_prunable():
 
 
 def test_magnitude_pruning_density_law_and_nesting():
+    import torch
+    from sslprune.compute import mask as masks
+
     net = _net(width=8)
     weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
     m = masks.ones(net)
@@ -82,6 +90,9 @@ def test_magnitude_pruning_density_law_and_nesting():
 
 
 def test_shuffled_mask_keeps_global_density_but_moves_weights():
+    import torch
+    from sslprune.compute import mask as masks
+
     net = _net(width=8)
     weights = {k: v.detach() for k, v in net.state_dict().items()}
     m = masks.magnitude(weights, masks.ones(net), 0.5)
@@ -92,6 +103,9 @@ def test_shuffled_mask_keeps_global_density_but_moves_weights():
 
 
 def test_applier_zeroes_pruned_weights_in_place():
+    import torch
+    from sslprune.compute import mask as masks
+
     net = _net()
     weights = {k: v.detach() for k, v in net.state_dict().items()}
     m = masks.magnitude(weights, masks.ones(net), 0.7)
@@ -105,6 +119,8 @@ def test_applier_zeroes_pruned_weights_in_place():
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """A labels IMP chain of 3 levels with constant lr (so the first epoch does not depend on the length)."""
+    from sslprune.compute.runtime import local
+
     store = tmp_path_factory.mktemp("chain") / "store"
     cfg = tiny_config(store)
     cfg.signals["labels"].optim = tiny_optim(epochs=2)
@@ -116,6 +132,9 @@ def chain(tmp_path_factory):
 
 
 def test_chain_masks_follow_density_law_and_nest(chain):
+    import torch
+    from sslprune.compute import checkpoint, mask as masks
+
     cfg, _ = chain
     prev = None
     for level in range(3):
@@ -135,6 +154,10 @@ def test_chain_masks_follow_density_law_and_nest(chain):
 
 
 def test_rewind_point_holds_the_weights_after_k_updates(chain, tmp_path):
+    import torch
+    from sslprune.compute import checkpoint
+    from sslprune.compute import dataset
+
     cfg, rt = chain
     rewind = checkpoint.load(ImpLevel(cfg, "labels", 0, 0).rewind_file())
     # An independent run trained for exactly one epoch (same seed, constant lr) ends at W_k.
@@ -150,6 +173,11 @@ def test_rewind_point_holds_the_weights_after_k_updates(chain, tmp_path):
 
 
 def test_level_starts_from_rewound_weights_under_the_new_mask(chain):
+    import torch
+    from sslprune.compute import runner
+    from sslprune.compute import checkpoint, mask as masks
+    from sslprune.compute import loader as loaders
+
     cfg, rt = chain
     lv = ImpLevel(cfg, "labels", 0, 2)
     setup = runner.prepare(lv, rt)
@@ -169,6 +197,10 @@ def test_level_starts_from_rewound_weights_under_the_new_mask(chain):
 
 
 def test_retrain_starts_differ_as_they_should(chain):
+    import torch
+    from sslprune.compute import runner
+    from sslprune.compute import checkpoint, mask as masks
+
     cfg, rt = chain
     imp = ImpLevel(cfg, "labels", 0, 2)
     imp_mask = checkpoint.load(imp.dir / "mask.pt")
@@ -190,6 +222,11 @@ def test_retrain_starts_differ_as_they_should(chain):
 
 
 def test_probe_keeps_backbone_frozen_and_in_eval_mode(chain, tmp_path):
+    import torch
+    from sslprune.compute import runner
+    from sslprune.compute.trainer import Fit, fit
+    from sslprune.compute import loader as loaders
+
     cfg, rt = chain
     probe = Probe(cfg, "labels", 0, 1, cfg.retrain.data)
     setup = runner.prepare(probe, rt)
@@ -223,6 +260,11 @@ def test_rewind_units_convert_to_updates():
 
 
 def test_rewind_to_zero_keeps_the_initial_weights(tmp_path):
+    import torch
+    from sslprune.compute import runner
+    from sslprune.compute import checkpoint
+    from sslprune.compute.runtime import local
+
     cfg = tiny_config(tmp_path / "s")
     cfg.prune = replace(cfg.prune, rewind="0it", levels=0)
     rt = local(cfg.run)

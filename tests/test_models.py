@@ -6,16 +6,11 @@ import math
 from dataclasses import replace
 
 import pytest
-import torch
-from torch import nn
 
-from sslprune.compute import runner
 from sslprune.control.local import run_local
 from sslprune.control import experiment, naturals
 
-from sslprune.compute import checkpoint, mask as masks, model as models, seed as seeds, sparsity
 from sslprune.control.config import CUT_POINTS, MODELS, ModelConfig, RetrainConfig, ProbeConfig, DataConfig
-from sslprune.compute.runtime import local
 from sslprune.control.stage import ImpLevel, Retrain
 
 from conftest import tiny_config, tiny_optim
@@ -24,6 +19,8 @@ SMALL = {"resnet_small": 4, "resnet18_cifar": 4, "resnet50": 8, "alexnet": 8, "a
 
 
 def _build(name, width=None, channels=1, outputs=7):
+    from sslprune.compute import model as models
+
     return models.build(ModelConfig(name, width or SMALL[name]), channels, outputs, seed=0)
 
 
@@ -39,6 +36,8 @@ def _map_into(module: nn.Module, x: torch.Tensor, net: nn.Module) -> tuple:
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
 def test_forward_shapes(name, shape):
+    import torch
+
     net = _build(name, channels=shape[0])
     x = torch.randn(2, *shape)
     assert net(x).shape == (2, 7)
@@ -47,6 +46,8 @@ def test_forward_shapes(name, shape):
 
 
 def test_published_geometry_at_the_published_input_sizes():
+    import torch
+
     alex = _build("alexnet", channels=3).eval()
     assert alex(torch.randn(2, 3, 224, 224)).shape == (2, 7)
     assert _map_into(alex.backbone.pool, torch.randn(1, 3, 224, 224), alex) == (6, 6)  # the 256x6x6 of fc6
@@ -61,6 +62,9 @@ def _layers(net, kind):
 
 
 def test_width_64_is_the_published_network():
+    from torch import nn
+    from sslprune.compute import model as models
+
     for name in ("alexnet", "alexnet_cifar"):
         net = models.build(ModelConfig(name, 64), 3, 1000, seed=0)
         assert [c.out_channels for c in _layers(net, nn.Conv2d)] == [96, 256, 384, 384, 256]
@@ -80,6 +84,8 @@ def test_width_64_is_the_published_network():
 
 @pytest.mark.parametrize("name", MODELS)
 def test_cut_points_cover_the_prunable_weights_in_order(name):
+    from sslprune.compute import mask as masks, model as models
+
     net = _build(name)
     points = models.cut_points(net, name)
     assert tuple(points) == CUT_POINTS[name]
@@ -93,6 +99,9 @@ def test_cut_points_cover_the_prunable_weights_in_order(name):
 
 
 def test_scope_holds_only_layers_up_to_the_cut():
+    import torch
+    from sslprune.compute import mask as masks, model as models
+
     net = _build("resnet_small")
     points = models.cut_points(net, "resnet_small")
     m = masks.ones(net, scope="stage1")
@@ -117,6 +126,11 @@ def _chain_cfg(store, name, width, levels, **prune):
 
 
 def test_scoped_imp_prunes_only_the_scope(tmp_path):
+    import torch
+    from sslprune.compute import runner
+    from sslprune.compute import checkpoint, mask as masks
+    from sslprune.compute.runtime import local
+
     cfg = _chain_cfg(tmp_path / "s", "resnet_small", 4, 2, scope="stage1")
     rt = local(cfg.run)
     for level in range(3):
@@ -139,6 +153,9 @@ def test_scoped_imp_prunes_only_the_scope(tmp_path):
 
 
 def test_natural_sparsity_counts_exactly():
+    import torch
+    from sslprune.compute import sparsity
+
     eps = sparsity.ZERO
     assert eps == torch.finfo(torch.float32).eps
     w = {"a.weight": torch.tensor([0.0, 1e-8, -1e-8, eps, -eps / 2, 1.0, 1e5]),
@@ -154,6 +171,8 @@ def test_natural_sparsity_counts_exactly():
 
 
 def test_sparsity_report_of_a_tiny_run(tmp_path):
+    from sslprune.compute import checkpoint, sparsity
+
     cfg = tiny_config(tmp_path / "s", retrain=RetrainConfig(schemes=[], data=DataConfig("digits"), optim=tiny_optim()),
                       probe=ProbeConfig())
     cfg.prune = replace(cfg.prune, levels=0)
@@ -179,6 +198,9 @@ def test_sparsity_report_of_a_tiny_run(tmp_path):
 
 
 def test_adjusted_random_removes_natural_zeros_first():
+    import torch
+    from sslprune.compute import mask as masks, sparsity
+
     mask = {"a": torch.ones(10, 6), "b": torch.ones(40)}
     mask["a"][:5] = 0  # 30 + 40 = 70 kept
     trained = {"a": torch.rand(10, 6) + 1, "b": -torch.rand(40) - 1}
@@ -202,6 +224,11 @@ def test_adjusted_random_removes_natural_zeros_first():
 
 @pytest.mark.parametrize("name,width", [("vgg19", 4), ("alexnet_cifar", 4)])
 def test_imp_chain_on_new_models(tmp_path, name, width):
+    import torch
+    from sslprune.compute import runner
+    from sslprune.compute import checkpoint, mask as masks, seed as seeds
+    from sslprune.compute.runtime import local
+
     cfg = _chain_cfg(tmp_path / "s", name, width, 1)
     rt = local(cfg.run)
     for level in range(2):

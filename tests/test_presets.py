@@ -10,19 +10,21 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-import launch.compose
-from sslprune.launch.compose import CONF_DIR, typed
 from sslprune.control.config import DATASETS, DEFAULT_SCHEMES as SCHEMES, MODELS, Config
 
 from conftest import ROOT, cli
 from test_dataset import write_cifar10, write_image_folder
 
-PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+PRESETS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
 
 def composed(*overrides: str) -> Config:
+    from hydra import compose, initialize_config_dir
+
+    import launch.compose
+    from sslprune.launch.compose import typed
+
     with initialize_config_dir(config_dir=launch.compose.CONF_DIR, version_base=None):
         return typed(compose("config", overrides=list(overrides)))
 
@@ -138,6 +140,7 @@ def chain_configs(store: Path) -> list[dict]:
     return [json.loads(f.read_text())["chain"] for f in sorted((store / "imp").glob("*/seed_0/level_0/config.json"))]
 
 
+@pytest.mark.slow
 def test_cifar10_resnet18_preset_runs_end_to_end(tmp_path):
     root = tmp_path / "cifar10"
     write_cifar10(root, per_batch=52, n_test=64)  # 260 train / 64 test images, the real pickle layout
@@ -161,6 +164,7 @@ def test_cifar10_resnet18_preset_runs_end_to_end(tmp_path):
     assert "report written to" in p.stdout
 
 
+@pytest.mark.slow
 def test_imagenet_resnet50_preset_runs_end_to_end(tmp_path):
     """ResNet-50 (width_per_group 8) at 32 px on a 2-class ImageFolder tree: about 30 s of one core.
 

@@ -27,10 +27,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 
-from sslprune.compute import checkpoint, task as tasks, trainer
-from sslprune.compute.runtime import Runtime
 from sslprune.control import store as files
 from sslprune.control.config import DataConfig, ModelConfig, RunConfig, SignalConfig, TaskConfig
 from sslprune.control.job import StageJob
@@ -49,6 +46,10 @@ TASKS = {
 }
 MODELS = {"resnet_small": 4, "resnet50": 8, "alexnet": 8, "vgg19": 8}  # every family; alexnet has BatchNorm1d
 CASES = [(t, m, "float64") for t in TASKS for m in MODELS] + [(t, "resnet_small", "float32") for t in TASKS]
+# One case per task family in the default tier (its module fixture trains these 5 only); the rest
+# of the matrix (every model family, float32) is slow.
+FAMILY = [(t, "resnet_small", "float64") for t in TASKS]
+MATRIX = [c for c in CASES if c not in FAMILY]
 
 
 def _cfg(root: Path, task: str, model: str, dtype: str):
@@ -61,8 +62,10 @@ def _cfg(root: Path, task: str, model: str, dtype: str):
     return cfg
 
 
-def _run(root: Path, rt: Runtime) -> None:
-    for task, model, dtype in CASES:
+def _run(root: Path, rt: Runtime, cases: list) -> None:
+    import torch
+
+    for task, model, dtype in cases:
         torch.set_default_dtype(getattr(torch, dtype))
         try:
             ImpLevel(_cfg(root, task, model, dtype), task, 0, 0).run(rt)
@@ -70,29 +73,47 @@ def _run(root: Path, rt: Runtime) -> None:
             torch.set_default_dtype(torch.float32)
 
 
-def _ranks(rank: int, world: int, root: str) -> None:
+def _ranks(rank: int, world: int, root: str, cases: list) -> None:
+    import torch
+    from sslprune.compute.runtime import Runtime
+
     torch.distributed.init_process_group("gloo", init_method=f"file://{root}/rendezvous", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    _run(Path(root) / "two", Runtime(torch.device("cpu"), rank, world))  # one group for all, as from_environment
+    _run(Path(root) / "two", Runtime(torch.device("cpu"), rank, world), cases)  # one group for all, as from_environment
     torch.distributed.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ranks")
+def _runs(root: Path, cases: list) -> Path:
+    import torch
+    from sslprune.compute.runtime import Runtime
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        _run(root / "one", Runtime(torch.device("cpu")))
+        _run(root / "one", Runtime(torch.device("cpu")), cases)
     finally:
         torch.set_num_threads(before)
-    torch.multiprocessing.start_processes(_ranks, args=(2, str(root)), nprocs=2, start_method="spawn")
+    torch.multiprocessing.start_processes(_ranks, args=(2, str(root), cases), nprocs=2, start_method="spawn")
     return root
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("task,model,dtype", CASES)
-def test_two_ranks_train_as_one(runs, task, model, dtype):
+@pytest.fixture(scope="module")
+def family_runs(tmp_path_factory):
+    return _runs(tmp_path_factory.mktemp("ranks"), FAMILY)
+
+
+@pytest.fixture(scope="module")
+def matrix_runs(tmp_path_factory):
+    return _runs(tmp_path_factory.mktemp("ranks"), MATRIX)
+
+
+@pytest.mark.parametrize("task,model,dtype", [c if c in FAMILY else pytest.param(*c, marks=pytest.mark.slow)
+                                              for c in CASES])
+def test_two_ranks_train_as_one(request, task, model, dtype):
+    import torch
+    from sslprune.compute import checkpoint
+
+    runs = request.getfixturevalue("family_runs" if (task, model, dtype) in FAMILY else "matrix_runs")
     one, two = (ImpLevel(_cfg(runs / w, task, model, dtype), task, 0, 0) for w in ("one", "two"))
     a, b = checkpoint.load(one.dir / "model.pt"), checkpoint.load(two.dir / "model.pt")
     assert a.keys() == b.keys()
@@ -128,6 +149,8 @@ def _small(store: Path, **run):
 
 def _join(rank: int, root: str, timeout_s: float = 60) -> None:
     # A short timeout: a rank left alone in a collective fails the test in a minute, not in 30.
+    import torch
+
     torch.distributed.init_process_group("gloo", init_method=f"file://{root}/rendezvous", rank=rank, world_size=2,
                                          timeout=datetime.timedelta(seconds=timeout_s))
     torch.set_num_threads(1)
@@ -147,6 +170,10 @@ def _outcomes(root: Path, name: str) -> list:
 
 
 def _nan_on_rank_1(rank: int, root: str) -> None:
+    import torch
+    from sslprune.compute import task as tasks
+    from sslprune.compute.runtime import Runtime
+
     _join(rank, root)
     if rank == 1:  # the loss of this rank's second step is NaN; rank 0's losses stay finite
         calls, loss = itertools.count(), tasks.Labels.loss
@@ -160,6 +187,8 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_once(tmp_path):
     """check_finite read each rank's own first non-finite step: rank 1 raised NonFiniteLoss while
     rank 0 went on into the next step's collectives and failed there (`Connection reset by peer`,
     or after the 30-minute timeout on a cluster). The ranks now agree on it in one all-reduce."""
+    import torch
+
     torch.multiprocessing.start_processes(_nan_on_rank_1, args=(str(tmp_path),), nprocs=2, start_method="spawn")
     (zero, t0), (one, t1) = _outcomes(tmp_path, "nan")
     assert zero == one, (zero, one)
@@ -169,6 +198,10 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_once(tmp_path):
 
 
 def _clocks(rank: int, root: str) -> None:
+    import torch
+    from sslprune.compute import checkpoint, trainer
+    from sslprune.compute.runtime import Runtime
+
     _join(rank, root)
     saved, save = [], checkpoint.save_training
     checkpoint.save_training = lambda state, path: (saved.append(state["step"]), save(state, path))[1]
@@ -188,6 +221,9 @@ def test_rank_0s_clock_decides_when_a_checkpoint_is_due(tmp_path):
     rank whose clock ran ahead would enter it alone. Rank 0's clock decides for all (it rides on
     the stop agreement): its fast clock checkpoints after every step, rank 1's changes nothing,
     and neither changes a number."""
+    import torch
+    from sslprune.compute import checkpoint
+
     torch.multiprocessing.start_processes(_clocks, args=(str(tmp_path),), nprocs=2, start_method="spawn")
     (a0, _), (a1, _) = _outcomes(tmp_path, "ahead0")
     (b0, _), (b1, _) = _outcomes(tmp_path, "ahead1")
@@ -200,6 +236,9 @@ def test_rank_0s_clock_decides_when_a_checkpoint_is_due(tmp_path):
 
 
 def _done_race(rank: int, root: str) -> None:
+    import torch
+    from sslprune.compute.runtime import Runtime
+
     _join(rank, root)
     root = Path(root)
     if rank == 0:  # say when this rank has read the stage as not done and waits for its lock
@@ -224,6 +263,9 @@ def test_a_stage_finished_by_another_writer_between_two_ranks_reads_is_done_on_b
     and waited for its lock while another writer finished it; rank 1 then found it done and left,
     and rank 0, finding it done under the lock, waited alone in the agreement. Rank 0 now reads
     and broadcasts; both return the other writer's result."""
+    import torch
+    from sslprune.compute.runtime import Runtime
+
     other = ImpLevel(_small(tmp_path / "other"), "labels", 0, 0)
     before = torch.get_num_threads()
     try:
@@ -257,6 +299,9 @@ def _level(store: Path, level: int) -> ImpLevel:
 
 
 def _decisions(rank: int, root: str) -> None:
+    import torch
+    from sslprune.compute.runtime import Runtime
+
     _join(rank, root, WAIT_S)
     root = Path(root)
     # First (the group is still sound): a done stage whose parent was set aside since
@@ -272,6 +317,8 @@ def _decisions(rank: int, root: str) -> None:
 
 @pytest.fixture(scope="module")
 def decisions(tmp_path_factory):
+    import torch
+
     root = tmp_path_factory.mktemp("decisions")
     before = torch.get_num_threads()
     try:
@@ -321,6 +368,9 @@ def test_a_pack_on_two_ranks_gives_what_its_stages_give_apart(tmp_path):
     """A packed job under DDP called init_process_group again for its second stage on the same
     MASTER_PORT: rank 1, done first, joined the first stage's rendezvous and failed with
     `Connection reset by peer` while rank 0 hung. The ranks now rendezvous once per process."""
+    import torch
+    from sslprune.compute import checkpoint
+
     import submitit
 
     ex = submitit.LocalExecutor(folder=str(tmp_path / "jobs" / "%j"))

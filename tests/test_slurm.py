@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import ROOT, cli, wait_for
 
@@ -81,6 +80,8 @@ def logs(store: Path, job_id: str) -> str:
 
 
 def models_equal(a: Path, b: Path, atol: float = 0.0) -> bool:
+    import torch
+
     x, y = torch.load(a), torch.load(b)
     assert x.keys() == y.keys()
     if atol == 0:

@@ -9,12 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
-from hydra import compose, initialize_config_dir
 
 from sslprune.control import store as files
-from sslprune.launch.compose import CONF_DIR, typed
-from sslprune.compute import checkpoint
 from sslprune.control.config import identity, digest, DataConfig, RunConfig
 from sslprune.control.stage import ImpLevel, chain_identity
 
@@ -37,6 +33,9 @@ def test_golden_hashes_of_a_fixed_config():
 
 
 def test_golden_hashes_of_the_demo_preset():
+    from hydra import compose, initialize_config_dir
+    from sslprune.launch.compose import CONF_DIR, typed
+
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         cfg = typed(compose("config", overrides=["store=/s"]))
     for signal, h in GOLDEN_DEMO.items():
@@ -44,6 +43,9 @@ def test_golden_hashes_of_the_demo_preset():
 
 
 def test_shared_init_keeps_the_names_runs_had_before_model_init_existed():
+    from hydra import compose, initialize_config_dir
+    from sslprune.launch.compose import CONF_DIR, typed
+
     cfg = tiny_config(Path("/anywhere"))
     cfg.model = replace(cfg.model, init="shared")
     assert {s: digest(chain_identity(cfg, s)) for s in GOLDEN_SHARED} == GOLDEN_SHARED
@@ -102,6 +104,9 @@ def _kill_when(cmd: list[str], ready, delay: float) -> None:
 
 
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
+    import torch
+    from sslprune.compute import checkpoint
+
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     cli(*_imp(ref))
     # Kill during level 0 (checkpoints are written every step, so some kills land mid-write) ...
@@ -149,6 +154,9 @@ def test_missing_parent_fails_at_once_naming_the_path(tmp_path):
 
 
 def test_nonfinite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    import torch
+    from sslprune.compute import checkpoint
+
     store = tmp_path / "s"
     p = cli(*_imp(store, "prune.levels=0", "signals.labels.optim.lr=1e12", "signals.labels.optim.momentum=0.0",
                   "run.log_every=1"), check=False)

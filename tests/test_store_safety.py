@@ -12,9 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from sslprune.compute import checkpoint
 from sslprune.control import store as files
 
 from conftest import ROOT, cli
@@ -34,6 +32,9 @@ def _level0(store: Path) -> Path:
 
 
 def _same_weights(a: Path, b: Path) -> bool:
+    import torch
+    from sslprune.compute import checkpoint
+
     x, y = checkpoint.load(a), checkpoint.load(b)
     return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
@@ -47,6 +48,8 @@ def reference(tmp_path_factory):
 
 def _partial(store: Path, steps: int) -> Path:
     """A level 0 stopped after `steps` updates, with its checkpoint and the previous one."""
+    import torch
+
     from sslprune.compute.runtime import Runtime
     from sslprune.control.stage import ImpLevel, Interrupted
     from sslprune.launch.compose import CONF_DIR, typed
@@ -71,7 +74,10 @@ class _Payload:
         return os.system, (f"touch {self.marker}",)
 
 
+@pytest.mark.slow
 def test_a_crafted_checkpoint_is_refused_and_nothing_runs(tmp_path):
+    import torch
+
     store, marker = tmp_path / "store", tmp_path / "PWNED"
     level0 = _partial(store, 5)
     torch.save({"model": {}, "step": 3, "evil": _Payload(marker)}, level0 / "checkpoint.pt")
@@ -84,7 +90,10 @@ def test_a_crafted_checkpoint_is_refused_and_nothing_runs(tmp_path):
     assert not (level0 / "result.json").exists()
 
 
+@pytest.mark.slow
 def test_a_crafted_parent_output_is_refused_too(tmp_path, reference):
+    import torch
+
     store, marker = tmp_path / "store", tmp_path / "PWNED"
     cli(*_imp(store))
     level0 = _level0(store)
@@ -101,7 +110,10 @@ def test_a_crafted_parent_output_is_refused_too(tmp_path, reference):
 # ---------------------------------------------------------------- damaged checkpoints
 
 
+@pytest.mark.slow
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, reference):
+    from sslprune.compute import checkpoint
+
     store = tmp_path / "store"
     level0 = _partial(store, 9)
     assert checkpoint.load(level0 / "checkpoint.prev.pt")["step"] == checkpoint.load(level0 / "checkpoint.pt")["step"] - 1
@@ -115,6 +127,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, re
     assert _same_weights(level0 / "model.pt", reference / "model.pt")
 
 
+@pytest.mark.slow
 def test_both_checkpoints_damaged_restart_the_stage(tmp_path, reference):
     store = tmp_path / "store"
     level0 = _partial(store, 9)
@@ -125,6 +138,7 @@ def test_both_checkpoints_damaged_restart_the_stage(tmp_path, reference):
     assert _same_weights(level0 / "model.pt", reference / "model.pt")
 
 
+@pytest.mark.slow
 def test_divergence_without_a_checkpoint_does_not_claim_one_is_kept(tmp_path):
     store = tmp_path / "store"
     p = cli(*_imp(store, "signals.labels.optim.lr=1e12", "signals.labels.optim.momentum=0.0", "run.log_every=1",
@@ -148,8 +162,12 @@ def _results(store: Path) -> dict:
     return {p.parent: p.stat().st_mtime_ns for p in store.rglob("result.json")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated model.pt", "unparsable result.json", "a flipped byte in mask.pt"])
 def test_a_damaged_finished_stage_is_reported_and_recomputed_alone(tmp_path, damage):
+    import torch
+    from sslprune.compute import checkpoint
+
     store = tmp_path / "store"
     args = [f"store={store}", *SMALL]
     cli("sslprune-run", *args)
@@ -186,6 +204,7 @@ def test_a_damaged_finished_stage_is_reported_and_recomputed_alone(tmp_path, dam
     assert json.loads(cli("sslprune-status", *args, "--json").stdout)["complete"]
 
 
+@pytest.mark.slow
 def test_stale_temporary_files_are_removed_on_start(tmp_path):
     store = tmp_path / "store"
     args = [f"store={store}", *SMALL, "prune.levels=0"]
@@ -238,7 +257,10 @@ def _mount(folder: Path, size: int) -> None:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {p.stderr.strip()}")
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_nothing_corrupt_and_the_rerun_resumes(tmp_path):
+    from sslprune.compute import checkpoint
+
     args = ["model.width=16", "signals.labels.optim.epochs=2", "signals.labels.optim.milestones=[]"]
     ref = tmp_path / "ref"
     cli(*_imp(ref, *args))
@@ -317,6 +339,7 @@ def test_a_result_json_that_is_not_a_result_is_corrupt(tmp_path, reference, dama
         files.read_result(level0, "imp")
 
 
+@pytest.mark.slow
 def test_a_result_json_that_is_not_a_result_is_set_aside_and_recomputed(tmp_path, reference):
     store = tmp_path / "store"
     level0 = _copy(reference, store)
@@ -356,6 +379,7 @@ def test_a_symlinked_lock_does_not_truncate_its_target(tmp_path):
             pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["level", "chain"])
 def test_a_symlinked_stage_folder_is_refused_and_nothing_outside_changes(tmp_path, reference, where):
     store = tmp_path / "store"

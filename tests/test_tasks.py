@@ -10,31 +10,29 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from PIL import Image
-from torch.nn import functional as F
 
-from sslprune.compute import runner
 from sslprune.control import store as files
-from sslprune.compute import checkpoint, dataset, loader as loaders, model as models, seed as seeds, subset as subsets, task as tasks
 from sslprune.control.config import DataConfig, ModelConfig, RunConfig, SignalConfig, TaskConfig, validate_task
 from sslprune.control.progress import Progress
-from sslprune.compute.runtime import local
 from sslprune.control.stage import ImpLevel
-from sslprune.compute.trainer import Fit, Interrupted, evaluate, fit
 
 from conftest import ROOT, tiny_config, tiny_optim
-
-CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def digits():
+    from sslprune.compute import dataset
+
     return dataset.load(DataConfig(name="digits"))
 
 
 def _batch(data, n=64):
+    import torch
+    from sslprune.compute import loader as loaders
+    CPU = torch.device("cpu")
+
     ld = loaders.make(data, n, 0, CPU)
     return ld, next(iter(ld.batches(0)))
 
@@ -43,6 +41,11 @@ def _batch(data, n=64):
 
 
 def test_exemplar_views_are_two_transformations_of_the_same_images(digits):
+    import torch
+    from torch.nn import functional as F
+    from sslprune.compute import seed as seeds, task as tasks
+    CPU = torch.device("cpu")
+
     task = tasks.make(TaskConfig("exemplar"), digits)
     assert task.num_outputs == 128
     _, (x, y) = _batch(digits)
@@ -71,6 +74,10 @@ def test_exemplar_views_are_two_transformations_of_the_same_images(digits):
 
 
 def test_exemplar_triplet_loss_is_zero_exactly_when_pairs_are_separated(digits):
+    import torch
+    from torch.nn import functional as F
+    from sslprune.compute import task as tasks
+
     task = tasks.make(TaskConfig("exemplar", embedding=8, margin=0.5), digits)
     e = torch.eye(8)[:6] * 3  # six orthogonal embeddings (any scale: the loss normalises)
     target = torch.arange(6).repeat(2)
@@ -107,6 +114,10 @@ def test_exemplar_triplet_loss_is_zero_exactly_when_pairs_are_separated(digits):
 
 
 def _npid(digits, train_limit=None, embedding=8, **kw):
+    import torch
+    from sslprune.compute import dataset, loader as loaders, task as tasks
+    CPU = torch.device("cpu")
+
     data = replace(digits, train=dataset.Split(digits.train.images[:train_limit], digits.train.labels[:train_limit]))
     task = tasks.make(TaskConfig("npid", embedding=embedding, **kw), data)
     ld = loaders.make(data, 32, 0, CPU, index_targets=True)
@@ -115,6 +126,11 @@ def _npid(digits, train_limit=None, embedding=8, **kw):
 
 
 def test_npid_batches_carry_indices_and_the_bank_follows_its_formula(digits):
+    import torch
+    from torch.nn import functional as F
+    from sslprune.compute import loader as loaders, seed as seeds
+    CPU = torch.device("cpu")
+
     task, ld = _npid(digits, train_limit=256, negatives=10 ** 6, bank_momentum=0.5, temperature=0.1)
     assert task.index_targets and task.num_outputs == 8 and task.bank.shape == (256, 8)
     assert torch.equal(ld.train_labels, digits.train.labels[:256])
@@ -146,6 +162,9 @@ def test_npid_batches_carry_indices_and_the_bank_follows_its_formula(digits):
 
 
 def test_npid_knn_votes_with_the_bank_and_training_labels(digits):
+    import torch
+    from torch.nn import functional as F
+
     task, ld = _npid(digits, train_limit=256, embedding=10)
     # A bank whose rows are the one-hot of their image's label: a test feature on class c's axis
     # is nearest the ~25 rows of class c, whose weights exp(1 / T) outvote the rest of the k = 200.
@@ -156,6 +175,13 @@ def test_npid_knn_votes_with_the_bank_and_training_labels(digits):
 
 
 def test_npid_resume_is_bit_identical_including_the_bank(tmp_path):
+    import torch
+    from sslprune.compute import runner
+    from sslprune.compute import loader as loaders
+    from sslprune.compute.runtime import local
+    from sslprune.compute.trainer import Fit, Interrupted, evaluate, fit
+    CPU = torch.device("cpu")
+
     cfg = tiny_config(tmp_path / "s")
     cfg.signals = {"npid": SignalConfig(TaskConfig("npid", embedding=16, negatives=300), tiny_optim(epochs=2))}
     rt = local(cfg.run)
@@ -189,6 +215,10 @@ def test_npid_resume_is_bit_identical_including_the_bank(tmp_path):
 
 
 def _ranks_update(rank, world, out_dir):
+    import torch
+    from torch.nn import functional as F
+    from sslprune.compute import task as tasks
+
     torch.distributed.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank,
                                          world_size=world)
     task = tasks.NPID(TaskConfig("npid", embedding=4, bank_momentum=0.3), 10)
@@ -203,6 +233,10 @@ def _ranks_update(rank, world, out_dir):
 
 def test_npid_banks_of_all_ranks_stay_identical(tmp_path):
     """Under torch.distributed every rank applies the global batch's update (gloo, two processes)."""
+    import torch
+    from torch.nn import functional as F
+    from sslprune.compute import task as tasks
+
     torch.multiprocessing.start_processes(_ranks_update, args=(2, str(tmp_path)), nprocs=2, start_method="fork")
     b0, b1 = torch.load(tmp_path / "bank0.pt"), torch.load(tmp_path / "bank1.pt")
     assert torch.equal(b0, b1)
@@ -218,6 +252,10 @@ def test_npid_banks_of_all_ranks_stay_identical(tmp_path):
 
 
 def test_s4l_head_and_loss_ignore_unlabelled_images_exactly(digits):
+    import torch
+    from torch.nn import functional as F
+    from sslprune.compute import model as models, task as tasks
+
     task = tasks.make(TaskConfig("s4l", rotation_weight=1.0), digits)
     assert task.num_outputs == 14
     assert models.build(ModelConfig("resnet_small", 4), 1, task.num_outputs, 0).head.out_features == 14
@@ -256,6 +294,9 @@ def test_s4l_head_and_loss_ignore_unlabelled_images_exactly(digits):
 
 
 def test_image_subset_takes_that_fraction_of_every_class(digits):
+    import torch
+    from sslprune.compute import subset as subsets
+
     labels = digits.train.labels
     counts = torch.bincount(labels, minlength=10)
     idx = subsets.select(labels, 10, 0.1, "images", 0)
@@ -269,6 +310,9 @@ def test_image_subset_takes_that_fraction_of_every_class(digits):
 
 
 def test_class_subset_takes_all_images_of_that_fraction_of_classes(digits):
+    import torch
+    from sslprune.compute import subset as subsets
+
     labels = digits.train.labels
     counts = torch.bincount(labels, minlength=10)
     for fraction, n in ((0.1, 1), (0.25, 3), (0.3, 3)):  # ceil(0.3 x 10) is 3, not 4 from 3.0000000000000004
@@ -289,6 +333,11 @@ def _subset_cfg(store, name, **kw):
 
 
 def test_subset_is_saved_at_level_0_read_back_and_checked(tmp_path, digits):
+    import torch
+    from sslprune.compute import runner
+    from sslprune.compute import subset as subsets
+    from sslprune.compute.runtime import local
+
     rt = local(RunConfig(quiet=True))
     cfg = _subset_cfg(tmp_path / "s", "labels")
     with pytest.raises(FileNotFoundError, match="label_subset.json"):
@@ -341,6 +390,8 @@ CHAINS = {  # signal: task, optim, lowest accuracy accepted at levels 0 and 1 (o
 
 @pytest.mark.parametrize("signal", list(CHAINS))
 def test_short_imp_chain(tmp_path, signal):
+    from sslprune.compute.runtime import local
+
     task, optim, metric, low = CHAINS[signal]
     cfg = tiny_config(tmp_path / "s")
     cfg.signals = {signal: SignalConfig(task, optim)}
@@ -362,6 +413,8 @@ def test_short_imp_chain(tmp_path, signal):
 
 
 def _image_folder(root: Path, train: int, val: int, classes=("a", "b", "c")) -> None:
+    import torch
+
     g = torch.Generator().manual_seed(0)
     for split, n in (("train", train), ("val", val)):
         for c in classes:
@@ -372,6 +425,12 @@ def _image_folder(root: Path, train: int, val: int, classes=("a", "b", "c")) -> 
 
 
 def test_label_subset_of_an_image_folder(tmp_path):
+    import torch
+    from sslprune.compute import runner
+    from sslprune.compute import dataset, loader as loaders, subset as subsets
+    from sslprune.compute.runtime import local
+    CPU = torch.device("cpu")
+
     _image_folder(tmp_path / "data", train=10, val=2)
     data_cfg = DataConfig(name="imagenet", root=str(tmp_path / "data"), image_size=16, workers=0)
     cfg = tiny_config(tmp_path / "s", data=data_cfg)
@@ -400,6 +459,11 @@ def test_label_subset_of_an_image_folder(tmp_path):
 
 def test_npid_bank_is_rewound_with_the_weights(tmp_path):
     """Level 1 starts from W_k and from the memory bank as it was after those k updates."""
+    import torch
+    from sslprune.compute import runner
+    from sslprune.compute import checkpoint, loader as loaders, seed as seeds
+    from sslprune.compute.runtime import local
+
     import dataclasses
 
     import torch
@@ -430,6 +494,9 @@ def test_npid_bank_is_rewound_with_the_weights(tmp_path):
 
 
 def _ranks_accuracy(rank, world, out_dir):
+    import torch
+    from sslprune.compute import task as tasks
+
     torch.distributed.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank,
                                          world_size=world)
     metric = tasks.Labels(3).metric()
@@ -440,6 +507,8 @@ def _ranks_accuracy(rank, world, out_dir):
 
 
 def test_accuracy_sums_over_ranks_when_a_rank_saw_no_test_image(tmp_path):
+    import torch
+
     torch.multiprocessing.start_processes(_ranks_accuracy, args=(2, str(tmp_path)), nprocs=2, start_method="fork")
     r0, r1 = torch.load(tmp_path / "acc0.pt"), torch.load(tmp_path / "acc1.pt")
     assert r0 == r1

@@ -12,12 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from sslprune.compute import checkpoint, dataset, loader as loaders, mask as masks, model as models, runner
-from sslprune.compute import seed as seeds
-from sslprune.compute import task as tasks, trainer
-from sslprune.compute.runtime import Runtime
 from sslprune.control import store as files
 from sslprune.control.config import DataConfig, ModelConfig, RunConfig, SignalConfig, TaskConfig
 from sslprune.control.local import run_local
@@ -26,10 +21,14 @@ from sslprune.control.stage import ImpLevel, Retrain
 
 from conftest import cli, tiny_config, tiny_optim
 
-CPU = torch.device("cpu")
-
 
 def _fit(cfg, signal, ckpt, net=None, loader=None, **kw):
+    import torch
+    from sslprune.compute import loader as loaders, runner
+    from sslprune.compute import trainer
+    from sslprune.compute.runtime import Runtime
+    CPU = torch.device("cpu")
+
     s = runner.prepare(ImpLevel(cfg, signal, 0, 0), Runtime(CPU))
     ld = loader or loaders.make(s.data, 128, 0, CPU, index_targets=s.task.index_targets)
     s.task.bind(ld)
@@ -45,6 +44,10 @@ def test_resume_hands_cpu_rng_states_to_the_setters_whatever_the_device(tmp_path
     torch.set_rng_state raised `RNG state must be a torch.ByteTensor` on every GPU resume. `meta`
     stands in for the device of the weights only: CUDA's own RNG is the next test's (and the GPU
     check's, benchmarks/gpu_check.py, which resumes with fewer visible GPUs for real)."""
+    import torch
+    from sslprune.compute import checkpoint, dataset, loader as loaders, model as models
+    from sslprune.compute import trainer
+
     cfg = tiny_config(tmp_path / "s")
     job = _fit(cfg, "labels", tmp_path / "ckpt.pt", interrupt=lambda: True)
     with pytest.raises(trainer.Interrupted):
@@ -74,6 +77,12 @@ def test_a_checkpoint_of_an_8_gpu_job_resumes_where_one_gpu_is_visible(tmp_path,
     This machine has no GPU: torch.cuda here pretends one is visible, and set_rng_state_all fails
     as torch's does with one GPU (its default_generators has one entry). The GPU check
     (benchmarks/gpu_check.py) resumes such a checkpoint under CUDA_VISIBLE_DEVICES for real."""
+    import torch
+    from sslprune.compute import checkpoint
+    from sslprune.compute import trainer
+    from sslprune.compute.runtime import Runtime
+    CPU = torch.device("cpu")
+
     def one_gpu(states):
         if len(states) > 1:
             raise IndexError("tuple index out of range")
@@ -102,6 +111,9 @@ def test_a_checkpoint_of_an_8_gpu_job_resumes_where_one_gpu_is_visible(tmp_path,
 
 def _colour(n: int = 128, size: int = 8):
     """Random 3-channel images: a 1-channel batch (digits) is contiguous in both memory formats."""
+    import torch
+    from sslprune.compute import dataset
+
     g = torch.Generator().manual_seed(0)
     train = dataset.Split(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
                           torch.randint(0, 10, (n,), generator=g))
@@ -113,6 +125,11 @@ def _colour(n: int = 128, size: int = 8):
 def test_the_model_gets_the_memory_format_the_runtime_asked_for(tmp_path, name):
     """RotNet's rot90 + cat returned NCHW from a channels_last batch: every convolution of the 4x
     pretext batch paid a layout conversion. The loop hands the model channels_last batches."""
+    import torch
+    from sslprune.compute import loader as loaders, model as models
+    from sslprune.compute import task as tasks, trainer
+    CPU = torch.device("cpu")
+
     data = _colour()
     task = tasks.make(TaskConfig(name, embedding=8), data)
     ld = loaders.make(data, 32, 0, CPU, channels_last=True)
@@ -131,6 +148,9 @@ def test_masks_take_their_parameters_memory_format():
     """Masks kept NCHW strides while the weights were channels_last (on CUDA): torch._foreach_mul_
     then fell back from its fused kernel to one kernel per tensor. Each mask now has its weight's
     strides, and applying it zeroes exactly what it did."""
+    import torch
+    from sslprune.compute import mask as masks, model as models
+
     net = models.build(ModelConfig("resnet_small", 4), 3, 10, 0).to(memory_format=torch.channels_last)
     params = dict(net.named_parameters())
     mask = masks.magnitude(params, masks.ones(net), 0.5)
@@ -147,6 +167,9 @@ def test_masks_take_their_parameters_memory_format():
 def test_task_losses_are_fp32_outside_autocast(tmp_path, name):
     """NPID's loss (its bank matmul) ran inside bf16 autocast: losses are computed in fp32, autocast
     off, while the forward pass keeps autocast (bf16 on CPU here stands for bf16 on CUDA)."""
+    import torch
+    from sslprune.compute import trainer
+
     cfg = tiny_config(tmp_path / "s")
     cfg.signals = {name: SignalConfig(TaskConfig(name, embedding=16, negatives=200), tiny_optim(epochs=1))}
     job = _fit(cfg, name, tmp_path / "c.pt", autocast=torch.bfloat16)
@@ -167,6 +190,9 @@ def test_task_losses_are_fp32_outside_autocast(tmp_path, name):
 
 def test_multilabel_score_returns_its_count_as_a_tensor():
     """`int(keep.sum())` was a host sync every step; the count stays on the device until a log line."""
+    import torch
+    from sslprune.compute import task as tasks
+
     task = tasks.MultiLabel(3)
     outputs = torch.tensor([[1.0, -1.0, 2.0], [-1.0, 1.0, 1.0]])
     target = torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, 1.0]])
@@ -191,6 +217,11 @@ def test_cuda_without_a_gpu_is_one_line_before_any_work(tmp_path):
 def test_a_stage_is_bit_identical_whatever_ran_before_in_the_process(tmp_path, name):
     """Exemplar's views and NPID's negatives drew from the process-global RNG: the same stage gave
     0.4373 alone and 0.4708 after an unrelated torch.rand(7). Every draw now has its own seed."""
+    import torch
+    from sslprune.compute import checkpoint
+    from sslprune.compute.runtime import Runtime
+    CPU = torch.device("cpu")
+
     results = []
     for i, noise in enumerate((None, 7, 13)):
         cfg = tiny_config(tmp_path / f"s{i}")
@@ -207,9 +238,13 @@ def test_a_stage_is_bit_identical_whatever_ran_before_in_the_process(tmp_path, n
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_a_recomputed_stage_is_bit_identical_whatever_else_is_left_to_run(tmp_path):
     """With one chain left, run_local fell back to torch's default thread count (2 here) instead of
     the 1 thread per worker the store was computed with: accuracy 0.8942 instead of 0.8969."""
+    import torch
+    from sslprune.compute import checkpoint
+
     if (os.cpu_count() or 1) < 2:
         pytest.skip("needs 2 cores: the thread count only changes with several workers")
     cfg = tiny_config(tmp_path / "s", run=RunConfig(quiet=True))  # workers and threads from the machine
@@ -233,6 +268,12 @@ def test_a_recomputed_stage_is_bit_identical_whatever_else_is_left_to_run(tmp_pa
 
 
 def test_resume_keeps_the_thread_count_the_stage_started_with(tmp_path):
+    import torch
+    from sslprune.compute import checkpoint
+    from sslprune.compute import trainer
+    from sslprune.compute.runtime import Runtime
+    CPU = torch.device("cpu")
+
     cfg = tiny_config(tmp_path / "s", run=RunConfig(quiet=True, threads=2, checkpoint_steps=1))
     stage = ImpLevel(cfg, "labels", 0, 0)
     polls = iter(range(1000))

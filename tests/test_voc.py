@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from sslprune.control import catalog
@@ -22,15 +21,11 @@ from sslprune.control.local import run_local
 from sslprune.control import store as files
 from sslprune.control import experiment, report, submission, voc
 
-from sslprune.compute import checkpoint, dataset, loader, mask as masks, model as models, svm, task as tasks
 from sslprune.control.config import ConfigError, DataConfig, FinetuneConfig, ModelConfig, PruneConfig, SignalConfig, \
     SvmConfig, TaskConfig
-from sslprune.compute.dataset import DataMissing, FolderData
 from sslprune.control.stage import Finetune, ImpLevel, Svm
 
 from conftest import cli, tiny_config, tiny_optim
-
-CPU = torch.device("cpu")
 
 
 # ---------------------------------------------------------------- fixture writers
@@ -132,6 +127,11 @@ PLACES_VAL = [("a/airport_terminal/00000009.jpg", 1), ("a/abbey/00000009.jpg", 0
 
 def test_voc_targets_follow_the_devkit_rule(tmp_path):
     """1 with a non-difficult instance, -1 with difficult instances only, 0 otherwise."""
+    import torch
+    from sslprune.compute import dataset, loader
+    from sslprune.compute.dataset import FolderData
+    CPU = torch.device("cpu")
+
     write_voc(tmp_path, {
         "trainval": {"000005": [("person", 0), ("person", 1), ("dog", 1)],  # person present, dog difficult only
                      "000007": [("car", 1), ("car", 0)],  # a difficult and a plain car: present
@@ -163,6 +163,8 @@ def test_voc_targets_follow_the_devkit_rule(tmp_path):
 
 @pytest.mark.parametrize("where", ["parent", "VOCdevkit", "VOC2007"])
 def test_voc_root_may_be_any_of_the_three_folders(voc_root, where):
+    from sslprune.compute import dataset
+
     root = {"parent": voc_root, "VOCdevkit": voc_root / "VOCdevkit",
             "VOC2007": voc_root / "VOCdevkit" / "VOC2007"}[where]
     data = dataset.load(DataConfig(name="voc07", root=str(root), workers=0))
@@ -171,6 +173,9 @@ def test_voc_root_may_be_any_of_the_three_folders(voc_root, where):
 
 
 def test_voc_missing_files_are_named(tmp_path):
+    from sslprune.compute import dataset
+    from sslprune.compute.dataset import DataMissing
+
     base = write_voc(tmp_path, {"trainval": {"000005": [("dog", 0)], "000007": [("cat", 0)]},
                                 "test": {"000001": [("dog", 0)]}})
     cfg = DataConfig(name="voc07", root=str(tmp_path), workers=0)
@@ -194,6 +199,8 @@ def test_voc_missing_files_are_named(tmp_path):
 
 
 def test_voc_unknown_class_is_refused_naming_the_file(tmp_path):
+    from sslprune.compute import dataset
+
     base = write_voc(tmp_path, {"trainval": {"000005": [("dog", 0)]}, "test": {"000001": [("dog", 0)]}})
     (base / "Annotations" / "000005.xml").write_text(voc_xml("000005", [("dinosaur", 0, (1, 1, 5, 5))]))
     with pytest.raises(ValueError, match="000005.xml.*dinosaur"):
@@ -225,6 +232,10 @@ def test_voc07_average_precision_hand_computed():
 
 
 def test_multilabel_task_ignores_difficult_and_reports_map():
+    import torch
+    from sslprune.compute import task as tasks
+    from sslprune.compute.dataset import FolderData
+
     data = FolderData("voc07", Path("."), Path("."), 3, 32, None, None, 0, classes=("a", "b", "c"), multilabel=True)
     task = tasks.labels(data)
     assert isinstance(task, tasks.MultiLabel) and task.num_outputs == 3
@@ -253,6 +264,11 @@ def test_multilabel_task_ignores_difficult_and_reports_map():
 
 @pytest.mark.parametrize("images", ["data/vision/torralba/deeplearning/images256", "images256"])
 def test_places205_official_lists(tmp_path, images):
+    import torch
+    from sslprune.compute import dataset, loader
+    from sslprune.compute.dataset import FolderData
+    CPU = torch.device("cpu")
+
     write_places205(tmp_path, PLACES_TRAIN, PLACES_VAL, images)
     data = dataset.load(DataConfig(name="places205", root=str(tmp_path), image_size=16, workers=0))
     assert isinstance(data, FolderData) and not data.multilabel
@@ -273,6 +289,9 @@ def test_places205_official_lists(tmp_path, images):
 
 
 def test_places205_missing_pieces_are_named(tmp_path):
+    from sslprune.compute import dataset
+    from sslprune.compute.dataset import DataMissing
+
     write_places205(tmp_path, PLACES_TRAIN, PLACES_VAL)
     cfg = DataConfig(name="places205", root=str(tmp_path), workers=0)
     images = tmp_path / "data/vision/torralba/deeplearning/images256"
@@ -290,6 +309,8 @@ def test_places205_missing_pieces_are_named(tmp_path):
 
 
 def test_places205_malformed_line_names_file_and_line(tmp_path):
+    from sslprune.compute import dataset
+
     write_places205(tmp_path, PLACES_TRAIN, PLACES_VAL)
     with open(tmp_path / "trainvalsplit_places205" / "train_places205.csv", "a") as f:
         f.write("a/abbey/00000042.jpg abbey\n")
@@ -301,6 +322,8 @@ def test_places205_malformed_line_names_file_and_line(tmp_path):
 
 
 def test_svm_separable_features_give_map_one_and_too_few_positives_are_skipped():
+    from sslprune.compute import svm
+
     rng = np.random.RandomState(0)
     classes = rng.randint(0, 3, 60)
     classes[:6] = [0, 1, 2, 0, 1, 2]
@@ -336,6 +359,9 @@ def _voc_cfg(store: Path, voc_root: Path, **kw):
 def test_svm_and_finetune_stages_on_voc07_from_real_imp_levels(tmp_path, voc_root):
     """RotNet IMP on the VOC fixture (levels 0 and 1), then, at every level, SVMs on the frozen
     features and full fine-tuning with the mask kept, all through the experiment."""
+    import torch
+    from sslprune.compute import checkpoint, mask as masks
+
     cfg, voc_data = _voc_cfg(tmp_path / "store", voc_root)
     cfg.svm = SvmConfig(signals=["rotnet"], datasets=[voc_data], costs=[0.01, 0.1, 1.0], folds=3)
     cfg.finetune = FinetuneConfig(signals=["rotnet"], datasets=[voc_data], levels=[1],
@@ -384,6 +410,10 @@ def test_svm_and_finetune_stages_on_voc07_from_real_imp_levels(tmp_path, voc_roo
 
 def test_svm_on_trained_digit_features_beats_random_features(tmp_path):
     """Single-label data go through the same SVMs one-vs-rest; what training taught must show."""
+    import torch
+    from sslprune.compute import dataset, model as models, svm
+    CPU = torch.device("cpu")
+
     digits = DataConfig(name="digits")
     cfg = tiny_config(tmp_path / "store", prune=PruneConfig(rate=0.2, levels=0, rewind="3it"),
                       signals={"labels": SignalConfig(TaskConfig("labels"), tiny_optim(epochs=4))},
@@ -405,6 +435,10 @@ def test_svm_on_trained_digit_features_beats_random_features(tmp_path):
 def test_features_use_the_central_crop_for_both_splits(voc_root):
     """No augmentation in what the SVMs see: extracting twice gives the same numbers, and the
     training split's features are those of its images through the test transform."""
+    import torch
+    from sslprune.compute import dataset, model as models, svm
+    CPU = torch.device("cpu")
+
     data = dataset.load(DataConfig(name="voc07", root=str(voc_root), image_size=32, workers=0))
     backbone = models.build(ModelConfig("resnet_small", 4), 3, 4, seed=0).backbone
     a, ta = svm.features(backbone, data, "train", CPU, 7)

@@ -25,7 +25,6 @@ import pytest
 from sslprune.control import store as files
 from sslprune.control import dashboard, report, upload
 
-from sslprune.compute import checkpoint
 from sslprune.control.config import Config, WandbConfig
 
 from conftest import ROOT
@@ -206,6 +205,7 @@ def test_report_logs_a_summary_run_with_the_results_table(demo):
     assert len(curve["data"]) == 9  # (signal, evaluation) lines x 2 levels, + the reference at level 0
 
 
+@pytest.mark.slow
 def test_killed_stage_resumes_the_same_wandb_run(tmp_path):
     env = env_for(tmp_path / "home")
     store = tmp_path / "store"
