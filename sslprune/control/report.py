@@ -6,7 +6,8 @@ The store is the source of truth; the report can be rebuilt from it at any time.
   `summary.md` (mean, s.e., count per signal, evaluation and level, and the mean cost), `table.md`
   (the pivot printed at the end of a run: per family, one row per level, one column per signal
   and evaluation), `stages.csv` (index.py);
-- the figures of figures.py: `accuracy_vs_remaining_<family>.png` and the overview
+- the figures of figures.py: `accuracy_vs_remaining_<family>.png` (re-training by start, as the
+  paper's Figure 3, and per signal in `accuracy_vs_remaining_retrain_signals.png`) and the overview
   `accuracy_vs_remaining.png`, and the same against MACs (`accuracy_vs_macs*.png`);
 - `rewind.md`: each signal's rewind point in every unit (updates, epochs, samples, % of training);
 - `layerwise.md/png` when signals prune only part of the network (prune.scope / scopes);
