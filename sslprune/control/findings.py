@@ -317,6 +317,18 @@ def _range(r: tuple) -> str:
         f"every pruned level with at least {100 * lo:.3g}% of weights remaining"
 
 
+def summary(findings: list[dict]) -> list[str]:
+    """The summary table's lines: one row per finding (the reproduction notes repeat it)."""
+    lines = ["| claim | subject | evaluation | levels met | verdict | stability |", "|---|---|---|---|---|---|"]
+    for f in findings:
+        k = sum(1 for lv in f["levels"] if lv["met"])
+        lines.append(f"| {f['claim']} | {f['subject']} | {f['evaluation']} | {k} / {len(counted(f['levels']))} | "
+                     f"{_verdict(f)} | {_stability(f)} |")
+    if not findings:
+        lines.append("| (none: no finished stages test a claim) | | | | | |")
+    return lines
+
+
 def _verdict(f: dict) -> str:
     return f["verdict"] + (", *unstable*" if f["unstable"] else "")
 
@@ -394,15 +406,7 @@ def markdown(cfg: Config, findings: list[dict], unaddressed: list[str], known: O
              "all seeds give; a verdict's, the number in which every counted level's flag is. A verdict is "
              f"marked *unstable* where that fraction is below {STABLE:g} (with 2 or 3 seeds: where any one seed "
              "turns a flag); with one seed there is nothing to resample and the stability is not known (n/a).", "",
-             "## Summary", "", "| claim | subject | evaluation | levels met | verdict | stability |",
-             "|---|---|---|---|---|---|"]
-    for f in findings:
-        k = sum(1 for lv in f["levels"] if lv["met"])
-        lines.append(f"| {f['claim']} | {f['subject']} | {f['evaluation']} | {k} / {len(counted(f['levels']))} | "
-                     f"{_verdict(f)} | {_stability(f)} |")
-    if not findings:
-        lines.append("| (none: no finished stages test a claim) | | | | | |")
-    lines.append("")
+             "## Summary", "", *summary(findings), ""]
     for f in findings:
         expect = EXPECT[f["expect"]].format(margin=f"{100 * f['margin']:g}")
         lines += [f"## {f['claim']}: {f['subject']}, {f['evaluation']}", "", f"> {f['text']} ({f['source']})", "",
