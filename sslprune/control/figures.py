@@ -57,10 +57,10 @@ DENSE_STARTS = ("random_reinit", "random", "random_adjusted", "winning_ticket")
 MASK_STARTS = ("random_reinit", "winning_ticket")
 BASELINES = ("random", "random_adjusted")
 # Fixed colours per task, so a signal looks the same in every by-start panel and figure (the paper's
-# figures are not available as text here: these are matplotlib's tab colours, one hue per task, grey
-# kept for the random baseline).
-TASK_COLORS = {"labels": "#1f77b4", "rotnet": "#d62728", "exemplar": "#2ca02c", "npid": "#ff7f0e",
-               "s4l": "#9467bd"}
+# figures are not available as text here: these are matplotlib's tab colours, one hue per task, none
+# of them a baseline's: grey random, purple adjusted random).
+TASK_COLORS = {"labels": "#1f77b4", "rotnet": "#d62728", "exemplar": "#2ca02c", "npid": "#e377c2",
+               "s4l": "#8c564b"}
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 TASK_NAMES = {"labels": "labels", "rotnet": "RotNet", "exemplar": "Exemplar", "npid": "NPID", "s4l": "S4L"}
 METRIC_NAMES = {"top1": "top-1 accuracy", "mAP": "mAP", "knn_top1": "kNN top-1 accuracy",
@@ -260,8 +260,8 @@ def signal_colors(cfg: Config, names: list[str]) -> dict[str, str]:
     for n in names:
         color = TASK_COLORS.get(cfg.signals[n].task.name)
         if color is None or color in out.values():
-            color = next((c for c in PALETTE if c not in out.values() and c not in TASK_COLORS.values()),
-                         PALETTE[len(out) % len(PALETTE)])
+            taken = {*out.values(), *TASK_COLORS.values(), *SCHEME_COLORS.values()}  # baselines' too
+            color = next((c for c in PALETTE if c not in taken), PALETTE[len(out) % len(PALETTE)])
         out[n] = color
     return out
 
