@@ -145,11 +145,12 @@ def test_semi_supervised_panels_name_their_label_subset():
 def test_write_draws_one_figure_per_family_and_the_overview(demo, tmp_path):
     cfg, summary = demo
     written = figures.write(cfg, summary, tmp_path)
-    assert set(written) == {"pretext", "retrain", "probe", "overview"}
+    assert set(written) == {"pretext", "retrain", "retrain_signals", "probe", "overview"}
     for path in written.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert written["overview"].name == "accuracy_vs_remaining.png"
-    assert written["retrain"].name == "accuracy_vs_remaining_retrain.png"
+    assert written["retrain"].name == "accuracy_vs_remaining_retrain.png"  # by start, the paper's layout
+    assert written["retrain_signals"].name == "accuracy_vs_remaining_retrain_signals.png"  # per signal
     (probe,) = figures.panels(cfg, summary, "probe")
     assert [ln.label for ln in probe.lines] == ["on digits"] and probe.signal == "rotnet"
     # figures an earlier report drew and this one does not (no probe results now) are removed
@@ -158,7 +159,7 @@ def test_write_draws_one_figure_per_family_and_the_overview(demo, tmp_path):
     figures.write(cfg, [s for s in summary if not s["evaluation"].startswith("probe")], tmp_path)
     assert sorted(p.name for p in tmp_path.glob("*.png")) == [
         "accuracy_vs_remaining.png", "accuracy_vs_remaining_pretext.png", "accuracy_vs_remaining_retrain.png",
-        "weight_magnitudes.png"]
+        "accuracy_vs_remaining_retrain_signals.png", "weight_magnitudes.png"]
 
 
 def test_pivot_has_one_row_per_level_and_one_column_per_signal_and_evaluation(demo):
@@ -204,7 +205,7 @@ def test_the_overview_stacks_each_familys_grid_instead_of_one_wide_row(tmp_path)
     import matplotlib.image
 
     h, w = matplotlib.image.imread(tmp_path / "accuracy_vs_remaining.png").shape[:2]
-    retrain_h, retrain_w = matplotlib.image.imread(tmp_path / "accuracy_vs_remaining_retrain.png").shape[:2]
+    retrain_h, retrain_w = matplotlib.image.imread(tmp_path / "accuracy_vs_remaining_retrain_signals.png").shape[:2]
     # 2 families x 2 rows (labels, rotnet) of 4 scopes: as wide as one family's figure, twice as tall
     assert w / retrain_w == pytest.approx(100 / 110, rel=0.05)
     assert h > 1.7 * retrain_h * 100 / 110
@@ -215,3 +216,83 @@ def test_the_random_features_reference_is_named_in_the_legend():
 
     assert [evaluation_label(e) for e in ("pretext", "probe:digits", "probe:digits@init", "svm:voc07@init")] == [
         "pretext task", "on digits", "random features, on digits", "random features, on voc07"]
+
+
+# ---------------------------------------------------------------- issue 22: Figure 3 laid out by start
+
+def _by_start_rows(cfg):
+    """Known accuracies, seeds 0/1 (+0.002 for seed 1: s.e. 0.1 point everywhere), levels 0-4 at 0.8^L:
+    labels ticket 90 - 1 L, RotNet ticket 89 - 1.5 L, both re-inits 89 - 2 L, random 89 - 2 L (labels)
+    and 88.8 - 2 L (RotNet) up to level 3, then a collapse at level 4 to 10 % (labels' random network)
+    and 20 % (RotNet's)."""
+    acc = {("labels", "winning_ticket"): lambda lv: 0.90 - 0.01 * lv,
+           ("rotnet", "winning_ticket"): lambda lv: 0.89 - 0.015 * lv,
+           ("labels", "random_reinit"): lambda lv: 0.89 - 0.02 * lv,
+           ("rotnet", "random_reinit"): lambda lv: 0.89 - 0.02 * lv,
+           ("labels", "random"): lambda lv: 0.10 if lv == 4 else 0.89 - 0.02 * lv,
+           ("rotnet", "random"): lambda lv: 0.20 if lv == 4 else 0.888 - 0.02 * lv}
+    return [{"experiment": cfg.experiment, "signal": sig, "task": cfg.signals[sig].task.name, "scope": "all",
+             "evaluation": ev, "metric": "top1", "level": lv, "remaining": 0.8 ** lv, "seed": seed,
+             "accuracy": f(lv) + 0.002 * seed} for (sig, ev), f in acc.items() for lv in range(5) for seed in (0, 1)]
+
+
+def test_retraining_is_drawn_by_start_with_every_signal_a_curve_and_random_a_pooled_baseline():
+    cfg = api.config("demo", "seeds=[0,1]", store="/nonexistent-store")
+    summary = report.summarize(_by_start_rows(cfg))
+    ((reinit, ticket),) = figures.by_start(cfg, summary)
+    assert (reinit.title, ticket.title) == ("(a) random re-init", "(b) winning ticket")
+    assert [(ln.label, ln.color) for ln in ticket.lines] == [
+        ("labels", "#1f77b4"), ("rotnet", "#d62728"), ("random", "#7f7f7f")]
+    assert ticket.lines[1].mean == pytest.approx([89.1, 87.6, 86.1, 84.6, 83.1])
+    # random: the mean of the two signals' random networks, s.e. sqrt(0.1² + 0.1²) / 2
+    rnd = ticket.lines[2]
+    assert rnd.mean == pytest.approx([89.0, 87.0, 85.0, 83.0, 15.1])
+    assert rnd.stderr == pytest.approx([math.sqrt(2) * 0.1 / 2] * 5)
+    # dense: the network trained from scratch, random re-init at level 0 (both signals 89.1 %)
+    assert ticket.dense() == [(pytest.approx(89.1), "black")] and ticket.reference == "random re-init"
+
+    fig = figures.draw([[reinit, ticket]], "t", sharey_rows=True)
+    a, b = fig.axes[:2]
+    assert [a.get_title(), b.get_title()] == ["(a) random re-init", "(b) winning ticket"]
+    assert [ln.get_label() for ln in b.get_lines() if not ln.get_label().startswith("_")] == [
+        "labels", "rotnet", "random"]
+    # y fitted to each panel's signal curves with ± s.e. and the dense line, padded by 5 % of the span
+    # (re-init 81.0 to 89.2, ticket 83.0 to 90.2), one scale for the row; random's collapse to 15 %
+    # stretches nothing
+    assert figures.fit_y(reinit) == pytest.approx((81.0 - 0.41, 89.2 + 0.41))
+    assert figures.fit_y(ticket) == pytest.approx((83.0 - 0.36, 90.2 + 0.36))
+    lo, hi = 81.0 - 0.41, 90.2 + 0.36
+    assert a.get_ylim() == pytest.approx((lo, hi)) and b.get_ylim() == pytest.approx((lo, hi))
+    assert a.get_xscale() == "log" and a.get_xlim()[0] > 100 > 100 * 0.8 ** 4 > a.get_xlim()[1]
+    # ... it is marked on the bottom edge at 40.96 % left, with its value
+    (below,) = [ln for ln in b.get_lines() if ln.get_marker() == "v"]
+    assert list(below.get_xdata()) == pytest.approx([100 * 0.8 ** 4]) and list(below.get_ydata()) == [pytest.approx(lo)]
+    assert [t.get_text() for t in b.texts] == ["15"]
+    dense = [ln for ln in b.get_lines() if ln.get_linestyle() == "--"]
+    assert len(dense) == 1 and dense[0].get_ydata()[0] == pytest.approx(89.1)
+    legend = next(ax.get_legend() for ax in fig.axes if ax.get_legend() is not None)
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "labels", "rotnet", "random", "dense: random re-init, level 0", "± 1 s.e. over seeds"]
+
+
+def test_a_network_reported_under_every_signals_name_counts_once_in_the_baseline():
+    rows = [{"level": 1, "mean": 0.5, "stderr": 0.01, "count": 2, "remaining": 0.8}]
+    (one,) = figures.pooled([rows, [dict(rows[0])]])  # a shared random stage: the same row twice
+    assert (one["mean"], one["stderr"], one["count"]) == (0.5, 0.01, 2)
+    (two,) = figures.pooled([rows, [{**rows[0], "mean": 0.7, "stderr": 0.02}]])
+    assert (two["mean"], two["stderr"], two["count"]) == (pytest.approx(0.6), pytest.approx(math.sqrt(5e-4) / 2), 4)
+
+
+def test_sweeps_draw_one_row_of_starts_per_swept_value_and_subsets_get_their_own_colour():
+    cfg = api.config("fig4_layerwise_resnet50_small", FOUR_SCOPES, store="/nonexistent-store")
+    summary = report.summarize(results(cfg, lambda s: ["winning_ticket", "random"], levels=2, seeds=(0,)))
+    rows = figures.by_start(cfg, summary)
+    assert [[p.title for p in r] for r in rows] == [
+        ["(b) winning ticket\nstem"], ["(b) winning ticket\nstage1"], ["(b) winning ticket\nstage2"],
+        ["(b) winning ticket\nall"]]  # no random re-init in this experiment: no panel (a)
+    assert [ln.label for ln in rows[0][0].lines] == ["labels@stem", "rotnet@stem", "random"]
+    cfg = api.config("fig8_semisupervised_resnet50_small", store="/nonexistent-store")
+    summary = report.summarize(results(cfg, lambda s: ["winning_ticket", "random"], levels=1, seeds=(0,)))
+    ((ticket,),) = figures.by_start(cfg, summary)
+    colors = [ln.color for ln in ticket.lines if ln.label != "random"]
+    assert len(colors) == len(cfg.signals) and len(set(colors)) == len(colors)

@@ -295,3 +295,97 @@ def test_a_reference_stage_survives_the_job_record_and_packs_wait_for_their_imp_
     task = [ref, Svm(cfg, "rotnet", 0, 0, DataConfig(name="digits"))]  # a pack of level 0's evaluations
     assert ref.parents() == []
     assert [p.key() for p in submission.task_parents(task)] == [ImpLevel(cfg, "rotnet", 0, 0).key()]
+
+
+# ---------------------------------------------------------------- issue 22: uncertainty of the verdicts
+
+def test_match_is_an_equivalence_test_on_the_whole_two_standard_error_interval(tmp_path):
+    """Issue 22: "RotNet re-init matches labels re-init" counted a level with per-seed differences
+    -1.67 and +1.67 points as a match (mean 0, within 1 point); its 2-s.e. interval is ±3.33 points,
+    which cannot tell a match from a difference of 3 points either way."""
+    cfg = tiny_config(tmp_path, seeds=[0, 1])
+    rows = []
+    #            level 16: -1.67 / +1.67      level 18: +0.2 / +0.4       level 20: +0.2 / +0.8 points
+    for seed, (a, b, c) in enumerate([(0.7000 - 0.0167, 0.702, 0.702), (0.7000 + 0.0167, 0.704, 0.708)]):
+        rows += [_row("rotnet", seed, 16, "random_reinit", a, 0.028), _row("labels", seed, 16, "random_reinit", 0.70, 0.028),
+                 _row("rotnet", seed, 18, "random_reinit", b, 0.018), _row("labels", seed, 18, "random_reinit", 0.70, 0.018),
+                 _row("rotnet", seed, 20, "random_reinit", c, 0.0114),
+                 _row("labels", seed, 20, "random_reinit", 0.70, 0.0114)]
+    found, _ = findings.compute(cfg, rows)
+    (match,) = [f for f in found if f["claim"] == "ssl_reinit_matches_labels"]
+    got = [(lv["level"], round(100 * lv["mean"], 2), round(100 * lv["stderr"], 2), lv["met"]) for lv in match["levels"]]
+    # 16: mean 0 but interval [-3.34, +3.34]; 18: [+0.1, +0.5] inside; 20: mean +0.5 inside, interval [-0.1, +1.1] not
+    assert got == [(16, 0.0, 1.67, False), (18, 0.3, 0.1, True), (20, 0.5, 0.3, False)]
+    assert match["verdict"] == "partly (1 of 3 levels)"
+    assert findings.met("match", 0.0, 0.0167, 0.01) is False and findings.met("match", 0.0, None, 0.01) is True
+    assert findings.met("match", 0.003, 0.001, 0.01) is True and findings.met("match", 0.003, 0.004, 0.01) is False
+    text = findings.markdown(cfg, found, [])
+    assert "expected within 1 points of zero with its whole 2-s.e. interval (equivalence test)" in text
+    assert "`match` when the whole interval mean ± 2 standard errors lies within the margin of zero" in text
+
+
+def _tickets(cfg, diffs, level=16, remaining=0.028):
+    """labels ticket - labels re-init = diffs[seed] at one level (re-init at 0.6)."""
+    return [r for seed, d in enumerate(diffs) for r in (
+        _row("labels", seed, level, "winning_ticket", 0.6 + d, remaining),
+        _row("labels", seed, level, "random_reinit", 0.6, remaining))]
+
+
+def _above(cfg, rows):
+    found, _ = findings.compute(cfg, rows)
+    (f,) = [f for f in found if f["claim"] == "labels_ticket_above_reinit"]
+    return found, f
+
+
+def test_every_verdict_says_how_many_leave_one_seed_out_resamples_keep_its_flags(tmp_path):
+    """Stable: +10 and +12 points (mean 11, s.e. 1): met with both seeds and with either alone.
+    Unstable: +5 and +1 points (mean 3, s.e. 2): not met with both (3 < 2 x 2), met by either seed
+    alone (one seed: its sign): one seed turns the flag, 0 of 2 resamples agree."""
+    cfg = tiny_config(tmp_path, seeds=[0, 1])
+    found, stable = _above(cfg, _tickets(cfg, [0.10, 0.12]))
+    assert (stable["verdict"], stable["agree"], stable["resamples"], stable["stability"], stable["unstable"]) == \
+        ("holds", 2, 2, 1.0, False)
+    assert stable["levels"][0]["stability"] == 1.0 and stable["levels"][0]["seeds"] == [0, 1]
+    text = findings.markdown(cfg, found, [])
+    assert "| labels_ticket_above_reinit | labels | winning_ticket | 1 / 1 | holds | 2 / 2 |" in text
+    assert "| 16 | 2.80% | +11.00 | 1.00 | 2 | yes | 2 / 2 |" in text
+    assert "**Verdict: holds.** Stability: 2 of 2 leave-one-seed-out resamples give every counted level the " \
+           "same flag as all seeds." in text
+
+    found, shaky = _above(cfg, _tickets(cfg, [0.05, 0.01]))
+    assert (shaky["verdict"], shaky["agree"], shaky["resamples"], shaky["stability"], shaky["unstable"]) == \
+        ("does not hold", 0, 2, 0.0, True)
+    text = findings.markdown(cfg, found, [])
+    assert "| labels_ticket_above_reinit | labels | winning_ticket | 0 / 1 | does not hold, *unstable* | 0 / 2 |" in text
+    assert "| 16 | 2.80% | +3.00 | 2.00 | 2 | no | 0 / 2 |" in text
+    assert "**Verdict: does not hold, *unstable*.** Stability: 0 of 2 leave-one-seed-out resamples" in text
+    assert f"marked *unstable* where that fraction is below 0.75" in text  # the rule, in the header
+    # The W&B table carries both: the level's fraction and the verdict's.
+    (row,) = [r for r in findings.table(found) if r[1] == "labels_ticket_above_reinit"]
+    assert dict(zip(findings.COLUMNS, row))["stability"] == 0.0 and row[-1] == 0.0
+
+
+def test_a_verdict_is_unstable_below_three_in_four_resamples_over_every_level(tmp_path):
+    """Four seeds, two levels. Level 16: +10, +11, +12, +13 points: met in every resample. Level 18:
+    +4, +5, +6, -2 points: mean 3.25, s.e. 1.80, not met; without seed 3 it is (+5 ± 0.58): one
+    resample of four turns a flag, 3 / 4 = 0.75 agree: stable (not below 0.75). A second level like
+    18 with another seed turning it: 2 / 4, unstable."""
+    cfg = tiny_config(tmp_path, seeds=[0, 1, 2, 3])
+    rows = _tickets(cfg, [0.10, 0.11, 0.12, 0.13]) + _tickets(cfg, [0.04, 0.05, 0.06, -0.02], 18, 0.018)
+    _, f = _above(cfg, rows)
+    assert [(lv["level"], lv["met"], lv["stability"]) for lv in f["levels"]] == [(16, True, 1.0), (18, False, 0.75)]
+    assert (f["verdict"], f["agree"], f["resamples"], f["unstable"]) == ("partly (1 of 2 levels)", 3, 4, False)
+    rows += _tickets(cfg, [-0.02, 0.05, 0.06, 0.04], 20, 0.0114)
+    _, f = _above(cfg, rows)
+    assert [lv["stability"] for lv in f["levels"]] == [1.0, 0.75, 0.75]
+    assert (f["agree"], f["resamples"], f["unstable"]) == (2, 4, True)  # seeds 0 and 3 each turn a level
+
+
+def test_with_one_seed_the_stability_is_not_known(tmp_path):
+    cfg = tiny_config(tmp_path, seeds=[0])
+    found, f = _above(cfg, _tickets(cfg, [0.05]))
+    assert (f["verdict"], f["resamples"], f["stability"], f["unstable"]) == ("holds", 0, None, False)
+    assert f["levels"][0]["stability"] is None
+    text = findings.markdown(cfg, found, [])
+    assert "| labels_ticket_above_reinit | labels | winning_ticket | 1 / 1 | holds | n/a |" in text
+    assert "**Verdict: holds.** Stability: n/a (one seed: nothing to resample)." in text

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 import torch
 
-from ..control import monitor as monitors, store as files
+from ..control import machine, monitor as monitors, store as files
 from ..control.config import OptimConfig, identity, rewind_steps, signal_data, signal_prune
 from ..control.progress import Progress, clock
 from ..control.stage import DONE, OUTPUTS, Finetune, ImpLevel, MissingInput, Probe, Retrain, Stage, Svm, \
@@ -139,7 +139,7 @@ def _compute(stage: Stage, rt: Runtime, interrupt, started: Optional[float] = No
         raise
     result.update({"kind": stage.kind, "signal_task": stage.cfg.signals[stage.signal].task.name,
                    "seed": stage.seed, "level": stage.level, "seconds": round(time.monotonic() - t0, 3),
-                   "device": str(rt.device), "world": rt.world})
+                   "device": str(rt.device), "world": rt.world, "cpu_model": machine.cpu_model()})
     first = result.pop("first_step_at", None)
     if first is not None:
         # What a stage pays before training: building the network, loading weights and data (setup_s),

@@ -6,7 +6,8 @@ what the paper expects of it over a range of weights remaining:
 
 - `higher` / `lower`: the difference is above / below zero by more than two standard errors over
   seeds at a level (with one seed: its sign);
-- `match`: its mean is within `margin` (accuracy, 0.01 = 1 point) of zero;
+- `match`: the whole interval mean ± 2 standard errors is within `margin` (accuracy, 0.01 = 1
+  point) of zero, an equivalence test (with one seed: its value);
 - `not_lower`: its mean is not below -`margin`.
 
 A claim is about a *subject* signal (one finding per subject and evaluated data set); its terms

@@ -17,6 +17,13 @@ and `finetune` (the transfer evaluations). In a family's figure:
   accuracy is not label accuracy), so pretext results never share an axis with label accuracy;
 - the legend outside the panels, right of each row.
 
+Re-training is drawn a second way, as the paper's Figure 3 lays it out (`by_start`):
+`accuracy_vs_remaining_retrain.png` has one panel per start that keeps a mask (a: random re-init,
+b: winning ticket), every signal a curve in its task's colour (TASK_COLORS) and the random
+baseline(s) a grey curve, so claims that compare signals read within one panel; with sweeps, one
+row of such panels per swept value. The per-signal panels above are kept as
+`accuracy_vs_remaining_retrain_signals.png`. Every panel's y axis is fitted to its data (`fit_y`).
+
 `accuracy_vs_remaining.png` is the overview: every family's panels, one family below the other.
 Reads the summary rows of report.summarize only (no torch); matplotlib draws off-screen.
 """
@@ -45,6 +52,15 @@ SCHEME_COLORS = {"winning_ticket": "#1f77b4", "random_reinit": "#ff7f0e", "rando
 # The re-training starts whose level 0 is the dense network trained from scratch, in order of
 # preference for the dense line (winning ticket last: its level 0 starts from rewound weights).
 DENSE_STARTS = ("random_reinit", "random", "random_adjusted", "winning_ticket")
+# The starts that keep a mask, each a panel of the by-start figure in the paper's order (Fig. 3a, 3b),
+# and the random starts drawn in every one of them as the baseline.
+MASK_STARTS = ("random_reinit", "winning_ticket")
+BASELINES = ("random", "random_adjusted")
+# Fixed colours per task, so a signal looks the same in every by-start panel and figure (the paper's
+# figures are not available as text here: these are matplotlib's tab colours, one hue per task, none
+# of them a baseline's: grey random, purple adjusted random).
+TASK_COLORS = {"labels": "#1f77b4", "rotnet": "#d62728", "exemplar": "#2ca02c", "npid": "#e377c2",
+               "s4l": "#8c564b"}
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 TASK_NAMES = {"labels": "labels", "rotnet": "RotNet", "exemplar": "Exemplar", "npid": "NPID", "s4l": "S4L"}
 METRIC_NAMES = {"top1": "top-1 accuracy", "mAP": "mAP", "knn_top1": "kNN top-1 accuracy",
@@ -126,6 +142,8 @@ class Panel:
     xlabel: str
     lines: list = field(default_factory=list)
     reference: Optional[str] = None  # the line whose level 0 is the dense result; None: each line's own
+    dense_y: Optional[float] = None  # the dense result (%) when no line of the panel holds it (by start)
+    baselines: tuple = ()  # labels of lines that are references: they never stretch the y axis
 
     @property
     def ticks(self) -> list[float]:
@@ -133,8 +151,26 @@ class Panel:
 
     def dense(self) -> list[tuple[float, str]]:
         """(y, colour) of the dashed dense line(s)."""
+        if self.dense_y is not None:
+            return [(self.dense_y, "black")]
         lines = [ln for ln in self.lines if ln.label == self.reference] if self.reference else self.lines
         return [(ln.dense, "black" if self.reference else ln.color) for ln in lines if ln.dense is not None]
+
+
+def fit_y(panel: Panel, pad: float = 0.05, least: float = 2.0) -> tuple[float, float]:
+    """The panel's y limits: its curves' means ± one s.e. and the dense line, padded by `pad` of the
+    span (at least `least` points in all). A baseline curve (random masks) does not stretch the axis:
+    where it collapses to chance at the sparsest levels, a 0-100 axis squeezed the 1-5 point
+    differences between signals into a few pixels (issue 22); its points below the axis are marked
+    at the bottom edge with their value (`draw`)."""
+    ys = [y for ln in panel.lines if ln.label not in panel.baselines
+          for m, e in zip(ln.mean, ln.stderr) for y in (m - e, m + e)]
+    ys += [y for y, _ in panel.dense()]
+    if not ys:  # only baselines: they are the data
+        ys = [y for ln in panel.lines for m, e in zip(ln.mean, ln.stderr) for y in (m - e, m + e)]
+    lo, hi = min(ys), max(ys)
+    margin = max(pad * (hi - lo), (least - (hi - lo)) / 2, 0.0)
+    return lo - margin, hi + margin
 
 
 def describe_signal(cfg: Config, name: str) -> str:
@@ -199,6 +235,91 @@ def panels(cfg: Config, summary: list[dict], fam: str, axis: Axis = REMAINING) -
     return out
 
 
+def pooled(groups: list[list[dict]]) -> list[dict]:
+    """One curve from several signals' summary rows of one start, level by level: the mean of their
+    means and the standard error of that mean (sqrt of the summed squared s.e. over their number).
+    A network reported under several names (a shared stage: identical rows) counts once."""
+    at: dict = defaultdict(dict)
+    for rows in groups:
+        for p in rows:
+            at[p["level"]][(p["mean"], p["stderr"], p["count"])] = p
+    out = []
+    for level in sorted(at):
+        ps = list(at[level].values())
+        k = len(ps)
+        se = None if any(p["stderr"] is None for p in ps) else math.sqrt(sum(p["stderr"] ** 2 for p in ps)) / k
+        out.append({**ps[0], "mean": sum(p["mean"] for p in ps) / k, "stderr": se,
+                    "count": sum(p["count"] for p in ps), "remaining": sum(p["remaining"] for p in ps) / k})
+    return out
+
+
+def signal_colors(cfg: Config, names: list[str]) -> dict[str, str]:
+    """Each signal its task's colour; a second signal of one task (a label subset: labels_10pct
+    beside labels) the first colour of PALETTE no signal has yet."""
+    out: dict[str, str] = {}
+    for n in names:
+        color = TASK_COLORS.get(cfg.signals[n].task.name)
+        if color is None or color in out.values():
+            taken = {*out.values(), *TASK_COLORS.values(), *SCHEME_COLORS.values()}  # baselines' too
+            color = next((c for c in PALETTE if c not in taken), PALETTE[len(out) % len(PALETTE)])
+        out[n] = color
+    return out
+
+
+def _swept(name: str) -> str:
+    return name.partition("@")[2]
+
+
+def by_start(cfg: Config, summary: list[dict], axis: Axis = REMAINING) -> list[list[Panel]]:
+    """The paper's Figure-3 layout of the re-training results: rows of panels, one panel per start
+    that keeps a mask (MASK_STARTS), each signal a curve in its task's colour and each random start
+    a baseline curve pooled over the signals; one row per swept value (`base@value`) with sweeps.
+    The dashed dense line: the pooled level 0 of the first random start (DENSE_STARTS), the dense
+    network trained from scratch. [] when no start keeps a mask."""
+    mine = [s for s in summary if family(s["evaluation"]) == "retrain" and s.get(axis.key) is not None]
+    got: dict = defaultdict(lambda: defaultdict(list))
+    for s in mine:
+        got[s["evaluation"]][s["signal"]].append(s)
+    starts = [e for e in MASK_STARTS if e in got]
+    if not starts:
+        return []
+    scoped = any(signal_prune(cfg, n).scope != "all" for n in cfg.signals)
+    xlabel = axis.label or ("weights of the pruned layers remaining (%)" if scoped else "weights remaining (%)")
+    metrics = sorted({METRIC_NAMES.get(s["metric"], s["metric"]) for s in mine})
+    ylabel = f"{', '.join(metrics)} on {cfg.retrain.data.name} (%)"
+    values = []
+    for n in cfg.signals:
+        values += [_swept(n)] if _swept(n) not in values else []
+    rows = []
+    for value in values:
+        names = [n for n in cfg.signals if _swept(n) == value]
+        bases = [e for e in BASELINES if any(n in got[e] for n in names)]
+        ref = next((e for e in DENSE_STARTS if any(n in got[e] for n in names)), None)
+        dense = None
+        if ref is not None:
+            zero = pooled([[p for p in got[ref][n] if p["level"] == 0] for n in names if n in got[ref]])
+            dense = 100 * zero[0]["mean"] if zero else None
+        colors = signal_colors(cfg, names)
+        row = []
+        for start in starts:
+            lines = [Line(n, colors[n], sorted(got[start][n], key=lambda p: -p[axis.key]), axis)
+                     for n in names if n in got[start]]
+            if not lines:
+                continue
+            for b in bases:
+                points = pooled([got[b][n] for n in names if n in got[b]])
+                lines.append(Line(SCHEME_NAMES[b], SCHEME_COLORS[b], sorted(points, key=lambda p: -p[axis.key]),
+                                  axis))
+            letter = "ab"[MASK_STARTS.index(start)]
+            title = f"({letter}) {SCHEME_NAMES[start]}" + (f"\n{value}" if value else "")
+            row.append(Panel("retrain", f"{start}@{value}" if value else start, title, ylabel, xlabel, lines,
+                             reference=SCHEME_NAMES[ref] if dense is not None else None, dense_y=dense,
+                             baselines=tuple(SCHEME_NAMES[b] for b in bases)))
+        if row:
+            rows.append(row)
+    return rows
+
+
 def grid(panels_: list[Panel], wrap: int = 4) -> list[list[Optional[Panel]]]:
     """Rows of panels: with sweeps (names `base@value`) one row per base, one column per value;
     otherwise rows of at most `wrap` panels."""
@@ -247,6 +368,7 @@ def draw(rows: list[list[Optional[Panel]]], title: str, sharey_rows: bool = Fals
                     ax.fill_between(line.x, lo, hi, color=line.color, alpha=0.2, lw=0)
             for y, color in p.dense():
                 ax.axhline(y, color=color, ls="--", lw=1.0)
+            ax.set_ylim(*fit_y(p))
             ax.set_xscale("log")
             ticks = p.ticks
             if all(line.axis is None or line.axis.ticked for line in p.lines):
@@ -272,6 +394,16 @@ def draw(rows: list[list[Optional[Panel]]], title: str, sharey_rows: bool = Fals
             hi = max(axes[r][c].get_ylim()[1] for c in used)
             for c in used:
                 axes[r][c].set_ylim(lo, hi)
+        for c in used:  # a baseline under the (final) axis: a mark on the bottom edge, with its value
+            ax, p, lo = axes[r][c], row[c], axes[r][c].get_ylim()[0]
+            for line in (ln for ln in p.lines if ln.label in p.baselines):
+                below = [(x, m) for x, m in zip(line.x, line.mean) if m < lo]
+                if below:
+                    ax.plot([x for x, _ in below], [lo] * len(below), ls="none", marker="v", ms=5,
+                            color=line.color, clip_on=False, label=f"_{line.label} below the axis")
+                    for x, m in below:
+                        ax.annotate(f"{m:.0f}", (x, lo), xytext=(0, 4), textcoords="offset points",
+                                    ha="center", fontsize=6, color=line.color)
         # One legend per row, right of its last panel, in the empty cell there if the row is short
         # (outside every panel's data either way); repeated rows of the same lines share the first.
         handles: dict = {}
@@ -327,12 +459,20 @@ def _write_axis(cfg: Config, summary: list[dict], out: Path, axis: Axis, prefix:
     written: dict[str, Path] = {}
     by_family = {f: panels(cfg, summary, f, axis) for f in FAMILIES}
     by_family = {f: p for f, p in by_family.items() if p}
+    starts = by_start(cfg, summary, axis)
     for fam, ps in by_family.items():
         fig = draw(grid(ps), f"{cfg.experiment}: {TITLES[fam]}\n{_seeds(summary)}", sharey_rows=fam != "pretext")
-        path = out / f"accuracy_vs_{axis.name}_{fam}.png"
+        key = fam + ("_signals" if fam == "retrain" and starts else "")
+        path = out / f"accuracy_vs_{axis.name}_{key}.png"
         save(fig, path, 110)
         plt.close(fig)
-        written[prefix + fam] = path
+        written[prefix + key] = path
+    if starts:  # the paper's layout under the family's own name: it is the re-training figure
+        fig = draw(starts, f"{cfg.experiment}: {TITLES['retrain']}, by start\n{_seeds(summary)}", sharey_rows=True)
+        path = out / f"accuracy_vs_{axis.name}_retrain.png"
+        save(fig, path, 110)
+        plt.close(fig)
+        written[prefix + "retrain"] = path
     if by_family:
         # Each family's grid, stacked: one row of panels per family, or the family's rows when it
         # has more signals than fit (sweeps: one row per base signal), never one 8-panel row.

@@ -8,6 +8,13 @@ and a plain verdict: `holds` (met at every level), `partly (k of n levels)`, `do
 (met at none), or `not tested at this scale` (no level of the experiment falls in the range).
 A level where every compared network is a constant predictor (`tied_level`) is listed, not counted.
 
+Every level and verdict also says how stable it is (`stability`): the flags are recomputed leaving
+out one seed at a time (leave-one-seed-out: deterministic, one resample per seed, no random draw),
+and a level's stability is the fraction of those resamples in which its flag is the one all seeds
+give; a verdict's, the fraction in which every counted level's flag is. Two runs of a twin with
+disjoint seeds flipped 24 of 50 flags (issue 22): a verdict one seed can turn is marked *unstable*
+(below STABLE) rather than read as a finding.
+
 `write` puts it in `findings.md` next to the report, with checks of the set-up the verdicts rest
 on: each signal's dense accuracy, the gap between every converged probe and its full-batch L-BFGS
 reference, and SVM costs chosen at an edge of their grid. Torch-free: plain rows and result.json.
@@ -25,8 +32,12 @@ from .config import CUT_POINTS, REWIND, Config, signal_prune
 from .report import mean_stderr
 
 COLUMNS = ["experiment", "claim", "subject", "evaluation", "comparison", "expect", "level", "remaining", "mean",
-           "stderr", "count", "met", "verdict"]
+           "stderr", "count", "met", "verdict", "stability", "verdict_stability"]
 NOT_TESTED = "not tested at this scale"
+# A verdict is unstable when fewer than this fraction of its leave-one-seed-out resamples give every
+# counted level the flag all seeds give: with 2 or 3 seeds, any one seed that turns a flag; with 4
+# or more, one seed of every four may (the twins' budget is 4 seeds: one seed must not decide).
+STABLE = 0.75
 
 
 def _zero(rewind: str) -> bool:
@@ -104,14 +115,18 @@ def _evaluation(term: Term, first: str) -> str:
 
 
 def met(expect: str, mean: float, stderr: Optional[float], margin: float) -> bool:
-    """Whether one level's paired difference meets the paper's expectation (claims module docstring)."""
+    """Whether one level's paired difference meets the paper's expectation (claims module docstring).
+
+    `match` is an equivalence test: the whole interval mean ± 2 s.e. lies within the margin of zero
+    (one seed: its value). A mean near zero with seeds far apart on both sides (-1.67 and +1.67
+    points) is not a match: it cannot tell a match from a difference of 3 points either way."""
     se = stderr or 0.0
     if expect == "higher":
         return mean > 0 and mean > 2 * se
     if expect == "lower":
         return mean < 0 and mean < -2 * se
     if expect == "match":
-        return abs(mean) <= margin
+        return -margin <= mean - 2 * se and mean + 2 * se <= margin
     if expect == "not_lower":
         return mean >= -margin
     raise ValueError(f"unknown expectation {expect!r}")
@@ -132,6 +147,34 @@ def tied_level(values: list[set]) -> Optional[list[float]]:
 def counted(levels: list[dict]) -> list[dict]:
     """The levels a verdict counts: all but the tied ones."""
     return [lv for lv in levels if lv["tied"] is None]
+
+
+def flag(expect: str, diffs: list[float], margin: float) -> bool:
+    """`met` of the paired differences of some seeds."""
+    mean, se = mean_stderr(diffs)
+    return met(expect, mean, se, margin)
+
+
+def leave_one_seed_out(expect: str, margin: float, levels: list[dict]) -> tuple[int, int]:
+    """(resamples that give every counted level the flag of all seeds, resamples): one resample per
+    seed of the levels, that seed left out. A level the left-out seed was the only one of is not
+    compared in that resample. (0, 0) when there is nothing to resample (one seed)."""
+    levels = counted(levels)
+    seeds = sorted({s for lv in levels for s in lv["seeds"]})
+    if len(seeds) < 2:
+        return 0, 0
+    agree = 0
+    for out in seeds:
+        rest = [[d for s, d in zip(lv["seeds"], lv["diffs"]) if s != out] for lv in levels]
+        agree += all(flag(expect, r, margin) == lv["met"] for r, lv in zip(rest, levels) if r)
+    return agree, len(seeds)
+
+
+def level_stability(expect: str, margin: float, diffs: list[float], full: bool) -> Optional[float]:
+    """The fraction of leave-one-seed-out resamples of one level whose flag is `full` (None: one seed)."""
+    if len(diffs) < 2:
+        return None
+    return sum(flag(expect, diffs[:i] + diffs[i + 1:], margin) == full for i in range(len(diffs))) / len(diffs)
 
 
 def verdict(levels: list[dict]) -> str:
@@ -200,25 +243,42 @@ def _finding(cfg, claim, subject, combo, evaluations, acc, remaining, levels_of)
         left = remaining[head + (level,)]
         if not lo - 1e-9 <= left <= hi + 1e-9:
             continue
-        diffs, values = [], []
+        diffs, values, used = [], [], []
         for seed in seeds:
             keys = [(n, e, level if t.level is None else t.level, seed)
                     for t, n, e in zip(claim.terms, combo, evaluations)]
             if all(k in acc for k in keys):
                 diffs.append(sum(t.sign * acc[k] for t, k in zip(claim.terms, keys)))
                 values.append({acc[k] for k in keys})
+                used.append(seed)
         if not diffs:
             continue
-        mean, se = mean_stderr(diffs)
-        tied = tied_level(values)
-        levels.append({"level": level, "remaining": left, "mean": mean, "stderr": se, "count": len(diffs),
-                       "met": None if tied is not None else met(claim.expect, mean, se, claim.margin),
-                       "tied": tied})
+        levels.append(_level(claim, level, left, used, diffs, tied_level(values)))
     available = sorted({remaining[head + (lv,)] for lv in levels_of[head]})
+    agree, resamples = leave_one_seed_out(claim.expect, claim.margin, levels)
     return {"experiment": cfg.experiment, "claim": claim.key, "text": claim.text, "source": claim.source,
             "subject": subject, "evaluation": evaluations[0], "comparison": _comparison(claim, combo, evaluations),
             "expect": claim.expect, "margin": claim.margin, "range": claim.remaining, "levels": levels,
-            "verdict": verdict(levels), "measured_range": (available[0], available[-1]) if available else None}
+            "verdict": verdict(levels), "measured_range": (available[0], available[-1]) if available else None,
+            **stability(agree, resamples)}
+
+
+def _level(claim: Claim, level: int, left: float, seeds: list[int], diffs: list[float],
+           tied: Optional[list[float]]) -> dict:
+    """One level of a finding: the per-seed differences, their mean and s.e., the flag and its stability."""
+    mean, se = mean_stderr(diffs)
+    ok = None if tied is not None else met(claim.expect, mean, se, claim.margin)
+    return {"level": level, "remaining": left, "mean": mean, "stderr": se, "count": len(diffs), "met": ok,
+            "tied": tied, "seeds": seeds, "diffs": diffs,
+            "stability": None if tied is not None else level_stability(claim.expect, claim.margin, diffs, ok)}
+
+
+def stability(agree: int, resamples: int) -> dict:
+    """A verdict's stability entries: agree of resamples, their fraction (None: no resample) and
+    whether it is below STABLE."""
+    fraction = agree / resamples if resamples else None
+    return {"agree": agree, "resamples": resamples, "stability": fraction,
+            "unstable": fraction is not None and fraction < STABLE}
 
 
 def table(findings: list[dict]) -> list[list]:
@@ -228,10 +288,10 @@ def table(findings: list[dict]) -> list[list]:
         common = [f["experiment"], f["claim"], f["subject"], f["evaluation"], f["comparison"], f["expect"]]
         for lv in f["levels"] or [None]:
             if lv is None:
-                out.append(common + [None, None, None, None, 0, None, f["verdict"]])
+                out.append(common + [None, None, None, None, 0, None, f["verdict"], None, f["stability"]])
             else:
                 out.append(common + [lv["level"], lv["remaining"], lv["mean"], lv["stderr"], lv["count"], lv["met"],
-                                     f["verdict"]])
+                                     f["verdict"], lv["stability"], f["stability"]])
     return out
 
 
@@ -239,7 +299,7 @@ def table(findings: list[dict]) -> list[list]:
 
 EXPECT = {"higher": "above zero by more than 2 standard errors",
           "lower": "below zero by more than 2 standard errors",
-          "match": "within {margin} points of zero (mean)",
+          "match": "within {margin} points of zero with its whole 2-s.e. interval (equivalence test)",
           "not_lower": "not below -{margin} points (mean)"}
 
 
@@ -255,6 +315,38 @@ def _range(r: tuple) -> str:
         return f"at most {100 * hi:.3g}% of weights remaining" if hi < 0.999 else "every pruned level"
     return f"{100 * lo:.3g}% to {100 * hi:.3g}% of weights remaining" if hi < 0.999 else \
         f"every pruned level with at least {100 * lo:.3g}% of weights remaining"
+
+
+def summary(findings: list[dict]) -> list[str]:
+    """The summary table's lines: one row per finding (the reproduction notes repeat it)."""
+    lines = ["| claim | subject | evaluation | levels met | verdict | stability |", "|---|---|---|---|---|---|"]
+    for f in findings:
+        k = sum(1 for lv in f["levels"] if lv["met"])
+        lines.append(f"| {f['claim']} | {f['subject']} | {f['evaluation']} | {k} / {len(counted(f['levels']))} | "
+                     f"{_verdict(f)} | {_stability(f)} |")
+    if not findings:
+        lines.append("| (none: no finished stages test a claim) | | | | | |")
+    return lines
+
+
+def _verdict(f: dict) -> str:
+    return f["verdict"] + (", *unstable*" if f["unstable"] else "")
+
+
+def _stability(f: dict) -> str:
+    """A summary cell: agreeing resamples of all, '' when nothing was tested, n/a with one seed."""
+    if f["verdict"] == NOT_TESTED:
+        return ""
+    return "n/a" if not f["resamples"] else f"{f['agree']} / {f['resamples']}"
+
+
+def _stability_words(f: dict) -> str:
+    if f["verdict"] == NOT_TESTED:
+        return "nothing tested"
+    if not f["resamples"]:
+        return "n/a (one seed: nothing to resample)"
+    return (f"{f['agree']} of {f['resamples']} leave-one-seed-out resamples give every counted level "
+            f"the same flag as all seeds")
 
 
 def checks(cfg: Config, known: Optional[dict] = None) -> list[str]:
@@ -301,39 +393,42 @@ def markdown(cfg: Config, findings: list[dict], unaddressed: list[str], known: O
              "Each finding is a paired difference computed seed by seed (same seed, same level), in accuracy "
              "points (mAP for SVMs), as mean ± standard error over seeds at each level in the range where the "
              "paper makes the claim. A level meets `higher` / `lower` when the mean is beyond 2 standard errors "
-             "(one seed: its sign), `match` when the mean is within the margin of zero, `not_lower` when it is "
+             "(one seed: its sign), `match` when the whole interval mean ± 2 standard errors lies within the "
+             "margin of zero (an equivalence test; one seed: its value), `not_lower` when the mean is "
              "not below minus the margin. A level where, in each of two or more seeds, every compared network "
              "reads one and the same accuracy below 100 % (constant predictors: pruning cut the networks apart) "
              "is shown but not counted. Verdict: holds (every counted level), partly (some), does not hold (none), "
              f"{NOT_TESTED} (no counted level of this experiment in the range). Claims: "
              "sslprune/control/claims.py.", "",
-             "## Summary", "", "| claim | subject | evaluation | levels met | verdict |", "|---|---|---|---|---|"]
-    for f in findings:
-        k = sum(1 for lv in f["levels"] if lv["met"])
-        lines.append(f"| {f['claim']} | {f['subject']} | {f['evaluation']} | {k} / {len(counted(f['levels']))} | "
-                     f"{f['verdict']} |")
-    if not findings:
-        lines.append("| (none: no finished stages test a claim) | | | | |")
-    lines.append("")
+             "Stability: every flag is recomputed leaving out one seed at a time (leave-one-seed-out: one "
+             "resample per seed, deterministic; the left-out seed's differences are dropped at every level). "
+             "A level's stability is the number of those resamples in which its flag (met or not) is the one "
+             "all seeds give; a verdict's, the number in which every counted level's flag is. A verdict is "
+             f"marked *unstable* where that fraction is below {STABLE:g} (with 2 or 3 seeds: where any one seed "
+             "turns a flag); with one seed there is nothing to resample and the stability is not known (n/a).", "",
+             "## Summary", "", *summary(findings), ""]
     for f in findings:
         expect = EXPECT[f["expect"]].format(margin=f"{100 * f['margin']:g}")
         lines += [f"## {f['claim']}: {f['subject']}, {f['evaluation']}", "", f"> {f['text']} ({f['source']})", "",
                   f"Difference: {f['comparison']}; expected {expect}, at {_range(f['range'])}.", ""]
         if f["levels"]:
-            lines += ["| level | remaining | difference (points) | s.e. | seeds | met |", "|---|---|---|---|---|---|"]
+            lines += ["| level | remaining | difference (points) | s.e. | seeds | met | same flag without one seed |",
+                      "|---|---|---|---|---|---|---|"]
             for lv in f["levels"]:
                 se = "" if lv["stderr"] is None else f"{100 * lv['stderr']:.2f}"
                 verdict_cell = "yes" if lv["met"] else "no"
                 if lv["tied"] is not None:
                     at = sorted({f"{100 * x:.2f}" for x in lv["tied"]}, key=float)
                     verdict_cell = f"not counted: every network of a seed at one accuracy ({', '.join(at)} %)"
+                same = "" if lv["tied"] is not None else \
+                    "n/a" if lv["stability"] is None else f"{round(lv['stability'] * lv['count'])} / {lv['count']}"
                 lines.append(f"| {lv['level']} | {100 * lv['remaining']:.2f}% | {_points(lv['mean'])} | {se} | "
-                             f"{lv['count']} | {verdict_cell} |")
+                             f"{lv['count']} | {verdict_cell} | {same} |")
             lines.append("")
         elif f["measured_range"]:
             lo, hi = f["measured_range"]
             lines += [f"This experiment measures {100 * lo:.3g}% to {100 * hi:.3g}% of weights remaining.", ""]
-        lines += [f"**Verdict: {f['verdict']}.**", ""]
+        lines += [f"**Verdict: {_verdict(f)}.** Stability: {_stability_words(f)}.", ""]
     if unaddressed:
         lines += ["## Claims this experiment does not address", "", ", ".join(unaddressed) + ".", ""]
     lines += checks(cfg, known)

@@ -6,12 +6,15 @@ The store is the source of truth; the report can be rebuilt from it at any time.
   `summary.md` (mean, s.e., count per signal, evaluation and level, and the mean cost), `table.md`
   (the pivot printed at the end of a run: per family, one row per level, one column per signal
   and evaluation), `stages.csv` (index.py);
-- the figures of figures.py: `accuracy_vs_remaining_<family>.png` and the overview
+- the figures of figures.py: `accuracy_vs_remaining_<family>.png` (re-training by start, as the
+  paper's Figure 3, and per signal in `accuracy_vs_remaining_retrain_signals.png`) and the overview
   `accuracy_vs_remaining.png`, and the same against MACs (`accuracy_vs_macs*.png`);
 - `rewind.md`: each signal's rewind point in every unit (updates, epochs, samples, % of training);
 - `layerwise.md/png` when signals prune only part of the network (prune.scope / scopes);
 - `semi_supervised.md/png` when a signal uses a label subset or S4L;
-- `natural_sparsity.csv` and `weight_magnitudes.png` from each chain's trained dense network.
+- `natural_sparsity.csv` and `weight_magnitudes.png` from each chain's trained dense network;
+- `findings.md` (findings.py) and, when asked for (sslprune-report --reproduction), `reproduction.md`
+  (reproduction.py: date, commit, threads, CPU model, the command and the findings' summary).
 """
 from __future__ import annotations
 
@@ -215,21 +218,23 @@ def _family_markdown(summary: list[dict], title: str, columns: list[str], rate: 
     return "\n".join(lines) + "\n"
 
 
-def write(cfg: Config, plots: bool = True) -> tuple[Path, list[dict]]:
+def write(cfg: Config, plots: bool = True, reproduction: Optional[list[str]] = None) -> tuple[Path, list[dict]]:
     """Write every report file of the experiment (see the module docstring); return the folder.
 
     `plots=False` (sslprune-report --tables) writes the tables alone: the figures cost about the same
-    at any store size, the tables grow with it. A full disk is one line (store.StoreError, exit 1):
-    the report is made from the store's results, which it never changes."""
+    at any store size, the tables grow with it. `reproduction`: the run's command-line overrides,
+    to write reproduction.md with the command that reproduces the results (None: not written). A
+    full disk is one line (store.StoreError, exit 1): the report is made from the store's results,
+    which it never changes."""
     try:
-        return _write(cfg, plots)
+        return _write(cfg, plots, reproduction)
     except OSError as e:
         if e.errno != errno.ENOSPC or isinstance(e, files.StoreError):
             raise
         raise files.disk_full(Path(e.filename or Path(cfg.store) / "reports" / cfg.experiment), e) from None
 
 
-def _write(cfg: Config, plots: bool) -> tuple[Path, list[dict]]:
+def _write(cfg: Config, plots: bool, reproduction: Optional[list[str]] = None) -> tuple[Path, list[dict]]:
     from . import figures, findings, index, naturals
 
     out = Path(cfg.store) / "reports" / cfg.experiment
@@ -270,5 +275,9 @@ def _write(cfg: Config, plots: bool) -> tuple[Path, list[dict]]:
         if headline:
             files.copy(headline, out / "semi_supervised.png")
     naturals.write(cfg, out, plots=plots)
-    findings.write(cfg, results, out, known)  # findings.md: the paper's claims tested on these rows
+    found = findings.write(cfg, results, out, known)  # findings.md: the paper's claims tested on these rows
+    if reproduction is not None:
+        from . import reproduction as notes
+
+        notes.write(cfg, out, reproduction, found, known)
     return out, summary
