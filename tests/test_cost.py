@@ -11,9 +11,9 @@ import torch
 import torchvision
 from torch import nn
 
+from sslprune.core.schema import ModelConfig
 from sslprune.compute import cost, model as models
 from sslprune.control import figures, report
-from sslprune.control.config import ModelConfig
 
 from conftest import tiny_config
 
@@ -139,12 +139,13 @@ def test_rows_of_stages_without_stored_costs_leave_the_cells_empty(tmp_path):
 
 @pytest.mark.slow
 def test_a_tiny_run_stores_its_costs_in_result_json_and_results_csv(tmp_path):
+    from sslprune.api import compute, uses_cuda
     from sslprune.control import local
     from sslprune.control.experiment import measurements
 
     cfg = tiny_config(tmp_path / "store")
     cfg.prune.levels = 1
-    local.run_local(cfg)
+    local.run_local(cfg, compute, uses_cuda)
     out, _ = report.write(cfg)
     with open(out / "results.csv") as f:
         table = list(csv.DictReader(f))

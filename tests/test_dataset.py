@@ -18,10 +18,11 @@ import pytest
 import torch
 from PIL import Image
 
-from sslprune.control import catalog
+from sslprune.core import catalog
+from sslprune.core.errors import DataMissing
+from sslprune.core.schema import DataConfig
 from sslprune.compute import dataset, loader
-from sslprune.control.config import DataConfig
-from sslprune.compute.dataset import DataMissing, FolderData, MemoryData
+from sslprune.compute.dataset import FolderData, MemoryData
 
 CPU = torch.device("cpu")
 

@@ -17,8 +17,11 @@ import pytest
 import torch
 from PIL import Image, JpegImagePlugin
 
+from sslprune.core.errors import ConfigError, DataCorrupt
+from sslprune.core.identity import identity
+from sslprune.core.schema import DataConfig
+from sslprune.core.validation import validate_data
 from sslprune.compute import dataset, image, loader
-from sslprune.control.config import ConfigError, DataConfig, DataCorrupt, identity, validate_data
 
 from conftest import cli
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from sslprune.compute import runner
-from sslprune.control.local import run_local
+from sslprune.compute import runner, checkpoint, mask as masks, model as models, seed as seeds, sparsity
 from sslprune.control import experiment, naturals
+from sslprune.api import compute, uses_cuda
+from sslprune.control.local import run_local
 
-from sslprune.compute import checkpoint, mask as masks, model as models, seed as seeds, sparsity
-from sslprune.control.config import CUT_POINTS, MODELS, ModelConfig, RetrainConfig, ProbeConfig, DataConfig
+from sslprune.core.schema import CUT_POINTS, MODELS, ModelConfig, RetrainConfig, ProbeConfig, DataConfig
+from sslprune.core.stage import ImpLevel, Retrain
 from sslprune.compute.runtime import local
-from sslprune.control.stage import ImpLevel, Retrain
 
 from conftest import tiny_config, tiny_optim
 
@@ -120,7 +120,7 @@ def test_scoped_imp_prunes_only_the_scope(tmp_path):
     cfg = _chain_cfg(tmp_path / "s", "resnet_small", 4, 2, scope="stage1")
     rt = local(cfg.run)
     for level in range(3):
-        ImpLevel(cfg, "labels", 0, level).run(rt)
+        runner.run(ImpLevel(cfg, "labels", 0, level), rt)
     lv = ImpLevel(cfg, "labels", 0, 2)
     net = _build("resnet_small", 4, outputs=10)
     scoped, everything = masks.prunable(net, scope="stage1"), masks.prunable(net)
@@ -157,7 +157,7 @@ def test_sparsity_report_of_a_tiny_run(tmp_path):
     cfg = tiny_config(tmp_path / "s", retrain=RetrainConfig(schemes=[], data=DataConfig("digits"), optim=tiny_optim()),
                       probe=ProbeConfig())
     cfg.prune = replace(cfg.prune, levels=0)
-    run_local(cfg)
+    run_local(cfg, compute, uses_cuda)
     dense = ImpLevel(cfg, "rotnet", 0, 0)
     names = list(checkpoint.load(dense.dir / "mask.pt"))
     state = checkpoint.load(dense.dir / "model.pt")
@@ -205,7 +205,7 @@ def test_imp_chain_on_new_models(tmp_path, name, width):
     cfg = _chain_cfg(tmp_path / "s", name, width, 1)
     rt = local(cfg.run)
     for level in range(2):
-        result = ImpLevel(cfg, "labels", 0, level).run(rt)
+        result = runner.run(ImpLevel(cfg, "labels", 0, level), rt)
     lv = ImpLevel(cfg, "labels", 0, 1)
     m, trained = checkpoint.load(lv.dir / "mask.pt"), checkpoint.load(lv.dir / "model.pt")
     kept, total = masks.count(m)

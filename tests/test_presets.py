@@ -13,8 +13,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import launch.compose
+from sslprune.core.schema import DATASETS, DEFAULT_SCHEMES as SCHEMES, MODELS, Config
 from sslprune.launch.compose import CONF_DIR, typed
-from sslprune.control.config import DATASETS, DEFAULT_SCHEMES as SCHEMES, MODELS, Config
 
 from conftest import ROOT, cli
 from test_dataset import write_cifar10, write_image_folder

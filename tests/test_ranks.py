@@ -29,12 +29,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sslprune.compute import checkpoint, task as tasks, trainer
+from sslprune.core import store as files
+from sslprune.core.schema import DataConfig, ModelConfig, RunConfig, SignalConfig, TaskConfig
+from sslprune.core.stage import ImpLevel
+from sslprune.api import compute
+from sslprune.compute import checkpoint, runner, task as tasks, trainer
 from sslprune.compute.runtime import Runtime
-from sslprune.control import store as files
-from sslprune.control.config import DataConfig, ModelConfig, RunConfig, SignalConfig, TaskConfig
 from sslprune.control.job import StageJob
-from sslprune.control.stage import ImpLevel
 
 from conftest import tiny_config, tiny_optim
 
@@ -65,7 +66,7 @@ def _run(root: Path, rt: Runtime) -> None:
     for task, model, dtype in CASES:
         torch.set_default_dtype(getattr(torch, dtype))
         try:
-            ImpLevel(_cfg(root, task, model, dtype), task, 0, 0).run(rt)
+            runner.run(ImpLevel(_cfg(root, task, model, dtype), task, 0, 0), rt)
         finally:
             torch.set_default_dtype(torch.float32)
 
@@ -152,7 +153,7 @@ def _nan_on_rank_1(rank: int, root: str) -> None:
         calls, loss = itertools.count(), tasks.Labels.loss
         tasks.Labels.loss = lambda self, x, t: loss(self, x, t) * (float("nan") if next(calls) == 1 else 1.0)
     stage = ImpLevel(_small(Path(root) / "store"), "labels", 0, 0)
-    _outcome(root, rank, "nan", lambda: stage.run(Runtime(torch.device("cpu"), rank, 2))["accuracy"])
+    _outcome(root, rank, "nan", lambda: runner.run(stage, Runtime(torch.device("cpu"), rank, 2))["accuracy"])
 
 
 @pytest.mark.slow
@@ -178,7 +179,7 @@ def _clocks(rank: int, root: str) -> None:
         fast = SimpleNamespace(time=time.time, monotonic=lambda: time.monotonic() + 3600 * next(ticks))
         trainer.time = fast if rank == ahead else time
         stage = ImpLevel(_small(Path(root) / f"ahead{ahead}", checkpoint_minutes=1, interrupt_every=1), "labels", 0, 0)
-        _outcome(root, rank, f"ahead{ahead}", lambda: [stage.run(Runtime(torch.device("cpu"), rank, 2))["accuracy"],
+        _outcome(root, rank, f"ahead{ahead}", lambda: [runner.run(stage, Runtime(torch.device("cpu"), rank, 2))["accuracy"],
                                                        list(saved)])
 
 
@@ -215,7 +216,7 @@ def _done_race(rank: int, root: str) -> None:
         while not (root / "finished").exists():
             time.sleep(0.05)
     stage = ImpLevel(_small(root / "raced"), "labels", 0, 0)
-    _outcome(str(root), rank, "race", lambda: stage.run(Runtime(torch.device("cpu"), rank, 2))["accuracy"])
+    _outcome(str(root), rank, "race", lambda: runner.run(stage, Runtime(torch.device("cpu"), rank, 2))["accuracy"])
 
 
 @pytest.mark.slow
@@ -227,7 +228,7 @@ def test_a_stage_finished_by_another_writer_between_two_ranks_reads_is_done_on_b
     other = ImpLevel(_small(tmp_path / "other"), "labels", 0, 0)
     before = torch.get_num_threads()
     try:
-        expected = other.run(Runtime(torch.device("cpu")))["accuracy"]
+        expected = runner.run(other, Runtime(torch.device("cpu")))["accuracy"]
     finally:
         torch.set_num_threads(before)
     raced = ImpLevel(_small(tmp_path / "raced"), "labels", 0, 0)
@@ -261,10 +262,10 @@ def _decisions(rank: int, root: str) -> None:
     root = Path(root)
     # First (the group is still sound): a done stage whose parent was set aside since
     stage = _level(root / "store", 1)
-    _outcome(str(root), rank, "done", lambda: stage.run(Runtime(torch.device("cpu"), rank, 2))["accuracy"])
+    _outcome(str(root), rank, "done", lambda: runner.run(stage, Runtime(torch.device("cpu"), rank, 2))["accuracy"])
     # Then rank 0 fails before deciding: the stage's `.lock` is a folder
     stage = _level(root / "store", 0)
-    _outcome(str(root), rank, "failed", lambda: stage.run(Runtime(torch.device("cpu"), rank, 2))["accuracy"])
+    _outcome(str(root), rank, "failed", lambda: runner.run(stage, Runtime(torch.device("cpu"), rank, 2))["accuracy"])
     deadline = time.monotonic() + 2 * WAIT_S  # rank 0 leaving first would end a waiting rank 1 sooner
     while rank == 0 and not (root / "failed-1.json").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -275,7 +276,7 @@ def decisions(tmp_path_factory):
     root = tmp_path_factory.mktemp("decisions")
     before = torch.get_num_threads()
     try:
-        done = [_level(root / "store", level).run()["accuracy"] for level in (0, 1)]
+        done = [runner.run(_level(root / "store", level))["accuracy"] for level in (0, 1)]
     finally:
         torch.set_num_threads(before)
     zero = _level(root / "store", 0)
@@ -325,8 +326,8 @@ def test_a_pack_on_two_ranks_gives_what_its_stages_give_apart(tmp_path):
 
     ex = submitit.LocalExecutor(folder=str(tmp_path / "jobs" / "%j"))
     ex.update_parameters(tasks_per_node=2, timeout_min=10)
-    packed = ex.submit(StageJob(_pack_stages(tmp_path / "packed")))
-    apart = [ex.submit(StageJob(s)) for s in _pack_stages(tmp_path / "apart")]
+    packed = ex.submit(StageJob(_pack_stages(tmp_path / "packed"), compute))
+    apart = [ex.submit(StageJob(s, compute)) for s in _pack_stages(tmp_path / "apart")]
     outs = packed.results()
     assert outs[0] == outs[1] and [o["accuracy"] for o in outs[0]] == [j.results()[0]["accuracy"] for j in apart]
     for p, a in zip(_pack_stages(tmp_path / "packed"), _pack_stages(tmp_path / "apart")):
@@ -342,7 +343,7 @@ _NEXT_STAGES = """
 import json, os, torch
 os.environ.pop("SLURM_CPUS_PER_TASK", None)  # run.threads=0 is then torch's count at the start
 from sslprune.compute.runtime import from_environment
-from sslprune.control.config import RunConfig
+from sslprune.core.schema import RunConfig
 start = torch.get_num_threads()
 first = from_environment(RunConfig(threads=1))
 seen = [torch.get_num_threads()]

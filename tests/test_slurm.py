@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import ROOT, cli, wait_for
+from sslprune.core import errors
 
 pytestmark = pytest.mark.slurm
 
@@ -444,7 +445,7 @@ def test_a_held_array_whose_dependency_slurm_refuses_is_cancelled_with_one_line(
     tasks = [f"{base}_0", f"{base}_1"]
     try:
         assert {j: s.state for j, s in slurm.query(tasks).items()} == {t: "PENDING" for t in tasks}
-        with pytest.raises(slurm.Refused) as e:
+        with pytest.raises(errors.Refused) as e:
             submission.wire(base, {tasks[0]: f"afterok:{tasks[1]}", tasks[1]: f"afterok:{tasks[0]}"})
         assert str(e.value) == (f"scontrol update JobId={tasks[1]} Dependency=afterok:{tasks[0]} failed: "
                                 f"{tasks[1]}: Circular job dependency; array {base} was cancelled")

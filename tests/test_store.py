@@ -12,11 +12,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from sslprune.control import store as files
-from sslprune.launch.compose import CONF_DIR, typed
+from sslprune.core import store as files
+from sslprune.core.identity import identity, digest, chain_identity
+from sslprune.core.schema import DataConfig, RunConfig
+from sslprune.core.stage import ImpLevel
 from sslprune.compute import checkpoint
-from sslprune.control.config import identity, digest, DataConfig, RunConfig
-from sslprune.control.stage import ImpLevel, chain_identity
+from sslprune.launch.compose import CONF_DIR, typed
 
 from conftest import ROOT, cli, tiny_config
 

@@ -26,8 +26,8 @@ from typing import Dict, Optional
 
 import torch
 
-from ..control import store as files
-from ..control.stage import Stage
+from ..core import store as files
+from ..core.stage import Stage
 from . import checkpoint, cost as costs, model as models
 
 FORMAT = "sslprune-compact-1"

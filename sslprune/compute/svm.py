@@ -36,7 +36,7 @@ import torch
 
 from . import loader as loaders, seed as seeds
 
-from ..control import voc
+from ..core import voc
 from .dataset import MemoryData
 
 SKIPPED = "fewer than 2 positives or negatives in the training split"

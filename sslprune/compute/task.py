@@ -30,8 +30,9 @@ from torch.nn import functional as F
 from . import seed as seeds
 from .seed import Draws
 
-from ..control import voc
-from ..control.config import TaskConfig, ConfigError, TASKS
+from ..core import voc
+from ..core.errors import ConfigError
+from ..core.schema import TaskConfig, TASKS
 
 
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:

@@ -22,11 +22,10 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import nn
 
-from . import checkpoint, mask as masks
-from . import seed as seeds
-from ..control.config import OptimConfig, RunConfig
-from ..control.progress import Progress
-from ..control.stage import Interrupted, NonFiniteLoss
+from ..core.errors import Interrupted, NonFiniteLoss
+from ..core.progress import Progress
+from ..core.schema import OptimConfig, RunConfig
+from . import checkpoint, mask as masks, seed as seeds
 from .schedule import lr_at
 from .task import at_least_fp32
 

@@ -12,9 +12,9 @@ import json
 import time
 from typing import Optional
 
-from . import store as files
-from .config import Config
-from .monitor import PROGRESS
+from ..core import store as files
+from ..core.progress import PROGRESS
+from ..core.schema import Config
 from .submission import KINDS, STATES, StageState, stage_states
 
 

@@ -39,16 +39,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from . import slurm, snapshot
 
-from . import store as files
-from .config import Config, LauncherConfig, to_dict
-from .monitor import PROGRESS
+from ..core import store as files
+from ..core.errors import Refused
+from ..core.progress import PROGRESS
+from ..core.schema import Config, LauncherConfig, to_dict
+from ..core.stage import Finetune, ImpLevel, Probe, Retrain, Stage, Svm
 from .experiment import chains, depth, stages
 from .index import write_chains
-from .stage import Finetune, ImpLevel, Probe, Retrain, Stage, Svm
 
 LEDGER = "ledger.jsonl"
 SBATCH_THREADS = 8  # arrays submitted at once (slurmctld answers them in parallel)
@@ -341,11 +342,12 @@ def _config_file(cfg: Config, store: Path) -> Path:
     return path
 
 
-def submit(cfg: Config, overrides: Optional[list[str]] = None) -> dict:
+def submit(cfg: Config, compute: Callable, overrides: Optional[list[str]] = None) -> dict:
     """Submit every stage of the experiment that is neither done nor queued; returns what was submitted.
 
-    `overrides`: the command line's (Hydra) overrides, repeated in the printed `sslprune-status`
-    command so that it selects the same stages."""
+    `compute`: what each job calls to run a stage (sslprune.api.compute, pickled by name: the app
+    layer passes it in, this plane never imports the compute plane). `overrides`: the command line's
+    (Hydra) overrides, repeated in the printed `sslprune-status` command so that it selects the same stages."""
     from submitit.core.utils import FailedJobError
 
     from .job import StageJob
@@ -403,10 +405,10 @@ def submit(cfg: Config, overrides: Optional[list[str]] = None) -> dict:
             ex = _executor(cfg, folder, code, name, dependency, single=single, hold=own is not None)
             try:
                 with ex.batch():
-                    jobs = [ex.submit(StageJob(task, config_file=config_file)) for task in group]
+                    jobs = [ex.submit(StageJob(task, compute, config_file=config_file)) for task in group]
             except FailedJobError as e:  # sbatch said no (e.g. a resource the cluster lacks): one line
                 said = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
-                raise slurm.Refused(f"sbatch refused {name}: {said}") from None
+                raise Refused(f"sbatch refused {name}: {said}") from None
             ids = [j.job_id for j in jobs]
             base = ids[0].split("_")[0]
             if own is not None:  # held: each task gets its own parents, then the array may run
@@ -456,8 +458,8 @@ def submit(cfg: Config, overrides: Optional[list[str]] = None) -> dict:
 
 def _refused(failure: BaseException, submitted: str) -> None:
     """Raise a submission's first failure; SLURM's refusals as one line saying what was submitted."""
-    if isinstance(failure, slurm.Refused):
-        raise slurm.Refused(f"{failure}; {submitted}: run again to submit the rest") from None
+    if isinstance(failure, Refused):
+        raise Refused(f"{failure}; {submitted}: run again to submit the rest") from None
     raise failure
 
 
@@ -469,9 +471,9 @@ def wire(base: str, dependencies: dict[str, str], release: bool = True) -> None:
         slurm.depend(dependencies)
         if release:
             slurm.release(base)
-    except slurm.Refused as e:
+    except Refused as e:
         slurm.cancel([base])
-        raise slurm.Refused(f"{e}; array {base} was cancelled") from None
+        raise Refused(f"{e}; array {base} was cancelled") from None
 
 
 def watch_command(cfg: Config, overrides: Optional[list[str]] = None) -> str:
@@ -484,7 +486,7 @@ def watch_command(cfg: Config, overrides: Optional[list[str]] = None) -> str:
 
 def cancel(store: Path) -> list[str]:
     """Cancel exactly this store's live jobs: the arrays its ledger records and any job named with
-    its tag; returns the job ids cancelled (an array counts once). Raises slurm.Refused when squeue
+    its tag; returns the job ids cancelled (an array counts once). Raises Refused when squeue
     or scancel fails: "cancelled 0 job(s)" must mean that none was live."""
     recorded = set()
     for r in records(store).values():
@@ -495,8 +497,9 @@ def cancel(store: Path) -> list[str]:
     return ids
 
 
-def run_submitit_local(cfg: Config) -> int:
-    """Each chain with missing stages runs as one local submitit job; waits for all of them."""
+def run_submitit_local(cfg: Config, compute: Callable) -> int:
+    """Each chain with missing stages runs as one local submitit job (`compute`, sslprune.api.compute,
+    runs each stage); waits for all of them."""
     import submitit
 
     from .job import ChainJob
@@ -513,7 +516,7 @@ def run_submitit_local(cfg: Config) -> int:
     # Transfer chains (init_from) start from another chain's level 0: submit them in a later wave.
     for wave in sorted({depth(cfg, c[0].signal) for c in todo}):
         batch = [c for c in todo if depth(cfg, c[0].signal) == wave]
-        jobs = [ex.submit(ChainJob([s for s in c if not s.done()])) for c in batch]
+        jobs = [ex.submit(ChainJob([s for s in c if not s.done()], compute)) for c in batch]
         _say("jobs " + " ".join(j.job_id for j in jobs))
         for c, j in zip(batch, jobs):
             try:
