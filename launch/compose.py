@@ -6,20 +6,20 @@ import functools
 import sys
 from pathlib import Path
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from sslprune.core.errors import (ConfigError, DataCorrupt, DataMissing, MissingInput, NonFiniteLoss,  # torch-free
                                   StoreError, Unsafe)
 from sslprune.core.schema import Config
 from sslprune.core.validation import check_keys, ready
+from sslprune.api import register_schema
 
 # The configs ship inside the package (pyproject.toml maps the repository's conf/ to sslprune.conf),
 # so an installed wheel finds them wherever it runs from.
 CONFIG_PATH = "pkg://sslprune.conf"
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the same folder on disk (tests, compose API)
 
-ConfigStore.instance().store(name="sslprune_schema", node=Config)
+register_schema()
 
 
 def typed(cfg: DictConfig, writes: bool = False, announce: bool = True) -> Config:

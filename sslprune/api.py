@@ -36,6 +36,14 @@ def presets() -> list[str]:
                   if p.name.endswith(".yaml"))
 
 
+def register_schema() -> None:
+    """Make the typed schema known to Hydra under the name conf/config.yaml's defaults list gives it
+    (`sslprune_schema`): the apps (launch/compose.py) and `config` compose against it."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="sslprune_schema", node=Config)
+
+
 def config(preset: str = "demo", *overrides: str, store: Optional[Union[str, Path]] = None) -> Config:
     """The preset with command-line style overrides applied (`"seeds=[0]"`, `"model.width=4"`,
     `"model=resnet18_cifar"`), validated, as a typed Config; `store` sets where results go
@@ -49,6 +57,7 @@ def config(preset: str = "demo", *overrides: str, store: Optional[Union[str, Pat
 
     from .core.validation import check_keys, ready
 
+    register_schema()
     if preset not in presets():
         raise ConfigError(f"experiment={preset!r} is not a preset: one of {', '.join(presets())}")
     args = [f"experiment={preset}", *overrides] + ([f"store={store}"] if store is not None else [])
