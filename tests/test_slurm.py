@@ -58,9 +58,9 @@ def wait_complete(args, timeout: float = 420) -> dict:
 
 
 def job_records(store: Path) -> dict[str, dict]:
-    from sslprune.control import submission
+    from sslprune.control import ledger
 
-    return submission.records(store)
+    return ledger.records(store)
 
 
 def step(stage_dir: Path) -> int:

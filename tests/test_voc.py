@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from sslprune.core import catalog, store as files, voc
-from sslprune.control import experiment, report, submission
+from sslprune.control import experiment, ledger, report, submission
 from sslprune.api import compute, uses_cuda
 from sslprune.control.local import run_local
 
@@ -345,7 +345,7 @@ def test_svm_and_finetune_stages_on_voc07_from_real_imp_levels(tmp_path, voc_roo
     assert [type(s).__name__ for s in chain] == ["ImpLevel", "Svm", "Svm", "ImpLevel", "Svm", "Finetune"]
     assert [s.evaluation for s in chain[1:3]] == ["svm:voc07", "svm:voc07@init"]
     assert [submission._variant(s) for s in chain[4:]] == ["svm-voc07", "finetune-voc07"]
-    assert {"svm", "finetune"} <= set(submission.KINDS)
+    assert {"svm", "finetune"} <= set(ledger.KINDS)
     assert run_local(cfg, compute, uses_cuda) == 6
     present = {voc.CLASSES.index(n) for n in COLOURS}
     for level in (0, 1):

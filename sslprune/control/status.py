@@ -15,7 +15,7 @@ from typing import Optional
 from ..core import store as files
 from ..core.progress import PROGRESS
 from ..core.schema import Config
-from .submission import KINDS, STATES, StageState, stage_states
+from .ledger import KINDS, STATES, StageState, stage_states
 
 
 def _progress(st: StageState) -> Optional[dict]:
