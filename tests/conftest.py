@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from sslprune.core import catalog
-from sslprune.core.schema import Config, DataConfig, ModelConfig, OptimConfig, ProbeConfig, PruneConfig, RetrainConfig, RunConfig, SignalConfig, TaskConfig
+from sslprune.core.schema import (Config, DataConfig, ModelConfig, OptimConfig, ProbeConfig, PruneConfig,
+                                  RetrainConfig, RunConfig, SignalConfig, TaskConfig)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -179,8 +179,8 @@ def _clocks(rank: int, root: str) -> None:
         fast = SimpleNamespace(time=time.time, monotonic=lambda: time.monotonic() + 3600 * next(ticks))
         trainer.time = fast if rank == ahead else time
         stage = ImpLevel(_small(Path(root) / f"ahead{ahead}", checkpoint_minutes=1, interrupt_every=1), "labels", 0, 0)
-        _outcome(root, rank, f"ahead{ahead}", lambda: [runner.run(stage, Runtime(torch.device("cpu"), rank, 2))["accuracy"],
-                                                       list(saved)])
+        _outcome(root, rank, f"ahead{ahead}",
+                 lambda: [runner.run(stage, Runtime(torch.device("cpu"), rank, 2))["accuracy"], list(saved)])
 
 
 @pytest.mark.slow

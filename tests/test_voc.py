@@ -23,7 +23,8 @@ from sslprune.api import compute, uses_cuda
 from sslprune.control.local import run_local
 
 from sslprune.core.errors import ConfigError, DataMissing
-from sslprune.core.schema import DataConfig, FinetuneConfig, ModelConfig, PruneConfig, SignalConfig, SvmConfig, TaskConfig
+from sslprune.core.schema import (DataConfig, FinetuneConfig, ModelConfig, PruneConfig, SignalConfig, SvmConfig,
+                                  TaskConfig)
 from sslprune.core.stage import Finetune, ImpLevel, Svm
 from sslprune.compute import checkpoint, dataset, loader, mask as masks, model as models, svm, task as tasks
 from sslprune.compute.dataset import FolderData
