@@ -67,9 +67,9 @@ def colour_data(n: int, size: int = 16):
 
 def _fit_once(name: str, device: torch.device, steps: int, record) -> None:
     """A few training steps of task `name` on 3-channel images, channels_last as on CUDA."""
+    from sslprune.core.progress import Progress
+    from sslprune.core.schema import ModelConfig, OptimConfig, RunConfig, TaskConfig
     from sslprune.compute import loader as loaders, mask as masks, model as models, task as tasks, trainer
-    from sslprune.control.config import ModelConfig, OptimConfig, RunConfig, TaskConfig
-    from sslprune.control.progress import Progress
 
     data = colour_data(64 * steps)
     task = tasks.make(TaskConfig(name, embedding=16, negatives=64), data)
@@ -102,8 +102,8 @@ def check_memory_format(device: torch.device, steps: int) -> bool:
 
 
 def check_mask_format(device: torch.device) -> bool:
+    from sslprune.core.schema import ModelConfig
     from sslprune.compute import mask as masks, model as models
-    from sslprune.control.config import ModelConfig
 
     net = models.build(ModelConfig("resnet18_cifar", 16), 3, 10, 0).to(device).to(memory_format=torch.channels_last)
     applier = masks.Applier(net, masks.magnitude(dict(net.named_parameters()), masks.ones(net), 0.8))

@@ -205,8 +205,8 @@ def _timed(batches):
 
 
 def project_loader(root: Path, size: int, batch: int, workers: int, device, decode: str):
+    from sslprune.core.schema import DataConfig
     from sslprune.compute import dataset, loader
-    from sslprune.control.config import DataConfig
 
     data = dataset.load(DataConfig(name="imagenet", root=str(root), image_size=size, workers=workers, decode=decode))
     return loader.make(data, batch, 0, device, channels_last=device.type == "cuda")
@@ -256,8 +256,8 @@ def real_over_synthetic(root: Path, device, model_name: str = "resnet50", batch:
     import torch
     from torch.nn import functional as F
 
+    from sslprune.core.schema import ModelConfig
     from sslprune.compute import model as models
-    from sslprune.control.config import ModelConfig
 
     torch.backends.cudnn.benchmark = True
     ld = project_loader(root, size, batch, workers, device, decode)
@@ -336,7 +336,7 @@ def parse(argv=None) -> argparse.Namespace:
         if not torch.cuda.is_available():
             p.error("--device cuda but no CUDA device is visible (torch.cuda.is_available() is False)")
     if args.model is not None:
-        from sslprune.control.config import MODELS
+        from sslprune.core.schema import MODELS
 
         if args.device != "cuda":
             p.error(f"--model {args.model} trains on the GPU: add --device cuda")

@@ -41,8 +41,8 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sslprune.core.schema import ModelConfig  # noqa: E402
 from sslprune.compute import mask as masks, model as models  # noqa: E402
-from sslprune.control.config import ModelConfig  # noqa: E402
 
 
 class SparseConv2d(nn.Module):
@@ -127,10 +127,10 @@ def converted(net: nn.Module, mask: dict, sparse: bool) -> nn.Module:
 def tickets_from_store(args):
     """(level, network, mask) of every finished IMP level of one chain."""
     from sslprune import api
+    from sslprune.core import catalog
+    from sslprune.core.stage import ImpLevel
+    from sslprune.core.sweep import signal_data
     from sslprune.compute import checkpoint
-    from sslprune.control import catalog
-    from sslprune.control.config import signal_data
-    from sslprune.control.stage import ImpLevel
 
     cfg = api.config(args.experiment, *args.overrides, store=args.store)
     out = []

@@ -46,15 +46,13 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from sslprune.compute import mask as masks
-from sslprune.compute import model as models
-from sslprune.compute import task as tasks
+from sslprune.core.progress import Progress
+from sslprune.core.schema import ModelConfig, OptimConfig, RunConfig, TaskConfig
+from sslprune.compute import mask as masks, model as models, task as tasks
 from sslprune.compute.dataset import MemoryData, Split
 from sslprune.compute.loader import MemoryLoader
 from sslprune.compute.runtime import local
 from sslprune.compute.trainer import Fit, fit
-from sslprune.control.config import ModelConfig, OptimConfig, RunConfig, TaskConfig
-from sslprune.control.progress import Progress
 
 
 PAIRS = (("dense", "reference"), ("masked", "dense"))

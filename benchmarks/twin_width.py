@@ -23,8 +23,8 @@ import time
 import torch
 from torch.nn import functional as F
 
+from sslprune.core.schema import ModelConfig
 from sslprune.compute import model as models
-from sslprune.control.config import ModelConfig
 
 
 def step_cost(name: str, width: int, batch: int = 128, steps: int = 20) -> float:

@@ -3,21 +3,23 @@ from __future__ import annotations
 
 import errno
 import functools
-import os
 import sys
 from pathlib import Path
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from sslprune.control.config import Config, ConfigError, check_keys, expand, validate  # torch-free: errors at once
+from sslprune.core.errors import (ConfigError, DataCorrupt, DataMissing, MissingInput, NonFiniteLoss,  # torch-free
+                                  StoreError, Unsafe)
+from sslprune.core.schema import Config
+from sslprune.core.validation import check_keys, ready
+from sslprune.api import register_schema
 
 # The configs ship inside the package (pyproject.toml maps the repository's conf/ to sslprune.conf),
 # so an installed wheel finds them wherever it runs from.
 CONFIG_PATH = "pkg://sslprune.conf"
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the same folder on disk (tests, compose API)
 
-ConfigStore.instance().store(name="sslprune_schema", node=Config)
+register_schema()
 
 
 def typed(cfg: DictConfig, writes: bool = False, announce: bool = True) -> Config:
@@ -31,30 +33,12 @@ def typed(cfg: DictConfig, writes: bool = False, announce: bool = True) -> Confi
     decision instead of each printing it again (dashboard.announce). Apps that never log to
     W&B (status, sync) pass False."""
     check_keys(OmegaConf.to_container(cfg, resolve=False))  # before to_object drops unknown keys
-    obj: Config = expand(OmegaConf.to_object(cfg))
-    obj.store = os.path.abspath(os.path.expanduser(obj.store))
-    validate(obj)
-    _folder_or_absent(Path(obj.store))
-    if writes:
-        from sslprune.control import store
-
-        store.writable(Path(obj.store))
+    obj = ready(OmegaConf.to_object(cfg), writes)
     if announce:
         from sslprune.control import dashboard
 
         dashboard.announce(obj.wandb)
     return obj
-
-
-def _folder_or_absent(path: Path) -> None:
-    """A store that is a file, or lies below one, is refused by every app, reading ones included."""
-    at = path
-    while not at.exists() and at.parent != at:
-        at = at.parent
-    if not at.is_dir():
-        from sslprune.control.store import StoreError
-
-        raise StoreError(errno.ENOTDIR, f"store={path}: {at} is a file, not a folder")
 
 
 def app_help(name: str) -> None:
@@ -77,10 +61,6 @@ def user_errors(fn):
         except ConfigError as e:
             _fail(f"sslprune: error: {e}", 2)
         except Exception as e:
-            from sslprune.control.config import DataCorrupt, DataMissing
-            from sslprune.control.stage import MissingInput, NonFiniteLoss
-            from sslprune.control.store import StoreError, Unsafe
-
             if isinstance(e, (DataMissing, DataCorrupt, MissingInput, Unsafe)):
                 _fail(f"sslprune: error: {e}", 2)
             if isinstance(e, StoreError):  # OSError's str() would prefix "[Errno n]"

@@ -14,8 +14,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from sslprune.core.errors import ConfigError
 from sslprune.launch.compose import CONFIG_PATH, app_help, typed, user_errors
-from sslprune.control.config import ConfigError
 
 _OUT = None
 

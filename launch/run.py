@@ -7,6 +7,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from sslprune.core.errors import Stopped
+from sslprune.api import compute, uses_cuda  # the compute plane, imported when a stage computes
 from sslprune.launch.compose import CONFIG_PATH, typed, user_errors
 from sslprune.launch.report import publish
 
@@ -22,19 +24,19 @@ def execute(cfg: DictConfig) -> None:
 
         slurm.require()  # before check_inputs creates the store
         experiment.check_inputs(c)
-        submission.submit(c, list(HydraConfig.get().overrides.task))
+        submission.submit(c, compute, list(HydraConfig.get().overrides.task))
         return
     if c.launcher.name == "submitit_local":
         from sslprune.control import submission
 
         experiment.check_inputs(c)
-        submission.run_submitit_local(c)
+        submission.run_submitit_local(c, compute)
     else:
         from sslprune.control import local
 
         try:
-            local.run_local(c)
-        except local.Stopped as e:  # Ctrl-C / SIGTERM: what was kept and how to resume are printed
+            local.run_local(c, compute, uses_cuda)
+        except Stopped as e:  # Ctrl-C / SIGTERM: what was kept and how to resume are printed
             # The run is over. Python resets its handlers to the default while it shuts down, so a
             # Ctrl-C landing then killed the process by SIGINT (-2) instead of exit 130; SIG_IGN holds.
             signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -16,8 +16,10 @@ import os
 import hydra
 from omegaconf import DictConfig
 
+from sslprune.core.errors import ConfigError
+from sslprune.core.schema import Config
+from sslprune.api import compute
 from sslprune.launch.compose import CONFIG_PATH, app_help, typed, user_errors
-from sslprune.control.config import Config, ConfigError
 
 
 def _levels(c: Config) -> list[int]:
@@ -38,7 +40,7 @@ def evaluated(kind: str, c: Config):
 
 
 def plan(kind: str, c: Config) -> list:
-    from sslprune.control.stage import Finetune, ImpLevel, Probe, Retrain, Svm
+    from sslprune.core.stage import Finetune, ImpLevel, Probe, Retrain, Svm
 
     if kind == "train":
         return [ImpLevel(c, c.signal, c.seed, 0)]
@@ -71,11 +73,11 @@ def execute(kind: str, cfg: DictConfig) -> list[dict]:
         # as sslprune-run's jobs do, so USR2/SIGTERM checkpoint at once and DDP ranks come from SLURM.
         from sslprune.control.job import StageJob
 
-        return [StageJob(s)() for s in todo]
+        return [StageJob(s, compute)() for s in todo]
     from sslprune.compute.runtime import local  # this app computes here
 
     rt = local(c.run)
-    return [s.run(rt) for s in todo]
+    return [compute(s, rt) for s in todo]
 
 
 def _app(kind: str):

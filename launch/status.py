@@ -21,6 +21,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from sslprune.core.errors import Refused
 from sslprune.launch.compose import CONFIG_PATH, _fail, app_help, typed, user_errors
 
 _JSON = False
@@ -44,7 +45,7 @@ def execute(cfg: DictConfig) -> None:
                   f"{said}); nothing was cancelled: start it or check SLURM_CONF", 2)
         try:
             ids = submission.cancel(Path(c.store))
-        except slurm.Refused as e:
+        except Refused as e:
             _fail(f"sslprune: error: {e}; the store's jobs may still be live (check with squeue)", 1)
         print(f"[sslprune] cancelled {len(ids)} job(s) of store {c.store}" + (f": {' '.join(ids)}" if ids else ""),
               flush=True)

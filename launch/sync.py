@@ -13,6 +13,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from sslprune.core.errors import SyncError
 from sslprune.launch.compose import CONFIG_PATH, app_help, typed, user_errors
 
 
@@ -23,7 +24,7 @@ def execute(cfg: DictConfig) -> dict:
 
     try:
         return upload.sync(c)
-    except upload.SyncError as e:
+    except SyncError as e:
         print(f"sslprune-sync: error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
 

@@ -10,19 +10,22 @@
 
 The same presets and overrides as the command-line apps (`sslprune-run experiment=demo seeds=[0]`),
 without Hydra in sight: `config` composes them with Hydra's compose API and returns the plain
-dataclass `sslprune.control.config.Config`, which can also be changed in Python
-(`dataclasses.replace`). Control plane: importing this module imports neither torch nor Hydra;
-`run` and `run_stage` import the compute plane when they compute.
+dataclass `sslprune.core.schema.Config`, which can also be changed in Python
+(`dataclasses.replace`). The app layer, as the command-line apps are: it may use both planes, which
+never import each other; `compute` is the one function through which the control plane's runners
+(sslprune-run's workers, submitit jobs) reach the compute plane. Importing this module imports
+neither torch nor Hydra; `run`, `run_stage` and `compute` import the compute plane when they compute.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional, Union
 
-from .control.config import Config, ConfigError
+from .core.errors import ConfigError
+from .core.schema import Config
 
-__all__ = ["presets", "config", "stages", "stage", "where", "run", "run_stage", "submit", "report", "results",
-           "summary", "table", "export"]
+__all__ = ["presets", "config", "stages", "stage", "where", "run", "run_stage", "compute", "submit", "report",
+           "results", "summary", "table", "export"]
 
 
 def presets() -> list[str]:
@@ -33,6 +36,14 @@ def presets() -> list[str]:
                   if p.name.endswith(".yaml"))
 
 
+def register_schema() -> None:
+    """Make the typed schema known to Hydra under the name conf/config.yaml's defaults list gives it
+    (`sslprune_schema`): the apps (launch/compose.py) and `config` compose against it."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="sslprune_schema", node=Config)
+
+
 def config(preset: str = "demo", *overrides: str, store: Optional[Union[str, Path]] = None) -> Config:
     """The preset with command-line style overrides applied (`"seeds=[0]"`, `"model.width=4"`,
     `"model=resnet18_cifar"`), validated, as a typed Config; `store` sets where results go
@@ -41,10 +52,12 @@ def config(preset: str = "demo", *overrides: str, store: Optional[Union[str, Pat
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
+    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from .launch.compose import typed
+    from .core.validation import check_keys, ready
 
+    register_schema()
     if preset not in presets():
         raise ConfigError(f"experiment={preset!r} is not a preset: one of {', '.join(presets())}")
     args = [f"experiment={preset}", *overrides] + ([f"store={store}"] if store is not None else [])
@@ -58,7 +71,8 @@ def config(preset: str = "demo", *overrides: str, store: Optional[Union[str, Pat
                 composed = compose(config_name="config", overrides=args)
             except (HydraException, OmegaConfBaseException) as e:  # a bad override: say which, in one line
                 raise ConfigError(str(e).strip().splitlines()[0]) from e
-        return typed(composed, announce=False)
+        check_keys(OmegaConf.to_container(composed, resolve=False))  # before to_object drops unknown keys
+        return ready(OmegaConf.to_object(composed))
     finally:
         restore_gh_from_backup(backup)
 
@@ -81,7 +95,7 @@ def stages(cfg: Config):
 
 
 def stage(cfg: Config, label: str):
-    """The stage (sslprune.control.stage.Stage) a label names, e.g. "retrain rotnet random seed=0 level=2"."""
+    """The stage (sslprune.core.stage.Stage) a label names, e.g. "retrain rotnet random seed=0 level=2"."""
     from .control import index
 
     return index.find(cfg, label)
@@ -99,7 +113,7 @@ def run(cfg: Config) -> int:
     from .control import dashboard, local, report as report_
 
     dashboard.announce(cfg.wandb)
-    ran = local.run_local(cfg)
+    ran = local.run_local(cfg, compute, uses_cuda)
     report_.write(cfg)
     dashboard.publish(cfg)
     return ran
@@ -114,7 +128,7 @@ def run_stage(cfg: Config, label: str) -> dict:
     s.require_parents()
     dashboard.announce(cfg.wandb)
     index.write_chains(cfg)
-    return s.run()
+    return compute(s)
 
 
 def submit(cfg: Config) -> dict:
@@ -123,7 +137,32 @@ def submit(cfg: Config) -> dict:
     from .control import experiment, submission
 
     experiment.check_inputs(cfg)
-    return submission.submit(cfg)
+    return submission.submit(cfg, compute)
+
+
+def compute(stage, rt=None, interrupt=None, started: Optional[float] = None, observer=None) -> dict:
+    """Run (or resume) one stage in this process and return its result record: the compute plane's
+    entry point (sslprune.compute.runner.run) with the W&B mirror (sslprune.control.dashboard)
+    subscribed to the stage's progress. The control plane's runners (sslprune.control.local, the
+    submitit jobs of sslprune.control.job) are handed this function by the apps and call it, so
+    neither plane imports the other; it pickles by name, and a job imports torch only here, once it
+    computes. A done stage run by this process alone returns its stored result without torch.
+
+    `rt`: a compute Runtime, None for this process alone, or "environment" for the ranks of a
+    SLURM/submitit job; `interrupt`, `started`, `observer`: as sslprune.compute.runner.run."""
+    if rt is None and stage.done():  # ranks decide together (runner.run): rank 0 reads, all follow
+        return stage.result()
+    from .compute import runner
+    from .control import dashboard
+
+    return runner.run(stage, rt, interrupt, started, observer, mirror=dashboard.observer)
+
+
+def uses_cuda(run) -> bool:
+    """Whether stages computed here use a GPU (sslprune.compute.runtime.uses_cuda; imports torch)."""
+    from .compute.runtime import uses_cuda as answer
+
+    return answer(run)
 
 
 def report(cfg: Config) -> Path:
@@ -158,8 +197,8 @@ def table(cfg: Config) -> str:
 def export_stage(cfg: Config, signal: Optional[str], seed: int, level: Optional[int], scheme: Optional[str] = None):
     """The stage `export` writes: IMP level `level` of `signal`'s chain, or with `scheme` the
     re-training of that level's mask from that start. Bad selectors raise ConfigError naming them."""
-    from .control.config import SCHEMES
-    from .control.stage import ImpLevel, Retrain
+    from .core.schema import SCHEMES
+    from .core.stage import ImpLevel, Retrain
 
     if signal not in cfg.signals:
         raise ConfigError(f"signal={signal!r} is not a signal of experiment {cfg.experiment}: "
@@ -181,7 +220,8 @@ def export(cfg: Config, signal: str, seed: int = 0, level: Optional[int] = None,
     plain state_dict with pruned weights zero; mask.pt; compact.pt with bit-packed masks and kept
     values; export.json) into `out`, by default <store>/exports/<experiment>/<stage>; returns
     export.json's record (with "folder")."""
-    from .control.stage import DONE, MissingInput
+    from .core.errors import MissingInput
+    from .core.stage import DONE
 
     s = export_stage(cfg, signal, seed, level, scheme)
     if not s.done():
@@ -189,7 +229,7 @@ def export(cfg: Config, signal: str, seed: int = 0, level: Optional[int] = None,
     if out is None:
         name = f"{s.kind}_{signal}" + (f"_{scheme}" if scheme else "") + f"_seed{seed}_level{level}"
         out = Path(cfg.store) / "exports" / cfg.experiment / name
-        from .control import store as files
+        from .core import store as files
 
         files.confine(cfg.store, out)  # a linked exports/ would take the files outside the store
     from .compute import export as exporter

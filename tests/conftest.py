@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sslprune.control import catalog
-from sslprune.control.config import Config, DataConfig, ModelConfig, OptimConfig, ProbeConfig, PruneConfig, \
-    RetrainConfig, RunConfig, SignalConfig, TaskConfig
+from sslprune.core import catalog
+from sslprune.core.schema import (Config, DataConfig, ModelConfig, OptimConfig, ProbeConfig, PruneConfig,
+                                  RetrainConfig, RunConfig, SignalConfig, TaskConfig)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,7 +127,7 @@ def fashion_mnist_configs(cfg) -> list:
     """Every DataConfig named fashion_mnist inside a composed Config (dataclasses, lists, dicts)."""
     import dataclasses
 
-    from sslprune.control.config import DataConfig
+    from sslprune.core.schema import DataConfig
 
     found, seen = [], set()
 

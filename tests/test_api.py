@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sslprune import api
-from sslprune.control.config import ConfigError
+from sslprune.core.errors import ConfigError
 
 from conftest import ROOT, cli
 

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
+from sslprune.core.schema import ModelConfig
 from sslprune.control import figures, report
-from sslprune.control.config import ModelConfig
 
 from conftest import SHORT_DEMO, tiny_config
 

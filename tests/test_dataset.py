@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sslprune.control import catalog
-from sslprune.control.config import DataConfig
+from sslprune.core import catalog
+from sslprune.core.errors import DataMissing
+from sslprune.core.schema import DataConfig
 
 
 # ---------------------------------------------------------------- fixture writers

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from sslprune.core.stage import Retrain
 from sslprune.control import report
 from sslprune.control.experiment import measurements, stages
+from sslprune.api import compute, uses_cuda
 from sslprune.control.local import run_local
-from sslprune.control.stage import Retrain
 
 from conftest import tiny_config
 
@@ -38,7 +39,7 @@ def test_the_shared_stage_is_trained_once_and_reported_under_every_name(tmp_path
     cfg.prune.levels = 0
     cfg.probe.signals = []
     cfg.run.workers = 2  # both chains reach the shared stage at once: one trains it, one waits
-    ran = run_local(cfg)
+    ran = run_local(cfg, compute, uses_cuda)
     # IMP and winning ticket of each signal, one dense re-training. The count is the stages done
     # now and not before: counted per chain, the one that waited for the shared stage counted it
     # again (CI: "22 stages ... to run", then "ran 23 stages").

@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-
-from sslprune.compute import distributed
 
 
 @pytest.mark.parametrize("world", [1, 2, 4])
 def test_the_shares_of_every_rank_are_the_global_batch_in_order(world):
+    from sslprune.compute import distributed
+
     order = list(range(100, 124))  # an epoch's order of 24 images, global batches of 8
     for i in range(3):
         shares = [order[distributed.share(i, 8, r, world)] for r in range(world)]
@@ -21,6 +20,8 @@ def test_the_shares_of_every_rank_are_the_global_batch_in_order(world):
 
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_every_test_image_is_one_ranks_and_its_positions_say_which(world):
+    from sslprune.compute import distributed
+
     mine = [list(range(10))[distributed.test_share(r, world)] for r in range(world)]
     assert sorted(sum(mine, [])) == list(range(10))
     for r in range(world):  # positions of the images after the first batch of 2 of this rank's
@@ -28,6 +29,8 @@ def test_every_test_image_is_one_ranks_and_its_positions_say_which(world):
 
 
 def test_a_batch_that_does_not_split_evenly_is_refused():
+    from sslprune.compute import distributed
+
     distributed.check_divisible(8, 4)
     with pytest.raises(ValueError, match="^batch size 10 is not divisible by 4 ranks$"):
         distributed.check_divisible(10, 4)
@@ -39,6 +42,8 @@ def _max_of(*ranks):
 
 
 def test_the_earliest_non_finite_step_of_any_rank_is_every_ranks():
+    from sslprune.compute import distributed
+
     total = 100
     # rank 0 saw a NaN at step 7, rank 1 at step 3, rank 2 none and its weights are non-finite
     sent = [[total + 1 - bad if bad >= 0 else 0, int(w)] for bad, w in ((7, False), (3, False), (-1, True))]
@@ -49,12 +54,17 @@ def test_the_earliest_non_finite_step_of_any_rank_is_every_ranks():
 
 
 def test_any_ranks_stop_and_rank_0s_clock_are_every_ranks():
+    from sslprune.compute import distributed
+
     assert distributed.agree_stop(_max_of([0, 1], [1, 0]), False, True) == (True, True)
     assert distributed.agree_stop(_max_of([0, 0], [0, 0]), True, True) == (False, False)  # the agreement decides
     assert distributed.agree_stop(None, True, False) == (True, False)
 
 
 def test_one_process_keeps_its_own_numbers():
+    import torch
+    from sslprune.compute import distributed
+
     assert distributed.max_over_ranks([3, 0], 1) == [3, 0] and distributed.from_rank0(5, 1) == 5
     x = torch.arange(6.0).view(3, 2)
     assert distributed.gather_test_rows(x) is x and distributed.gather_rows(x) == (x, 0)
@@ -64,6 +74,9 @@ def test_one_process_keeps_its_own_numbers():
 
 
 def _two_ranks(rank: int, root: str) -> None:
+    import torch
+    from sslprune.compute import distributed
+
     torch.distributed.init_process_group("gloo", init_method=f"file://{root}/rendezvous", rank=rank, world_size=2)
     test = torch.arange(7.0).view(7, 1) * 10  # a test set of 7 rows: rank 0 holds 4, rank 1 holds 3
     mine = test[distributed.test_share(rank, 2)]
@@ -84,6 +97,8 @@ def _two_ranks(rank: int, root: str) -> None:
 
 
 def test_two_ranks_gather_and_sum_what_one_process_holds(tmp_path):
+    import torch
+
     torch.multiprocessing.start_processes(_two_ranks, args=(str(tmp_path),), nprocs=2, start_method="spawn")
     r0, r1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
     assert r0["test"] == r1["test"] == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0]  # the test set's own order

@@ -12,11 +12,16 @@ import pytest
 import yaml
 
 from sslprune.control.local import run_local
-from sslprune.control import store as files
 from sslprune.control import experiment, report
-from sslprune.control.config import DataConfig, OptimConfig, REWIND, rewind_steps, signal_data, signal_prune
+from sslprune.core import store as files
+from sslprune.core.rewind import REWIND, rewind_steps
+from sslprune.core.schema import DataConfig, OptimConfig
+from sslprune.core.sweep import signal_data, signal_prune
 
 from conftest import ROOT, cli, fashion_mnist_configs
+from sslprune.api import compute
+from sslprune.api import uses_cuda
+from sslprune.core.stage import ImpLevel
 
 CONF = ROOT / "conf"
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
@@ -150,7 +155,7 @@ def shrink(cfg):
 @pytest.mark.parametrize("name", SMALL)
 def test_reduced_twin_runs_every_stage_for_a_few_steps(name, tmp_path, request):
     cfg = with_fashion_mnist(shrink(load(name, f"store={tmp_path}")), request)
-    run_local(cfg)
+    run_local(cfg, compute, uses_cuda)
     out, summary = report.write(cfg)
     every = experiment.stages(cfg)
     assert all(s.done() for s in every)
@@ -309,9 +314,8 @@ def test_transfer_chain_starts_from_the_source_network_and_waits_for_it(tmp_path
     import torch
 
     from sslprune.compute import checkpoint, runner
-    from sslprune.control.config import SignalConfig, TaskConfig, RunConfig
+    from sslprune.core.schema import SignalConfig, TaskConfig, RunConfig
     from sslprune.compute.runtime import local
-    from sslprune.control.stage import ImpLevel
 
     from conftest import tiny_config, tiny_optim
 
@@ -325,7 +329,7 @@ def test_transfer_chain_starts_from_the_source_network_and_waits_for_it(tmp_path
     assert [c[0].signal for c in experiment.chains(cfg)] == ["rotnet", "transfer"]
     first = ImpLevel(cfg, "transfer", 0, 0)
     assert [p.label for p in first.parents()] == ["imp rotnet seed=0 level=0"]
-    run_local(cfg)  # two workers: the transfer chain must not start before rotnet's level 0
+    run_local(cfg, compute, uses_cuda)  # two workers: the transfer chain must not start before rotnet's level 0
     assert all(s.done() for s in experiment.stages(cfg))
     source = checkpoint.load(ImpLevel(cfg, "rotnet", 0, 0).dir / "model.pt")
     setup = runner.prepare(first, local(cfg.run))

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from sslprune import api
-from sslprune.control.config import ConfigError, ModelConfig
+from sslprune.core.errors import ConfigError
+from sslprune.core.schema import ModelConfig
 
 from conftest import ROOT, cli, tiny_config, tiny_optim
 
@@ -71,7 +72,7 @@ def test_the_other_networks_load_into_the_projects_class_only():
 FRESH = r"""
 import json, sys, torch
 from sslprune.compute import dataset, export, model
-from sslprune.control.config import ModelConfig
+from sslprune.core.schema import ModelConfig
 torch.set_num_threads(1)
 folder = sys.argv[1]
 meta = json.load(open(f"{folder}/export.json"))
@@ -96,12 +97,13 @@ print(json.dumps({
 
 @pytest.mark.slow
 def test_an_exported_ticket_reproduces_its_accuracy_in_a_fresh_process_without_the_store(tmp_path):
+    from sslprune.api import compute, uses_cuda
     from sslprune.control import local
 
     cfg = tiny_config(tmp_path / "store", signals={"labels": tiny_config(tmp_path).signals["labels"]})
     cfg.prune.levels, cfg.retrain.schemes, cfg.probe.signals = 1, ["winning_ticket"], []
     cfg.signals["labels"].optim = tiny_optim(epochs=3)
-    local.run_local(cfg)
+    local.run_local(cfg, compute, uses_cuda)
     wanted = {}
     for scheme in (None, "winning_ticket"):
         stage = api.export_stage(cfg, "labels", 0, 1, scheme)

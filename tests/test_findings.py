@@ -14,16 +14,21 @@ import numpy as np
 import pytest
 import yaml
 
+from sslprune.core.errors import ConfigError
+from sslprune.core.identity import digest
+from sslprune.core.schema import DataConfig, OptimConfig
+from sslprune.core.stage import ImpLevel, Probe, Svm
+from sslprune.core.validation import validate
 from sslprune.control import experiment, findings
 from sslprune.control.claims import CLAIMS
-from sslprune.control.config import ConfigError, DataConfig, OptimConfig, digest, validate
-from sslprune.control.stage import ImpLevel, Probe, Svm
 
 from conftest import ROOT, tiny_config
 
 
 def _start(cfg, signal):
     """The backbone weights IMP level 0 of `signal` (seed 0) starts training from."""
+    from sslprune.compute import runner
+
     import torch
     from sslprune.compute import runner
     from sslprune.compute.runtime import Runtime
@@ -79,6 +84,8 @@ def test_standardised_probe_is_within_one_and_a_half_points_of_lbfgs(tmp_path):
     test accuracy must be that of a full-batch L-BFGS logistic regression on the same features. The
     augmented SGD probe of the same network (the paper's protocol) read ~11 points lower on the
     Figure-1 twin."""
+    from sslprune.compute import runner
+
     import torch
     from sslprune.compute.runtime import Runtime
     CPU = torch.device("cpu")
@@ -88,8 +95,8 @@ def test_standardised_probe_is_within_one_and_a_half_points_of_lbfgs(tmp_path):
                   Probe(cfg, "rotnet", 0, 1, DataConfig(name="digits"))):
         for parent in stage.parents():
             for p in [ImpLevel(cfg, "rotnet", 0, level) for level in range(parent.level + 1)]:
-                p.run(Runtime(CPU))
-        r = stage.run(Runtime(CPU))
+                runner.run(p, Runtime(CPU))
+        r = runner.run(stage, Runtime(CPU))
         assert 0.5 < r["lbfgs_accuracy"] <= 1
         assert abs(r["accuracy"] - r["lbfgs_accuracy"]) <= 0.015, r
 
@@ -265,11 +272,12 @@ def test_a_claim_outside_the_experiments_range_is_not_tested_at_this_scale(tmp_p
 
 def test_findings_md_is_written_by_the_report_for_every_experiment(tmp_path):
     from sslprune.control import report
+    from sslprune.api import compute, uses_cuda
     from sslprune.control.local import run_local
 
     cfg = tiny_config(tmp_path, prune=replace(tiny_config(tmp_path).prune, levels=1))
     cfg.probe = replace(cfg.probe, features="standardised")
-    run_local(cfg)
+    run_local(cfg, compute, uses_cuda)
     out, _ = report.write(cfg)
     text = (out / "findings.md").read_text()
     assert text.startswith("# tiny: the paper's claims")
@@ -283,8 +291,8 @@ def test_a_reference_stage_survives_the_job_record_and_packs_wait_for_their_imp_
     """A SLURM job rebuilds its stage from `spec`: without `at_init` the reference's job ran the
     level-0 SVM instead (before its IMP level was done: MissingInput, retry), and the reference
     itself never ran. A packed task whose first stage is the reference waits for the IMP level."""
+    from sslprune.core.stage import from_spec, spec
     from sslprune.control import submission
-    from sslprune.control.stage import from_spec, spec
 
     cfg = tiny_config(tmp_path, seeds=[0])
     cfg.svm = replace(cfg.svm, signals=["rotnet"], datasets=[DataConfig(name="digits")])

@@ -16,7 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
-from sslprune.control.config import ConfigError, DataConfig, DataCorrupt, identity, validate_data
+from sslprune.core.errors import ConfigError, DataCorrupt
+from sslprune.core.identity import identity
+from sslprune.core.schema import DataConfig
+from sslprune.core.validation import validate_data
 
 from conftest import cli
 
@@ -80,6 +83,8 @@ def mixed(tmp_path_factory) -> Path:
 def make(root: Path, decode: str, batch: int = 6, seed: int = 0, rank: int = 0, world: int = 1, size: int = 24,
          workers: int = 0, channels_last: bool = False, **kw):
     import torch
+
+    import torch
     from sslprune.compute import dataset, loader
     CPU = torch.device("cpu")
 
@@ -95,11 +100,15 @@ def every(batches) -> list:
 def equal(a: list, b: list) -> bool:
     import torch
 
+    import torch
+
     return len(a) == len(b) and all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
 
 
 def pixels(x: torch.Tensor) -> torch.Tensor:
     """A normalised batch back in 0..255."""
+    import torch
+
     import torch
     MEAN, STD = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1), torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
 
@@ -132,6 +141,8 @@ def test_eval_box_is_what_resize_and_centre_crop_keep():
     """The box of the resized image's centre crop, mapped back: an image whose pixels are their
     own column (row) index, resized and cropped by torchvision, holds the box's coordinates."""
     import torch
+
+    import torch
     from sslprune.compute import image
 
     from torchvision.transforms.v2 import functional as F
@@ -153,6 +164,8 @@ def test_eval_box_is_what_resize_and_centre_crop_keep():
 
 
 def test_resample_is_roi_align_for_images_of_different_sizes():
+    import torch
+
     import torch
     from sslprune.compute import image
 
@@ -179,6 +192,8 @@ def test_resample_is_roi_align_for_images_of_different_sizes():
 
 def test_resample_flips_exactly_and_ignores_the_rest_of_the_batch():
     import torch
+
+    import torch
     from sslprune.compute import image
 
     g = torch.Generator().manual_seed(1)
@@ -200,6 +215,8 @@ def test_resample_flips_exactly_and_ignores_the_rest_of_the_batch():
 def test_every_kind_of_file_decodes_to_its_colours(tmp_path, kind):
     """A flat-coloured image of each kind comes out of both paths in its colour (greyscale as
     grey, CMYK converted back), and only colour JPEGs are left to nvjpeg."""
+    import torch
+
     import torch
     from sslprune.compute import image
 
@@ -226,6 +243,8 @@ def test_every_kind_of_file_decodes_to_its_colours(tmp_path, kind):
 
 
 def test_decode_gives_what_pil_gives_and_names_a_file_that_does_not_decode(tmp_path):
+    import torch
+
     import torch
     from sslprune.compute import image
     CPU = torch.device("cpu")
@@ -258,6 +277,8 @@ def test_workers_and_device_paths_take_the_same_crops(mixed):
     grey levels on smooth images), far less than from the next epoch's crops."""
     import torch
 
+    import torch
+
     for split in ("train", "eval"):
         w, d = make(mixed, "workers"), make(mixed, "device")
         if split == "train":
@@ -277,6 +298,8 @@ def test_workers_and_device_paths_take_the_same_crops(mixed):
 def test_reduced_size_decoding_keeps_the_crop(tmp_path, monkeypatch):
     """A crop at least twice the output size is decoded at half size (libjpeg's DCT scaling) and
     still shows the region of the full-size decode; a smaller crop is decoded at full size."""
+    import torch
+
     import torch
     from sslprune.compute import image
 
@@ -316,6 +339,8 @@ def test_reduced_size_decoding_keeps_the_crop(tmp_path, monkeypatch):
 def test_batches_are_a_function_of_seed_epoch_and_index(mixed, decode):
     import torch
 
+    import torch
+
     ld = make(mixed, decode)
     assert ld.on_device == (decode == "device") and ld.steps_per_epoch == 4
     first = every(ld.batches(0))
@@ -336,6 +361,8 @@ def test_batches_are_a_function_of_seed_epoch_and_index(mixed, decode):
 def test_ranks_split_the_global_batch_and_the_test_set(mixed, decode):
     import torch
 
+    import torch
+
     one = every(make(mixed, decode).batches(2))
     parts = [every(make(mixed, decode, rank=r, world=3).batches(2)) for r in range(3)]
     for i, (x, y) in enumerate(one):
@@ -352,6 +379,8 @@ def test_ranks_split_the_global_batch_and_the_test_set(mixed, decode):
 
 @pytest.mark.parametrize("decode", ["workers", "device"])
 def test_channels_last_batches_hold_the_same_numbers(mixed, decode):
+    import torch
+
     import torch
 
     plain = every(make(mixed, decode).batches(0))
@@ -389,6 +418,8 @@ def test_decode_is_a_checked_runtime_setting(mixed):
 def test_voc_multilabel_targets_on_the_device_path(tmp_path):
     """VOC07's float target matrices travel with the bytes (the device path's own collate)."""
     import torch
+
+    import torch
     from sslprune.compute import dataset, loader
     CPU = torch.device("cpu")
 
@@ -407,6 +438,8 @@ def test_a_loader_keeps_its_workers_and_gives_what_fresh_loaders_give(mixed, mon
     """The DataLoader (and its worker processes) was built again for every epoch and every
     evaluation. One per split now lives as long as the loader, each pass with its own plan: the
     batches are those of fresh loaders, mid-epoch starts and evaluations included."""
+    import torch
+
     import torch
 
     built = []

@@ -5,11 +5,12 @@ import csv
 import dataclasses
 
 from sslprune import api
+from sslprune.core import store as files
+from sslprune.core.schema import RetrainConfig, TaskConfig
+from sslprune.core.stage import ImpLevel
 from sslprune.control import index, report
-from sslprune.control import store as files
-from sslprune.control.config import RetrainConfig, TaskConfig
+from sslprune.api import compute, uses_cuda
 from sslprune.control.local import run_local
-from sslprune.control.stage import ImpLevel
 
 from conftest import cli, tiny_config
 
@@ -42,7 +43,7 @@ def test_a_local_run_writes_chain_json_before_its_stages_and_the_report_indexes_
                                                                                           signals=[], datasets=[]))
     cfg.prune.levels = 0
     cfg.signals = {"labels": cfg.signals["labels"]}
-    run_local(cfg)
+    run_local(cfg, compute, uses_cuda)
     chain = ImpLevel(cfg, "labels", 0, 0).chain_dir
     assert files.read_json(chain / index.CHAIN)["task"]["name"] == "labels"
     out, _ = report.write(cfg)

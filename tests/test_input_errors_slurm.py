@@ -14,6 +14,7 @@ import pytest
 
 from conftest import ROOT, cli
 from test_slurm import SLURM, cluster, tiny, wait_complete  # noqa: F401 (cluster: the session fixture)
+from sslprune.core import errors
 
 pytestmark = pytest.mark.slurm
 
@@ -89,7 +90,7 @@ def test_a_failed_scancel_is_an_error_not_a_success(tmp_path, monkeypatch):
     from sslprune.control import slurm
 
     monkeypatch.setenv("SLURM_CONF", str(_dead_controller(tmp_path)))  # the real scancel, a real dead port
-    with pytest.raises(slurm.Refused) as e:
+    with pytest.raises(errors.Refused) as e:
         slurm.cancel(["12345"], check=True)
     assert re.fullmatch(r"scancel 12345 failed \(exit [1-9]\d*\): scancel: error: Kill job error on job id 12345: "
                         r"Unable to contact slurm controller \(connect failure\)", str(e.value)), str(e.value)

@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 import platform
 
-import torch
 
-from sslprune.compute import runner
-from sslprune.compute.runtime import Runtime
-from sslprune.control import machine
-from sslprune.control.stage import DONE, ImpLevel
+from sslprune.core import machine
+from sslprune.core.stage import DONE, ImpLevel
 
 from conftest import tiny_config
 
@@ -35,6 +32,10 @@ def test_without_cpuinfo_the_platform_answers(tmp_path, monkeypatch):
 
 
 def test_every_stage_records_its_cpu_model_in_result_json(tmp_path, monkeypatch):
+    import torch
+    from sslprune.compute import runner
+    from sslprune.compute.runtime import Runtime
+
     monkeypatch.setattr(machine, "cpu_model", lambda cpuinfo=machine.CPUINFO: "Test CPU 9000")
     stage = ImpLevel(tiny_config(tmp_path), "labels", 0, 0)
     r = runner.run(stage, Runtime(torch.device("cpu")))

@@ -7,10 +7,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from sslprune.control import store as files
-from sslprune.control.config import ModelConfig, RunConfig
-from sslprune.control.progress import Progress
-from sslprune.control.stage import ImpLevel, Probe, Retrain
+from sslprune.core import store as files
+from sslprune.core.progress import Progress
+from sslprune.core.schema import ModelConfig, RunConfig
+from sslprune.core.stage import ImpLevel, Probe, Retrain
 
 from conftest import tiny_config, tiny_optim
 
@@ -119,6 +119,8 @@ def test_applier_zeroes_pruned_weights_in_place():
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """A labels IMP chain of 3 levels with constant lr (so the first epoch does not depend on the length)."""
+    from sslprune.compute import runner
+
     from sslprune.compute.runtime import local
 
     store = tmp_path_factory.mktemp("chain") / "store"
@@ -127,7 +129,7 @@ def chain(tmp_path_factory):
     cfg.prune = replace(cfg.prune, rewind="1ep", levels=2)
     rt = local(cfg.run)
     for level in range(3):
-        ImpLevel(cfg, "labels", 0, level).run(rt)
+        runner.run(ImpLevel(cfg, "labels", 0, level), rt)
     return cfg, rt
 
 
@@ -154,6 +156,8 @@ def test_chain_masks_follow_density_law_and_nest(chain):
 
 
 def test_rewind_point_holds_the_weights_after_k_updates(chain, tmp_path):
+    from sslprune.compute import runner
+
     import torch
     from sslprune.compute import checkpoint
     from sslprune.compute import dataset
@@ -164,7 +168,7 @@ def test_rewind_point_holds_the_weights_after_k_updates(chain, tmp_path):
     one = tiny_config(tmp_path / "one")
     one.signals["labels"].optim = tiny_optim(epochs=1)
     one.prune = replace(one.prune, rewind="1ep", levels=0)
-    ImpLevel(one, "labels", 0, 0).run(rt)
+    runner.run(ImpLevel(one, "labels", 0, 0), rt)
     w_k = checkpoint.load(ImpLevel(one, "labels", 0, 0).dir / "model.pt")
     spe = len(dataset.load(cfg.data).train.labels) // 128
     assert rewind["step"] == spe
@@ -173,6 +177,8 @@ def test_rewind_point_holds_the_weights_after_k_updates(chain, tmp_path):
 
 
 def test_level_starts_from_rewound_weights_under_the_new_mask(chain):
+    from sslprune.compute import runner
+
     import torch
     from sslprune.compute import runner
     from sslprune.compute import checkpoint, mask as masks
@@ -197,6 +203,8 @@ def test_level_starts_from_rewound_weights_under_the_new_mask(chain):
 
 
 def test_retrain_starts_differ_as_they_should(chain):
+    from sslprune.compute import runner
+
     import torch
     from sslprune.compute import runner
     from sslprune.compute import checkpoint, mask as masks
@@ -222,6 +230,8 @@ def test_retrain_starts_differ_as_they_should(chain):
 
 
 def test_probe_keeps_backbone_frozen_and_in_eval_mode(chain, tmp_path):
+    from sslprune.compute import runner
+
     import torch
     from sslprune.compute import runner
     from sslprune.compute.trainer import Fit, fit
@@ -242,12 +252,13 @@ def test_probe_keeps_backbone_frozen_and_in_eval_mode(chain, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN running statistics
     assert not torch.equal(head_before, net.head.weight)
     # The stage itself checks the same and records an accuracy of the label head.
-    result = probe.run(rt)
+    result = runner.run(probe, rt)
     assert result["evaluation"] == "probe:digits" and 0.1 < result["accuracy"] <= 1.0
 
 
 def test_rewind_units_convert_to_updates():
-    from sslprune.control.config import ConfigError, rewind_steps
+    from sslprune.core.errors import ConfigError
+    from sslprune.core.rewind import rewind_steps
 
     spe, batch, total = 834, 1536, 90 * 834  # ImageNet at batch 1536: 834 updates per epoch
     assert rewind_steps("3ep", spe, batch, total) == 2502
@@ -260,6 +271,8 @@ def test_rewind_units_convert_to_updates():
 
 
 def test_rewind_to_zero_keeps_the_initial_weights(tmp_path):
+    from sslprune.compute import runner
+
     import torch
     from sslprune.compute import runner
     from sslprune.compute import checkpoint
@@ -270,7 +283,7 @@ def test_rewind_to_zero_keeps_the_initial_weights(tmp_path):
     rt = local(cfg.run)
     lv = ImpLevel(cfg, "labels", 0, 0)
     init = runner.prepare(lv, rt).net.state_dict()
-    lv.run(rt)
+    runner.run(lv, rt)
     rewound = checkpoint.load(lv.rewind_file())
     assert rewound["step"] == 0
     assert all(torch.equal(rewound["model"][k], init[k]) for k in init)

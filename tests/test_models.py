@@ -9,9 +9,11 @@ import pytest
 
 from sslprune.control.local import run_local
 from sslprune.control import experiment, naturals
+from sslprune.api import compute, uses_cuda
+from sslprune.control.local import run_local
 
-from sslprune.control.config import CUT_POINTS, MODELS, ModelConfig, RetrainConfig, ProbeConfig, DataConfig
-from sslprune.control.stage import ImpLevel, Retrain
+from sslprune.core.schema import CUT_POINTS, MODELS, ModelConfig, RetrainConfig, ProbeConfig, DataConfig
+from sslprune.core.stage import ImpLevel, Retrain
 
 from conftest import tiny_config, tiny_optim
 
@@ -26,6 +28,9 @@ def _build(name, width=None, channels=1, outputs=7):
 
 def _map_into(module: nn.Module, x: torch.Tensor, net: nn.Module) -> tuple:
     """Spatial size of the map entering `module` during a forward pass of `net`."""
+    import torch
+    from torch import nn
+
     seen = []
     handle = module.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[-2:])))
     net(x)
@@ -38,6 +43,8 @@ def _map_into(module: nn.Module, x: torch.Tensor, net: nn.Module) -> tuple:
 def test_forward_shapes(name, shape):
     import torch
 
+    import torch
+
     net = _build(name, channels=shape[0])
     x = torch.randn(2, *shape)
     assert net(x).shape == (2, 7)
@@ -46,6 +53,8 @@ def test_forward_shapes(name, shape):
 
 
 def test_published_geometry_at_the_published_input_sizes():
+    import torch
+
     import torch
 
     alex = _build("alexnet", channels=3).eval()
@@ -62,6 +71,8 @@ def _layers(net, kind):
 
 
 def test_width_64_is_the_published_network():
+    from torch import nn
+
     from torch import nn
     from sslprune.compute import model as models
 
@@ -100,6 +111,8 @@ def test_cut_points_cover_the_prunable_weights_in_order(name):
 
 def test_scope_holds_only_layers_up_to_the_cut():
     import torch
+
+    import torch
     from sslprune.compute import mask as masks, model as models
 
     net = _build("resnet_small")
@@ -127,6 +140,8 @@ def _chain_cfg(store, name, width, levels, **prune):
 
 def test_scoped_imp_prunes_only_the_scope(tmp_path):
     import torch
+
+    import torch
     from sslprune.compute import runner
     from sslprune.compute import checkpoint, mask as masks
     from sslprune.compute.runtime import local
@@ -134,7 +149,7 @@ def test_scoped_imp_prunes_only_the_scope(tmp_path):
     cfg = _chain_cfg(tmp_path / "s", "resnet_small", 4, 2, scope="stage1")
     rt = local(cfg.run)
     for level in range(3):
-        ImpLevel(cfg, "labels", 0, level).run(rt)
+        runner.run(ImpLevel(cfg, "labels", 0, level), rt)
     lv = ImpLevel(cfg, "labels", 0, 2)
     net = _build("resnet_small", 4, outputs=10)
     scoped, everything = masks.prunable(net, scope="stage1"), masks.prunable(net)
@@ -153,6 +168,8 @@ def test_scoped_imp_prunes_only_the_scope(tmp_path):
 
 
 def test_natural_sparsity_counts_exactly():
+    import torch
+
     import torch
     from sslprune.compute import sparsity
 
@@ -176,7 +193,7 @@ def test_sparsity_report_of_a_tiny_run(tmp_path):
     cfg = tiny_config(tmp_path / "s", retrain=RetrainConfig(schemes=[], data=DataConfig("digits"), optim=tiny_optim()),
                       probe=ProbeConfig())
     cfg.prune = replace(cfg.prune, levels=0)
-    run_local(cfg)
+    run_local(cfg, compute, uses_cuda)
     dense = ImpLevel(cfg, "rotnet", 0, 0)
     names = list(checkpoint.load(dense.dir / "mask.pt"))
     state = checkpoint.load(dense.dir / "model.pt")
@@ -198,6 +215,8 @@ def test_sparsity_report_of_a_tiny_run(tmp_path):
 
 
 def test_adjusted_random_removes_natural_zeros_first():
+    import torch
+
     import torch
     from sslprune.compute import mask as masks, sparsity
 
@@ -225,6 +244,8 @@ def test_adjusted_random_removes_natural_zeros_first():
 @pytest.mark.parametrize("name,width", [("vgg19", 4), ("alexnet_cifar", 4)])
 def test_imp_chain_on_new_models(tmp_path, name, width):
     import torch
+
+    import torch
     from sslprune.compute import runner
     from sslprune.compute import checkpoint, mask as masks, seed as seeds
     from sslprune.compute.runtime import local
@@ -232,7 +253,7 @@ def test_imp_chain_on_new_models(tmp_path, name, width):
     cfg = _chain_cfg(tmp_path / "s", name, width, 1)
     rt = local(cfg.run)
     for level in range(2):
-        result = ImpLevel(cfg, "labels", 0, level).run(rt)
+        result = runner.run(ImpLevel(cfg, "labels", 0, level), rt)
     lv = ImpLevel(cfg, "labels", 0, 1)
     m, trained = checkpoint.load(lv.dir / "mask.pt"), checkpoint.load(lv.dir / "model.pt")
     kept, total = masks.count(m)

@@ -57,9 +57,9 @@ def args_for(store: Path, *extra: str, levels=0, width=4, epochs=1, batch=128) -
 
 
 def records(store: Path) -> dict[str, dict]:
-    from sslprune.control import submission
+    from sslprune.control import ledger
 
-    return submission.records(store)
+    return ledger.records(store)
 
 
 def complete(args) -> bool:

@@ -1,12 +1,16 @@
-"""Two planes with one-way imports: the control plane plans, submits, reports status and writes
-tables without torch, torchvision, torchcodec, scikit-learn or scipy (a login node may lack them); the compute
-plane may use the control plane's types, never the reverse; no import cycles."""
+"""Three layers with one-way imports. `sslprune.core` (schema, validation, identity, errors, store
+files, stage records, the progress protocol) is shared by both planes and imports neither. The
+control plane plans, submits, reports status and writes tables without torch, torchvision,
+torchcodec, scikit-learn or scipy (a login node may lack them); the compute plane never imports the
+control plane or the apps; only the app layer (sslprune.api, launch/) imports both. Function-level
+imports count: a door inside a function is still a way back. No import cycles at all."""
 from __future__ import annotations
 
 import ast
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,82 +19,142 @@ from conftest import ROOT, cli
 
 PACKAGE = ROOT / "sslprune"
 HEAVY = ("torch", "torchvision", "torchcodec", "sklearn", "scipy")
-# The only places the control plane reaches into the compute plane, each inside a function that
-# runs only when a stage is actually computed in this process.
-DOORS = {
-    ("stage.py", "run"): "sslprune.compute.runner",  # Stage.run: the stage is computed here
-    ("local.py", "_uses_cuda"): "torch",  # a local run computes in this process: is there a GPU?
-}
+CORE_NEVER = HEAVY + ("wandb", "submitit")  # core is plain data and files: what a login node and a job both load
+PLANES = ("core", "control", "compute")
 
 
-def _modules(folder: Path):
-    for p in sorted(folder.glob("*.py")):
-        yield p, ast.parse(p.read_text())
+def _files() -> dict[str, Path]:
+    """Every module of the installed package, by dotted name: sslprune, its planes, api, and the apps
+    (the repository's launch/ is installed as sslprune.launch)."""
+    out = {}
+    for p in sorted(PACKAGE.glob("*.py")):
+        out["sslprune" if p.stem == "__init__" else f"sslprune.{p.stem}"] = p
+    for plane in PLANES:
+        for p in sorted((PACKAGE / plane).glob("*.py")):
+            out[f"sslprune.{plane}" + ("" if p.stem == "__init__" else f".{p.stem}")] = p
+    for p in sorted((ROOT / "launch").glob("*.py")):
+        out["sslprune.launch" + ("" if p.stem == "__init__" else f".{p.stem}")] = p
+    return out
 
 
-def _imports(tree: ast.AST, package: str):
-    """(module imported, enclosing function name or None) for every import in a module."""
+def _imports(path: Path, module: str) -> list[tuple[str, str]]:
+    """(module imported, where: '<module>' or the enclosing function) for every import in a file,
+    relative ones resolved; `from package import name` yields package.name."""
+    package = module if path.stem == "__init__" else module.rsplit(".", 1)[0]
     out = []
 
     def visit(node, func):
         for child in ast.iter_child_nodes(node):
             f = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else func
             if isinstance(child, ast.Import):
-                out.extend((a.name, func) for a in child.names)
+                out.extend((a.name, func or "<module>") for a in child.names)
             elif isinstance(child, ast.ImportFrom):
                 base = child.module or ""
                 if child.level:
                     parts = package.split(".")[:len(package.split(".")) - child.level + 1]
                     base = ".".join(parts + ([base] if base else []))
-                out.extend((f"{base}.{a.name}", func) for a in child.names)
+                out.extend((f"{base}.{a.name}", func or "<module>") for a in child.names)
             visit(child, f)
-    visit(tree, None)
+    visit(ast.parse(path.read_text()), None)
     return out
 
 
-def test_control_plane_imports_neither_torch_nor_the_compute_plane():
-    crossings = []
-    for path, tree in _modules(PACKAGE / "control"):
-        for name, func in _imports(tree, "sslprune.control"):
-            heavy = name.split(".")[0] in HEAVY
-            compute = name.startswith("sslprune.compute")
-            if not (heavy or compute):
-                continue
-            door = DOORS.get((path.name, func))
-            if door is None or not name.startswith(door):
-                crossings.append(f"{path.name}:{func or '<module>'} imports {name}")
-    assert not crossings, "control plane reaches into torch / the compute plane:\n" + "\n".join(crossings)
+def _graph() -> dict[str, set[str]]:
+    """Module -> the sslprune modules it imports anywhere in it (functions included)."""
+    files = _files()
+    graph = {}
+    for me, path in files.items():
+        deps = set()
+        for name, _ in _imports(path, me):
+            while name and name not in files:  # `from .core import store` names sslprune.core.store
+                name = name.rpartition(".")[0]
+            if name and name != me:
+                deps.add(name)
+        graph[me] = deps
+    return graph
 
 
-def test_compute_plane_never_imports_the_apps_and_no_module_imports_in_a_cycle():
-    graph: dict[str, set[str]] = {}
-    for plane in ("control", "compute"):
-        for path, tree in _modules(PACKAGE / plane):
-            me = f"sslprune.{plane}.{path.stem}"
-            deps = set()
-            for name, func in _imports(tree, f"sslprune.{plane}"):
-                assert not name.startswith("sslprune.launch"), f"{me} imports the Hydra apps ({name})"
-                if func is None and name.startswith("sslprune."):
-                    parts = name.split(".")
-                    deps.add(".".join(parts[:3]))
-            graph[me] = {d for d in deps if d != me}
-    graph = {m: {d for d in deps if d in graph} for m, deps in graph.items()}
+def _plane(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in PLANES else "app"
+
+
+def test_every_module_is_seen():
+    files = _files()
+    for m in ("sslprune.api", "sslprune.core.schema", "sslprune.control.local", "sslprune.compute.runner",
+              "sslprune.launch.run"):
+        assert m in files, m
+
+
+def test_no_module_imports_in_a_cycle_function_level_imports_included():
+    graph = _graph()
 
     def cycle_from(start):
         stack, seen = [(start, [start])], set()
         while stack:
             node, path = stack.pop()
-            for d in graph[node]:
+            for d in sorted(graph[node]):
                 if d == start:
                     return path + [d]
-                if d not in seen:
+                if d not in seen and d in graph:
                     seen.add(d)
                     stack.append((d, path + [d]))
         return None
 
-    cycles = [c for c in (cycle_from(m) for m in graph) if c]
-    assert not cycles, "module-level import cycle: " + " -> ".join(cycles[0])
-    assert all(not d.startswith("sslprune.compute") for m, deps in graph.items() if ".control." in m for d in deps)
+    cycles = [c for c in (cycle_from(m) for m in sorted(graph)) if c]
+    assert not cycles, "import cycle: " + " -> ".join(cycles[0]) + f" ({len(cycles)} modules in cycles)"
+
+
+def test_planes_import_core_and_never_each_other_nor_the_apps():
+    """No doors: control never reaches compute (not even inside a function), compute never reaches
+    control, neither reaches the app layer (api, launch), and core reaches neither plane."""
+    allowed = {"core": {"core"}, "control": {"core", "control"}, "compute": {"core", "compute"}}
+    crossings = []
+    files = _files()
+    for me, path in files.items():
+        plane = _plane(me)
+        if plane not in allowed:
+            continue
+        for name, where in _imports(path, me):
+            if not name.startswith("sslprune"):
+                continue
+            target = name
+            while target and target not in files:
+                target = target.rpartition(".")[0]
+            if target and target != "sslprune" and _plane(target) not in allowed[plane]:
+                crossings.append(f"{me}:{where} imports {name}")
+    assert not crossings, "an import crosses the layers:\n" + "\n".join(crossings)
+
+
+@pytest.mark.parametrize("plane,never", [("core", CORE_NEVER), ("control", HEAVY)])
+def test_core_and_control_never_import_heavy_libraries_even_inside_functions(plane, never):
+    found = []
+    for me, path in _files().items():
+        if _plane(me) != plane:
+            continue
+        for name, where in _imports(path, me):
+            if name.split(".")[0] in never:
+                found.append(f"{me}:{where} imports {name}")
+    assert not found, f"the {plane} layer imports what it must not:\n" + "\n".join(found)
+
+
+def test_core_control_and_api_import_nothing_heavy_in_a_fresh_interpreter():
+    """Importing every module of core and of the control plane, and the API, loads none of torch,
+    torchvision, torchcodec, scikit-learn, scipy (and core alone neither wandb nor submitit)."""
+    files = _files()
+    core = [m for m in files if _plane(m) == "core"]
+    control = [m for m in files if _plane(m) == "control"]
+    code = ("import importlib, json, sys\n"
+            f"for m in {core!r}: importlib.import_module(m)\n"
+            "after_core = sorted(m for m in sys.modules if m.split('.')[0] in %r)\n"
+            f"for m in {control + ['sslprune.api']!r}: importlib.import_module(m)\n"
+            "after_all = sorted(m for m in sys.modules if m.split('.')[0] in %r)\n"
+            "print(json.dumps([after_core, after_all]))\n") % (CORE_NEVER, HEAVY)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    after_core, after_all = json.loads(out.stdout)
+    assert after_core == [], f"importing sslprune.core loaded {after_core}"
+    assert after_all == [], f"importing the control plane and the API loaded {after_all}"
 
 
 def _without_heavy(tmp_path: Path) -> dict:

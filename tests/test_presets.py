@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sslprune.control.config import DATASETS, DEFAULT_SCHEMES as SCHEMES, MODELS, Config
+from sslprune.core.schema import DATASETS, DEFAULT_SCHEMES as SCHEMES, MODELS, Config
 
 from conftest import ROOT, cli
 from test_dataset import write_cifar10, write_image_folder

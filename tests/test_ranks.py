@@ -28,12 +28,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from sslprune.control import store as files
-from sslprune.control.config import DataConfig, ModelConfig, RunConfig, SignalConfig, TaskConfig
+from sslprune.core import store as files
+from sslprune.core.schema import DataConfig, ModelConfig, RunConfig, SignalConfig, TaskConfig
+from sslprune.core.stage import ImpLevel
 from sslprune.control.job import StageJob
-from sslprune.control.stage import ImpLevel
 
 from conftest import tiny_config, tiny_optim
+from sslprune.api import compute
 
 REL = 1e-5  # float64, 2 steps (measured: at most 4e-6, Exemplar's hardest negatives on ResNet-50)
 FLOAT32_REL = 1e-5  # float32, CIFAR ResNet, 4 steps (measured: at most 1.7e-6, a batch-norm bias)
@@ -63,17 +64,22 @@ def _cfg(root: Path, task: str, model: str, dtype: str):
 
 
 def _run(root: Path, rt: Runtime, cases: list) -> None:
+    from sslprune.compute import runner
+    from sslprune.compute.runtime import Runtime
+
     import torch
 
     for task, model, dtype in cases:
         torch.set_default_dtype(getattr(torch, dtype))
         try:
-            ImpLevel(_cfg(root, task, model, dtype), task, 0, 0).run(rt)
+            runner.run(ImpLevel(_cfg(root, task, model, dtype), task, 0, 0), rt)
         finally:
             torch.set_default_dtype(torch.float32)
 
 
 def _ranks(rank: int, world: int, root: str, cases: list) -> None:
+    from sslprune.compute.runtime import Runtime
+
     import torch
     from sslprune.compute.runtime import Runtime
 
@@ -84,6 +90,8 @@ def _ranks(rank: int, world: int, root: str, cases: list) -> None:
 
 
 def _runs(root: Path, cases: list) -> Path:
+    from sslprune.compute.runtime import Runtime
+
     import torch
     from sslprune.compute.runtime import Runtime
 
@@ -170,6 +178,9 @@ def _outcomes(root: Path, name: str) -> list:
 
 
 def _nan_on_rank_1(rank: int, root: str) -> None:
+    from sslprune.compute import runner
+    from sslprune.compute.runtime import Runtime
+
     import torch
     from sslprune.compute import task as tasks
     from sslprune.compute.runtime import Runtime
@@ -179,7 +190,7 @@ def _nan_on_rank_1(rank: int, root: str) -> None:
         calls, loss = itertools.count(), tasks.Labels.loss
         tasks.Labels.loss = lambda self, x, t: loss(self, x, t) * (float("nan") if next(calls) == 1 else 1.0)
     stage = ImpLevel(_small(Path(root) / "store"), "labels", 0, 0)
-    _outcome(root, rank, "nan", lambda: stage.run(Runtime(torch.device("cpu"), rank, 2))["accuracy"])
+    _outcome(root, rank, "nan", lambda: runner.run(stage, Runtime(torch.device("cpu"), rank, 2))["accuracy"])
 
 
 @pytest.mark.slow
@@ -198,6 +209,9 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_once(tmp_path):
 
 
 def _clocks(rank: int, root: str) -> None:
+    from sslprune.compute import runner
+    from sslprune.compute.runtime import Runtime
+
     import torch
     from sslprune.compute import checkpoint, trainer
     from sslprune.compute.runtime import Runtime
@@ -211,8 +225,8 @@ def _clocks(rank: int, root: str) -> None:
         fast = SimpleNamespace(time=time.time, monotonic=lambda: time.monotonic() + 3600 * next(ticks))
         trainer.time = fast if rank == ahead else time
         stage = ImpLevel(_small(Path(root) / f"ahead{ahead}", checkpoint_minutes=1, interrupt_every=1), "labels", 0, 0)
-        _outcome(root, rank, f"ahead{ahead}", lambda: [stage.run(Runtime(torch.device("cpu"), rank, 2))["accuracy"],
-                                                       list(saved)])
+        _outcome(root, rank, f"ahead{ahead}",
+                 lambda: [runner.run(stage, Runtime(torch.device("cpu"), rank, 2))["accuracy"], list(saved)])
 
 
 @pytest.mark.slow
@@ -236,6 +250,9 @@ def test_rank_0s_clock_decides_when_a_checkpoint_is_due(tmp_path):
 
 
 def _done_race(rank: int, root: str) -> None:
+    from sslprune.compute import runner
+    from sslprune.compute.runtime import Runtime
+
     import torch
     from sslprune.compute.runtime import Runtime
 
@@ -254,7 +271,7 @@ def _done_race(rank: int, root: str) -> None:
         while not (root / "finished").exists():
             time.sleep(0.05)
     stage = ImpLevel(_small(root / "raced"), "labels", 0, 0)
-    _outcome(str(root), rank, "race", lambda: stage.run(Runtime(torch.device("cpu"), rank, 2))["accuracy"])
+    _outcome(str(root), rank, "race", lambda: runner.run(stage, Runtime(torch.device("cpu"), rank, 2))["accuracy"])
 
 
 @pytest.mark.slow
@@ -263,13 +280,16 @@ def test_a_stage_finished_by_another_writer_between_two_ranks_reads_is_done_on_b
     and waited for its lock while another writer finished it; rank 1 then found it done and left,
     and rank 0, finding it done under the lock, waited alone in the agreement. Rank 0 now reads
     and broadcasts; both return the other writer's result."""
+    from sslprune.compute import runner
+    from sslprune.compute.runtime import Runtime
+
     import torch
     from sslprune.compute.runtime import Runtime
 
     other = ImpLevel(_small(tmp_path / "other"), "labels", 0, 0)
     before = torch.get_num_threads()
     try:
-        expected = other.run(Runtime(torch.device("cpu")))["accuracy"]
+        expected = runner.run(other, Runtime(torch.device("cpu")))["accuracy"]
     finally:
         torch.set_num_threads(before)
     raced = ImpLevel(_small(tmp_path / "raced"), "labels", 0, 0)
@@ -299,6 +319,9 @@ def _level(store: Path, level: int) -> ImpLevel:
 
 
 def _decisions(rank: int, root: str) -> None:
+    from sslprune.compute import runner
+    from sslprune.compute.runtime import Runtime
+
     import torch
     from sslprune.compute.runtime import Runtime
 
@@ -306,10 +329,10 @@ def _decisions(rank: int, root: str) -> None:
     root = Path(root)
     # First (the group is still sound): a done stage whose parent was set aside since
     stage = _level(root / "store", 1)
-    _outcome(str(root), rank, "done", lambda: stage.run(Runtime(torch.device("cpu"), rank, 2))["accuracy"])
+    _outcome(str(root), rank, "done", lambda: runner.run(stage, Runtime(torch.device("cpu"), rank, 2))["accuracy"])
     # Then rank 0 fails before deciding: the stage's `.lock` is a folder
     stage = _level(root / "store", 0)
-    _outcome(str(root), rank, "failed", lambda: stage.run(Runtime(torch.device("cpu"), rank, 2))["accuracy"])
+    _outcome(str(root), rank, "failed", lambda: runner.run(stage, Runtime(torch.device("cpu"), rank, 2))["accuracy"])
     deadline = time.monotonic() + 2 * WAIT_S  # rank 0 leaving first would end a waiting rank 1 sooner
     while rank == 0 and not (root / "failed-1.json").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -317,12 +340,14 @@ def _decisions(rank: int, root: str) -> None:
 
 @pytest.fixture(scope="module")
 def decisions(tmp_path_factory):
+    from sslprune.compute import runner
+
     import torch
 
     root = tmp_path_factory.mktemp("decisions")
     before = torch.get_num_threads()
     try:
-        done = [_level(root / "store", level).run()["accuracy"] for level in (0, 1)]
+        done = [runner.run(_level(root / "store", level))["accuracy"] for level in (0, 1)]
     finally:
         torch.set_num_threads(before)
     zero = _level(root / "store", 0)
@@ -375,8 +400,8 @@ def test_a_pack_on_two_ranks_gives_what_its_stages_give_apart(tmp_path):
 
     ex = submitit.LocalExecutor(folder=str(tmp_path / "jobs" / "%j"))
     ex.update_parameters(tasks_per_node=2, timeout_min=10)
-    packed = ex.submit(StageJob(_pack_stages(tmp_path / "packed")))
-    apart = [ex.submit(StageJob(s)) for s in _pack_stages(tmp_path / "apart")]
+    packed = ex.submit(StageJob(_pack_stages(tmp_path / "packed"), compute))
+    apart = [ex.submit(StageJob(s, compute)) for s in _pack_stages(tmp_path / "apart")]
     outs = packed.results()
     assert outs[0] == outs[1] and [o["accuracy"] for o in outs[0]] == [j.results()[0]["accuracy"] for j in apart]
     for p, a in zip(_pack_stages(tmp_path / "packed"), _pack_stages(tmp_path / "apart")):
@@ -392,7 +417,7 @@ _NEXT_STAGES = """
 import json, os, torch
 os.environ.pop("SLURM_CPUS_PER_TASK", None)  # run.threads=0 is then torch's count at the start
 from sslprune.compute.runtime import from_environment
-from sslprune.control.config import RunConfig
+from sslprune.core.schema import RunConfig
 start = torch.get_num_threads()
 first = from_environment(RunConfig(threads=1))
 seen = [torch.get_num_threads()]

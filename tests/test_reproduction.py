@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from sslprune.control import machine, reproduction
+from sslprune.control import reproduction
+from sslprune.core import machine
 from sslprune.control.findings import STABLE
 
 from conftest import ROOT, cli, tiny_config

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, cli, wait_for
+from sslprune.core import errors
 
 pytestmark = pytest.mark.slurm
 
@@ -56,9 +57,9 @@ def wait_complete(args, timeout: float = 420) -> dict:
 
 
 def job_records(store: Path) -> dict[str, dict]:
-    from sslprune.control import submission
+    from sslprune.control import ledger
 
-    return submission.records(store)
+    return ledger.records(store)
 
 
 def step(stage_dir: Path) -> int:
@@ -445,7 +446,7 @@ def test_a_held_array_whose_dependency_slurm_refuses_is_cancelled_with_one_line(
     tasks = [f"{base}_0", f"{base}_1"]
     try:
         assert {j: s.state for j, s in slurm.query(tasks).items()} == {t: "PENDING" for t in tasks}
-        with pytest.raises(slurm.Refused) as e:
+        with pytest.raises(errors.Refused) as e:
             submission.wire(base, {tasks[0]: f"afterok:{tasks[1]}", tasks[1]: f"afterok:{tasks[0]}"})
         assert str(e.value) == (f"scontrol update JobId={tasks[1]} Dependency=afterok:{tasks[0]} failed: "
                                 f"{tasks[1]}: Circular job dependency; array {base} was cancelled")

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from sslprune.control import store as files
-from sslprune.control.config import identity, digest, DataConfig, RunConfig
-from sslprune.control.stage import ImpLevel, chain_identity
+from sslprune.core import store as files
+from sslprune.core.identity import identity, digest, chain_identity
+from sslprune.core.schema import DataConfig, RunConfig
+from sslprune.core.stage import ImpLevel
 
 from conftest import ROOT, cli, tiny_config
 

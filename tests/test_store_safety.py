@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from sslprune.control import store as files
+from sslprune.core import store as files, errors
 
 from conftest import ROOT, cli
+from sslprune.core.errors import Interrupted
+from sslprune.core.stage import ImpLevel
 
 TINY = ["model.width=4", "signal=labels", "run.threads=1", "run.checkpoint_steps=1", "run.log_every=10",
         "prune.levels=0", "prune.rewind=5it", "signals.labels.optim.epochs=4", "signals.labels.optim.milestones=[2]",
@@ -48,10 +50,11 @@ def reference(tmp_path_factory):
 
 def _partial(store: Path, steps: int) -> Path:
     """A level 0 stopped after `steps` updates, with its checkpoint and the previous one."""
+    from sslprune.compute import runner
+
     import torch
 
     from sslprune.compute.runtime import Runtime
-    from sslprune.control.stage import ImpLevel, Interrupted
     from sslprune.launch.compose import CONF_DIR, typed
     from hydra import compose, initialize_config_dir
 
@@ -59,7 +62,7 @@ def _partial(store: Path, steps: int) -> Path:
         cfg = typed(compose("config", overrides=[f"store={store}", *TINY, "run.quiet=true"]))
     polls = iter(range(10_000))
     with pytest.raises(Interrupted):
-        ImpLevel(cfg, "labels", 0, 0).run(Runtime(torch.device("cpu")), interrupt=lambda: next(polls) == steps)
+        runner.run(ImpLevel(cfg, "labels", 0, 0), Runtime(torch.device("cpu")), interrupt=lambda: next(polls) == steps)
     return _level0(store)
 
 
@@ -323,7 +326,7 @@ NOT_RESULTS = {
 
 @pytest.mark.parametrize("damage", NOT_RESULTS)
 def test_a_result_json_that_is_not_a_result_is_corrupt(tmp_path, reference, damage):
-    from sslprune.control.stage import ImpLevel
+    from sslprune.core.stage import ImpLevel
 
     store = tmp_path / "store"
     level0 = _copy(reference, store)
@@ -335,7 +338,7 @@ def test_a_result_json_that_is_not_a_result_is_corrupt(tmp_path, reference, dama
     (level0 / "result.json").write_text(json.dumps(bad))
     stage = ImpLevel(_cfg(store), "labels", 0, 0)
     assert stage.state() == "corrupt" and not stage.done()
-    with pytest.raises(files.Corrupt, match="is not a result"):
+    with pytest.raises(errors.Corrupt, match="is not a result"):
         files.read_result(level0, "imp")
 
 
@@ -362,19 +365,19 @@ def test_a_symlinked_lock_does_not_truncate_its_target(tmp_path):
     folder = tmp_path / "store" / "stage"
     folder.mkdir(parents=True)
     (folder / ".lock").symlink_to(precious)
-    with pytest.raises(files.StoreError, match="symbolic link") as e:
+    with pytest.raises(errors.StoreError, match="symbolic link") as e:
         with files.lock(folder):
             pass
     assert str(folder / ".lock") in str(e.value.strerror)
     assert precious.read_text() == "keep me\n"
     (folder / ".lock").unlink()
     os.mkfifo(folder / ".lock")
-    with pytest.raises(files.StoreError, match="a FIFO, not a lock file"):
+    with pytest.raises(errors.StoreError, match="a FIFO, not a lock file"):
         with files.lock(folder):
             pass
     (folder / ".lock").unlink()
     (folder / ".lock").mkdir()
-    with pytest.raises(files.StoreError, match="is a folder, not a lock file"):
+    with pytest.raises(errors.StoreError, match="is a folder, not a lock file"):
         with files.lock(folder):
             pass
 
@@ -400,7 +403,7 @@ def test_a_symlinked_stage_folder_is_refused_and_nothing_outside_changes(tmp_pat
 
 
 def test_a_symlinked_output_is_corrupt_and_set_aside_removes_only_the_link(tmp_path, reference):
-    from sslprune.control.stage import ImpLevel
+    from sslprune.core.stage import ImpLevel
 
     store = tmp_path / "store"
     level0 = _copy(reference, store)
@@ -423,7 +426,7 @@ def test_a_fifo_as_result_json_does_not_hang_status_or_report(tmp_path, referenc
     assert status["kinds"]["imp"]["corrupt"] == 1
     p = cli("sslprune-report", f"store={store}", *TINY, timeout=60)
     assert "Traceback" not in p.stderr
-    with pytest.raises(files.Corrupt, match=f"{level0 / 'result.json'} is a FIFO, not a regular file"):
+    with pytest.raises(errors.Corrupt, match=f"{level0 / 'result.json'} is a FIFO, not a regular file"):
         files.read_result(level0)
 
 
@@ -444,7 +447,7 @@ def test_a_code_snapshot_is_verified_before_it_is_reused(tmp_path):
         target = code / planted
         original = target.read_bytes() if target.exists() else None
         target.write_bytes((original or b"") + b"\nimport os; os.system('touch PWNED')\n")
-        with pytest.raises(snapshot.Mismatch) as e:
+        with pytest.raises(errors.Mismatch) as e:
             snapshot.take(store)
         assert e.value.strerror == (f"code snapshot {code} does not match its name (its content hashes to "
                                     f"{snapshot.digest(code)}): code was added or changed in the store; refusing "
@@ -529,13 +532,13 @@ def test_linked_jobs_reports_and_chain_folders_are_refused(tmp_path, reference):
     # jobs/.lock was opened with "w": a link truncated its target
     (store / "jobs").mkdir()
     (store / "jobs" / ".lock").symlink_to(precious)
-    with pytest.raises(files.StoreError, match="symbolic link"):
+    with pytest.raises(errors.StoreError, match="symbolic link"):
         with submission._lock(store):
             pass
     (store / "jobs" / ".lock").unlink()
     (store / "jobs").rmdir()
     (store / "jobs").symlink_to(outside)
-    with pytest.raises(files.StoreError, match=f"{store / 'jobs'} is a symbolic link"):
+    with pytest.raises(errors.StoreError, match=f"{store / 'jobs'} is a symbolic link"):
         with submission._lock(store):
             pass
     chain = level0.parents[1]
@@ -543,7 +546,7 @@ def test_linked_jobs_reports_and_chain_folders_are_refused(tmp_path, reference):
     chain.symlink_to(outside / "chain")
     cfg = _cfg(store)
     cfg.experiment = "another"  # its chain.json would gain a `used_by` entry
-    with pytest.raises(files.StoreError, match=f"{chain} is a symbolic link"):
+    with pytest.raises(errors.StoreError, match=f"{chain} is a symbolic link"):
         index.write_chains(cfg)
     chain.unlink()
     shutil.move(outside / "chain", chain)

@@ -5,8 +5,10 @@ from dataclasses import replace
 
 import pytest
 
+from sslprune.core.errors import ConfigError
+from sslprune.core.schema import LauncherConfig, SingleConfig
+from sslprune.core.validation import validate, validate_launcher
 from sslprune.control import slurm, submission
-from sslprune.control.config import ConfigError, LauncherConfig, SingleConfig, validate, validate_launcher
 from sslprune.control.experiment import stages
 
 from conftest import tiny_config
@@ -131,7 +133,7 @@ def test_launcher_is_not_identity(tmp_path):
 def test_runs_once_stages_get_one_task_and_the_single_preset_and_are_never_packed(tmp_path):
     """SVMs and standardised-feature probes: one task on one node with launcher.single's GPUs, even in
     a sweep of 8 GPUs and 8 tasks per node on 2 nodes; with launcher.pack they keep their own arrays."""
-    from sslprune.control.stage import Probe, Svm
+    from sslprune.core.stage import Probe, Svm
 
     cfg = tiny_config(tmp_path, seeds=[0])
     cfg.launcher = replace(cfg.launcher, name="slurm", nodes=2, tasks_per_node=8, gpus_per_node=8, cpus_per_task=10)

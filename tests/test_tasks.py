@@ -13,10 +13,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from sslprune.control import store as files
-from sslprune.control.config import DataConfig, ModelConfig, RunConfig, SignalConfig, TaskConfig, validate_task
-from sslprune.control.progress import Progress
-from sslprune.control.stage import ImpLevel
+from sslprune.core import store as files, errors
+from sslprune.core.errors import Interrupted
+from sslprune.core.progress import Progress
+from sslprune.core.schema import DataConfig, ModelConfig, RunConfig, SignalConfig, TaskConfig
+from sslprune.core.stage import ImpLevel
+from sslprune.core.validation import validate_task
 
 from conftest import ROOT, tiny_config, tiny_optim
 
@@ -175,6 +177,8 @@ def test_npid_knn_votes_with_the_bank_and_training_labels(digits):
 
 
 def test_npid_resume_is_bit_identical_including_the_bank(tmp_path):
+    from sslprune.compute import runner
+
     import torch
     from sslprune.compute import runner
     from sslprune.compute import loader as loaders
@@ -333,6 +337,8 @@ def _subset_cfg(store, name, **kw):
 
 
 def test_subset_is_saved_at_level_0_read_back_and_checked(tmp_path, digits):
+    from sslprune.compute import runner
+
     import torch
     from sslprune.compute import runner
     from sslprune.compute import subset as subsets
@@ -343,7 +349,7 @@ def test_subset_is_saved_at_level_0_read_back_and_checked(tmp_path, digits):
     with pytest.raises(FileNotFoundError, match="label_subset.json"):
         runner.prepare(ImpLevel(cfg, "labels", 0, 1), rt)  # a later level never draws its own subset
     setup = runner.prepare(ImpLevel(cfg, "labels", 0, 0), rt)
-    ImpLevel(cfg, "labels", 0, 0).run(rt)
+    runner.run(ImpLevel(cfg, "labels", 0, 0), rt)
     path = ImpLevel(cfg, "labels", 0, 0).dir / "label_subset.json"
     saved = files.read_json(path)
     idx = subsets.select(digits.train.labels, 10, 0.1, "images", 0)
@@ -356,7 +362,7 @@ def test_subset_is_saved_at_level_0_read_back_and_checked(tmp_path, digits):
     assert torch.equal(runner.prepare(ImpLevel(cfg, "labels", 0, 1), rt).data.train.labels, digits.train.labels[idx[1:]])
     # A file made for another subset is refused, naming what differs.
     files.write_json({**saved, "subset_seed": 7}, path)
-    with pytest.raises(subsets.SubsetMismatch, match="subset_seed"):
+    with pytest.raises(errors.SubsetMismatch, match="subset_seed"):
         runner.prepare(ImpLevel(cfg, "labels", 0, 1), rt)
     # S4L keeps every image; those outside the subset have label -1.
     s4l = runner.prepare(ImpLevel(_subset_cfg(tmp_path / "t", "s4l"), "s4l", 0, 0), rt).data.train
@@ -390,6 +396,8 @@ CHAINS = {  # signal: task, optim, lowest accuracy accepted at levels 0 and 1 (o
 
 @pytest.mark.parametrize("signal", list(CHAINS))
 def test_short_imp_chain(tmp_path, signal):
+    from sslprune.compute import runner
+
     from sslprune.compute.runtime import local
 
     task, optim, metric, low = CHAINS[signal]
@@ -400,7 +408,7 @@ def test_short_imp_chain(tmp_path, signal):
     rt = local(cfg.run)
     for level in (0, 1):
         stage = ImpLevel(cfg, signal, 0, level)
-        stage.run(rt)
+        runner.run(stage, rt)
         r = files.read_json(stage.dir / "result.json")
         assert r["metric"] == metric and r["signal_task"] == task.name and r["count"] == 359
         assert low < r["accuracy"] <= 1.0, r
@@ -425,6 +433,8 @@ def _image_folder(root: Path, train: int, val: int, classes=("a", "b", "c")) -> 
 
 
 def test_label_subset_of_an_image_folder(tmp_path):
+    from sslprune.compute import runner
+
     import torch
     from sslprune.compute import runner
     from sslprune.compute import dataset, loader as loaders, subset as subsets
@@ -453,12 +463,14 @@ def test_label_subset_of_an_image_folder(tmp_path):
     assert torch.equal(ld.train_labels[idx], scanned[idx])
     ys = torch.cat([y for _, y in ld.batches(0)])
     assert sorted(ys.tolist()) == [-1] * 24 + [0, 0, 1, 1, 2, 2]
-    result = ImpLevel(cfg, "s4l", 0, 0).run(rt)
+    result = runner.run(ImpLevel(cfg, "s4l", 0, 0), rt)
     assert result["count"] == 6 and result["metric"] == "top1"
 
 
 def test_npid_bank_is_rewound_with_the_weights(tmp_path):
     """Level 1 starts from W_k and from the memory bank as it was after those k updates."""
+    from sslprune.compute import runner
+
     import torch
     from sslprune.compute import runner
     from sslprune.compute import checkpoint, loader as loaders, seed as seeds
@@ -468,10 +480,10 @@ def test_npid_bank_is_rewound_with_the_weights(tmp_path):
 
     import torch
 
+    from sslprune.core.schema import SignalConfig, TaskConfig
+    from sslprune.core.stage import ImpLevel
     from sslprune.compute import checkpoint, loader as loaders, seed as seeds
-    from sslprune.control.config import SignalConfig, TaskConfig
     from sslprune.compute.runtime import local
-    from sslprune.control.stage import ImpLevel
 
     from conftest import tiny_config, tiny_optim
 
@@ -480,7 +492,7 @@ def test_npid_bank_is_rewound_with_the_weights(tmp_path):
     cfg.retrain = dataclasses.replace(cfg.retrain, schemes=[])
     cfg.probe = dataclasses.replace(cfg.probe, signals=[])
     rt = local(cfg.run)
-    ImpLevel(cfg, "npid", 0, 0).run(rt)
+    runner.run(ImpLevel(cfg, "npid", 0, 0), rt)
     rewound = checkpoint.load(ImpLevel(cfg, "npid", 0, 1).rewind_file())
     assert rewound["step"] == 3 and rewound["task"]["bank"].shape[1] == 128
     setup = runner.prepare(ImpLevel(cfg, "npid", 0, 1), rt)

@@ -13,16 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sslprune.control import store as files
-from sslprune.control.config import DataConfig, ModelConfig, RunConfig, SignalConfig, TaskConfig
+from sslprune.core import store as files
+from sslprune.core.progress import Progress
+from sslprune.core.schema import DataConfig, ModelConfig, RunConfig, SignalConfig, TaskConfig
+from sslprune.core.stage import ImpLevel, Retrain
 from sslprune.control.local import run_local
-from sslprune.control.progress import Progress
-from sslprune.control.stage import ImpLevel, Retrain
 
 from conftest import cli, tiny_config, tiny_optim
+from sslprune.api import compute
+from sslprune.api import uses_cuda
 
 
 def _fit(cfg, signal, ckpt, net=None, loader=None, **kw):
+    from sslprune.compute import runner
+
     import torch
     from sslprune.compute import loader as loaders, runner
     from sslprune.compute import trainer
@@ -77,6 +81,8 @@ def test_a_checkpoint_of_an_8_gpu_job_resumes_where_one_gpu_is_visible(tmp_path,
     This machine has no GPU: torch.cuda here pretends one is visible, and set_rng_state_all fails
     as torch's does with one GPU (its default_generators has one entry). The GPU check
     (benchmarks/gpu_check.py) resumes such a checkpoint under CUDA_VISIBLE_DEVICES for real."""
+    from sslprune.compute import runner
+
     import torch
     from sslprune.compute import checkpoint
     from sslprune.compute import trainer
@@ -95,15 +101,15 @@ def test_a_checkpoint_of_an_8_gpu_job_resumes_where_one_gpu_is_visible(tmp_path,
     stage = ImpLevel(cfg, "labels", 0, 0)
     polls = iter(range(1000))
     with pytest.raises(trainer.Interrupted):
-        stage.run(Runtime(CPU), interrupt=lambda: next(polls) == 5)
+        runner.run(stage, Runtime(CPU), interrupt=lambda: next(polls) == 5)
     ckpt = stage.dir / "checkpoint.pt"
     state = checkpoint.load(ckpt, verify=False)
     assert set(state["rng"]) == {"torch"}  # nothing of CUDA's, though a GPU was visible
     state["rng"]["cuda"] = [torch.full((16,), i, dtype=torch.uint8) for i in range(8)]  # what an 8-GPU job wrote
     checkpoint.save_training(state, ckpt)
-    resumed = stage.run(Runtime(CPU))
+    resumed = runner.run(stage, Runtime(CPU))
     reference = ImpLevel(tiny_config(tmp_path / "r", run=cfg.run), "labels", 0, 0)
-    expected = reference.run(Runtime(CPU))
+    expected = runner.run(reference, Runtime(CPU))
     assert resumed["accuracy"] == expected["accuracy"]
     a, b = checkpoint.load(stage.dir / "model.pt"), checkpoint.load(reference.dir / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -217,6 +223,8 @@ def test_cuda_without_a_gpu_is_one_line_before_any_work(tmp_path):
 def test_a_stage_is_bit_identical_whatever_ran_before_in_the_process(tmp_path, name):
     """Exemplar's views and NPID's negatives drew from the process-global RNG: the same stage gave
     0.4373 alone and 0.4708 after an unrelated torch.rand(7). Every draw now has its own seed."""
+    from sslprune.compute import runner
+
     import torch
     from sslprune.compute import checkpoint
     from sslprune.compute.runtime import Runtime
@@ -230,7 +238,7 @@ def test_a_stage_is_bit_identical_whatever_ran_before_in_the_process(tmp_path, n
             torch.rand(noise), random.random(), np.random.rand(noise)
             torch.manual_seed(noise)
         stage = ImpLevel(cfg, name, 0, 0)
-        stage.run(Runtime(CPU))
+        runner.run(stage, Runtime(CPU))
         results.append((checkpoint.load(stage.dir / "model.pt"), stage.result()["accuracy"]))
     (a, acc), *others = results
     for b, other in others:
@@ -252,14 +260,14 @@ def test_a_recomputed_stage_is_bit_identical_whatever_else_is_left_to_run(tmp_pa
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(os.cpu_count())  # what a fresh process would have
-        run_local(cfg)
+        run_local(cfg, compute, uses_cuda)
         level = ImpLevel(cfg, "rotnet", 0, 2)
         original = checkpoint.load(level.dir / "model.pt")
         result = level.result()
         assert result["threads"] == max(1, os.cpu_count() // os.cpu_count())
         shutil.rmtree(level.dir)
         torch.set_num_threads(os.cpu_count())
-        assert run_local(cfg) == 3  # that level, its re-training and its probe: one chain left
+        assert run_local(cfg, compute, uses_cuda) == 3  # that level, its re-training and its probe: one chain left
         again = checkpoint.load(level.dir / "model.pt")
         assert all(torch.equal(original[k], again[k]) for k in original)
         assert level.result()["accuracy"] == result["accuracy"]
@@ -268,6 +276,8 @@ def test_a_recomputed_stage_is_bit_identical_whatever_else_is_left_to_run(tmp_pa
 
 
 def test_resume_keeps_the_thread_count_the_stage_started_with(tmp_path):
+    from sslprune.compute import runner
+
     import torch
     from sslprune.compute import checkpoint
     from sslprune.compute import trainer
@@ -278,17 +288,17 @@ def test_resume_keeps_the_thread_count_the_stage_started_with(tmp_path):
     stage = ImpLevel(cfg, "labels", 0, 0)
     polls = iter(range(1000))
     with pytest.raises(trainer.Interrupted):
-        stage.run(Runtime(CPU), interrupt=lambda: next(polls) == 5)
+        runner.run(stage, Runtime(CPU), interrupt=lambda: next(polls) == 5)
     assert checkpoint.load(stage.dir / "checkpoint.pt")["threads"] == 2
     other = replace(cfg, run=replace(cfg.run, threads=1))
     before = torch.get_num_threads()
     try:
-        result = ImpLevel(other, "labels", 0, 0).run(Runtime(CPU))
+        result = runner.run(ImpLevel(other, "labels", 0, 0), Runtime(CPU))
     finally:
         torch.set_num_threads(before)
     assert result["threads"] == 2
     reference = tiny_config(tmp_path / "r", run=RunConfig(quiet=True, threads=2))
     ref = ImpLevel(reference, "labels", 0, 0)
-    ref.run(Runtime(CPU))
+    runner.run(ref, Runtime(CPU))
     a, b = checkpoint.load(ref.dir / "model.pt"), checkpoint.load(stage.dir / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -16,14 +16,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sslprune.control import catalog
+from sslprune.core import catalog, store as files, voc
+from sslprune.control import experiment, ledger, report, submission
+from sslprune.api import compute, uses_cuda
 from sslprune.control.local import run_local
-from sslprune.control import store as files
-from sslprune.control import experiment, report, submission, voc
 
-from sslprune.control.config import ConfigError, DataConfig, FinetuneConfig, ModelConfig, PruneConfig, SignalConfig, \
-    SvmConfig, TaskConfig
-from sslprune.control.stage import Finetune, ImpLevel, Svm
+from sslprune.core.errors import ConfigError, DataMissing
+from sslprune.core.schema import (DataConfig, FinetuneConfig, ModelConfig, PruneConfig, SignalConfig, SvmConfig,
+                                  TaskConfig)
+from sslprune.core.stage import Finetune, ImpLevel, Svm
 
 from conftest import cli, tiny_config, tiny_optim
 
@@ -371,8 +372,8 @@ def test_svm_and_finetune_stages_on_voc07_from_real_imp_levels(tmp_path, voc_roo
     assert [type(s).__name__ for s in chain] == ["ImpLevel", "Svm", "Svm", "ImpLevel", "Svm", "Finetune"]
     assert [s.evaluation for s in chain[1:3]] == ["svm:voc07", "svm:voc07@init"]
     assert [submission._variant(s) for s in chain[4:]] == ["svm-voc07", "finetune-voc07"]
-    assert {"svm", "finetune"} <= set(submission.KINDS)
-    assert run_local(cfg) == 6
+    assert {"svm", "finetune"} <= set(ledger.KINDS)
+    assert run_local(cfg, compute, uses_cuda) == 6
     present = {voc.CLASSES.index(n) for n in COLOURS}
     for level in (0, 1):
         stage = Svm(cfg, "rotnet", 0, level, voc_data)
@@ -405,7 +406,7 @@ def test_svm_and_finetune_stages_on_voc07_from_real_imp_levels(tmp_path, voc_roo
     assert all(torch.equal(checkpoint.load(tune.dir / "mask.pt")[n], mask[n]) for n in mask)
     rows = {(row["evaluation"], row["level"]) for row in report.rows(cfg)}
     assert {("svm:voc07", 0), ("svm:voc07", 1), ("finetune:voc07", 1), ("pretext", 0)} <= rows
-    assert run_local(cfg) == 0  # everything done: nothing reruns
+    assert run_local(cfg, compute, uses_cuda) == 0  # everything done: nothing reruns
 
 
 def test_svm_on_trained_digit_features_beats_random_features(tmp_path):
@@ -420,7 +421,7 @@ def test_svm_on_trained_digit_features_beats_random_features(tmp_path):
                       svm=SvmConfig(signals=["labels"], datasets=[digits], costs=[0.1, 1.0, 10.0, 100.0], folds=3))
     cfg.retrain = replace(cfg.retrain, schemes=[])
     cfg.probe = replace(cfg.probe, signals=[])
-    run_local(cfg)
+    run_local(cfg, compute, uses_cuda)
     trained = Svm(cfg, "labels", 0, 0, digits).result()
     assert trained["classes_evaluated"] == 10 and trained["count"] == 359 and trained["remaining"] == 1.0
     data = dataset.load(digits)

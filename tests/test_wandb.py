@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from sslprune.control import store as files
+from sslprune.core import store as files
 from sslprune.control import dashboard, report, upload
 
-from sslprune.control.config import Config, WandbConfig
+from sslprune.core.schema import Config, WandbConfig
 
 from conftest import ROOT
 
@@ -87,8 +87,8 @@ def wandb_dirs(root: Path) -> list[Path]:
 def stages_of(store: Path, *overrides: str):
     from hydra import compose, initialize_config_dir
 
-    from sslprune.launch.compose import CONF_DIR, typed
     from sslprune.control.experiment import stages
+    from sslprune.launch.compose import CONF_DIR, typed
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         cfg = typed(compose("config", overrides=[f"store={store}", *overrides]))
@@ -215,7 +215,7 @@ def test_killed_stage_resumes_the_same_wandb_run(tmp_path):
             "signals.labels.optim.milestones=[8]", "wandb=offline", "wandb.system_metrics=false",
             "wandb.flush_seconds=0.05"]
     cfg, _ = stages_of(store, *args[2:])
-    from sslprune.control.stage import ImpLevel
+    from sslprune.core.stage import ImpLevel
 
     stage = ImpLevel(cfg, "labels", 0, 0)
     p = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -394,7 +394,9 @@ def test_sync_stops_a_hanging_upload_and_resyncs_only_what_changed(demo, tmp_pat
 
 
 def test_stagger_spreads_an_array_and_config_is_checked():
-    from sslprune.control.config import ConfigError, WandbConfig, validate_wandb
+    from sslprune.core.errors import ConfigError
+    from sslprune.core.schema import WandbConfig
+    from sslprune.core.validation import validate_wandb
 
     w = WandbConfig(stagger=0.2, stagger_max=120)
     delays = [dashboard.stagger_delay(w, {"SLURM_ARRAY_TASK_ID": str(i)}) for i in range(500)]

@@ -1,6 +1,6 @@
 """Tensors in the store, written atomically and read without running any code.
 
-* Writes go through sslprune.control.store (temporary file, fsync, rename): a kill -9 in the
+* Writes go through sslprune.core.store (temporary file, fsync, rename): a kill -9 in the
   middle of a write leaves only a stray temporary file, never a torn file.
 * Reads use `torch.load(weights_only=True)`, always to the CPU: a store on a shared file system is
   only data (tensors, numbers, strings, lists, dicts), and a file holding anything else (a crafted
@@ -22,8 +22,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..control import store as files
-from ..control.store import Damaged, Unsafe
+from ..core import store as files
+from ..core.errors import Damaged, Unsafe
 
 LATEST = "checkpoint.pt"
 FROM = "loaded_from"  # resume_state's note of the file a state was read from (not saved in checkpoints)
@@ -37,7 +37,7 @@ def load(path: Path, verify: bool = True) -> Any:
     """A torch file of the store, on the CPU, as plain data only.
 
     `verify`: check the file against the sha256 its stage recorded in result.json first (a file a
-    finished stage wrote and another stage now reads), raising sslprune.control.store.Corrupt."""
+    finished stage wrote and another stage now reads), raising sslprune.core.errors.Corrupt."""
     path = Path(path)
     if verify:
         files.verify_file(path)

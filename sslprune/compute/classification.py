@@ -8,7 +8,8 @@ from torch.nn import functional as F
 
 from . import distributed
 
-from ..control import voc
+from ..core import voc
+from .seed import Draws
 
 
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:

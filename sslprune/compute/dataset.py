@@ -15,9 +15,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..control import catalog, voc
-from ..control.catalog import FASHION_MNIST_DEBIAN, NUM_CLASSES, root_of
-from ..control.config import DataConfig, DataCorrupt, DataMissing
+from ..core import catalog, voc
+from ..core.catalog import NUM_CLASSES, root_of
+from ..core.errors import DataCorrupt
+from ..core.schema import DataConfig
 
 
 @dataclass

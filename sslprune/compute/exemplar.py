@@ -10,7 +10,7 @@ from . import distributed
 from .classification import Labels, at_least_fp32
 from .seed import Draws
 
-from ..control.config import TaskConfig
+from ..core.schema import TaskConfig
 
 
 class Exemplar(Labels):

@@ -26,9 +26,9 @@ from typing import Dict, Optional
 
 import torch
 
-from ..control import store as files
-from ..control.stage import Stage
-from . import checkpoint, cost as costs, model as models
+from ..core import store as files
+from ..core.stage import Stage
+from . import checkpoint, cost as costs
 
 FORMAT = "sslprune-compact-1"
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)

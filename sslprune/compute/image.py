@@ -40,7 +40,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..control.config import DataCorrupt
+from ..core.errors import DataCorrupt
 
 SCALE = (0.08, 1.0)  # RandomResizedCrop's defaults: the crop's share of the image area
 RATIO = (3 / 4, 4 / 3)  # and its aspect ratio range

@@ -23,9 +23,10 @@ from typing import Iterator, Optional
 import torch
 from torch.nn import functional as F
 
-from ..control.config import DECODES, ConfigError, DataCorrupt
 from . import distributed, image, seed as seeds
-from .dataset import DataMissing, FolderData, MemoryData
+from .dataset import FolderData, MemoryData
+from ..core.errors import ConfigError, DataCorrupt, DataMissing
+from ..core.schema import DECODES
 
 
 class MemoryLoader:
@@ -267,7 +268,7 @@ def _own_message(e: Exception) -> str:
     text = str(e).strip()
     if "Original Traceback" not in text:
         return text
-    last = text.splitlines()[-1]  # "sslprune.control.config.DataCorrupt: <the message>"
+    last = text.splitlines()[-1]  # "sslprune.core.errors.DataCorrupt: <the message>"
     return last.split(": ", 1)[1] if ": " in last else last
 
 

@@ -14,7 +14,8 @@ import torch
 import torchvision
 from torch import nn
 
-from ..control.config import ModelConfig, ConfigError, CUT_POINTS, MODELS
+from ..core.errors import ConfigError
+from ..core.schema import ModelConfig, CUT_POINTS, MODELS
 
 
 class BasicBlock(nn.Module):

@@ -1,6 +1,9 @@
 """Running a stage: what training starts from for each kind of stage, then the one loop.
 
-The control plane (sslprune.control.stage) says where a stage lives and what it needs; this
+`run` is the one place a process starts computing a stage (sslprune-run's workers, submitit jobs,
+the stage apps and the Python API all reach it; the control plane never imports it: the app layer
+hands it over, sslprune.api.compute). The stage record (sslprune.core.stage) says where a stage
+lives and what it needs; this
 module turns it into a network with its weights loaded, a mask, a task, data and the step the
 schedule starts at (`Setup`, one function per kind below), trains it with sslprune.compute.trainer
 and writes its outputs. `result.json` is written last, with the size and sha256 of every output.
@@ -14,11 +17,14 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 import torch
 
-from ..control import machine, monitor as monitors, store as files
-from ..control.config import OptimConfig, identity, rewind_steps, signal_data, signal_prune
-from ..control.progress import Progress, clock
-from ..control.stage import DONE, OUTPUTS, Finetune, ImpLevel, MissingInput, Probe, Retrain, Stage, Svm, \
-    chain_identity
+from ..core import machine, store as files
+from ..core.errors import Corrupt, MissingInput
+from ..core.identity import identity, chain_identity
+from ..core.progress import Progress, clock, open_for
+from ..core.rewind import rewind_steps
+from ..core.schema import OptimConfig
+from ..core.stage import DONE, OUTPUTS, Finetune, ImpLevel, Probe, Retrain, Stage, Svm
+from ..core.sweep import signal_data, signal_prune
 from . import checkpoint, dataset, loader as loaders, mask as masks, model as models, seed as seeds, task as tasks
 from . import cost as costs, sparsity, subset as subsets
 from .runtime import Runtime, from_environment, local
@@ -56,8 +62,16 @@ class Setup:
 COMPUTE, FOUND_DONE, PARENT_MISSING, FAILED = 0, 1, 2, 3  # rank 0's decision, broadcast to the other ranks
 
 
-def run(stage: Stage, rt=None, interrupt=None, started: Optional[float] = None, observer=None) -> dict:
+def run(stage: Stage, rt=None, interrupt=None, started: Optional[float] = None, observer=None,
+        mirror: Optional[Callable] = None) -> dict:
     """Run (or resume) `stage` here; a done stage returns its stored result without work.
+
+    `interrupt`: polled at step boundaries; True checkpoints and stops (Interrupted). `started`: when
+    the job's work began (wall clock): result.json's `startup_s` is the time from then to the first
+    training step. `observer`: gets start/log/note/finish/fail of the stage instead of its progress
+    lines being printed (sslprune-run's live display). `mirror`: stage -> another observer of the
+    writing rank or None (the W&B mirror, sslprune.control.dashboard.observer); both follow the
+    progress protocol of sslprune.core.progress, so this plane never imports who listens.
 
     `rt`: a Runtime, None (this process alone) or "environment" (the ranks of a submitit job, set
     up by the process's first stage and kept for the next stages of a pack). One process at a time
@@ -72,7 +86,7 @@ def run(stage: Stage, rt=None, interrupt=None, started: Optional[float] = None, 
     a `.lock` that is a folder, Ctrl-C): the other ranks would otherwise wait for its broadcast
     until the process group's timeout (30 minutes)."""
     if rt == "environment":
-        return run(stage, from_environment(stage.cfg.run), interrupt, started, observer)
+        return run(stage, from_environment(stage.cfg.run), interrupt, started, observer, mirror)
     if rt is not None and rt.world > 1 and not rt.is_writer:
         decision = rt.decide(COMPUTE)
         if decision == FOUND_DONE:
@@ -81,7 +95,7 @@ def run(stage: Stage, rt=None, interrupt=None, started: Optional[float] = None, 
             raise MissingInput(f"{stage.label}: rank 0 found a parent stage not done")
         if decision == FAILED:
             raise RuntimeError(f"{stage.label}: rank 0 failed before the stage started (its log says why)")
-        return _compute(stage, rt, interrupt, started, observer)
+        return _compute(stage, rt, interrupt, started, observer, mirror)
     say = Progress(stage.label, quiet=stage.cfg.run.quiet or observer is not None,
                    sinks=[observer] if observer is not None else []).note
     with contextlib.ExitStack() as held:
@@ -110,7 +124,7 @@ def run(stage: Stage, rt=None, interrupt=None, started: Optional[float] = None, 
         _broadcast(rt, decision)
         if decision == FOUND_DONE:
             return stage.result()
-        return _compute(stage, rt, interrupt, started, observer)
+        return _compute(stage, rt, interrupt, started, observer, mirror)
 
 
 def _broadcast(rt: Optional[Runtime], decision: int) -> None:
@@ -118,8 +132,9 @@ def _broadcast(rt: Optional[Runtime], decision: int) -> None:
         rt.decide(decision)  # a no-op for one process
 
 
-def _compute(stage: Stage, rt: Runtime, interrupt, started: Optional[float] = None, observer=None) -> dict:
-    monitor = monitors.open_for(stage, rt.is_writer)
+def _compute(stage: Stage, rt: Runtime, interrupt, started: Optional[float] = None, observer=None,
+             mirror: Optional[Callable] = None) -> dict:
+    monitor = open_for(stage, rt.is_writer, mirror)
     if observer is not None and rt.is_writer:
         observer.start(stage.label, stage.kind)
         monitor.observers.append(observer)  # it also gets finish/fail
@@ -128,7 +143,7 @@ def _compute(stage: Stage, rt: Runtime, interrupt, started: Optional[float] = No
     try:
         try:
             result = (run_svm if stage.kind == "svm" else _train)(stage, rt, progress, interrupt)
-        except files.Corrupt as e:  # an input a parent wrote does not match its sha256: recompute the parent
+        except Corrupt as e:  # an input a parent wrote does not match its sha256: recompute the parent
             for parent in stage.parents():
                 if str(parent.dir) in str(e) and rt.is_writer:
                     parent.set_aside()

@@ -22,14 +22,10 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from ..control.config import ConfigError, RunConfig
+from ..core.errors import ConfigError, NoDevice
+from ..core.schema import RunConfig
 from . import distributed
-
-
-class NoDevice(ConfigError):
-    """run.device=cuda on a machine without a visible GPU (bad input: refused before any work)."""
 
 
 @dataclass
@@ -85,6 +81,15 @@ def check_device(run: RunConfig) -> None:
         raise NoDevice("run.device=cuda but no CUDA device is visible (torch.cuda.is_available() is False"
                        + (f", CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else "")
                        + "); use run.device=auto or run.device=cpu")
+
+
+def uses_cuda(run: RunConfig) -> bool:
+    """Whether this process's stages compute on a GPU (sslprune-run chooses its worker count from
+    it); run.device=cuda without a visible GPU is refused, even on a finished store."""
+    if run.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("run.device=cuda but no CUDA device is visible here (torch.cuda.is_available() is "
+                          "False); use run.device=auto or run.device=cpu")
+    return run.device == "cuda" or (run.device == "auto" and torch.cuda.is_available())
 
 
 def _threads_and_device(run: RunConfig, local_rank: int = 0) -> torch.device:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from ..control.config import OptimConfig
+from ..core.schema import OptimConfig
 
 
 def lr_at(step: int, cfg: OptimConfig, steps_per_epoch: int) -> float:

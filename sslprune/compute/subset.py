@@ -12,16 +12,13 @@ from pathlib import Path
 
 import torch
 
+from ..core import store as files
+from ..core.errors import ConfigError, SubsetMismatch
+from ..core.schema import LABEL_SUBSETS, TaskConfig
 from . import seed as seeds
-from ..control import store as files
-from ..control.config import LABEL_SUBSETS, ConfigError, TaskConfig
 from .dataset import FolderData, MemoryData, Split
 
 FILE = "label_subset.json"
-
-
-class SubsetMismatch(ValueError):
-    """A saved label subset that does not match the config (or the data) of the run reading it."""
 
 
 def _share(fraction: float, n: int) -> int:

@@ -36,7 +36,7 @@ import torch
 from . import seed as seeds
 from .features import extract, standardise
 
-from ..control import voc
+from ..core import voc
 
 SKIPPED = "fewer than 2 positives or negatives in the training split"
 

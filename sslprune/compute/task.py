@@ -30,7 +30,8 @@ from .exemplar import Exemplar
 from .npid import NPID
 from .rotation import RotNet, S4L
 
-from ..control.config import TaskConfig, ConfigError, TASKS
+from ..core.errors import ConfigError
+from ..core.schema import TaskConfig, TASKS
 
 
 def labels(data):

@@ -24,9 +24,9 @@ from torch import nn
 
 from . import checkpoint, distributed, mask as masks
 from . import seed as seeds
-from ..control.config import OptimConfig, RunConfig
-from ..control.progress import Progress
-from ..control.stage import Interrupted, NonFiniteLoss
+from ..core.errors import Interrupted, NonFiniteLoss
+from ..core.progress import Progress
+from ..core.schema import OptimConfig, RunConfig
 from .schedule import lr_at
 from .classification import at_least_fp32
 

@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from . import store as files
-from .config import Config, WandbConfig
+from ..core import store as files
+from ..core.schema import Config, WandbConfig
 
 STORE_TOKEN = ".wandb_id"
 _process: dict = {"staggered": False, "fallback": None}
@@ -380,7 +380,7 @@ class StageRun:
         self._guard("finish", go)
 
     def fail(self, error: BaseException) -> None:
-        from .stage import Interrupted
+        from ..core.errors import Interrupted
 
         def go():
             self._open()

@@ -14,7 +14,7 @@ import time
 from collections import defaultdict
 from typing import Optional
 
-from .progress import clock
+from ..core.progress import clock
 
 
 class Display:
@@ -157,7 +157,7 @@ class QueueObserver:
         self._put("finish", self.worker)
 
     def fail(self, error: BaseException) -> None:
-        from .stage import Interrupted
+        from ..core.errors import Interrupted
 
         if isinstance(error, Interrupted):  # stopped on request, checkpointed: not a failure
             self._put("stopped", self.worker)

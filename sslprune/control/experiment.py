@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import catalog, store
-from .config import Config, ConfigError, rewind_steps, signal_data, signal_prune, validate
-from .stage import Finetune, ImpLevel, Probe, Retrain, Stage, Svm
+from ..core import catalog, store
+from ..core.errors import ConfigError
+from ..core.rewind import rewind_steps
+from ..core.schema import Config
+from ..core.stage import Finetune, ImpLevel, Probe, Retrain, Stage, Svm
+from ..core.sweep import signal_data, signal_prune
+from ..core.validation import validate
 
 
 def chains(cfg: Config) -> list[list[Stage]]:

@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from . import store as files
-from .config import SCHEMES, Config, signal_prune
+from ..core import store as files
+from ..core.schema import SCHEMES, Config
+from ..core.sweep import signal_prune
 
 FAMILIES = ("pretext", "retrain", "probe", "svm", "finetune")
 TITLES = {"pretext": "IMP's own task on the test split (pretext)",
@@ -432,7 +433,7 @@ def _seeds(summary: list[dict]) -> str:
 
 
 def save(fig, path: Path, dpi: int) -> None:
-    """A PNG written atomically: a full disk is one line (store.StoreError) and leaves the previous
+    """A PNG written atomically: a full disk is one line (StoreError) and leaves the previous
     figure whole, never a truncated PNG and a traceback."""
     files.replace(Path(path), lambda f: fig.savefig(f, dpi=dpi, format="png"), durable=False)
 

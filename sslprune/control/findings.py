@@ -26,10 +26,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
-from . import store as files
+from ..core import store as files
+from ..core.rewind import REWIND
+from ..core.schema import CUT_POINTS, Config
+from ..core.sweep import signal_prune
 from .claims import CLAIMS, Claim, Term
-from .config import CUT_POINTS, REWIND, Config, signal_prune
-from .report import mean_stderr
+from .spread import mean_stderr
 
 COLUMNS = ["experiment", "claim", "subject", "evaluation", "comparison", "expect", "level", "remaining", "mean",
            "stderr", "count", "met", "verdict", "stability", "verdict_stability"]

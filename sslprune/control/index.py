@@ -17,10 +17,13 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from . import store as files
-from .config import Config, ConfigError, signal_data, signal_prune
+from ..core import store as files
+from ..core.errors import ConfigError
+from ..core.identity import chain_digest, chain_identity
+from ..core.schema import Config
+from ..core.stage import Stage
+from ..core.sweep import signal_data, signal_prune
 from .experiment import stages
-from .stage import Stage, chain_digest, chain_identity
 
 CHAIN = "chain.json"
 STAGES = "stages.csv"

@@ -28,13 +28,14 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from pathlib import Path
 
-from . import store as files
-from .config import LauncherConfig, from_dict, to_dict
-from .stage import Interrupted, Stage, from_spec, spec as stage_spec
+from ..core import store as files
+from ..core.errors import Interrupted
+from ..core.schema import LauncherConfig, from_dict, to_dict
+from ..core.stage import Stage, from_spec, spec as stage_spec
 
 RETRIES = "retries.json"
 TERM_SETTLE_S = 3  # after a SIGTERM, how long a following USR2 (submitit's preemption) is awaited
@@ -110,18 +111,23 @@ class StageJob:
 
     What is pickled for the job is plain data: each stage's `spec` and either the path of the
     experiment's config as JSON (written once per submission, `config_file`) or that JSON itself,
-    so a thousand jobs cost a thousand small pickles, not a thousand copies of the config."""
+    so a thousand jobs cost a thousand small pickles, not a thousand copies of the config; and
+    `compute`, the function that runs a stage (sslprune.api.compute, from the app layer: this plane
+    never imports the compute plane), pickled by its name."""
 
-    def __init__(self, stage, launcher: Optional[LauncherConfig] = None, config_file: Optional[Path] = None):
+    def __init__(self, stage, compute: Callable, launcher: Optional[LauncherConfig] = None,
+                 config_file: Optional[Path] = None):
         stages = list(stage) if isinstance(stage, (list, tuple)) else [stage]
         self._stages = stages
         self.specs = [stage_spec(s) for s in stages]
         self.config_file = str(config_file) if config_file else None
         self.config = None if config_file else to_dict(stages[0].cfg)
         self.launcher = launcher or stages[0].cfg.launcher
+        self.compute = compute
 
     def __getstate__(self) -> dict:
-        return {"specs": self.specs, "config_file": self.config_file, "config": self.config, "launcher": self.launcher}
+        return {"specs": self.specs, "config_file": self.config_file, "config": self.config, "launcher": self.launcher,
+                "compute": self.compute}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -166,7 +172,7 @@ class StageJob:
                 continue
             try:
                 # Ranks and rendezvous come from the SLURM environment (sslprune.compute.runtime).
-                result = stage.run("environment", interrupt=sig.poll, started=started)
+                result = self.compute(stage, "environment", interrupt=sig.poll, started=started)
             except Interrupted as e:
                 self._interrupted(env, sig, e)
                 raise  # not reached: _interrupted requeues and exits, or raises
@@ -261,11 +267,11 @@ class StageJob:
 class ChainJob:
     """submitit_local: the stages of one chain, in order, in one local job."""
 
-    def __init__(self, stages: list[Stage]):
-        self.stages = stages
+    def __init__(self, stages: list[Stage], compute: Callable):
+        self.stages, self.compute = stages, compute
 
     def __call__(self) -> list[dict]:
         out = []
         for s in self.stages:
-            out.append(StageJob(s)())
+            out.append(StageJob(s, self.compute)())
         return out

@@ -2,7 +2,9 @@
 
 Chains are independent, so locally they run in parallel worker processes when there are spare
 cores (a small CPU model gains more from two single-threaded processes than from two threads in
-one). Workers hand their stages to the compute plane (Stage.run); this module plans and waits.
+one). Workers hand their stages to the compute plane through `compute` (sslprune.api.compute: this
+plane never imports the compute plane, the app layer passes its entry point in); this module plans
+and waits.
 
 * Threads: every stage computes with `run.threads` threads, or cores // workers when it is 0, where
   workers is `run.workers` (or one per core). It depends on the config and the machine only, never
@@ -21,22 +23,14 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import replace
 from typing import Callable, Optional
 
-from . import store as files
-from .config import Config, ConfigError
+from ..core import store as files
+from ..core.errors import Interrupted, Stopped
+from ..core.progress import clock
+from ..core.schema import Config, RunConfig
+from ..core.stage import Stage
 from .display import DirectObserver, Display, QueueObserver
 from .experiment import chains, check_inputs, depth
 from .index import write_chains
-from .progress import clock
-from .stage import Interrupted, Stage
-
-
-class Stopped(Exception):
-    """sslprune-run was interrupted (Ctrl-C or SIGTERM); `code` is the exit status to use."""
-
-    def __init__(self, signum: int, kept: list[str]):
-        self.signum, self.kept = signum, kept
-        self.code = 128 + signum
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
 
 
 # ---------------------------------------------------------------- worker side
@@ -54,9 +48,10 @@ def _worker_init(event, queue) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _run_chain(cfg: Config, chain_index: int, interrupt: Optional[Callable[[], bool]] = None,
+def _run_chain(cfg: Config, chain_index: int, compute: Callable, interrupt: Optional[Callable[[], bool]] = None,
                observer=None) -> dict:
-    """Run the missing stages of one chain; stops (checkpointed) when `interrupt` says so."""
+    """Run the missing stages of one chain with `compute` (stage, rt, interrupt, started, observer) ->
+    result; stops (checkpointed) when `interrupt` says so."""
     interrupt = interrupt or (lambda: _stop is not None and _stop.is_set())
     if observer is None and _events is not None:
         observer = QueueObserver(_events, os.getpid())
@@ -67,7 +62,7 @@ def _run_chain(cfg: Config, chain_index: int, interrupt: Optional[Callable[[], b
         if stage.done():
             continue
         try:
-            stage.run(interrupt=interrupt, observer=observer)
+            compute(stage, interrupt=interrupt, observer=observer)
         except Interrupted as e:
             return {"done": done, "stopped": f"{stage.label} at step {e.step} (checkpoint {stage.dir})"}
         done.append(stage.label)
@@ -97,9 +92,13 @@ def verify(stages: list[Stage]) -> list[str]:
     return lines
 
 
-def run_local(cfg: Config) -> int:
-    """Run every missing stage of the experiment here; returns how many stages ran."""
-    cuda = _uses_cuda(cfg)  # run.device=cuda without a GPU is refused here, even on a finished store
+def run_local(cfg: Config, compute: Callable, uses_cuda: Callable[[RunConfig], bool]) -> int:
+    """Run every missing stage of the experiment here; returns how many stages ran.
+
+    The app layer passes in the compute plane (sslprune.api): `compute(stage, rt, interrupt, started,
+    observer)` runs one stage in this process or a worker (a module-level function: it pickles by
+    name), `uses_cuda(cfg.run)` says whether stages compute on a GPU (it imports torch)."""
+    cuda = uses_cuda(cfg.run)  # run.device=cuda without a GPU is refused here, even on a finished store
     check_inputs(cfg)
     write_chains(cfg)
     all_chains = chains(cfg)
@@ -134,13 +133,13 @@ def run_local(cfg: Config) -> int:
             if workers <= 1:
                 observer = DirectObserver(display) if display is not None else None
                 for i in batch:
-                    out = _run_chain(cfg, i, signals.requested, observer)
+                    out = _run_chain(cfg, i, compute, signals.requested, observer)
                     if out["stopped"]:
                         stopped.append(out["stopped"])
                     if signals.signum:
                         break
             else:
-                _pool(cfg, batch, workers, signals, stopped, display)
+                _pool(cfg, batch, workers, signals, stopped, display, compute)
             if signals.signum:
                 raise Stopped(signals.signum, stopped)
     except (Stopped, KeyboardInterrupt) as e:
@@ -172,12 +171,12 @@ def _finished(all_chains, states: dict) -> int:
     return sum(1 for s in todo.values() if s.done())
 
 
-def _pool(cfg, batch, workers, signals, stopped, display) -> None:
+def _pool(cfg, batch, workers, signals, stopped, display, compute) -> None:
     ctx = multiprocessing.get_context("spawn")
     event, queue = ctx.Event(), ctx.Queue()
     signals.event = event
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(event, queue)) as pool:
-        pending = {pool.submit(_run_chain, cfg, i) for i in batch}
+        pending = {pool.submit(_run_chain, cfg, i, compute) for i in batch}
         while pending:
             finished, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
             _drain(queue, display)
@@ -247,12 +246,3 @@ class _Signals:
             self.display.say(text)
         else:
             print("\n" + text, flush=True)
-
-
-def _uses_cuda(cfg: Config) -> bool:
-    import torch  # a local run computes here: torch is needed anyway
-
-    if cfg.run.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("run.device=cuda but no CUDA device is visible here (torch.cuda.is_available() is "
-                          "False); use run.device=auto or run.device=cpu")
-    return cfg.run.device == "cuda" or (cfg.run.device == "auto" and torch.cuda.is_available())

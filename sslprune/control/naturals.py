@@ -8,10 +8,12 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from . import figures, store as files
-from .config import Config, signal_data
+from ..core import store as files
+from ..core.schema import Config
+from ..core.stage import ImpLevel
+from ..core.sweep import signal_data
+from . import figures
 from .experiment import chains
-from .stage import ImpLevel
 
 FILE = "weights.json"
 COLUMNS = ["signal", "seed", "dataset", "layer", "total", "zero", "fraction"]

@@ -16,7 +16,7 @@ import json
 import typing
 from typing import Any, Iterator, NamedTuple
 
-from sslprune.control import config as schema  # the schema's one import: move it here if the schema moves
+from sslprune.core import schema  # the schema's one import
 
 # One line per key, taken from the schema's comments, conf/*.yaml and the README. `<name>` is a
 # signal's name, `<i>` a list index (probe.datasets.0.root on the command line).

@@ -19,15 +19,18 @@ The store is the source of truth; the report can be rebuilt from it at any time.
 from __future__ import annotations
 
 import errno
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
-from . import store as files
-from .config import SCHEMES, Config, rewind_steps, signal_prune
+from ..core import store as files
+from ..core.errors import StoreError
+from ..core.rewind import rewind_steps
+from ..core.schema import SCHEMES, Config
+from ..core.sweep import signal_prune
 from .experiment import measurements, stages
 from .figures import FAMILIES, SCHEME_NAMES, TITLES, family, metric_name
+from .spread import mean_stderr
 
 # What the evaluated network costs (sslprune.compute.cost, stored in result.json by the stage): every
 # parameter and those its mask keeps, the prunable weights and those kept, and the multiply-accumulates
@@ -67,13 +70,6 @@ def rows(cfg: Config, known: Optional[dict] = None) -> list[dict]:
 
 
 GROUP = ["experiment", "signal", "task", "scope", "evaluation", "metric", "level", "remaining"]
-
-
-def mean_stderr(values: list[float]) -> tuple[float, Optional[float]]:
-    """Mean and standard error of the mean over seeds; the error is undefined (None) for one seed."""
-    n = len(values)
-    mean = sum(values) / n
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) / math.sqrt(n) if n > 1 else None
 
 
 def mean_count(values: list) -> Optional[float]:
@@ -224,12 +220,12 @@ def write(cfg: Config, plots: bool = True, reproduction: Optional[list[str]] = N
     `plots=False` (sslprune-report --tables) writes the tables alone: the figures cost about the same
     at any store size, the tables grow with it. `reproduction`: the run's command-line overrides,
     to write reproduction.md with the command that reproduces the results (None: not written). A
-    full disk is one line (store.StoreError, exit 1): the report is made from the store's results,
+    full disk is one line (StoreError, exit 1): the report is made from the store's results,
     which it never changes."""
     try:
         return _write(cfg, plots, reproduction)
     except OSError as e:
-        if e.errno != errno.ENOSPC or isinstance(e, files.StoreError):
+        if e.errno != errno.ENOSPC or isinstance(e, StoreError):
             raise
         raise files.disk_full(Path(e.filename or Path(cfg.store) / "reports" / cfg.experiment), e) from None
 

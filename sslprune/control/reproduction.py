@@ -17,8 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-from . import findings as claims_found, store as files
-from .config import Config
+from . import findings as claims_found
+from ..core import store as files
+from ..core.schema import Config
 
 TREE = Path(__file__).resolve().parent.parent.parent  # the installed tree (an editable install: the checkout)
 NOT_RECORDED = "not recorded"
@@ -80,7 +81,7 @@ def write(cfg: Config, out: Path, overrides: list[str], found: list[dict], known
           now: Optional[datetime] = None, tree_commit: Optional[str] = None) -> Path:
     """reproduction.md in the report folder `out`; `known`: report.finished(cfg) (stage key -> result)."""
     from .experiment import stages
-    from .stage import DONE
+    from ..core.stage import DONE
 
     results = {str(s.dir / DONE): known.get(s.key()) for s in stages(cfg)}
     text = markdown(cfg, overrides, results, found, tree_commit or commit(),

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from .config import ConfigError
+from ..core.errors import Refused, Unavailable
 
 GRACE_S = 60
 
@@ -37,10 +37,6 @@ class JobState:
 
 def available() -> bool:
     return shutil.which("sbatch") is not None and shutil.which("squeue") is not None
-
-
-class Unavailable(ConfigError):
-    """launcher=slurm where SLURM cannot take jobs: no sbatch on PATH, or no controller answering."""
 
 
 def require() -> None:
@@ -149,11 +145,6 @@ def state(job_id: str) -> str:
     """squeue's state of one job or array task ('123', '123_4'), e.g. RUNNING; '' when squeue does not answer."""
     out = _run(["squeue", "-h", "-j", job_id, "-o", "%T"]).split()
     return out[0] if out else ""
-
-
-class Refused(ConfigError):
-    """SLURM refused a submission, a change to a submitted job (sbatch, a dependency, a release) or a
-    command that must succeed (squeue and scancel of --cancel): one line naming it."""
 
 
 def _said(p: subprocess.CompletedProcess) -> str:

@@ -13,7 +13,6 @@ that check: Python would run a planted .pyc in place of the verified source.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import inspect
 import json
@@ -25,7 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from .store import StoreError, confine
+from ..core.errors import Mismatch
+from ..core.store import confine
 
 PACKAGE = Path(__file__).resolve().parent.parent  # the sslprune package this process runs
 # Repository folder -> where it sits inside the package (pyproject.toml's package-dir).
@@ -63,13 +63,6 @@ def files() -> list[tuple[Path, str]]:
 
 
 COMPLETE = ".complete"
-
-
-class Mismatch(StoreError):
-    """A snapshot whose content is not what its name says (planted or edited code)."""
-
-    def __init__(self, message: str):
-        super().__init__(errno.EINVAL, message)
 
 
 # The content hash is written once, below, as plain functions over the standard library and the

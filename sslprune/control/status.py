@@ -12,10 +12,10 @@ import json
 import time
 from typing import Optional
 
-from . import store as files
-from .config import Config
-from .monitor import PROGRESS
-from .submission import KINDS, STATES, StageState, stage_states
+from ..core import store as files
+from ..core.progress import PROGRESS
+from ..core.schema import Config
+from .ledger import KINDS, STATES, StageState, stage_states
 
 
 def _progress(st: StageState) -> Optional[dict]:

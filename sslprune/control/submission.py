@@ -37,20 +37,18 @@ import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
+from ..core import store as files
+from ..core.errors import Refused
+from ..core.schema import Config, LauncherConfig, to_dict
+from ..core.stage import Finetune, Probe, Retrain, Stage, Svm
 from . import slurm, snapshot
-
-from . import store as files
-from .config import Config, LauncherConfig, to_dict
-from .monitor import PROGRESS
-from .experiment import chains, depth, stages
+from .experiment import chains, depth
 from .index import write_chains
-from .stage import Finetune, ImpLevel, Probe, Retrain, Stage, Svm
+from .ledger import STATES, ledger_path, records, stage_states
 
-LEDGER = "ledger.jsonl"
 SBATCH_THREADS = 8  # arrays submitted at once (slurmctld answers them in parallel)
 # Shell lines every job runs first, then launcher.setup, then $SSLPRUNE_JOB_ENV if set, then the snapshot's check.
 JOB_ENV = (
@@ -64,122 +62,10 @@ JOB_ENV = (
     'export SUBMITIT_PREEMPT_SIGNAL="${SUBMITIT_PREEMPT_SIGNAL:-USR2}"',
 )
 SITE_ENV = 'if [ -n "${SSLPRUNE_JOB_ENV:-}" ] && [ -f "$SSLPRUNE_JOB_ENV" ]; then source "$SSLPRUNE_JOB_ENV"; fi'
-KINDS = ("imp", "retrain", "probe", "svm", "finetune")
-STATES = ("done", "running", "pending", "preempted", "failed", "blocked", "corrupt", "missing")
 
 
 def _say(text: str) -> None:
     print(f"[sslprune] {text}", flush=True)
-
-
-# ------------------------------------------------------------------ stage state
-
-@dataclass
-class StageState:
-    stage: Stage
-    state: str  # one of STATES
-    job_id: Optional[str] = None
-    slurm: Optional[slurm.JobState] = None
-    blocked_by: Optional[str] = None  # label of the failed ancestor
-    record: Optional[dict] = None
-
-    @property
-    def active(self) -> bool:
-        return self.state in ("running", "pending", "preempted")
-
-
-def ledger_path(store: Path) -> Path:
-    return Path(store) / "jobs" / LEDGER
-
-
-def records(store: Path) -> dict[str, dict]:
-    """The latest job record of every stage directory ever submitted from this store (all
-    experiments: a stage shared by two experiments is submitted once), from the ledger.
-
-    A record: job_id, array_job_id, array_size, index, submitted, name, dependency, log,
-    snapshot, history (the stage's earlier job ids, oldest first)."""
-    out: dict[str, dict] = {}
-    try:
-        text = ledger_path(store).read_text()
-    except FileNotFoundError:
-        return out
-    for line in text.splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue  # the torn last line of a submission killed while writing it
-        for a in entry.get("arrays", []):
-            jobs, labels = a.get("jobs", []), a.get("stages", [])
-            size = len({jid for jid, _ in jobs})
-            for i, (jid, d) in enumerate(jobs):
-                old = out.get(d)
-                index = int(jid.split("_")[1]) if "_" in jid else 0
-                out[d] = {"job_id": jid, "array_job_id": a["array"], "array_size": size, "index": index,
-                          "stage": labels[i] if i < len(labels) else None,
-                          "submitted": entry["time"], "name": a.get("name"),
-                          "dependency": (a["dependencies"][index] if a.get("dependencies") else a.get("dependency")),
-                          "log": _log(Path(entry.get("folder", Path(store) / "slurm")), jid),
-                          "snapshot": entry.get("snapshot"), "experiment": entry.get("experiment"),
-                          "history": (old["history"] + [old["job_id"]]) if old else []}
-    return out
-
-
-def stage_states(cfg: Config, now: Optional[float] = None) -> list[StageState]:
-    """Every stage of the experiment with its state, from the store, job records and SLURM."""
-    now = time.time() if now is None else now
-    all_stages = stages(cfg)
-    disks = {s.key(): s.state() for s in all_stages}
-    ledger = records(Path(cfg.store))
-    # A finished stage needs no job record: only the others' are asked to SLURM.
-    recs = {s.key(): ledger.get(s.key()) if disks[s.key()] != "done" else None for s in all_stages}
-    ids = [r["job_id"] for r in recs.values() if r]
-    since = min((r.get("submitted", now) for r in recs.values() if r), default=None)
-    states = slurm.query(ids, since) if ids and slurm.available() else {}
-    out: dict[str, StageState] = {}
-    for s in all_stages:  # chains are in dependency order: parents first
-        rec = recs[s.key()]
-        st = StageState(s, "missing", record=rec)
-        disk = disks[s.key()]
-        live = rec is not None and states.get(rec["job_id"]) is not None and states[rec["job_id"]].live
-        if disk == "done":
-            st.state = "done"
-        elif disk == "corrupt" and not live:
-            st.state = "corrupt"  # a result.json its files do not match: submitted again
-        elif rec:
-            st.job_id = rec["job_id"]
-            js = st.slurm = states.get(rec["job_id"])
-            started = (s.dir / "checkpoint.pt").exists() or (s.dir / PROGRESS).exists()
-            if js is None:
-                st.state = "pending" if now - rec.get("submitted", 0) < slurm.GRACE_S else "failed"
-            elif js.state in slurm.RUNNING:
-                st.state = "running"
-            elif js.state in slurm.WAITING and js.live:
-                if js.reason.startswith(slurm.DEPENDENCY_FAILED):
-                    st.state = "blocked"
-                elif js.state in ("REQUEUED", "PREEMPTED", "REQUEUE_HOLD") or started:
-                    st.state = "preempted"  # waiting to resume from its checkpoint
-                else:
-                    st.state = "pending"
-            elif js.state in slurm.WAITING:  # sacct only: it may be a second behind squeue
-                st.state = "pending" if now - rec.get("submitted", 0) < slurm.GRACE_S else "failed"
-            else:  # COMPLETED without result.json, FAILED, CANCELLED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY, ...
-                st.state = "failed"
-        elif _fresh_progress(s, now):
-            st.state = "running"  # a local run (no job record) that logged recently
-        for p in s.parents():
-            ps = out.get(p.key())
-            if ps is not None and ps.state in ("failed", "blocked") and st.state in ("failed", "blocked", "pending"):
-                st.state, st.blocked_by = "blocked", ps.blocked_by or ps.stage.label
-        out[s.key()] = st
-    return list(out.values())
-
-
-def _fresh_progress(stage: Stage, now: float, window: float = 300) -> bool:
-    p = stage.dir / PROGRESS
-    try:
-        return now - p.stat().st_mtime < window
-    except OSError:
-        return False
 
 
 # ------------------------------------------------------------------ planning
@@ -326,11 +212,6 @@ def _override(key: str, value: str) -> str:
     return shlex.quote(f"{key}='" + value.replace("'", "\\'") + "'")
 
 
-def _log(folder: Path, job_id: str) -> str:
-    """The log of a job's first task, as submitit names it (`<folder>/<array>/<id>_0_log.out`)."""
-    return str(folder / job_id.split("_")[0] / f"{job_id}_0_log.out")
-
-
 def _config_file(cfg: Config, store: Path) -> Path:
     """The experiment's config as JSON, once per distinct config (content-addressed): every job of a
     submission reads it, so the jobs' own pickles carry only the stage."""
@@ -341,11 +222,12 @@ def _config_file(cfg: Config, store: Path) -> Path:
     return path
 
 
-def submit(cfg: Config, overrides: Optional[list[str]] = None) -> dict:
+def submit(cfg: Config, compute: Callable, overrides: Optional[list[str]] = None) -> dict:
     """Submit every stage of the experiment that is neither done nor queued; returns what was submitted.
 
-    `overrides`: the command line's (Hydra) overrides, repeated in the printed `sslprune-status`
-    command so that it selects the same stages."""
+    `compute`: what each job calls to run a stage (sslprune.api.compute, pickled by name: the app
+    layer passes it in, this plane never imports the compute plane). `overrides`: the command line's
+    (Hydra) overrides, repeated in the printed `sslprune-status` command so that it selects the same stages."""
     from submitit.core.utils import FailedJobError
 
     from .job import StageJob
@@ -403,10 +285,10 @@ def submit(cfg: Config, overrides: Optional[list[str]] = None) -> dict:
             ex = _executor(cfg, folder, code, name, dependency, single=single, hold=own is not None)
             try:
                 with ex.batch():
-                    jobs = [ex.submit(StageJob(task, config_file=config_file)) for task in group]
+                    jobs = [ex.submit(StageJob(task, compute, config_file=config_file)) for task in group]
             except FailedJobError as e:  # sbatch said no (e.g. a resource the cluster lacks): one line
                 said = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
-                raise slurm.Refused(f"sbatch refused {name}: {said}") from None
+                raise Refused(f"sbatch refused {name}: {said}") from None
             ids = [j.job_id for j in jobs]
             base = ids[0].split("_")[0]
             if own is not None:  # held: each task gets its own parents, then the array may run
@@ -456,8 +338,8 @@ def submit(cfg: Config, overrides: Optional[list[str]] = None) -> dict:
 
 def _refused(failure: BaseException, submitted: str) -> None:
     """Raise a submission's first failure; SLURM's refusals as one line saying what was submitted."""
-    if isinstance(failure, slurm.Refused):
-        raise slurm.Refused(f"{failure}; {submitted}: run again to submit the rest") from None
+    if isinstance(failure, Refused):
+        raise Refused(f"{failure}; {submitted}: run again to submit the rest") from None
     raise failure
 
 
@@ -469,9 +351,9 @@ def wire(base: str, dependencies: dict[str, str], release: bool = True) -> None:
         slurm.depend(dependencies)
         if release:
             slurm.release(base)
-    except slurm.Refused as e:
+    except Refused as e:
         slurm.cancel([base])
-        raise slurm.Refused(f"{e}; array {base} was cancelled") from None
+        raise Refused(f"{e}; array {base} was cancelled") from None
 
 
 def watch_command(cfg: Config, overrides: Optional[list[str]] = None) -> str:
@@ -484,7 +366,7 @@ def watch_command(cfg: Config, overrides: Optional[list[str]] = None) -> str:
 
 def cancel(store: Path) -> list[str]:
     """Cancel exactly this store's live jobs: the arrays its ledger records and any job named with
-    its tag; returns the job ids cancelled (an array counts once). Raises slurm.Refused when squeue
+    its tag; returns the job ids cancelled (an array counts once). Raises Refused when squeue
     or scancel fails: "cancelled 0 job(s)" must mean that none was live."""
     recorded = set()
     for r in records(store).values():
@@ -495,8 +377,9 @@ def cancel(store: Path) -> list[str]:
     return ids
 
 
-def run_submitit_local(cfg: Config) -> int:
-    """Each chain with missing stages runs as one local submitit job; waits for all of them."""
+def run_submitit_local(cfg: Config, compute: Callable) -> int:
+    """Each chain with missing stages runs as one local submitit job (`compute`, sslprune.api.compute,
+    runs each stage); waits for all of them."""
     import submitit
 
     from .job import ChainJob
@@ -513,7 +396,7 @@ def run_submitit_local(cfg: Config) -> int:
     # Transfer chains (init_from) start from another chain's level 0: submit them in a later wave.
     for wave in sorted({depth(cfg, c[0].signal) for c in todo}):
         batch = [c for c in todo if depth(cfg, c[0].signal) == wave]
-        jobs = [ex.submit(ChainJob([s for s in c if not s.done()])) for c in batch]
+        jobs = [ex.submit(ChainJob([s for s in c if not s.done()], compute)) for c in batch]
         _say("jobs " + " ".join(j.job_id for j in jobs))
         for c, j in zip(batch, jobs):
             try:

@@ -27,14 +27,11 @@ from pathlib import Path
 
 from . import dashboard
 
-from . import store as files
-from .config import Config
+from ..core import store as files
+from ..core.errors import SyncError
+from ..core.schema import Config
 
 MARKER = ".sslprune-sync.json"
-
-
-class SyncError(RuntimeError):
-    """Some runs could not be uploaded; what was uploaded stays recorded, the rest can be retried."""
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .config import DataCorrupt, DataMissing
+from .errors import DataCorrupt, DataMissing
 
 # The 20 classes in the devkit's order (VOCinit.m); a class's index is its output unit.
 CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",

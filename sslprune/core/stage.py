@@ -1,6 +1,6 @@
 """The kinds of stage (IMP level, re-training, probe, SVM, fine-tuning) as records: where each
 lives in the store, what it needs, and whether it is done. Torch-free; running a stage is the
-compute plane's job (`Stage.run` hands it over, sslprune.compute.runner).
+compute plane's job (sslprune.compute.runner.run, the one entry point).
 
 Store layout (open_lth style: hashes name what changes the numbers, seeds and levels are path parts):
 
@@ -28,62 +28,14 @@ from pathlib import Path
 from typing import Optional
 
 from . import store as files
-from .config import Config, DataConfig, SignalConfig, digest, from_dict, identity, signal_data, signal_prune
+from .errors import Corrupt, MissingInput
+from .identity import chain_digest, memo, memo_digest
+from .schema import Config, DataConfig, from_dict
 
 DONE = files.DONE
 # Every file a stage may write besides result.json: recorded with size and sha256 in result.json.
 OUTPUTS = ("model.pt", "mask.pt", "rewind.pt", "sparsity_report.json", "weights.json", "label_subset.json",
            "config.json")
-
-
-class MissingInput(FileNotFoundError):
-    """A stage's parent is not done."""
-
-
-class Interrupted(Exception):
-    """Training stopped on request (preemption, time limit, Ctrl-C) right after checkpointing at `step`."""
-
-    def __init__(self, step: int):
-        super().__init__(f"interrupted at step {step}, checkpoint saved")
-        self.step = step
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
-def chain_identity(cfg: Config, signal: str) -> dict:
-    s: SignalConfig = cfg.signals[signal]
-    out = {"data": identity(signal_data(cfg, signal)), "model": identity(cfg.model), "task": identity(s.task),
-           "optim": identity(s.optim), "prune": identity(signal_prune(cfg, signal))}
-    if s.init_from is not None:  # pruning during transfer: the pretrained source is part of what it is
-        out["init_from"] = chain_identity(cfg, s.init_from)
-    return out
-
-
-def _memo(cfg: Config) -> dict:
-    """Digests of one config, computed once (a sweep of thousands of stages shares a few chains).
-
-    Kept on the config object itself; configs are not changed once stages are made from them."""
-    memo = cfg.__dict__.get("_sslprune_digests")
-    if memo is None:
-        memo = cfg.__dict__["_sslprune_digests"] = {}
-    return memo
-
-
-def chain_digest(cfg: Config, signal: str) -> str:
-    memo = _memo(cfg)
-    key = ("chain", signal)
-    if key not in memo:
-        memo[key] = digest(chain_identity(cfg, signal))
-    return memo[key]
-
-
-def _digest(cfg: Config, key: tuple, *parts) -> str:
-    memo = _memo(cfg)
-    if key not in memo:
-        memo[key] = digest(*parts)
-    return memo[key]
 
 
 class Stage:
@@ -105,10 +57,10 @@ class Stage:
         return Path(self._chain())
 
     def _chain(self) -> str:
-        memo = _memo(self.cfg)
-        if "store" not in memo:
-            memo["store"] = os.path.normpath(self.cfg.store)
-        return f"{memo['store']}/imp/{chain_digest(self.cfg, self.signal)}"
+        known = memo(self.cfg)
+        if "store" not in known:
+            known["store"] = os.path.normpath(self.cfg.store)
+        return f"{known['store']}/imp/{chain_digest(self.cfg, self.signal)}"
 
     def _level(self) -> str:
         return f"{self._chain()}/seed_{self.seed}/level_{self.level}"
@@ -138,7 +90,7 @@ class Stage:
             if deep:
                 for name in result.get("outputs") or {}:
                     files.verify_file(self.dir / name)
-        except files.Corrupt:
+        except Corrupt:
             return "corrupt"
         return "done"
 
@@ -151,7 +103,7 @@ class Stage:
             for name in result.get("outputs") or {}:
                 files.verify_file(self.dir / name)
             why = "outputs do not match result.json"
-        except files.Corrupt as e:
+        except Corrupt as e:
             why = str(e)
         files.set_aside(self.dir, why, OUTPUTS)
         return why
@@ -168,7 +120,7 @@ class Stage:
             if result is not None:
                 files.verify(self.key(), result)
             return result
-        except files.Corrupt:
+        except Corrupt:
             return None
 
     def result(self) -> dict:
@@ -182,10 +134,10 @@ class Stage:
         """Refuse (StoreError, one line) a stage folder reached through a symbolic link below the store:
         the run would read, write and delete files wherever it points. Reads remember the folders
         found plain; `fresh` (before writing) checks every one again."""
-        memo = _memo(self.cfg)
-        if "store" not in memo:
-            memo["store"] = os.path.normpath(self.cfg.store)
-        files.confine(memo["store"], self.key(), None if fresh else memo.setdefault("plain", set()))
+        known = memo(self.cfg)
+        if "store" not in known:
+            known["store"] = os.path.normpath(self.cfg.store)
+        files.confine(known["store"], self.key(), None if fresh else known.setdefault("plain", set()))
 
     def parents(self) -> list["Stage"]:
         return []
@@ -211,24 +163,6 @@ class Stage:
                 raise MissingInput(
                     f"{self.label} needs {p.label}, which is not done: expected {p.dir / DONE}. "
                     "Run that stage first (or run the whole experiment with sslprune-run).")
-
-    # --- running
-    def run(self, rt=None, interrupt=None, started: Optional[float] = None, observer=None) -> dict:
-        """Run (or resume) this stage in this process; a done stage returns its stored result.
-
-        `rt`: a compute Runtime, None for this process alone, or "environment" for the ranks of a
-        SLURM/submitit job. `interrupt`: polled at step boundaries; True checkpoints and stops.
-        `started`: when the job's work began (wall clock): result.json's `startup_s` is the time
-        from then to the first training step. `observer`: gets start/log/note/finish/fail of the
-        stage instead of its progress lines being printed (sslprune-run's live display).
-
-        The one door from the control plane to the compute plane: torch is imported here, when a
-        stage actually runs, never when stages are planned, submitted or reported."""
-        if rt is None and self.done():  # ranks decide together (runner.run): rank 0 reads, all follow
-            return self.result()
-        from ..compute import runner
-
-        return runner.run(self, rt, interrupt, started, observer)
 
 
 class ImpLevel(Stage):
@@ -272,11 +206,11 @@ class Retrain(Stage):
 
     def _where(self) -> str:
         r = self.cfg.retrain
-        retrain = f"retrain_{_digest(self.cfg, ('retrain',), r.data, r.optim)}"
+        retrain = f"retrain_{memo_digest(self.cfg, ('retrain',), r.data, r.optim)}"
         if self.shared:
-            memo = _memo(self.cfg)
-            store = memo.get("store") or os.path.normpath(self.cfg.store)
-            return f"{store}/dense/{_digest(self.cfg, ('dense',), self.cfg.model)}/seed_{self.seed}/{retrain}"
+            known = memo(self.cfg)
+            store = known.get("store") or os.path.normpath(self.cfg.store)
+            return f"{store}/dense/{memo_digest(self.cfg, ('dense',), self.cfg.model)}/seed_{self.seed}/{retrain}"
         return f"{self._level()}/{retrain}/{self.scheme}"
 
     @property
@@ -317,7 +251,7 @@ class Evaluation(Stage):
 
     def _where(self) -> str:
         key = (self.kind, repr(self.data))
-        name = f"{self.kind}_{_digest(self.cfg, key, self.data, self.settings())}"
+        name = f"{self.kind}_{memo_digest(self.cfg, key, self.data, self.settings())}"
         return f"{self._level()}/" + (f"init_{name}" if self.at_init else name)
 
     @property

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Optional
 
 from . import voc
-from .config import ConfigError, DataConfig, DataCorrupt, DataMissing, DATASETS
+from .errors import ConfigError, DataCorrupt, DataMissing
+from .schema import DATASETS, DataConfig
 
 FASHION_MNIST_DEBIAN = "/usr/share/datasets/fashion-mnist"
 NUM_CLASSES = {"digits": 10, "fashion_mnist": 10, "cifar10": 10}

@@ -19,7 +19,6 @@ import fcntl
 import hashlib
 import json
 import os
-import pickle
 import re
 import shutil
 import stat
@@ -29,30 +28,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+from .errors import Busy, Corrupt, NotRegular, StoreError
+
 DONE = "result.json"
 LOCK = ".lock"
 TMP_AGE_S = 60.0  # a temporary file older than this belongs to a dead writer (writes take milliseconds)
-
-
-class StoreError(OSError):
-    """The store cannot be written (full disk, read-only, not a folder): one line naming it."""
-
-
-class Corrupt(ValueError):
-    """A stage output does not match what its result.json recorded."""
-
-
-class Unsafe(pickle.UnpicklingError):
-    """A store file holding objects other than plain data (a crafted pickle): refused, nothing of
-    it runs (sslprune.compute.checkpoint reads every torch file with weights_only=True)."""
-
-
-class Damaged(ValueError):
-    """A store file that cannot be read as a torch file (truncated, random bytes)."""
-
-
-class NotRegular(OSError):
-    """A store file that is a symbolic link, a FIFO, a device or a folder where a regular file belongs."""
 
 
 def _kind(mode: int) -> str:
@@ -362,10 +342,6 @@ def writable(store: Path) -> None:
         raise StoreError(e.errno or errno.EIO, f"store={store} cannot be written: {e.strerror or e}") from None
 
 
-class Busy(Exception):
-    """Another process holds the stage's lock."""
-
-
 @contextmanager
 def lock(folder: Path, wait: bool = True, note: Optional[Callable[[str], None]] = None) -> Iterator[None]:
     """Hold the stage's lock: `wait` blocks until it is free, else raise Busy at once."""
@@ -410,3 +386,12 @@ def lock(folder: Path, wait: bool = True, note: Optional[Callable[[str], None]] 
             fcntl.flock(f, fcntl.LOCK_UN)
         finally:
             f.close()
+
+
+def folder_or_absent(path: Path) -> None:
+    """A store that is a file, or lies below one, is refused by every app, reading ones included."""
+    at = path
+    while not at.exists() and at.parent != at:
+        at = at.parent
+    if not at.is_dir():
+        raise StoreError(errno.ENOTDIR, f"store={path}: {at} is a file, not a folder")
