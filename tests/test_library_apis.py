@@ -1,0 +1,123 @@
+"""Tripwires for the library internals sslprune uses, one adapter module per library:
+sslprune/control/wandb_login.py (wandb), sslprune/control/hydra_globals.py (Hydra) and
+sslprune/compute/torch_internals.py (torch). Each test checks that an internal still exists and
+does what the adapter relies on, and says which one moved when a library update breaks it.
+submitit needs no adapter: its preemption signal is the public `JobEnvironment.USR_SIG`, and its
+handler is reached through the signal itself.
+
+Heavy libraries are imported inside the tests (collection stays fast); wandb runs in a subprocess
+with a home of its own, so its process-wide settings never see the developer's credentials.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import ROOT
+
+KEY = "a" * 40  # the shape of a W&B API key; no server is asked
+
+
+def _python(code: str, home, **env) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "NETRC", "SUBMITIT_", "SSLPRUNE_"))}
+    home.mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120,
+                          cwd=home, env={**clean, "HOME": str(home), **env})
+
+
+# ---------------------------------------------------------------- wandb
+
+
+def test_wandbs_private_credential_lookup_still_does_what_wandb_login_relies_on(tmp_path):
+    code = """
+        import inspect, json, os
+        from pathlib import Path
+        from urllib.parse import urlsplit
+        from wandb.errors import AuthenticationError
+        from wandb.sdk import wandb_setup
+        from wandb.sdk.lib import wbauth
+        from sslprune.control.wandb_login import AUTHENTICATE_KEYWORDS
+
+        out = {}
+        host = wandb_setup.singleton().settings.base_url
+        out["server"] = host == os.environ["WANDB_BASE_URL"]
+        params = inspect.signature(wbauth.authenticate_session).parameters
+        out["keywords"] = [k for k in AUTHENTICATE_KEYWORDS if k in params]
+
+        def lookup():
+            return wbauth.authenticate_session(host=host, source="tripwire", prompt=False, update_session=False)
+
+        out["nothing configured"] = lookup()
+        os.environ["WANDB_API_KEY"] = "%s"
+        out["environment"] = type(lookup()).__name__
+        out["session left alone"] = wbauth.session_credentials(host=host) is None
+        os.environ["WANDB_API_KEY"] = "short"
+        try:
+            lookup()
+            out["malformed key"] = "accepted"
+        except AuthenticationError:
+            out["malformed key"] = "AuthenticationError"
+        del os.environ["WANDB_API_KEY"]
+        netrc = Path.home() / ".netrc"
+        netrc.write_text(f"machine {urlsplit(host).hostname}\\n  login user\\n  password %s\\n")
+        netrc.chmod(0o600)
+        out[".netrc"] = type(lookup()).__name__
+        print(json.dumps(out))
+    """ % (KEY, KEY)
+    p = _python(code, tmp_path / "home", WANDB_BASE_URL="https://api.example.org")
+    assert p.returncode == 0, "wandb's private API used by sslprune/control/wandb_login.py moved:\n" + p.stderr[-3000:]
+    assert json.loads(p.stdout) == {
+        "server": True,  # wandb_setup.singleton().settings.base_url: the server wandb would use
+        "keywords": ["host", "source", "prompt", "update_session"],
+        "nothing configured": None,
+        "environment": "AuthApiKey",
+        "session left alone": True,  # update_session=False: a check, not a login
+        "malformed key": "AuthenticationError",  # wandb_login counts it as configured
+        ".netrc": "AuthApiKey",
+    }, "wandb's private API used by sslprune/control/wandb_login.py behaves differently now"
+    assert "Loaded credentials" not in p.stderr  # a check prints nothing
+
+
+@pytest.mark.parametrize("change", ["signature", "module"])
+def test_a_wandb_that_moved_its_private_api_is_named_never_read_as_credentials(tmp_path, change):
+    """The old check answered True ("credentials found", so wandb.mode=auto went online) when
+    the call raised anything but ImportError, and fell back to reading .netrc on ImportError."""
+    home = tmp_path / "home"
+    (home / ".config" / "wandb").mkdir(parents=True)
+    (home / ".config" / "wandb" / "settings").write_text("[default]\nmode = online\n")  # no key in it
+    code = """
+        import sys
+        if "%s" == "module":
+            sys.modules["wandb.sdk.lib.wbauth"] = None  # wandb moved it: import fails
+        else:
+            from wandb.sdk.lib import wbauth
+
+            def authenticate_session(*, host, source, prompt=True):  # update_session renamed away
+                return None
+
+            wbauth.authenticate_session = authenticate_session
+        from sslprune.control import dashboard
+        from sslprune.control.config import WandbConfig
+
+        try:
+            print("answered", dashboard.has_credentials())
+        except RuntimeError as e:
+            print("refused:", e)
+        print("announce", dashboard.announce(WandbConfig()))
+    """ % change
+    p = _python(code, home)
+    assert p.returncode == 0, p.stderr
+    first, second = p.stdout.splitlines()
+    version = importlib.metadata.version("wandb")
+    assert first.startswith(f"refused: wandb {version} changed wandb.sdk.lib.wbauth.authenticate_session (")
+    assert ("has no parameter update_session" if change == "signature" else "ModuleNotFoundError") in first
+    assert second == "announce disabled"
+    assert "W&B disabled: could not resolve wandb.mode (wandb " in p.stderr
