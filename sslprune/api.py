@@ -38,11 +38,10 @@ def config(preset: str = "demo", *overrides: str, store: Optional[Union[str, Pat
     `"model=resnet18_cifar"`), validated, as a typed Config; `store` sets where results go
     (default ./runs, made absolute here)."""
     from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
-    from hydra.initialize import get_gh_backup, restore_gh_from_backup
     from omegaconf.errors import OmegaConfBaseException
 
+    from .control import hydra_globals
     from .launch.compose import typed
 
     if preset not in presets():
@@ -50,17 +49,13 @@ def config(preset: str = "demo", *overrides: str, store: Optional[Union[str, Pat
     args = [f"experiment={preset}", *overrides] + ([f"store={store}"] if store is not None else [])
     # Inside a running Hydra app (or a notebook that initialised Hydra) compose with our own
     # configs, then leave Hydra as it was.
-    backup = get_gh_backup()
-    GlobalHydra.instance().clear()
-    try:
+    with hydra_globals.set_aside():
         with initialize_config_module(config_module="sslprune.conf", version_base=None):
             try:
                 composed = compose(config_name="config", overrides=args)
             except (HydraException, OmegaConfBaseException) as e:  # a bad override: say which, in one line
                 raise ConfigError(str(e).strip().splitlines()[0]) from e
         return typed(composed, announce=False)
-    finally:
-        restore_gh_from_backup(backup)
 
 
 def _table(rows: list[dict]):

@@ -121,3 +121,41 @@ def test_a_wandb_that_moved_its_private_api_is_named_never_read_as_credentials(t
     assert ("has no parameter update_session" if change == "signature" else "ModuleNotFoundError") in first
     assert second == "announce disabled"
     assert "W&B disabled: could not resolve wandb.mode (wandb " in p.stderr
+
+
+# ---------------------------------------------------------------- Hydra
+
+
+def test_hydras_global_state_is_set_aside_and_put_back_as_the_caller_had_it(tmp_path):
+    from hydra import compose, initialize_config_dir, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from sslprune.control import hydra_globals
+
+    for name in ("instance", "is_initialized", "clear", "initialize"):
+        assert callable(getattr(GlobalHydra, name, None)), f"Hydra's GlobalHydra.{name} (hydra_globals) is gone"
+    conf, ours = tmp_path / "conf", tmp_path / "ours"
+    conf.mkdir(), ours.mkdir()
+    (conf / "mine.yaml").write_text("answer: 42\n")
+    (ours / "config.yaml").write_text("experiment: demo\n")
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        caller = GlobalHydra.instance().hydra
+        assert caller is not None
+        # Why set_aside exists: Hydra refuses a second initialisation.
+        with pytest.raises(ValueError, match="GlobalHydra is already initialized"):
+            initialize_config_module(config_module="sslprune.conf", version_base=None)
+        for _ in range(2):  # composed repeatedly in one process
+            with hydra_globals.set_aside():
+                assert not GlobalHydra.instance().is_initialized()
+                with initialize_config_dir(config_dir=str(ours), version_base=None):
+                    assert compose("config", overrides=["experiment=twin"]).experiment == "twin"
+            assert GlobalHydra.instance().hydra is caller
+        with pytest.raises(KeyError):
+            with hydra_globals.set_aside():
+                raise KeyError("the block failed")
+        assert GlobalHydra.instance().hydra is caller
+        assert compose("mine").answer == 42  # the caller's search path is back
+    assert not GlobalHydra.instance().is_initialized()
+    with hydra_globals.set_aside():
+        pass
+    assert not GlobalHydra.instance().is_initialized()
