@@ -159,3 +159,50 @@ def test_hydras_global_state_is_set_aside_and_put_back_as_the_caller_had_it(tmp_
     with hydra_globals.set_aside():
         pass
     assert not GlobalHydra.instance().is_initialized()
+
+
+# ---------------------------------------------------------------- submitit
+
+
+def test_submitits_preemption_signal_is_its_public_usr_sig(tmp_path):
+    code = """
+        from sslprune.control import job
+        try:
+            print(job.preemption_signal().name)
+        except RuntimeError as e:
+            print(e)
+    """
+    for name, expected in [(None, "SIGUSR2"), ("USR1", "SIGUSR1"), ("NOPE", "SUBMITIT_PREEMPT_SIGNAL='NOPE' names no "
+                                                                           "signal (e.g. USR2)")]:
+        p = _python(code, tmp_path / "home", **({"SUBMITIT_PREEMPT_SIGNAL": name} if name else {}))
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.strip() == expected
+
+
+def test_submitits_handler_runs_through_the_signal_once_the_checkpoint_is_saved(monkeypatch):
+    """USR2 only sets a flag while training; after the checkpoint, the handler submitit had
+    installed (checkpoint, requeue, exit) receives the signal, as it would have from SLURM."""
+    from sslprune.control import job
+
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    got = []
+
+    def submitit_handler(signum, frame):
+        got.append(signal.Signals(signum).name)
+        sys.exit(-1)
+
+    previous = {s: signal.signal(s, submitit_handler if s == signal.SIGUSR2 else signal.getsignal(s))
+                for s in (signal.SIGUSR2, signal.SIGTERM)}
+    try:
+        sig = job.Signals().install()
+        os.kill(os.getpid(), signal.SIGUSR2)  # preemption notice mid-training
+        assert sig.poll() and sig.usr2 and got == []
+        monkeypatch.setattr(job, "requeue_self", lambda job_id: got.append(f"scontrol requeue {job_id}"))
+        stage_job = job.StageJob.__new__(job.StageJob)
+        stage_job.launcher = job.LauncherConfig()
+        with pytest.raises(SystemExit):
+            stage_job._interrupted(SimpleNamespace(global_rank=0, job_id="7"), sig, job.Interrupted(5))
+        assert got == ["SIGUSR2"]
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
