@@ -206,3 +206,39 @@ def test_submitits_handler_runs_through_the_signal_once_the_checkpoint_is_saved(
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+# ---------------------------------------------------------------- torch
+
+
+def test_torch_internals_do_what_sslprune_relies_on():
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    from sslprune.compute import torch_internals
+    from sslprune.compute.runtime import GlobalBatchNorm
+
+    weights = [torch.arange(6.0).view(2, 3), torch.arange(1.0, 5.0)]
+    masks = [torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]), torch.tensor([0.0, 1.0, 1.0, 0.0])]
+    same = [id(w) for w in weights]
+    torch_internals.multiply_(weights, masks)  # torch._foreach_mul_
+    assert [id(w) for w in weights] == same
+    assert [w.tolist() for w in weights] == [[[0.0, 0.0, 2.0], [0.0, 4.0, 0.0]], [0.0, 2.0, 3.0, 0.0]]
+
+    # nn.modules.batchnorm._BatchNorm: BatchNorm1d/2d are it with another _check_input_dim.
+    for public in (nn.BatchNorm1d, nn.BatchNorm2d):
+        assert issubclass(public, torch_internals.BatchNorm) and public.forward is torch_internals.BatchNorm.forward
+    bn = GlobalBatchNorm(3)
+    assert list(bn.state_dict()) == list(nn.BatchNorm2d(3).state_dict())
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias):
+            t.copy_(torch.rand(3, generator=g) + 0.5)
+    bn.eval()
+    for shape in ((4, 3), (4, 3, 5), (2, 3, 4, 4)):  # BatchNorm1d's inputs and BatchNorm2d's
+        x = torch.randn(shape, generator=g)
+        assert torch.equal(bn(x), F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.1,
+                                               bn.eps))
+    with pytest.raises(ValueError, match=r"expected 2-d, 3-d or 4-d input \(got 5-d\)"):  # our _check_input_dim ran
+        bn(torch.zeros(1, 3, 1, 1, 1))

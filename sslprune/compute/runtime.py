@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..control.config import ConfigError, RunConfig
+from . import torch_internals
 
 
 class NoDevice(ConfigError):
@@ -174,7 +175,7 @@ class _AllReduceSum(torch.autograd.Function):
         return grad, None
 
 
-class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+class GlobalBatchNorm(torch_internals.BatchNorm):
     """Batch norm (1-d or 2-d) whose training statistics cover the batches of all ranks (a CPU/gloo
     SyncBatchNorm; AlexNet's fully-connected layers use BatchNorm1d, the convolutions BatchNorm2d).
 
