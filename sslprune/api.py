@@ -49,12 +49,11 @@ def config(preset: str = "demo", *overrides: str, store: Optional[Union[str, Pat
     `"model=resnet18_cifar"`), validated, as a typed Config; `store` sets where results go
     (default ./runs, made absolute here)."""
     from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
-    from hydra.initialize import get_gh_backup, restore_gh_from_backup
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    from .control import hydra_globals
     from .core.validation import check_keys, ready
 
     register_schema()
@@ -63,9 +62,7 @@ def config(preset: str = "demo", *overrides: str, store: Optional[Union[str, Pat
     args = [f"experiment={preset}", *overrides] + ([f"store={store}"] if store is not None else [])
     # Inside a running Hydra app (or a notebook that initialised Hydra) compose with our own
     # configs, then leave Hydra as it was.
-    backup = get_gh_backup()
-    GlobalHydra.instance().clear()
-    try:
+    with hydra_globals.set_aside():
         with initialize_config_module(config_module="sslprune.conf", version_base=None):
             try:
                 composed = compose(config_name="config", overrides=args)
@@ -73,8 +70,6 @@ def config(preset: str = "demo", *overrides: str, store: Optional[Union[str, Pat
                 raise ConfigError(str(e).strip().splitlines()[0]) from e
         check_keys(OmegaConf.to_container(composed, resolve=False))  # before to_object drops unknown keys
         return ready(OmegaConf.to_object(composed))
-    finally:
-        restore_gh_from_backup(backup)
 
 
 def _table(rows: list[dict]):

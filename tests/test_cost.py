@@ -92,16 +92,31 @@ def test_the_projects_alexnet_is_counted_layer_by_layer():
     assert got["macs_dense"] == hand == 1_131_201_056
 
 
-def test_counting_changes_nothing_in_the_network():
+def test_counting_changes_nothing_in_the_network(monkeypatch):
     import torch
+    from torch import nn
     from sslprune.compute import cost, model as models
 
     net = models.build(ModelConfig(name="resnet_small", width=4), 1, 10, 0)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     net.train()
+    # Every forward hook counting registers is removed (seen through torch's public hook API).
+    registered, removed = [], []
+    register = nn.Module.register_forward_hook
+
+    def spy(module, *args, **kwargs):
+        handle = register(module, *args, **kwargs)
+        remove = handle.remove
+        handle.remove = lambda: (removed.append(handle), remove())
+        registered.append(handle)
+        return handle
+
+    monkeypatch.setattr(nn.Module, "register_forward_hook", spy)
     on_cpu = cost.count(net, (1, 8, 8))
+    monkeypatch.undo()
     assert net.training and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
-    assert not any(m._forward_hooks for m in net.modules())
+    layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(registered) == len(layers) > 0 and [id(h) for h in removed] == [id(h) for h in registered]
     on_meta = cost.count(_meta(lambda: models.build(ModelConfig(name="resnet_small", width=4), 1, 10, 0)), (1, 8, 8))
     assert on_cpu == on_meta
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from .model import cut_points, weights as layer_weights
 from .sparsity import naturally_zero
+from .torch_internals import multiply_
 
 Mask = Dict[str, torch.Tensor]
 
@@ -126,7 +127,7 @@ class Applier:
     @torch.no_grad()
     def __call__(self) -> None:
         if self.params:
-            torch._foreach_mul_(self.params, self.masks)
+            multiply_(self.params, self.masks)
 
 
 def report(mask: Mask) -> dict:

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..core.errors import ConfigError, NoDevice
 from ..core.schema import RunConfig
-from . import distributed
+from . import distributed, torch_internals
 
 
 @dataclass
@@ -157,7 +157,7 @@ def from_environment(run: RunConfig) -> Runtime:
     return _ranks
 
 
-class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+class GlobalBatchNorm(torch_internals.BatchNorm):
     """Batch norm (1-d or 2-d) whose training statistics cover the batches of all ranks (a CPU/gloo
     SyncBatchNorm; AlexNet's fully-connected layers use BatchNorm1d, the convolutions BatchNorm2d).
 

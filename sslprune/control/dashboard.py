@@ -68,24 +68,10 @@ def has_credentials() -> bool:
     if not any(os.path.exists(p) for p in credential_files()):
         # Nowhere a key could be: no need to import wandb (1.2 s, most of a re-submission's time).
         return False
-    try:
-        from wandb.sdk import wandb_setup
-        from wandb.sdk.lib import wbauth
+    from . import wandb_login
 
-        host = wandb_setup.singleton().settings.base_url
-        return wbauth.authenticate_session(host=host, source="sslprune", prompt=False,
-                                           update_session=False) is not None
-    except ImportError:  # wandb moved its private API: fall back to the .netrc entry for the host
-        import netrc
-        from urllib.parse import urlsplit
-
-        host = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-        try:
-            return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
-        except (OSError, netrc.NetrcParseError):
-            return False
-    except Exception:  # a malformed key is still "configured": wandb.init will say what is wrong
-        return True
+    # A library change raises (announce and observer say so, W&B stays off), never reads as an answer.
+    return wandb_login.has_key()
 
 
 def resolve(w: WandbConfig) -> str:

@@ -54,9 +54,7 @@ class Signals:
         self.submitit_handler = None
 
     def install(self) -> "Signals":
-        import submitit
-
-        usr = submitit.JobEnvironment._usr_sig()
+        usr = preemption_signal()
         self.submitit_handler = signal.getsignal(usr)  # submitit's checkpoint-and-requeue (set before we run)
         signal.signal(usr, self._on_usr)
         signal.signal(signal.SIGTERM, self._on_term)
@@ -75,10 +73,21 @@ class Signals:
         """The job's stages are done: nothing is left to checkpoint. SIG_IGN (not a Python handler,
         which interpreter shutdown resets to the default) holds until the process is gone, and
         replaces submitit's handler too, so neither a late requeue nor a kill by signal can follow."""
-        import submitit
-
-        for signum in (submitit.JobEnvironment._usr_sig(), signal.SIGTERM):
+        for signum in (preemption_signal(), signal.SIGTERM):
             signal.signal(signum, signal.SIG_IGN)
+
+
+def preemption_signal() -> signal.Signals:
+    """The signal submitit asks SLURM to send before the time limit and on preemption: its public
+    `JobEnvironment.USR_SIG` (USR2 unless $SUBMITIT_PREEMPT_SIGNAL names another), the name
+    submitit's sbatch line `--signal=<USR_SIG>@<delay>` uses."""
+    import submitit
+
+    name = submitit.JobEnvironment.USR_SIG
+    try:
+        return signal.Signals[f"SIG{name}"]
+    except KeyError:
+        raise RuntimeError(f"SUBMITIT_PREEMPT_SIGNAL={name!r} names no signal (e.g. USR2)") from None
 
 
 def restarts() -> int:
@@ -208,7 +217,11 @@ class StageJob:
                                f"(launcher.max_requeues={self.launcher.max_requeues}); checkpoint saved")
         handler = sig.submitit_handler
         if callable(handler):  # submitit: checkpoint() -> dump the submission -> scontrol requeue -> exit
-            handler(self._usr_signum(), None)
+            # Through the signal itself, as SLURM would have delivered it had we not held it back:
+            # Python runs the handler before raise_signal returns, so its exit or error surfaces here.
+            usr = preemption_signal()
+            signal.signal(usr, handler)
+            signal.raise_signal(usr)
         requeue_self(env.job_id)  # outside submitit's SLURM environment (should not happen)
         sys.exit(-1)
 
@@ -235,12 +248,6 @@ class StageJob:
             time.sleep(0.2)
         if not sig.usr2:
             raise RuntimeError(f"terminated (SIGTERM, job {state or 'unknown'}) and not requeued; checkpoint saved")
-
-    @staticmethod
-    def _usr_signum() -> int:
-        import submitit
-
-        return submitit.JobEnvironment._usr_sig()
 
     # --- crashes
     def _maybe_retry(self, env, error: BaseException, stage: Stage) -> None:

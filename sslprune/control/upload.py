@@ -90,11 +90,11 @@ def _server_answers(url: str, timeout: float) -> str | None:
 
 
 def _base_url() -> str:
-    try:
-        from wandb.sdk import wandb_setup
+    from . import wandb_login
 
-        return wandb_setup.singleton().settings.base_url
-    except Exception:
+    try:
+        return wandb_login.server()
+    except ValueError:  # wandb refuses the configured URL: name it as given; the reachability check says why
         return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
 
 
