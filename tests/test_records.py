@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, tiny_config
 
 # The demo's stages of seed 0 (RotNet's chain; SVMs and fine-tuning of its level 2 on digits, which
 # the demo does not plan but builds the same way), then the variants other presets add: pruning
@@ -94,3 +94,19 @@ def test_a_record_carries_its_config_json(built):
     svm = configs["svm:digits rotnet seed=0 level=2"]
     assert svm["stage"] == "svm" and svm["folds"] == 3 and "costs" in svm
     assert configs["probe:fashion_mnist npid seed=0 level=2"]["features"] == "standardised"
+
+
+def test_the_interpreter_refuses_a_check_it_does_not_know(tmp_path):
+    import dataclasses
+
+    from sslprune.compute import runner
+    from sslprune.compute.runtime import local
+    from sslprune.control.stage import Finetune
+    from sslprune.core import start
+
+    cfg = tiny_config(tmp_path / "s")
+    record = start.of(Finetune(cfg, "labels", 0, 1, cfg.retrain.data))
+    assert record.checks == ("pruned stay zero",)
+    with pytest.raises(ValueError, match=r"finetune:digits labels seed=0 level=1: checks=\['pruned stays zero'\] "
+                                         r"are not among backbone frozen, pruned stay zero"):
+        runner.build(dataclasses.replace(record, checks=("pruned stays zero",)), local(cfg.run), 64)

@@ -236,6 +236,9 @@ def build(r: Start, rt: Runtime, eval_batch_size: int) -> Setup:
     """The one interpreter of start records (sslprune.core.start): data (restricted to its label
     subset), task, network with its weights and head, mask, and for a probe its frozen backbone
     or its standardised features (computed here, in batches of `eval_batch_size`)."""
+    unknown = sorted(set(r.checks) - set(starts.CHECKS))
+    if unknown:
+        raise ValueError(f"{r.label}: checks={unknown} are not among {', '.join(starts.CHECKS)}")
     loaded: dict = {}
 
     def load(path: str):
@@ -266,9 +269,6 @@ def build(r: Start, rt: Runtime, eval_batch_size: int) -> Setup:
         net.new_head(outputs, seeds.generator(*r.head_seed))
     if r.trains == "head" and s.features is None:
         s.net = models.FrozenBackbone(net)
-    unknown = set(r.checks) - set(starts.CHECKS)
-    if unknown:
-        raise ValueError(f"{r.label}: no such result check {sorted(unknown)}: one of {', '.join(starts.CHECKS)}")
     if "backbone frozen" in r.checks:
         s.frozen = {k: v.detach().clone() for k, v in s.net.backbone.state_dict().items()}
     return s
