@@ -38,7 +38,7 @@ variants = [ImpLevel(fig2, "transfer", 0, 0), ImpLevel(fig2, "transfer", 0, 1),
             Retrain(fig4, "rotnet@stage1", 0, 4, "random")]
 records = {s.label: start.of(s) for s in demo + variants}
 json.dump({"demo": start.table(demo), "variants": start.table(variants),
-           "configs": {k: r.config for k, r in records.items()},
+           "configs": {k: r.config for k, r in records.items()}, "saves": {k: r.saves for k, r in records.items()},
            "heavy": sorted(m for m in ("torch", "torchvision", "sklearn", "scipy") if m in sys.modules)}, sys.stdout)
 """
 
@@ -110,3 +110,12 @@ def test_the_interpreter_refuses_a_check_it_does_not_know(tmp_path):
     with pytest.raises(ValueError, match=r"finetune:digits labels seed=0 level=1: checks=\['pruned stays zero'\] "
                                          r"are not among backbone frozen, pruned stay zero"):
         runner.build(dataclasses.replace(record, checks=("pruned stays zero",)), local(cfg.run), 64)
+
+
+def test_what_each_stage_kind_writes(built):
+    saves = built["saves"]
+    assert saves["imp rotnet seed=0 level=0"] == ["mask.pt", "model.pt", "weights.json"]  # natural sparsity of W_T
+    assert saves["imp rotnet seed=0 level=2"] == saves["retrain rotnet random seed=0 level=2"] == ["mask.pt", "model.pt"]
+    # Fine-tuning keeps its tuned network and mask; probes and SVMs only measure (result.json).
+    assert saves["finetune:digits rotnet seed=0 level=2"] == ["mask.pt", "model.pt"]
+    assert saves["probe:digits rotnet seed=0 level=2"] == saves["svm:digits rotnet seed=0 level=2"] == []

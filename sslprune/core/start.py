@@ -200,11 +200,10 @@ def _evaluation(stage: Evaluation) -> Start:
         imp = stage.parents()[0]
         weights, mask = Weights(None, _file(imp, "model.pt")), Masking("file", file=_file(imp, "mask.pt"))
     common = dict(label=stage.label, kind=stage.kind, model=cfg.model, data=stage.data, weights=weights,
-                  first_step="0", rewind=None, save_rewind=None, task_state=None, subset=None, subset_drawn=False,
-                  saves=())
+                  first_step="0", rewind=None, save_rewind=None, task_state=None, subset=None, subset_drawn=False)
     if isinstance(stage, Svm):
         return Start(task=None, head="unused", head_seed=None, mask=dataclasses.replace(mask, applied=False),
-                     trains="none", inputs="features", optim=None, batches=(stage.seed, "svm"), checks=(),
+                     trains="none", inputs="features", optim=None, batches=(stage.seed, "svm"), checks=(), saves=(),
                      config={"chain": chain_identity(cfg, stage.signal), "stage": "svm", "data": identity(stage.data),
                              **stage.settings()}, **common)
     if isinstance(stage, Probe):
@@ -216,11 +215,11 @@ def _evaluation(stage: Evaluation) -> Start:
                      mask=dataclasses.replace(mask, applied=False), trains="head",
                      inputs="standardised features" if standardised else "images", optim=cfg.probe.optim,
                      batches=(stage.seed, "probe", stage.level, name),
-                     checks=() if standardised else ("backbone frozen",),
+                     checks=() if standardised else ("backbone frozen",), saves=(),
                      config={"chain": chain_identity(cfg, stage.signal), **config}, **common)
     return Start(task=LABELS, head="fresh", head_seed=(stage.seed, "finetune-head", name), mask=mask, trains="all",
                  inputs="images", optim=cfg.finetune.optim, batches=(stage.seed, "finetune", stage.level, name),
-                 checks=("pruned stay zero",),
+                 checks=("pruned stay zero",), saves=("mask.pt", "model.pt"),  # the tuned network and its mask
                  config={"chain": chain_identity(cfg, stage.signal), "stage": "finetune",
                          "data": identity(stage.data), "optim": identity(cfg.finetune.optim)}, **common)
 
