@@ -199,7 +199,7 @@ def test_level_starts_from_rewound_weights_under_the_new_mask(chain):
     for n, mk in setup.mask.items():
         assert torch.equal(params[n].detach(), rewind[n] * mk)
     loader = loaders.make(setup.data, setup.optim.batch_size, 0, rt.device)
-    assert setup.start(loader) == loader.steps_per_epoch  # the schedule resumes at step k
+    assert runner.first_step(setup.record, loader) == loader.steps_per_epoch  # the schedule resumes at step k
 
 
 def test_retrain_starts_differ_as_they_should(chain):

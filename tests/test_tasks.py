@@ -499,7 +499,7 @@ def test_npid_bank_is_rewound_with_the_weights(tmp_path):
     assert torch.equal(setup.task_state["bank"], rewound["task"]["bank"])
     # What was saved is the bank after k updates, not level 0's random starting bank.
     start = runner.prepare(ImpLevel(cfg, "npid", 0, 0), rt)
-    start.task.bind(loaders.make(start.data, start.optim.batch_size, seeds.derive(*start.seed_parts), rt.device,
+    start.task.bind(loaders.make(start.data, start.optim.batch_size, seeds.derive(*start.record.batches), rt.device,
                                  index_targets=True))
     changed = (start.task.state_dict()["bank"].cpu() != rewound["task"]["bank"].cpu()).any(dim=1)
     assert int(changed.sum()) == 3 * 128  # exactly the rows of the 3 batches seen so far

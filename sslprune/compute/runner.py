@@ -1,30 +1,30 @@
-"""Running a stage: what training starts from for each kind of stage, then the one loop.
+"""Running a stage: its start record turned into a network, a mask, a task and data, then the one loop.
 
 `run` is the one place a process starts computing a stage (sslprune-run's workers, submitit jobs,
 the stage apps and the Python API all reach it; the control plane never imports it: the app layer
 hands it over, sslprune.api.compute). The stage record (sslprune.core.stage) says where a stage
-lives and what it needs; this
-module turns it into a network with its weights loaded, a mask, a task, data and the step the
-schedule starts at (`Setup`, one function per kind below), trains it with sslprune.compute.trainer
-and writes its outputs. `result.json` is written last, with the size and sha256 of every output.
+lives and what it needs; the stage's start record (sslprune.core.start, plain data) says what it
+starts from. `build` is the one place that turns a start record into objects (`Setup`); `_train`
+trains them with sslprune.compute.trainer and writes the outputs, `run_svm` fits SVMs on the
+frozen features. `result.json` is written last, with the size and sha256 of every output.
 """
 from __future__ import annotations
 
 import contextlib
 import inspect
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 import torch
 
-from ..core import machine, store as files
+from ..core import machine, start as starts, store as files
 from ..core.errors import Corrupt, MissingInput
-from ..core.identity import identity, chain_identity
 from ..core.progress import Progress, clock, open_for
 from ..core.rewind import rewind_steps
 from ..core.schema import OptimConfig
-from ..core.stage import DONE, OUTPUTS, Finetune, ImpLevel, Probe, Retrain, Stage, Svm
-from ..core.sweep import signal_data, signal_prune
+from ..core.stage import DONE, OUTPUTS, Stage
+from ..core.start import Start
 from . import checkpoint, dataset, loader as loaders, mask as masks, model as models, seed as seeds, task as tasks
 from . import cost as costs, sparsity, subset as subsets
 from .runtime import Runtime, from_environment, local
@@ -33,30 +33,18 @@ from .trainer import Fit, evaluate, fit
 
 @dataclass
 class Setup:
+    """A start record made objects: what the loop trains, on what, under which mask."""
+
+    record: Start
     net: torch.nn.Module
-    task: object
+    task: object  # None for SVMs
     data: object
-    optim: OptimConfig
+    optim: Optional[OptimConfig]
     mask: masks.Mask  # the mask this stage's weights live under (reported as `remaining`)
-    seed_parts: tuple  # what seeds the data order and augmentation
-    identity: dict
-    train_mask: Optional[masks.Mask] = None  # what the loop applies; defaults to `mask`
-    start: Optional[Callable] = None  # loader -> first step of the schedule (rewinding)
-    hooks: list = field(default_factory=list)  # loader -> step hook
-    params: Optional[Callable] = None  # net -> the parameters to optimise (default all)
-    check: Optional[Callable] = None  # net -> None, raises if the result is inconsistent
-    save_mask: bool = True
-    save_model: bool = True
+    train_mask: masks.Mask  # what the loop applies: `mask`, or none where the mask is only reported
     task_state: Optional[dict] = None  # the task's state to start from (NPID's bank at the rewind point)
-    # (batch size, seed, device, rank, world) -> the loader; None: sslprune.compute.loader.make on `data`
-    loader: Optional[Callable] = None
-    report: Optional[Callable] = None  # () -> more entries of result.json (the probe's L-BFGS reference)
-
-    def __post_init__(self):
-        if self.train_mask is None:
-            self.train_mask = self.mask
-
-
+    features: object = None  # a standardised probe's features (sslprune.compute.probe.Features)
+    frozen: Optional[dict] = None  # the frozen backbone's tensors as built ("backbone frozen" check)
 
 
 COMPUTE, FOUND_DONE, PARENT_MISSING, FAILED = 0, 1, 2, 3  # rank 0's decision, broadcast to the other ranks
@@ -183,27 +171,26 @@ def _threads(stage: Stage, resume: Optional[dict], progress: Progress) -> int:
 
 
 def prepare(stage: Stage, rt: Runtime) -> Setup:
-    """Everything training starts from: network (weights loaded), mask, task, data, schedule start."""
-    return {"imp": prepare_imp, "retrain": prepare_retrain, "probe": prepare_probe,
-            "finetune": prepare_finetune}[stage.kind](stage, rt)
+    """Everything training starts from: the stage's start record, built."""
+    return build(starts.of(stage), rt, stage.cfg.run.eval_batch_size)
 
 
 def _train(stage: Stage, rt: Runtime, progress: Progress, interrupt=None) -> dict:
     resume = checkpoint.resume_state(stage.dir / checkpoint.LATEST, progress.note)
     threads = _threads(stage, resume, progress)
     s = prepare(stage, rt)
+    r = s.record
     if rt.is_writer:
-        shared = getattr(stage, "shared", False)  # the dense re-training belongs to no one chain
-        files.write_json({**({} if shared else {"chain": chain_identity(stage.cfg, stage.signal)}), **s.identity},
-                         stage.dir / "config.json")
-        if s.save_mask and not (stage.dir / "mask.pt").exists():
+        files.write_json(r.config, stage.dir / "config.json")
+        if "mask.pt" in r.saves and not (stage.dir / "mask.pt").exists():
             files.write_json(masks.report(s.mask), stage.dir / "sparsity_report.json")
             checkpoint.save(s.mask, stage.dir / "mask.pt")
     net = s.net.to(rt.device)
-    if s.loader is not None:
-        loader = s.loader(s.optim.batch_size, seeds.derive(*s.seed_parts), rt.device, rt.rank, rt.world)
+    seed = seeds.derive(*r.batches)
+    if s.features is not None:
+        loader = s.features.loader(s.optim.batch_size, seed, rt.device, rt.rank, rt.world)
     else:
-        loader = loaders.make(s.data, s.optim.batch_size, seeds.derive(*s.seed_parts), rt.device, rt.rank, rt.world,
+        loader = loaders.make(s.data, s.optim.batch_size, seed, rt.device, rt.rank, rt.world,
                               rt.channels_last, s.task.index_targets)
     s.task.bind(loader)  # before fit, which restores the task's checkpointed state (NPID's bank)
     if s.task_state:
@@ -221,252 +208,173 @@ def _train(stage: Stage, rt: Runtime, progress: Progress, interrupt=None) -> dic
         no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters \
             else "broadcast_buffers"
         model = ddp(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, **{no_sync: False})
-    params = s.params(net) if s.params else None
+    params = net.head.parameters() if r.trains == "head" else None
+    hooks = [_rewind_saver(r, s.task, loader, rt.is_writer)] if r.save_rewind else []
     job = Fit(model=model, net=net, task=s.task, loader=loader, optim=s.optim, mask=s.train_mask,
-              checkpoint=stage.dir / checkpoint.LATEST, start_step=s.start(loader) if s.start else 0,
-              params=params, hooks=[h(loader) for h in s.hooks], interrupt=interrupt,
+              checkpoint=stage.dir / checkpoint.LATEST, start_step=first_step(r, loader),
+              params=params, hooks=hooks, interrupt=interrupt,
               agree=rt.agree_all if rt.world > 1 else None, resume=resume, threads=threads)
     info = fit(job, stage.cfg.run, progress, rt.is_writer)
     info["threads"] = threads
     metrics = evaluate(net, s.task, loader, stage.cfg.run.eval_batch_size, stage.cfg.run.amp)
-    if s.check:
-        s.check(net)
-    if rt.is_writer and s.save_model:
+    check(s, net)
+    if rt.is_writer and "model.pt" in r.saves:
         weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         checkpoint.save(weights, stage.dir / "model.pt")
-        if stage.kind == "imp" and stage.level == 0:  # the report's natural-sparsity statistics
+        if "weights.json" in r.saves:  # the report's natural-sparsity statistics
             files.write_json(sparsity.summary(weights), stage.dir / "weights.json")
-    extra = s.report() if s.report else {}
+    # A standardised probe's L-BFGS reference: the optimum its SGD should reach.
+    extra = (s.features.reference(s.optim.weight_decay) or {}) if s.features is not None else {}
     return {**info, **metrics, **extra, "remaining": masks.density(s.mask), "evaluation": stage.evaluation,
-            **cost(stage.cfg, s.data, s.task.num_outputs, s.mask)}
+            **cost(r.model, s.data, s.task.num_outputs, s.mask)}
 
 
-def cost(cfg, data, outputs: int, mask: masks.Mask) -> dict:
+def cost(model, data, outputs: int, mask: masks.Mask) -> dict:
     """The evaluated network's parameters and MACs of one forward pass at the data set's input size,
-    dense and under `mask` (sslprune.compute.cost). A function of the architecture, the head's size
-    and the mask only: it is counted on a copy built on the meta device, so the stage's weights and
-    batch-norm statistics are never touched. For a standardised probe (a linear map on features),
-    the network that computes those features is what an image costs."""
+    dense and under `mask` (sslprune.compute.cost). A function of the architecture (`model`, a
+    ModelConfig), the head's size and the mask only: it is counted on a copy built on the meta device,
+    so the stage's weights and batch-norm statistics are never touched. For a standardised probe (a
+    linear map on features), the network that computes those features is what an image costs."""
     with torch.device("meta"):
-        net = models.build(cfg.model, data.channels, outputs, 0)
+        net = models.build(model, data.channels, outputs, 0)
     size = dataset.input_size(data)
     return {**costs.count(net, size, mask), "input_size": list(size)}
 
 
-# ---------------------------------------------------------------- IMP level
+# ---------------------------------------------------------------- the record, built
 
 
-def label_subset(stage: ImpLevel, data, rt: Runtime):
-    """The signal's data restricted to its label subset, drawn once and saved at level 0
-    (label_subset.json): later levels and resumed runs read it back, so the chain keeps the
-    images it started with, and a file that disagrees with the config is an error."""
-    task = stage.cfg.signals[stage.signal].task
-    path = ImpLevel(stage.cfg, stage.signal, stage.seed, 0).dir / subsets.FILE
-    indices = subsets.saved(path, task, loaders.train_labels(data), data.num_classes,
-                            write=rt.is_writer, must_exist=stage.level > 0)
-    return subsets.restrict(data, task, indices)
+def build(r: Start, rt: Runtime, eval_batch_size: int) -> Setup:
+    """The one interpreter of start records (sslprune.core.start): data (restricted to its label
+    subset), task, network with its weights and head, mask, and for a probe its frozen backbone
+    or its standardised features (computed here, in batches of `eval_batch_size`)."""
+    unknown = sorted(set(r.checks) - set(starts.CHECKS))
+    if unknown:
+        raise ValueError(f"{r.label}: checks={unknown} are not among {', '.join(starts.CHECKS)}")
+    loaded: dict = {}
 
+    def load(path: str):
+        if path not in loaded:  # rewind.pt gives both the weights and the task's state
+            loaded[path] = checkpoint.load(Path(path))
+        return loaded[path]
 
-def init_seed(stage: Stage) -> int:
-    """The seed of a chain's initial weights. `per_signal` (model.init): from the seed and the signal's
-    base name, so two signals start from independent weights as in the paper, while the scope and
-    rewind sweeps of one signal (rotnet@stage1, rotnet@0it: the part before the first @) share their
-    dense initialisation and their level 0 trains the same network. `shared`: one start per seed."""
-    if stage.cfg.model.init == "shared":
-        return seeds.derive(stage.seed, "init")
-    return seeds.derive(stage.seed, "init", stage.signal.split("@")[0])
-
-
-def prepare_imp(stage: ImpLevel, rt: Runtime) -> Setup:
-    """Level 0: the dense network from its initialisation; level L: the previous level's trained
-    weights pruned, the survivors rewound to W_k (late resetting)."""
-    cfg, sig = stage.cfg, stage.cfg.signals[stage.signal]
-    prune = signal_prune(cfg, stage.signal)
-    data = dataset.load(signal_data(cfg, stage.signal))
-    if sig.task.label_fraction < 1:
-        data = label_subset(stage, data, rt)
-    task = tasks.make(sig.task, data)
-    net = models.build(cfg.model, data.channels, task.num_outputs, init_seed(stage))
-    rewind_file = stage.rewind_file()
-
-    def k_of(loader) -> int:
-        spe = loader.steps_per_epoch
-        return rewind_steps(prune.rewind, spe, sig.optim.batch_size, sig.optim.epochs * spe)
-
-    hooks, start, task_state = [], None, None
-    if stage.level == 0:
-        if sig.init_from is not None:
-            # Pruning during transfer: start from the source signal's trained dense network, keep
-            # its backbone, and put a fresh head for this task on it.
-            trained = checkpoint.load(stage.parents()[0].dir / "model.pt")
-            net.load_state_dict({**net.state_dict(), **{k: v for k, v in trained.items()
-                                                          if k.startswith("backbone.")}})
-            net.new_head(task.num_outputs, seeds.generator(stage.seed, "transfer-head"))
-        mask = masks.ones(net, prune.ignore, prune.scope)
-
-        def save_rewind(loader):
-            k = k_of(loader)
-
-            def hook(step, module):
-                if step == k and rt.is_writer and not rewind_file.exists():
-                    # The task's state (NPID's memory bank) is rewound with the weights.
-                    checkpoint.save({"model": module.state_dict(), "step": k, "task": task.state_dict()},
-                                    rewind_file)
-            return hook
-        hooks = [save_rewind]
-    else:
-        # Prune the previous level's trained weights, then rewind the survivors to W_k (late resetting);
-        # the schedule resumes at step k, as if training had continued from there.
-        parent = stage.parents()[0]
-        mask = masks.magnitude(checkpoint.load(parent.dir / "model.pt"), checkpoint.load(parent.dir / "mask.pt"),
-                               prune.rate)
-        rewound = checkpoint.load(rewind_file)
-        net.load_state_dict(rewound["model"])
-        task_state = rewound.get("task") or None
-        start = k_of
-    return Setup(net=net, task=task, data=data, optim=sig.optim, mask=mask, seed_parts=(stage.seed, "imp", stage.level),
-                 identity={"stage": "imp", "level": stage.level}, start=start, hooks=hooks,
-                 task_state=task_state)
-
-
-# ---------------------------------------------------------------- re-training
-
-
-def prepare_retrain(stage: Retrain, rt: Runtime) -> Setup:
-    """The mask of IMP level L on labels, from the stage's scheme: winning ticket (rewound weights,
-    fresh head), random re-init (fresh weights) or random (a shuffled mask, fresh weights)."""
-    cfg, r = stage.cfg, stage.cfg.retrain
     data = dataset.load(r.data)
-    task = tasks.labels(data)
-    # Fresh weights for both random starts come from one seed, so they differ only in the mask.
-    net = models.build(cfg.model, data.channels, task.num_outputs, seeds.derive(stage.seed, "reinit"))
-    if stage.shared:  # level 0's random starts: the dense network from scratch, for every signal
-        return Setup(net=net, task=task, data=data, optim=r.optim, mask=masks.ones(net),
-                     seed_parts=(stage.seed, "retrain", 0),
-                     identity={"stage": "retrain", "scheme": "dense", "data": identity(r.data),
-                               "optim": identity(r.optim)})
-    imp = stage.parents()[0]
-    mask = checkpoint.load(imp.dir / "mask.pt")
-    if stage.scheme == "random":
-        mask = masks.shuffled(mask, seeds.generator(stage.seed, "random-mask", stage.level))
-    elif stage.scheme == "random_adjusted":
-        # Random, but the weights the trained dense network (level 0) has at zero are removed first.
-        dense = checkpoint.load(ImpLevel(cfg, stage.signal, stage.seed, 0).dir / "model.pt")
-        mask = masks.adjusted_random(mask, dense, seeds.generator(stage.seed, "adjusted-mask", stage.level))
-    elif stage.scheme == "winning_ticket":
-        rewound = checkpoint.load(imp.rewind_file())["model"]
-        backbone = {k: v for k, v in rewound.items() if k.startswith("backbone.")}
-        net.load_state_dict({**net.state_dict(), **backbone})
-        net.new_head(task.num_outputs, seeds.generator(stage.seed, "head"))
-    # All three starts see the same batches: they differ only in mask and initial weights.
-    return Setup(net=net, task=task, data=data, optim=r.optim, mask=mask,
-                 seed_parts=(stage.seed, "retrain", stage.level),
-                 identity={"stage": "retrain", "scheme": stage.scheme, "data": identity(r.data),
-                           "optim": identity(r.optim)})
+    if r.subset is not None:
+        # Drawn once and saved at level 0: later levels and resumed runs read it back, so the chain
+        # keeps the images it started with, and a file that disagrees with the config is an error.
+        indices = subsets.saved(Path(r.subset), r.task, loaders.train_labels(data), data.num_classes,
+                                write=rt.is_writer, must_exist=not r.subset_drawn)
+        data = subsets.restrict(data, r.task, indices)
+    task = tasks.make(r.task, data) if r.task is not None else None
+    outputs = task.num_outputs if task is not None else data.num_classes
+    net = _network(r, data, outputs, load)
+    mask = _mask(r.mask, net, load)
+    s = Setup(record=r, net=net, task=task, data=data, optim=r.optim, mask=mask,
+              train_mask=mask if r.mask.applied else {},
+              task_state=(load(r.task_state).get("task") or None) if r.task_state is not None else None)
+    if r.inputs == "standardised features":
+        from . import probe
+
+        s.features = probe.standardised(net.backbone, data, rt.device, eval_batch_size)
+        s.net = probe.Linear(s.features.dim, outputs, seeds.generator(*r.head_seed))
+    elif r.head == "fresh":
+        net.new_head(outputs, seeds.generator(*r.head_seed))
+    if r.trains == "head" and s.features is None:
+        s.net = models.FrozenBackbone(net)
+    if "backbone frozen" in r.checks:
+        s.frozen = {k: v.detach().clone() for k, v in s.net.backbone.state_dict().items()}
+    return s
 
 
-# ---------------------------------------------------------------- evaluations
-
-
-def trained(stage, data) -> models.Network:
-    """IMP level L's network (its mask is already applied to the saved weights), for `data`'s images;
-    for an evaluation of the initial weights (at_init), the chain's dense network before training."""
-    if getattr(stage, "at_init", False):
-        # Built exactly as IMP level 0 builds it (the backbone is drawn before the head, so the
-        # head's size does not change it); the head is replaced by the evaluation anyway.
-        return models.build(stage.cfg.model, data.channels, data.num_classes, init_seed(stage))
-    weights = checkpoint.load(stage.parents()[0].dir / "model.pt")
-    net = models.build(stage.cfg.model, data.channels, weights["head.weight"].shape[0], 0)
-    net.load_state_dict(weights)
+def _network(r: Start, data, outputs: int, load) -> models.Network:
+    w = r.weights
+    if w.seed is None:  # every tensor from the file: no draw of its own, the head's size from the file
+        weights = load(w.load)
+        net = models.build(r.model, data.channels, weights["head.weight"].shape[0], 0)
+        net.load_state_dict(weights)
+        return net
+    net = models.build(r.model, data.channels, outputs, seeds.derive(*w.seed))
+    if w.load is not None:
+        weights = load(w.load)
+        if w.key is not None:
+            weights = weights[w.key]
+        if w.part == "backbone":
+            weights = {**net.state_dict(), **{k: v for k, v in weights.items() if k.startswith("backbone.")}}
+        net.load_state_dict(weights)
     return net
 
 
-def _evaluated_mask(stage, net) -> masks.Mask:
-    """The mask the evaluated weights live under (reported as `remaining`): the IMP level's, or for
-    the initial weights level 0's, every prunable weight kept."""
-    if getattr(stage, "at_init", False):
-        prune = signal_prune(stage.cfg, stage.signal)
-        return masks.ones(net, prune.ignore, prune.scope)
-    return checkpoint.load(stage.parents()[0].dir / "mask.pt")
+def _mask(m, net, load) -> masks.Mask:
+    if m.rule == "ones":
+        return masks.ones(net, m.ignore, m.scope)
+    saved = load(m.file)
+    if m.rule == "file":
+        return saved
+    if m.rule == "magnitude":
+        return masks.magnitude(load(m.weights), saved, m.rate)
+    if m.rule == "shuffled":
+        return masks.shuffled(saved, seeds.generator(*m.seed))
+    if m.rule == "adjusted":
+        return masks.adjusted_random(saved, load(m.weights), seeds.generator(*m.seed))
+    raise ValueError(f"mask rule {m.rule!r} is not one of ones, file, magnitude, shuffled, adjusted")
 
 
-def prepare_probe(stage: Probe, rt: Runtime) -> Setup:
-    """A linear classifier on the frozen penultimate features of IMP level L's weights.
-
-    probe.features=augmented: the backbone runs on every augmented training batch (frozen, in eval
-    mode), only the head learns. standardised: the features of the un-augmented images are computed
-    once, standardised, and the head is trained on them (sslprune.compute.probe)."""
-    cfg = stage.cfg
-    data = dataset.load(stage.data)
-    net = trained(stage, data)
-    head_seed = seeds.generator(stage.seed, "probe-head", stage.data.name)
-    ident = {"stage": "probe", "data": identity(stage.data), "optim": identity(cfg.probe.optim)}
-    common = dict(task=tasks.labels(data), data=data, optim=cfg.probe.optim, mask=_evaluated_mask(stage, net),
-                  train_mask={}, seed_parts=(stage.seed, "probe", stage.level, stage.data.name),
-                  params=lambda n: n.head.parameters(), save_mask=False, save_model=False)
-    if cfg.probe.features == "standardised":
-        from . import probe
-
-        feats = probe.standardised(net.backbone, data, rt.device, cfg.run.eval_batch_size)
-        return Setup(net=probe.Linear(feats.dim, data.num_classes, head_seed), loader=feats.loader,
-                     report=lambda: feats.reference(cfg.probe.optim.weight_decay) or {},
-                     identity={**ident, "features": "standardised"}, **common)
-    net.new_head(data.num_classes, head_seed)
-    net = models.FrozenBackbone(net)
-    frozen = {k: v.detach().clone() for k, v in net.backbone.state_dict().items()}
-
-    def unchanged(trained_net):
-        now = trained_net.backbone.state_dict()
-        if any(not torch.equal(frozen[k], now[k].cpu()) for k in frozen):
-            raise RuntimeError(f"{stage.label}: the frozen backbone changed during probing")
-
-    return Setup(net=net, identity=ident, check=unchanged, **common)
+def rewind_step(r: Start, loader) -> int:
+    """k, the rewind point in optimizer updates (it depends on the loader's steps per epoch)."""
+    spe = loader.steps_per_epoch
+    return rewind_steps(r.rewind, spe, r.optim.batch_size, r.optim.epochs * spe)
 
 
-def run_svm(stage: Svm, rt: Runtime, progress: Progress, interrupt=None) -> dict:
+def first_step(r: Start, loader) -> int:
+    """The schedule's first step: 0, or k for a level rewound to W_k (as if training had gone on from there)."""
+    return rewind_step(r, loader) if r.first_step == "k" else 0
+
+
+def _rewind_saver(r: Start, task, loader, writer: bool):
+    """The step hook that saves W_k, and the task's state with it (NPID's memory bank), once."""
+    k, path = rewind_step(r, loader), Path(r.save_rewind)
+
+    def hook(step, module):
+        if step == k and writer and not path.exists():
+            checkpoint.save({"model": module.state_dict(), "step": k, "task": task.state_dict()}, path)
+    return hook
+
+
+def check(s: Setup, net) -> None:
+    """The record's result checks on the trained network; raises naming the stage."""
+    if "backbone frozen" in s.record.checks:
+        now = net.backbone.state_dict()
+        if any(not torch.equal(s.frozen[k], now[k].cpu()) for k in s.frozen):
+            raise RuntimeError(f"{s.record.label}: the frozen backbone changed during probing")
+    if "pruned stay zero" in s.record.checks:
+        params = dict(net.named_parameters())
+        if any(bool((params[n].detach().cpu()[m == 0] != 0).any()) for n, m in s.mask.items()):
+            raise RuntimeError(f"{s.record.label}: a pruned weight is non-zero after fine-tuning")
+
+
+# ---------------------------------------------------------------- SVMs
+
+
+def run_svm(stage: Stage, rt: Runtime, progress: Progress, interrupt=None) -> dict:
     """Linear SVMs on IMP level L's frozen features (sslprune.compute.svm). No training loop: features
     of both splits, then the SVMs. It is short, so an interrupted run simply starts again; only
     result.json (and config.json) are written."""
     from . import svm
 
     cfg, sv = stage.cfg, stage.cfg.svm
-    data = dataset.load(stage.data)
-    net = trained(stage, data)
+    s = prepare(stage, rt)
+    r, data = s.record, s.data
     if rt.is_writer:
-        files.write_json({"chain": chain_identity(cfg, stage.signal), "stage": "svm",
-                          "data": identity(stage.data), **stage.settings()}, stage.dir / "config.json")
+        files.write_json(r.config, stage.dir / "config.json")
     # Every rank computes the same numbers (no sharding): the stage is short, rank 0 writes.
     split = {}
     for name in ("train", "test"):
-        split[name] = svm.features(net.backbone, data, name, rt.device, cfg.run.eval_batch_size)
+        split[name] = svm.features(s.net.backbone, data, name, rt.device, cfg.run.eval_batch_size)
         progress.note(f"{name} features: {split[name][0].shape[0]} x {split[name][0].shape[1]}")
     (train_x, train_t), (test_x, test_t) = split["train"], split["test"]
-    result = svm.evaluate(train_x, train_t, test_x, test_t, sv.costs, sv.folds, seeds.derive(stage.seed, "svm"),
+    result = svm.evaluate(train_x, train_t, test_x, test_t, sv.costs, sv.folds, seeds.derive(*r.batches),
                           getattr(data, "classes", ()), jobs=cfg.run.threads or None, note=progress.note,
                           features=sv.features)
-    mask = _evaluated_mask(stage, net)
     # The SVMs are one linear map from the features to the classes: the head's cost.
-    return {**result, "remaining": masks.density(mask), "evaluation": stage.evaluation,
-            **cost(cfg, data, data.num_classes, mask)}
-
-
-def prepare_finetune(stage: Finetune, rt: Runtime) -> Setup:
-    """Every weight of IMP level L's network fine-tuned on a target data set, its mask kept."""
-    cfg = stage.cfg
-    imp = stage.parents()[0]
-    data = dataset.load(stage.data)
-    task = tasks.labels(data)  # MultiLabel on VOC07
-    net = trained(stage, data)
-    net.new_head(task.num_outputs, seeds.generator(stage.seed, "finetune-head", stage.data.name))
-    mask = checkpoint.load(imp.dir / "mask.pt")
-
-    def pruned_stay_zero(tuned):
-        params = dict(tuned.named_parameters())
-        if any(bool((params[n].detach().cpu()[m == 0] != 0).any()) for n, m in mask.items()):
-            raise RuntimeError(f"{stage.label}: a pruned weight is non-zero after fine-tuning")
-
-    return Setup(net=net, task=task, data=data, optim=cfg.finetune.optim, mask=mask,
-                 seed_parts=(stage.seed, "finetune", stage.level, stage.data.name),
-                 identity={"stage": "finetune", "data": identity(stage.data),
-                           "optim": identity(cfg.finetune.optim)},
-                 check=pruned_stay_zero)
+    return {**result, "remaining": masks.density(s.mask), "evaluation": stage.evaluation,
+            **cost(r.model, data, data.num_classes, s.mask)}
