@@ -41,6 +41,11 @@ def tiny_config(store: Path, **kw) -> Config:
     return cfg
 
 
+# The console scripts of the interpreter running the tests come first on PATH, for every subprocess
+# the tests start: a checkout tested from its own venv must not run another install's sslprune-run
+# that PATH happens to find first (each git worktree of the project has its own venv).
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+
 def cli(*args: str, timeout: float = 600, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run one of the console scripts the way a user does, from a clean subprocess."""
     e = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
