@@ -161,7 +161,7 @@ def test_rows_of_stages_without_stored_costs_leave_the_cells_empty(tmp_path):
     for s in summary:
         s.update(macs=None, macs_dense=None, params_kept=None)
     assert "| top1 | 2 |  |  |  |" in report.markdown(summary)
-    assert set(figures.write(cfg, summary, tmp_path)) == {"retrain", "overview"}
+    assert set(figures.write(cfg, summary, tmp_path)) == {"retrain", "retrain_signals", "overview"}
 
 
 def test_a_tiny_run_stores_its_costs_in_result_json_and_results_csv(short_demo):

@@ -287,7 +287,6 @@ def test_folder_loader_ignores_and_keeps_the_global_rng(folder_root):
 def test_folder_class_without_images_is_data_missing(tmp_path):
     import torch
     from sslprune.compute import dataset, loader
-    from sslprune.compute.dataset import DataMissing
     CPU = torch.device("cpu")
 
     write_image_folder(tmp_path, train={"a": 2, "b": 2}, val={"a": 1, "b": 1})
@@ -360,7 +359,6 @@ def test_folder_val_labels_follow_the_train_classes(tmp_path):
 
 def test_folder_val_class_unknown_to_train_is_refused(tmp_path):
     from sslprune.compute import dataset
-    from sslprune.compute.dataset import DataMissing
 
     write_image_folder(tmp_path, train={"a": 2, "b": 2}, val={"a": 1, "zzz": 1})
     with pytest.raises(DataMissing, match="zzz"):
@@ -460,7 +458,6 @@ HOW = {"fashion_mnist": "dataset-fashion-mnist", "cifar10": "cifar-10-python.tar
 @pytest.mark.parametrize("name", list(HOW))
 def test_missing_root_names_path_and_how_to_get_it(tmp_path, name):
     from sslprune.compute import dataset
-    from sslprune.compute.dataset import DataMissing
 
     root = tmp_path / "no" / "such" / "dir"
     cfg = DataConfig(name=name, root=str(root))
@@ -474,7 +471,6 @@ def test_missing_root_names_path_and_how_to_get_it(tmp_path, name):
 def test_empty_root_fails_at_check_naming_the_files(tmp_path, name):
     """`check` runs before any work: a root without the files must fail there, not mid-run."""
     from sslprune.compute import dataset
-    from sslprune.compute.dataset import DataMissing
 
     cfg = DataConfig(name=name, root=str(tmp_path))
     for fn in (catalog.check, dataset.load):
@@ -486,7 +482,6 @@ def test_empty_root_fails_at_check_naming_the_files(tmp_path, name):
 
 
 def test_cifar10_partial_batches_fail_at_check(tmp_path):
-    from sslprune.compute.dataset import DataMissing
 
     write_cifar10(tmp_path, per_batch=2, n_test=2)
     (tmp_path / "cifar-10-batches-py" / "data_batch_4").unlink()
@@ -498,7 +493,6 @@ def test_cifar10_partial_batches_fail_at_check(tmp_path):
 @pytest.mark.parametrize("present", [[], ["train"], ["val"]], ids=["neither", "train-only", "val-only"])
 def test_folder_split_missing(tmp_path, name, present):
     from sslprune.compute import dataset
-    from sslprune.compute.dataset import DataMissing
 
     for split in present:
         (tmp_path / split / "c0").mkdir(parents=True)
@@ -511,7 +505,6 @@ def test_folder_split_missing(tmp_path, name, present):
 
 
 def test_folder_train_without_class_folders_is_data_missing(tmp_path):
-    from sslprune.compute.dataset import DataMissing
 
     (tmp_path / "train").mkdir()
     (tmp_path / "val").mkdir()
@@ -520,7 +513,6 @@ def test_folder_train_without_class_folders_is_data_missing(tmp_path):
 
 
 def test_root_required(tmp_path):
-    from sslprune.compute.dataset import DataMissing
 
     with pytest.raises(DataMissing, match="data.root"):
         catalog.check(DataConfig(name="cifar10", root=None))

@@ -175,7 +175,6 @@ def test_voc_root_may_be_any_of_the_three_folders(voc_root, where):
 
 def test_voc_missing_files_are_named(tmp_path):
     from sslprune.compute import dataset
-    from sslprune.compute.dataset import DataMissing
 
     base = write_voc(tmp_path, {"trainval": {"000005": [("dog", 0)], "000007": [("cat", 0)]},
                                 "test": {"000001": [("dog", 0)]}})
@@ -291,7 +290,6 @@ def test_places205_official_lists(tmp_path, images):
 
 def test_places205_missing_pieces_are_named(tmp_path):
     from sslprune.compute import dataset
-    from sslprune.compute.dataset import DataMissing
 
     write_places205(tmp_path, PLACES_TRAIN, PLACES_VAL)
     cfg = DataConfig(name="places205", root=str(tmp_path), workers=0)
