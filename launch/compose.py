@@ -30,14 +30,14 @@ def typed(cfg: DictConfig, writes: bool = False, announce: bool = True) -> Confi
 
     `announce`: the app is about to work, so decide W&B's mode for the whole command now, in this
     (main) process: its one state line comes before any work, and worker processes inherit the
-    decision instead of each printing it again (dashboard.announce). Apps that never log to
+    decision instead of each printing it again (wandb_mode.announce). Apps that never log to
     W&B (status, sync) pass False."""
     check_keys(OmegaConf.to_container(cfg, resolve=False))  # before to_object drops unknown keys
     obj = ready(OmegaConf.to_object(cfg), writes)
     if announce:
-        from sslprune.control import dashboard
+        from sslprune.control import wandb_mode
 
-        dashboard.announce(obj.wandb)
+        wandb_mode.announce(obj.wandb)
     return obj
 
 

@@ -23,12 +23,12 @@ _REPRODUCTION = False
 def publish(c, plots: bool = True, overrides: Optional[list[str]] = None) -> None:
     """Write the report files, print the summary table, update the W&B summary run (if enabled);
     `overrides`: the command line's, to write reproduction.md (None: not written)."""
-    from sslprune.control import dashboard, report
+    from sslprune.control import report, wandb_report
 
     out, summary = report.write(c, plots=plots and _PLOTS, reproduction=overrides)
     print(report.pivot(summary), flush=True)
     print(f"[sslprune] report written to {out}", flush=True)
-    if (rid := dashboard.publish(c)) is not None:
+    if (rid := wandb_report.publish(c)) is not None:
         print(f"[sslprune] W&B summary run {c.wandb.project}/{rid} updated", flush=True)
 
 

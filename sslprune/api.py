@@ -105,23 +105,23 @@ def run(cfg: Config) -> int:
     """Run every missing stage of the experiment here (worker processes on CPU), then write the
     report files and update the W&B summary run when W&B is on, as sslprune-run does; returns
     how many stages ran. Re-running skips what is done."""
-    from .control import dashboard, local, report as report_
+    from .control import local, report as report_, wandb_mode, wandb_report
 
-    dashboard.announce(cfg.wandb)
+    wandb_mode.announce(cfg.wandb)
     ran = local.run_local(cfg, compute, uses_cuda)
     report_.write(cfg)
-    dashboard.publish(cfg)
+    wandb_report.publish(cfg)
     return ran
 
 
 def run_stage(cfg: Config, label: str) -> dict:
     """Run one stage here (its parents must be done) and return its result record."""
-    from .control import dashboard, experiment, index
+    from .control import experiment, index, wandb_mode
 
     s = index.find(cfg, label)
     experiment.check_inputs(cfg)
     s.require_parents()
-    dashboard.announce(cfg.wandb)
+    wandb_mode.announce(cfg.wandb)
     index.write_chains(cfg)
     return compute(s)
 

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from sslprune.core.schema import ModelConfig
-from sslprune.control import figures, report
+from sslprune.control import figures, layout, report
 
 from conftest import SHORT_DEMO, tiny_config
 
@@ -140,7 +140,7 @@ def test_summary_means_the_costs_over_seeds_and_the_macs_figure_plots_them(tmp_p
         (0, 1_999_500, 5000, 2_000_000), (1, 1_699_500, 4900, 2_000_000), (2, 1_399_500, 4800, 2_000_000)]
     md = report.markdown(summary)
     assert "| labels | winning_ticket | 1 | 80.00% | 80.00 ± 0.00 | top1 | 2 | 1.7 M | 84.97% | 4.9 K |" in md
-    (panel,) = figures.panels(cfg, summary, "retrain", figures.macs_axis(summary))
+    (panel,) = layout.panels(cfg, summary, "retrain", layout.macs_axis(summary))
     assert panel.xlabel == "MACs of one forward pass (M, log scale)"
     (line,) = panel.lines
     assert line.x == pytest.approx([1.9995, 1.6995, 1.3995]) and line.mean == pytest.approx([90, 80, 70])

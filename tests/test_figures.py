@@ -11,7 +11,7 @@ import math
 import pytest
 
 from sslprune import api
-from sslprune.control import figures, report
+from sslprune.control import figures, layout, report
 
 SCHEMES = ("winning_ticket", "random_reinit", "random")
 
@@ -39,15 +39,15 @@ def demo():
 
 def test_pretext_panels_say_their_own_unit_and_never_share_the_label_axis(demo):
     cfg, summary = demo
-    pretext = {p.signal: p for p in figures.panels(cfg, summary, "pretext")}
+    pretext = {p.signal: p for p in layout.panels(cfg, summary, "pretext")}
     assert pretext["rotnet"].ylabel == "rotation accuracy (%)"
     assert pretext["labels"].ylabel == "label accuracy (top-1) (%)"
-    retrain = figures.panels(cfg, summary, "retrain")
+    retrain = layout.panels(cfg, summary, "retrain")
     assert {p.ylabel for p in retrain} == {"top-1 accuracy on digits (%)"}
     # pretext results are in no re-training panel, re-training results in no pretext panel
     assert all(ln.label in ("winning ticket", "random re-init", "random") for p in retrain for ln in p.lines)
     assert all([ln.label for ln in p.lines] == ["pretext task"] for p in pretext.values())
-    fig = figures.draw(figures.grid(list(pretext.values())), "t")
+    fig = figures.draw(layout.grid(list(pretext.values())), "t")
     labels = [ax.get_ylabel() for ax in fig.axes if ax.get_visible()]
     assert labels == ["label accuracy (top-1) (%)", "rotation accuracy (%)"]
     a, b = [ax for ax in fig.axes if ax.get_visible()]
@@ -56,10 +56,10 @@ def test_pretext_panels_say_their_own_unit_and_never_share_the_label_axis(demo):
 
 def test_retrain_panel_lines_bands_dense_line_and_reversed_log_axis(demo):
     cfg, summary = demo
-    (labels, rotnet) = figures.panels(cfg, summary, "retrain")
+    (labels, rotnet) = layout.panels(cfg, summary, "retrain")
     assert (labels.signal, rotnet.signal) == ("labels", "rotnet")
     assert [ln.label for ln in labels.lines] == ["winning ticket", "random re-init", "random"]
-    fig = figures.draw(figures.grid([labels, rotnet]), "t", sharey_rows=True)
+    fig = figures.draw(layout.grid([labels, rotnet]), "t", sharey_rows=True)
     ax = fig.axes[0]
     assert ax.get_xscale() == "log"
     left, right = ax.get_xlim()
@@ -82,7 +82,7 @@ def test_retrain_panel_lines_bands_dense_line_and_reversed_log_axis(demo):
 
 def test_legend_sits_outside_every_panel(demo):
     cfg, summary = demo
-    fig = figures.draw(figures.grid(figures.panels(cfg, summary, "retrain")), "t")
+    fig = figures.draw(layout.grid(layout.panels(cfg, summary, "retrain")), "t")
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
@@ -100,7 +100,7 @@ def test_legend_sits_outside_every_panel(demo):
 def test_a_short_rows_legend_sits_in_its_empty_cell_clear_of_every_panel():
     cfg = api.config("fig2_voc07_finetune_resnet50_small", store="/nonexistent-store")
     rows = results(cfg, lambda s: ["pretext"] + (["finetune:digits"] if s == "rotnet" else []), levels=1, seeds=(0,))
-    fig = figures.draw([figures.panels(cfg, report.summarize(rows), f) for f in ("pretext", "finetune")], "t")
+    fig = figures.draw([layout.panels(cfg, report.summarize(rows), f) for f in ("pretext", "finetune")], "t")
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     panels = [ax for ax in fig.axes if ax.axison]
@@ -120,7 +120,7 @@ def test_layerwise_panels_form_a_grid_of_signals_by_scope():
     cfg = api.config("fig4_layerwise_resnet50_small", FOUR_SCOPES, store="/nonexistent-store")
     assert "labels@stem" in cfg.signals
     summary = report.summarize(results(cfg, lambda s: ["winning_ticket", "random"], levels=2, seeds=(0,)))
-    rows = figures.grid(figures.panels(cfg, summary, "retrain"))
+    rows = layout.grid(layout.panels(cfg, summary, "retrain"))
     assert [[p.signal for p in r] for r in rows] == [
         ["labels@stem", "labels@stage1", "labels@stage2", "labels@all"],
         ["rotnet@stem", "rotnet@stage1", "rotnet@stage2", "rotnet@all"]]
@@ -134,7 +134,7 @@ def test_layerwise_panels_form_a_grid_of_signals_by_scope():
 def test_semi_supervised_panels_name_their_label_subset():
     cfg = api.config("fig8_semisupervised_resnet50_small", store="/nonexistent-store")
     summary = report.summarize(results(cfg, lambda s: ["winning_ticket", "random"], levels=1, seeds=(0,)))
-    titles = {p.signal: p.title for p in figures.panels(cfg, summary, "retrain")}
+    titles = {p.signal: p.title for p in layout.panels(cfg, summary, "retrain")}
     subsets = {n: s.task for n, s in cfg.signals.items() if s.task.label_fraction < 1}
     assert subsets
     for name, task in subsets.items():
@@ -151,7 +151,7 @@ def test_write_draws_one_figure_per_family_and_the_overview(demo, tmp_path):
     assert written["overview"].name == "accuracy_vs_remaining.png"
     assert written["retrain"].name == "accuracy_vs_remaining_retrain.png"  # by start, the paper's layout
     assert written["retrain_signals"].name == "accuracy_vs_remaining_retrain_signals.png"  # per signal
-    (probe,) = figures.panels(cfg, summary, "probe")
+    (probe,) = layout.panels(cfg, summary, "probe")
     assert [ln.label for ln in probe.lines] == ["on digits"] and probe.signal == "rotnet"
     # figures an earlier report drew and this one does not (no probe results now) are removed
     (tmp_path / "accuracy_vs_remaining_winning_ticket.png").write_bytes(b"old layout")
@@ -192,7 +192,7 @@ def test_without_random_reinit_the_dense_line_is_the_random_start_at_level_0():
     cfg = api.config("fig4_layerwise_resnet50_small", store="/nonexistent-store")
     assert "random_reinit" not in cfg.retrain.schemes  # winning tickets vs random pruning only
     summary = report.summarize(results(cfg, lambda s: ["winning_ticket", "random"], levels=2, seeds=(0,)))
-    panel = figures.panels(cfg, summary, "retrain")[0]
+    panel = layout.panels(cfg, summary, "retrain")[0]
     assert panel.reference == "random" and panel.dense() == [(pytest.approx(100 * (0.9 - 0.01)), "black")]
     fig = figures.draw([[panel]], "t")
     assert len([ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == "--"]) == 1
@@ -212,7 +212,7 @@ def test_the_overview_stacks_each_familys_grid_instead_of_one_wide_row(tmp_path)
 
 
 def test_the_random_features_reference_is_named_in_the_legend():
-    from sslprune.control.figures import evaluation_label
+    from sslprune.control.layout import evaluation_label
 
     assert [evaluation_label(e) for e in ("pretext", "probe:digits", "probe:digits@init", "svm:voc07@init")] == [
         "pretext task", "on digits", "random features, on digits", "random features, on voc07"]
@@ -239,7 +239,7 @@ def _by_start_rows(cfg):
 def test_retraining_is_drawn_by_start_with_every_signal_a_curve_and_random_a_pooled_baseline():
     cfg = api.config("demo", "seeds=[0,1]", store="/nonexistent-store")
     summary = report.summarize(_by_start_rows(cfg))
-    ((reinit, ticket),) = figures.by_start(cfg, summary)
+    ((reinit, ticket),) = layout.by_start(cfg, summary)
     assert (reinit.title, ticket.title) == ("(a) random re-init", "(b) winning ticket")
     assert [(ln.label, ln.color) for ln in ticket.lines] == [
         ("labels", "#1f77b4"), ("rotnet", "#d62728"), ("random", "#7f7f7f")]
@@ -259,8 +259,8 @@ def test_retraining_is_drawn_by_start_with_every_signal_a_curve_and_random_a_poo
     # y fitted to each panel's signal curves with ± s.e. and the dense line, padded by 5 % of the span
     # (re-init 81.0 to 89.2, ticket 83.0 to 90.2), one scale for the row; random's collapse to 15 %
     # stretches nothing
-    assert figures.fit_y(reinit) == pytest.approx((81.0 - 0.41, 89.2 + 0.41))
-    assert figures.fit_y(ticket) == pytest.approx((83.0 - 0.36, 90.2 + 0.36))
+    assert layout.fit_y(reinit) == pytest.approx((81.0 - 0.41, 89.2 + 0.41))
+    assert layout.fit_y(ticket) == pytest.approx((83.0 - 0.36, 90.2 + 0.36))
     lo, hi = 81.0 - 0.41, 90.2 + 0.36
     assert a.get_ylim() == pytest.approx((lo, hi)) and b.get_ylim() == pytest.approx((lo, hi))
     assert a.get_xscale() == "log" and a.get_xlim()[0] > 100 > 100 * 0.8 ** 4 > a.get_xlim()[1]
@@ -277,22 +277,22 @@ def test_retraining_is_drawn_by_start_with_every_signal_a_curve_and_random_a_poo
 
 def test_a_network_reported_under_every_signals_name_counts_once_in_the_baseline():
     rows = [{"level": 1, "mean": 0.5, "stderr": 0.01, "count": 2, "remaining": 0.8}]
-    (one,) = figures.pooled([rows, [dict(rows[0])]])  # a shared random stage: the same row twice
+    (one,) = layout.pooled([rows, [dict(rows[0])]])  # a shared random stage: the same row twice
     assert (one["mean"], one["stderr"], one["count"]) == (0.5, 0.01, 2)
-    (two,) = figures.pooled([rows, [{**rows[0], "mean": 0.7, "stderr": 0.02}]])
+    (two,) = layout.pooled([rows, [{**rows[0], "mean": 0.7, "stderr": 0.02}]])
     assert (two["mean"], two["stderr"], two["count"]) == (pytest.approx(0.6), pytest.approx(math.sqrt(5e-4) / 2), 4)
 
 
 def test_sweeps_draw_one_row_of_starts_per_swept_value_and_subsets_get_their_own_colour():
     cfg = api.config("fig4_layerwise_resnet50_small", FOUR_SCOPES, store="/nonexistent-store")
     summary = report.summarize(results(cfg, lambda s: ["winning_ticket", "random"], levels=2, seeds=(0,)))
-    rows = figures.by_start(cfg, summary)
+    rows = layout.by_start(cfg, summary)
     assert [[p.title for p in r] for r in rows] == [
         ["(b) winning ticket\nstem"], ["(b) winning ticket\nstage1"], ["(b) winning ticket\nstage2"],
         ["(b) winning ticket\nall"]]  # no random re-init in this experiment: no panel (a)
     assert [ln.label for ln in rows[0][0].lines] == ["labels@stem", "rotnet@stem", "random"]
     cfg = api.config("fig8_semisupervised_resnet50_small", store="/nonexistent-store")
     summary = report.summarize(results(cfg, lambda s: ["winning_ticket", "random"], levels=1, seeds=(0,)))
-    ((ticket,),) = figures.by_start(cfg, summary)
+    ((ticket,),) = layout.by_start(cfg, summary)
     colors = [ln.color for ln in ticket.lines if ln.label != "random"]
     assert len(colors) == len(cfg.signals) and len(set(colors)) == len(colors)

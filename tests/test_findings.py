@@ -19,7 +19,7 @@ from sslprune.core.identity import digest
 from sslprune.core.schema import DataConfig, OptimConfig
 from sslprune.core.stage import ImpLevel, Probe, Svm
 from sslprune.core.validation import validate
-from sslprune.control import experiment, findings
+from sslprune.control import experiment, findings, verdict
 from sslprune.control.claims import CLAIMS
 
 from conftest import ROOT, tiny_config
@@ -252,14 +252,14 @@ def test_a_level_where_every_network_is_a_constant_predictor_is_not_counted(tmp_
         in text
     # Only dead levels: nothing is tested.
     found, _ = findings.compute(cfg, [r for r in rows if r["level"] == 20])
-    assert {f["verdict"] for f in found} == {findings.NOT_TESTED}
+    assert {f["verdict"] for f in found} == {verdict.NOT_TESTED}
 
 
 def test_a_tie_in_one_seed_or_at_full_accuracy_is_counted():
-    assert findings.tied_level([{0.5}, {0.6}]) == [0.5, 0.6]
-    assert findings.tied_level([{0.5}]) is None  # one seed: two networks can agree by chance
-    assert findings.tied_level([{1.0}, {1.0}]) is None  # all perfect: a real match
-    assert findings.tied_level([{0.5}, {0.5, 0.6}]) is None  # one seed's networks differ: they compute something
+    assert verdict.tied_level([{0.5}, {0.6}]) == [0.5, 0.6]
+    assert verdict.tied_level([{0.5}]) is None  # one seed: two networks can agree by chance
+    assert verdict.tied_level([{1.0}, {1.0}]) is None  # all perfect: a real match
+    assert verdict.tied_level([{0.5}, {0.5, 0.6}]) is None  # one seed's networks differ: they compute something
 
 
 def test_a_claim_outside_the_experiments_range_is_not_tested_at_this_scale(tmp_path):
@@ -267,7 +267,7 @@ def test_a_claim_outside_the_experiments_range_is_not_tested_at_this_scale(tmp_p
     rows = [_row("labels", s, 1, e, 0.9, 0.8) for s in (0, 1) for e in ("winning_ticket", "random_reinit")]
     found, _ = findings.compute(cfg, rows)
     (mine,) = [f for f in found if f["claim"] == "labels_ticket_above_reinit"]
-    assert mine["verdict"] == findings.NOT_TESTED and mine["levels"] == []
+    assert mine["verdict"] == verdict.NOT_TESTED and mine["levels"] == []
 
 
 def test_findings_md_is_written_by_the_report_for_every_experiment(tmp_path):
@@ -325,8 +325,8 @@ def test_match_is_an_equivalence_test_on_the_whole_two_standard_error_interval(t
     # 16: mean 0 but interval [-3.34, +3.34]; 18: [+0.1, +0.5] inside; 20: mean +0.5 inside, interval [-0.1, +1.1] not
     assert got == [(16, 0.0, 1.67, False), (18, 0.3, 0.1, True), (20, 0.5, 0.3, False)]
     assert match["verdict"] == "partly (1 of 3 levels)"
-    assert findings.met("match", 0.0, 0.0167, 0.01) is False and findings.met("match", 0.0, None, 0.01) is True
-    assert findings.met("match", 0.003, 0.001, 0.01) is True and findings.met("match", 0.003, 0.004, 0.01) is False
+    assert verdict.met("match", 0.0, 0.0167, 0.01) is False and verdict.met("match", 0.0, None, 0.01) is True
+    assert verdict.met("match", 0.003, 0.001, 0.01) is True and verdict.met("match", 0.003, 0.004, 0.01) is False
     text = findings.markdown(cfg, found, [])
     assert "expected within 1 points of zero with its whole 2-s.e. interval (equivalence test)" in text
     assert "`match` when the whole interval mean ± 2 standard errors lies within the margin of zero" in text

@@ -104,14 +104,14 @@ def test_a_wandb_that_moved_its_private_api_is_named_never_read_as_credentials(t
                 return None
 
             wbauth.authenticate_session = authenticate_session
-        from sslprune.control import dashboard
+        from sslprune.control import wandb_mode
         from sslprune.core.schema import WandbConfig
 
         try:
-            print("answered", dashboard.has_credentials())
+            print("answered", wandb_mode.has_credentials())
         except RuntimeError as e:
             print("refused:", e)
-        print("announce", dashboard.announce(WandbConfig()))
+        print("announce", wandb_mode.announce(WandbConfig()))
     """ % change
     p = _python(code, home)
     assert p.returncode == 0, p.stderr

@@ -11,7 +11,7 @@ import pytest
 
 from sslprune.control import reproduction
 from sslprune.core import machine
-from sslprune.control.findings import STABLE
+from sslprune.control.verdict import STABLE
 
 from conftest import ROOT, cli, tiny_config
 

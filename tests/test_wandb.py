@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from sslprune.core import store as files
-from sslprune.control import dashboard, report, upload
+from sslprune.control import dashboard, report, upload, wandb_mode
 
 from sslprune.core.schema import Config, WandbConfig
 
@@ -44,7 +44,7 @@ def env_for(home: Path, **extra: str) -> dict:
     """This process's environment without any W&B setting, with a fresh HOME."""
     home.mkdir(parents=True, exist_ok=True)
     e = {k: v for k, v in os.environ.items()
-         if not k.startswith("WANDB_") and k not in ("NETRC", "SLURM_ARRAY_TASK_ID", dashboard.AUTO_ENV)}
+         if not k.startswith("WANDB_") and k not in ("NETRC", "SLURM_ARRAY_TASK_ID", wandb_mode.AUTO_ENV)}
     e.update(HOME=str(home), OMP_NUM_THREADS="1", WANDB_CONFIG_DIR=str(home / ".config" / "wandb"))
     e.update(extra)
     return e
@@ -300,16 +300,16 @@ def test_workers_inherit_the_commands_decision(monkeypatch, capsys):
     credentials nor prints (a spawned worker); the one that makes it exports it."""
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_DISABLED", raising=False)
-    monkeypatch.setenv(dashboard.AUTO_ENV, f"disabled@{os.getppid()}")  # decided by this process's parent
+    monkeypatch.setenv(wandb_mode.AUTO_ENV, f"disabled@{os.getppid()}")  # decided by this process's parent
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)  # would mean online if checked again
-    assert dashboard.resolve(WandbConfig()) == "disabled"
+    assert wandb_mode.resolve(WandbConfig()) == "disabled"
     assert capsys.readouterr().err == ""
     # a decision of another command (a SLURM job inherits the submitting shell's environment) is not ours
-    monkeypatch.setenv(dashboard.AUTO_ENV, "disabled@0")  # pid 0 is no process
-    assert dashboard.announce(WandbConfig()) == "online"
-    assert os.environ[dashboard.AUTO_ENV] == f"online@{os.getpid()}"
+    monkeypatch.setenv(wandb_mode.AUTO_ENV, "disabled@0")  # pid 0 is no process
+    assert wandb_mode.announce(WandbConfig()) == "online"
+    assert os.environ[wandb_mode.AUTO_ENV] == f"online@{os.getpid()}"
     monkeypatch.delenv("WANDB_API_KEY")
-    assert dashboard.resolve(WandbConfig()) == "online"  # decided: the command keeps its mode
+    assert wandb_mode.resolve(WandbConfig()) == "online"  # decided: the command keeps its mode
 
 
 def _marked(store: Path) -> list[Path]:
@@ -425,8 +425,8 @@ def test_credentials_are_found_where_wandb_looks_and_wandb_is_imported_only_if_a
     elif where == "settings":
         (home / ".config" / "wandb").mkdir(parents=True)
         (home / ".config" / "wandb" / "settings").write_text("[default]\nmode = online\n")
-    code = ("import sys; from sslprune.control import dashboard; "
-            "print(dashboard.has_credentials(), 'wandb' in sys.modules)")
+    code = ("import sys; from sslprune.control import wandb_mode; "
+            "print(wandb_mode.has_credentials(), 'wandb' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "NETRC"))}
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd,
                        env={**env, "HOME": str(home)}, check=True)

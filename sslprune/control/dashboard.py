@@ -4,9 +4,7 @@ The store stays the source of truth; nothing here may fail a training job (every
 caught and reported once, then W&B is left alone for that stage). `wandb` is imported only
 when W&B is enabled.
 
-- Mode. `wandb.mode=auto` resolves once per command: WANDB_MODE if set, else online when W&B
-  credentials are configured, else disabled with one line saying so, printed by the command's
-  main process before work starts (announce) and inherited by its workers (AUTO_ENV).
+- Mode: wandb_mode.py; the experiment's summary run: wandb_report.py.
 - Config. A run's config is the experiment's settings (experiment_settings: what the numbers
   depend on and how they were run), not the launcher's or W&B's own, plus the stage's identity.
 - Run ids. A stage's W&B run id is a hash of the store's token (`<store>/.wandb_id`, created
@@ -37,88 +35,10 @@ from typing import Optional
 
 from ..core import store as files
 from ..core.schema import Config, WandbConfig
+from .wandb_mode import fall_back, resolve, say
 
 STORE_TOKEN = ".wandb_id"
-_process: dict = {"staggered": False, "fallback": None}
-# The auto mode decided by the command (online or disabled), passed to its worker processes.
-AUTO_ENV = "SSLPRUNE_WANDB_AUTO"
-
-
-def _say(text: str) -> None:
-    print(f"[sslprune] {text}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------- mode
-
-
-def credential_files() -> list[str]:
-    """Every file wandb reads a key from besides the environment: the .netrc ($NETRC, ~/.netrc,
-    ~/_netrc) and its settings files ($WANDB_CONFIG_DIR or ~/.config/wandb, and ./wandb)."""
-    home = os.path.expanduser("~")
-    config = os.environ.get("WANDB_CONFIG_DIR") or os.path.join(home, ".config", "wandb")
-    netrcs = [os.path.expanduser(os.environ["NETRC"])] if os.environ.get("NETRC") else \
-        [os.path.join(home, ".netrc"), os.path.join(home, "_netrc")]
-    return netrcs + [os.path.join(config, "settings"), os.path.join(os.getcwd(), "wandb", "settings")]
-
-
-def has_credentials() -> bool:
-    """Whether wandb would find an API key without prompting (env, .netrc or wandb settings)."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    if not any(os.path.exists(p) for p in credential_files()):
-        # Nowhere a key could be: no need to import wandb (1.2 s, most of a re-submission's time).
-        return False
-    from . import wandb_login
-
-    # A library change raises (announce and observer say so, W&B stays off), never reads as an answer.
-    return wandb_login.has_key()
-
-
-def resolve(w: WandbConfig) -> str:
-    """online, offline or disabled, for this process."""
-    if _process["fallback"] and w.mode in ("auto", "online"):
-        return _process["fallback"]
-    if w.mode != "auto":
-        return w.mode
-    env = os.environ.get("WANDB_MODE", "").strip().lower()
-    if env in ("online", "offline", "disabled"):
-        return env
-    if env in ("dryrun", "run"):
-        return {"dryrun": "offline", "run": "online"}[env]
-    if os.environ.get("WANDB_DISABLED", "").strip().lower() in ("1", "true", "yes"):
-        return "disabled"
-    return _auto()
-
-
-def _auto() -> str:
-    """online or disabled by the credentials: decided once per command.
-
-    The first process to decide (the command's main process, see announce) prints the state
-    line and exports the decision in AUTO_ENV as `<mode>@<its pid>`; the worker processes it
-    starts (local runs, local submitit jobs) inherit it and neither check the credentials again
-    nor print the line again. A SLURM job inherits the variable too (sbatch passes the
-    environment on) but is not the decider's child, so it decides for itself: its node may have
-    credentials the submitting shell lacks (launcher.setup)."""
-    mode, _, pid = os.environ.get(AUTO_ENV, "").partition("@")
-    decided = mode if mode in ("online", "disabled") and pid in (str(os.getpid()), str(os.getppid())) else ""
-    if not decided:
-        decided = "online" if has_credentials() else "disabled"
-        os.environ[AUTO_ENV] = f"{decided}@{os.getpid()}"
-        if decided == "disabled":
-            _say("W&B disabled: no W&B credentials configured (WANDB_API_KEY, ~/.netrc or `wandb login`). "
-                 "Use wandb=offline to log locally and upload later with sslprune-sync, or wandb=disabled "
-                 "to silence this line.")
-    return decided
-
-
-def announce(w: WandbConfig) -> str:
-    """Decide W&B's mode for this command before it works (its state line, if any, is printed
-    now, once); returns the mode. Never raises: W&B must not stop a command."""
-    try:
-        return resolve(w)
-    except Exception as e:
-        _say(f"W&B disabled: could not resolve wandb.mode ({e})")
-        return "disabled"
+_process: dict = {"staggered": False}
 
 
 # ---------------------------------------------------------------- identity
@@ -262,12 +182,12 @@ def open_run(cfg: Config, mode: str, *, run_id: str, dir: Path, name: str, job_t
         return init("online")
     except Exception as e:
         fallback = w.fallback
-        _process["fallback"] = fallback
+        fall_back(fallback)
         try:
             wandb.teardown()  # the failed run keeps its id registered in the service otherwise
         except Exception:
             pass
-        _say(f"W&B online start-up failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+        say(f"W&B online start-up failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
              f"going on with wandb.mode={fallback} for the rest of this process"
              + (" (upload later with sslprune-sync)" if fallback == "offline" else ""))
         if fallback == "offline":
@@ -292,7 +212,7 @@ class StageRun:
             fn()
         except Exception as e:
             self.broken = True
-            _say(f"W&B {what} failed for {self.stage.label} ({type(e).__name__}: {e}); "
+            say(f"W&B {what} failed for {self.stage.label} ({type(e).__name__}: {e}); "
                  "training goes on without W&B for this stage (the store has everything)")
             try:
                 if self.run is not None:
@@ -389,101 +309,7 @@ def observer(stage) -> Optional[StageRun]:
     try:
         mode = resolve(stage.cfg.wandb)
     except Exception as e:  # never fail training
-        _say(f"W&B disabled: could not resolve wandb.mode ({e})")
+        say(f"W&B disabled: could not resolve wandb.mode ({e})")
         return None
     return None if mode == "disabled" else StageRun(stage, mode)
 
-
-# ---------------------------------------------------------------- summary run
-
-
-def report_dir(cfg: Config) -> Path:
-    return Path(cfg.store) / "reports" / cfg.experiment
-
-
-def publish(cfg: Config) -> Optional[str]:
-    """Log the experiment's summary run (tidy results, summary, accuracy-vs-remaining charts).
-
-    The run id is derived from the store and experiment, so every sslprune-report updates the same
-    run. Returns the run's id, or None when W&B is disabled or failed (a warning says why)."""
-    try:
-        mode = resolve(cfg.wandb)
-        if mode == "disabled":
-            return None
-        return _publish(cfg, mode)
-    except Exception as e:
-        _say(f"W&B summary run failed ({type(e).__name__}: {e}); the report in {report_dir(cfg)} is complete")
-        return None
-
-
-def _publish(cfg: Config, mode: str) -> Optional[str]:
-    import wandb
-
-    from . import findings, report
-
-    results = report.rows(cfg)
-    summary = report.summarize(results)
-    config = experiment_settings(cfg)
-    config.update({"kind": "report", "store": str(cfg.store)})
-    run = open_run(cfg, mode, run_id=run_id(Path(cfg.store), f"reports/{cfg.experiment}", "report"), dir=report_dir(cfg),
-                   name=f"report {cfg.experiment}", job_type="report", config=config)
-    if run is None:
-        return None
-    try:
-        rows = [[r[c] for c in report.COLUMNS] for r in results]
-        cols = report.SUMMARY + ["lo", "hi"]
-        srows = []
-        for s in summary:
-            se = s["stderr"] or 0.0
-            srows.append([s[c] for c in report.SUMMARY] + [s["mean"] - se, s["mean"] + se])
-        data = {"results": wandb.Table(columns=report.COLUMNS, data=rows),
-                "summary": wandb.Table(columns=cols, data=srows),
-                "findings": wandb.Table(columns=findings.COLUMNS, data=findings.table(findings.compute(cfg, results)[0]))}
-        lines: dict = {}
-        for s in summary:
-            lines.setdefault((s["signal"], s["evaluation"]), []).append(s)
-        if lines:
-            keys, xs, ys = [], [], []
-            for (signal, ev), pts in sorted(lines.items()):
-                pts.sort(key=lambda p: -p["remaining"])
-                keys.append(f"{signal} / {ev}")
-                xs.append([100 * p["remaining"] for p in pts])
-                ys.append([100 * p["mean"] for p in pts])
-            data["charts/accuracy_vs_remaining"] = wandb.plot.line_series(
-                xs=xs, ys=ys, keys=keys, title=f"{cfg.experiment}: accuracy (mean over seeds) vs weights remaining",
-                xname="weights remaining (%)")
-            costed = {k: sorted((p for p in pts if p.get("macs") is not None), key=lambda p: -p["macs"])
-                      for k, pts in sorted(lines.items())}
-            costed = {k: pts for k, pts in costed.items() if pts}
-            if costed:
-                data["charts/accuracy_vs_macs"] = wandb.plot.line_series(
-                    xs=[[p["macs"] / 1e6 for p in pts] for pts in costed.values()],
-                    ys=[[100 * p["mean"] for p in pts] for pts in costed.values()],
-                    keys=[f"{signal} / {ev}" for signal, ev in costed],
-                    title=f"{cfg.experiment}: accuracy (mean over seeds) vs MACs of one forward pass",
-                    xname="MACs (millions, mean over seeds)")
-            # One chart per evaluation (pretext, each re-training start, each probe): mean and mean ± s.e. per signal.
-            for ev in sorted({e for _, e in lines}):
-                keys, xs, ys = [], [], []
-                for (signal, e), pts in sorted(lines.items()):
-                    if e != ev:
-                        continue
-                    x = [100 * p["remaining"] for p in pts]
-                    for label, f in (("mean", lambda p: p["mean"]),
-                                     ("mean-se", lambda p: p["mean"] - (p["stderr"] or 0.0)),
-                                     ("mean+se", lambda p: p["mean"] + (p["stderr"] or 0.0))):
-                        keys.append(f"{signal} {label}")
-                        xs.append(x)
-                        ys.append([100 * f(p) for p in pts])
-                data[f"charts/{re.sub(r'[^A-Za-z0-9_.-]+', '_', ev)}"] = wandb.plot.line_series(
-                    xs=xs, ys=ys, keys=keys, title=f"{cfg.experiment}: {ev} accuracy (%) vs weights remaining (%)",
-                    xname="weights remaining (%)")
-        # A wall-clock step: always above what an earlier report logged, also across offline segments.
-        run.log(data, step=max(int(getattr(run, "step", 0) or 0), int(time.time())))
-        run.summary.update({"stages_done": len(results), "points": len(summary)})
-        rid = run.id
-        run.finish(exit_code=0)
-        return rid
-    except BaseException:
-        run.finish(exit_code=1)
-        raise

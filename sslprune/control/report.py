@@ -29,7 +29,8 @@ from ..core.rewind import rewind_steps
 from ..core.schema import SCHEMES, Config
 from ..core.sweep import signal_prune
 from .experiment import measurements, stages
-from .figures import FAMILIES, SCHEME_NAMES, TITLES, family, metric_name
+from .layout import family, metric_name
+from .palette import FAMILIES, SCHEME_NAMES, TITLES
 from .spread import mean_stderr
 
 # What the evaluated network costs (sslprune.compute.cost, stored in result.json by the stage): every

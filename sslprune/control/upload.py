@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import dashboard
+from . import wandb_mode, wandb_report
 
 from ..core import store as files
 from ..core.errors import SyncError
@@ -68,7 +68,7 @@ def find(cfg: Config) -> list[OfflineRun]:
     from .experiment import stages
 
     places = [(s.dir, s.label, s.done()) for s in stages(cfg)]
-    places.append((dashboard.report_dir(cfg), f"report {cfg.experiment}", True))
+    places.append((wandb_report.report_dir(cfg), f"report {cfg.experiment}", True))
     runs: dict[str, OfflineRun] = {}
     for d, label, done in places:
         for f in sorted(Path(d).glob("wandb/offline-run-*/run-*.wandb")):  # folder names start with the time
@@ -168,7 +168,7 @@ def sync(cfg: Config, out=sys.stdout) -> dict:
         shown = ", ".join(f"{r.label} ({r.run_id})" for r in rs[:10])
         return shown + (f" and {len(rs) - 10} more" if len(rs) > 10 else "")
 
-    if not dashboard.has_credentials():
+    if not wandb_mode.has_credentials():
         raise SyncError(f"no W&B credentials on this machine (WANDB_API_KEY, ~/.netrc or `wandb login`): "
                         f"nothing was uploaded; {len(todo)} run(s) wait: {names(todo)}. "
                         "Log in and run sslprune-sync again.")
