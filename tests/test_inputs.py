@@ -388,3 +388,22 @@ def test_a_damaged_jpeg_read_by_a_worker_is_one_line_naming_it(tmp_path):
     assert p.returncode == 2, p.stderr[-3000:]
     # torch re-raised the worker's error with its traceback as the message: 18 lines, the file on the last
     assert p.stderr.splitlines() == [f"sslprune: error: {bad} does not decode as an image: Truncated File Read"]
+
+
+def test_a_missing_data_root_is_refused_before_torch_is_imported(tmp_path):
+    """The data checks are torch-free and come first: a wrong data.root is answered without the
+    seconds torch takes to import (the GPU question, which imports torch, came first before)."""
+    import sys
+
+    root = tmp_path / "nothing-here"
+    root.mkdir()
+    code = ("import sys\n"
+            "from sslprune.launch.run import main\n"
+            f"sys.argv = ['sslprune-run', 'store={tmp_path / 'store'}', 'data.name=fashion_mnist', "
+            f"'data.root={root}', 'retrain.data.name=fashion_mnist', 'retrain.data.root={root}', "
+            "'probe.signals=[]', 'prune.levels=0', 'run.quiet=true', 'signal=rotnet', 'wandb=disabled']\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+            "print('torch loaded:', 'torch' in sys.modules)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.stdout.splitlines()[-2:] == ["exit 2", "torch loaded: False"], p.stdout + p.stderr
+    assert f"not found under {root}" in p.stderr

@@ -98,8 +98,11 @@ def run_local(cfg: Config, compute: Callable, uses_cuda: Callable[[RunConfig], b
     The app layer passes in the compute plane (sslprune.api): `compute(stage, rt, interrupt, started,
     observer)` runs one stage in this process or a worker (a module-level function: it pickles by
     name), `uses_cuda(cfg.run)` says whether stages compute on a GPU (it imports torch)."""
-    cuda = uses_cuda(cfg.run)  # run.device=cuda without a GPU is refused here, even on a finished store
+    # The data checks first: they are torch-free, so a bad data root is answered before torch loads
+    # (uses_cuda imports it: about 2 s). run.device=cuda without a GPU is refused next, before any
+    # work and even on a finished store.
     check_inputs(cfg)
+    cuda = uses_cuda(cfg.run)
     write_chains(cfg)
     all_chains = chains(cfg)
     damaged = verify([s for c in all_chains for s in c])
