@@ -14,7 +14,7 @@ from sslprune import api
 from sslprune.core.errors import ConfigError
 from sslprune.core.schema import ModelConfig
 
-from conftest import ROOT, cli, tiny_config, tiny_optim
+from conftest import cli, tiny_config, tiny_optim
 
 
 def test_bits_pack_and_unpack_any_shape():

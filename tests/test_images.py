@@ -8,7 +8,6 @@ are written here with PIL.
 from __future__ import annotations
 
 import io
-import math
 import threading
 from pathlib import Path
 

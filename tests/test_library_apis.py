@@ -21,7 +21,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import ROOT
 
 KEY = "a" * 40  # the shape of a W&B API key; no server is asked
 

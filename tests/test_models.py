@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from sslprune.control.local import run_local
-from sslprune.control import experiment, naturals
+from sslprune.control import naturals
 from sslprune.api import compute, uses_cuda
 from sslprune.control.local import run_local
 
@@ -28,8 +28,6 @@ def _build(name, width=None, channels=1, outputs=7):
 
 def _map_into(module: nn.Module, x: torch.Tensor, net: nn.Module) -> tuple:
     """Spatial size of the map entering `module` during a forward pass of `net`."""
-    import torch
-    from torch import nn
 
     seen = []
     handle = module.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[-2:])))

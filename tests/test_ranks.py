@@ -65,7 +65,6 @@ def _cfg(root: Path, task: str, model: str, dtype: str):
 
 def _run(root: Path, rt: Runtime, cases: list) -> None:
     from sslprune.compute import runner
-    from sslprune.compute.runtime import Runtime
 
     import torch
 

@@ -8,7 +8,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
 
 from sslprune.core import store as files
 from sslprune.core.identity import identity, digest, chain_identity

@@ -14,7 +14,6 @@ import yaml
 from PIL import Image
 
 from sslprune.core import store as files, errors
-from sslprune.core.errors import Interrupted
 from sslprune.core.progress import Progress
 from sslprune.core.schema import DataConfig, ModelConfig, RunConfig, SignalConfig, TaskConfig
 from sslprune.core.stage import ImpLevel

@@ -8,15 +8,13 @@ import os
 import random
 import shutil
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sslprune.core import store as files
 from sslprune.core.progress import Progress
-from sslprune.core.schema import DataConfig, ModelConfig, RunConfig, SignalConfig, TaskConfig
-from sslprune.core.stage import ImpLevel, Retrain
+from sslprune.core.schema import ModelConfig, RunConfig, SignalConfig, TaskConfig
+from sslprune.core.stage import ImpLevel
 from sslprune.control.local import run_local
 
 from conftest import cli, tiny_config, tiny_optim

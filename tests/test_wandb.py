@@ -25,7 +25,7 @@ import pytest
 from sslprune.core import store as files
 from sslprune.control import dashboard, report, upload, wandb_mode
 
-from sslprune.core.schema import Config, WandbConfig
+from sslprune.core.schema import WandbConfig
 
 from conftest import ROOT
 
