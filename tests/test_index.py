@@ -57,15 +57,17 @@ def test_a_local_run_writes_chain_json_before_its_stages_and_the_report_indexes_
 
 def test_status_where_prints_a_stage_directory_and_names_the_closest_label_on_a_typo(tmp_path):
     args = [f"store={tmp_path}", "prune.levels=2"]
-    p = cli("sslprune-status", *args, "--where", "retrain rotnet random seed=1 level=2")
+    # The random mask of a pruned level is one stage for every signal (issue 22): it has its own label.
+    p = cli("sslprune-status", *args, "--where", "retrain random mask seed=1 level=2")
     cfg = api.config("demo", *args)
-    assert p.stdout == f"{api.where(cfg, 'retrain rotnet random seed=1 level=2')}\n"
+    assert p.stdout == f"{api.where(cfg, 'retrain random mask seed=1 level=2')}\n"
+    assert "/random/" in p.stdout and p.stdout.strip().endswith("/seed_1/level_2/" + p.stdout.strip().split("/")[-1])
     p = cli("sslprune-status", *args, "--where=imp labels seed=0 level=0")
     assert p.stdout == f"{api.where(cfg, 'imp labels seed=0 level=0')}\n"
     p = cli("sslprune-status", *args, "--where", "imp rotnet seed=1 level=9", check=False)
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.strip().splitlines() == [
-        "sslprune: error: no stage labelled 'imp rotnet seed=1 level=9' in experiment demo (50 stages); "
+        "sslprune: error: no stage labelled 'imp rotnet seed=1 level=9' in experiment demo (46 stages); "
         "closest: imp rotnet seed=1 level=2; imp rotnet seed=1 level=1; imp rotnet seed=1 level=0"]
     assert not (tmp_path / "imp").exists()  # --where reads, never writes
 

@@ -89,17 +89,23 @@ def test_magnitude_pruning_density_law_and_nesting():
         m = new
 
 
-def test_shuffled_mask_keeps_global_density_but_moves_weights():
+def test_drawn_mask_keeps_imps_count_but_moves_weights():
     import torch
     from sslprune.compute import mask as masks
 
     net = _net(width=8)
     weights = {k: v.detach() for k, v in net.state_dict().items()}
-    m = masks.magnitude(weights, masks.ones(net), 0.5)
-    r = masks.shuffled(m, torch.Generator().manual_seed(0))
+    m = masks.ones(net)
+    total = masks.count(m)[1]
+    for level in range(1, 6):  # the random baseline's count is IMP's at every level, whatever the weights
+        m = masks.magnitude(weights, m, 0.2)
+        assert masks.survivors(total, 0.2, level) == masks.count(m)[0]
+    r = masks.drawn(masks.ones(net), masks.count(m)[0], torch.Generator().manual_seed(0))
     assert masks.count(r) == masks.count(m)
     assert any(not torch.equal(r[n], m[n]) for n in m)
     assert set(r) == set(m) and all(r[n].shape == m[n].shape for n in m)
+    again = masks.drawn(masks.ones(net), masks.count(m)[0], torch.Generator().manual_seed(0))
+    assert all(torch.equal(r[n], again[n]) for n in r)  # a function of the count and the draw alone
 
 
 def test_applier_zeroes_pruned_weights_in_place():

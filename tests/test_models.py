@@ -119,10 +119,10 @@ def test_scope_holds_only_layers_up_to_the_cut():
     assert list(m) == points["stem"] + points["stage1"]
     with pytest.raises(ValueError, match="stage9"):
         masks.ones(net, scope="stage9")
-    # The random control permutes within the same layers: same names, same count, other positions.
+    # The random control draws within the same layers: same names, same count, other positions.
     weights = {k: v.detach() for k, v in net.state_dict().items()}
     pruned = masks.magnitude(weights, m, 0.5)
-    r = masks.shuffled(pruned, torch.Generator().manual_seed(0))
+    r = masks.drawn(m, masks.count(pruned)[0], torch.Generator().manual_seed(0))
     assert list(r) == list(m) and masks.count(r) == masks.count(pruned)
     assert any(not torch.equal(r[n], pruned[n]) for n in r)
 

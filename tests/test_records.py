@@ -50,7 +50,7 @@ imp rotnet L2                     | draw 0/init/rotnet, all <- rotnet L0 rewind.
 retrain dense L0                  | draw 0/reinit                                  | keep                        | ones                                                                                 | all    | digits images labels (0/retrain/0)         | from 0              | -
 retrain rotnet winning_ticket L2  | draw 0/reinit, backbone <- rotnet L0 rewind.pt | draw 0/head                 | rotnet L2 mask.pt                                                                    | all    | digits images labels (0/retrain/2)         | from 0              | -
 retrain rotnet random_reinit L2   | draw 0/reinit                                  | keep                        | rotnet L2 mask.pt                                                                    | all    | digits images labels (0/retrain/2)         | from 0              | -
-retrain rotnet random L2          | draw 0/reinit                                  | keep                        | shuffled rotnet L2 mask.pt (draw 0/random-mask/2)                                    | all    | digits images labels (0/retrain/2)         | from 0              | -
+retrain random (shared) L2        | draw 0/reinit                                  | keep                        | IMP's count after 2 x 0.2 of ones (draw 0/random-mask/2)                             | all    | digits images labels (0/retrain/2)         | from 0              | -
 retrain rotnet random_adjusted L2 | draw 0/reinit                                  | keep                        | count of rotnet L2 mask.pt, zeros of rotnet L0 model.pt out (draw 0/adjusted-mask/2) | all    | digits images labels (0/retrain/2)         | from 0              | -
 probe rotnet digits@init L0       | draw 0/init/rotnet                             | draw 0/probe-head/digits    | ones reported                                                                        | head   | digits images labels (0/probe/0/digits)    | from 0              | backbone frozen
 probe rotnet digits L2            | rotnet L2 model.pt                             | draw 0/probe-head/digits    | rotnet L2 mask.pt reported                                                           | head   | digits images labels (0/probe/2/digits)    | from 0              | backbone frozen
@@ -60,13 +60,13 @@ finetune rotnet digits L2         | rotnet L2 model.pt                          
 """
 
 VARIANTS = """\
-stage                           | weights                                              | head                            | mask                                                     | trains | data                                                                 | schedule             | checks
---------------------------------+------------------------------------------------------+---------------------------------+----------------------------------------------------------+--------+----------------------------------------------------------------------+----------------------+-------
-imp transfer L0                 | draw 0/init/transfer, backbone <- rotnet L0 model.pt | draw 0/transfer-head            | ones                                                     | all    | fashion_mnist images labels (0/imp/0)                                | from 0, saves k=0it  | -
-imp transfer L1                 | draw 0/init/transfer, all <- transfer L0 rewind.pt   | keep                            | transfer L0 mask.pt less 0.2 by |transfer L0 model.pt|   | all    | fashion_mnist images labels (0/imp/1)                                | from k=0it           | -
-probe npid fashion_mnist L2     | npid L2 model.pt                                     | draw 0/probe-head/fashion_mnist | npid L2 mask.pt reported                                 | head   | fashion_mnist standardised features labels (0/probe/2/fashion_mnist) | from 0               | -
-imp rotnet@stage1 L0            | draw 0/init/rotnet                                   | keep                            | ones up to stage1                                        | all    | digits images rotnet (0/imp/0)                                       | from 0, saves k=11it | -
-retrain rotnet@stage1 random L4 | draw 0/reinit                                        | keep                            | shuffled rotnet@stage1 L4 mask.pt (draw 0/random-mask/4) | all    | digits images labels (0/retrain/4)                                   | from 0               | -
+stage                       | weights                                              | head                            | mask                                                                  | trains | data                                                                 | schedule             | checks
+----------------------------+------------------------------------------------------+---------------------------------+-----------------------------------------------------------------------+--------+----------------------------------------------------------------------+----------------------+-------
+imp transfer L0             | draw 0/init/transfer, backbone <- rotnet L0 model.pt | draw 0/transfer-head            | ones                                                                  | all    | fashion_mnist images labels (0/imp/0)                                | from 0, saves k=0it  | -
+imp transfer L1             | draw 0/init/transfer, all <- transfer L0 rewind.pt   | keep                            | transfer L0 mask.pt less 0.2 by |transfer L0 model.pt|                | all    | fashion_mnist images labels (0/imp/1)                                | from k=0it           | -
+probe npid fashion_mnist L2 | npid L2 model.pt                                     | draw 0/probe-head/fashion_mnist | npid L2 mask.pt reported                                              | head   | fashion_mnist standardised features labels (0/probe/2/fashion_mnist) | from 0               | -
+imp rotnet@stage1 L0        | draw 0/init/rotnet                                   | keep                            | ones up to stage1                                                     | all    | digits images rotnet (0/imp/0)                                       | from 0, saves k=11it | -
+retrain random (shared) L4  | draw 0/reinit                                        | keep                            | IMP's count after 4 x 0.2 of ones up to stage1 (draw 0/random-mask/4) | all    | digits images labels (0/retrain/4)                                   | from 0               | -
 """
 
 
@@ -91,6 +91,11 @@ def test_a_record_carries_its_config_json(built):
     dense = configs["retrain dense from scratch seed=0 level=0"]
     assert "chain" not in dense and dense["scheme"] == "dense"  # the dense re-training belongs to no one chain
     assert configs["imp rotnet seed=0 level=2"]["level"] == 2
+    # The random mask belongs to no one chain either: its count's settings and the level name it.
+    assert configs["retrain random mask seed=0 level=2"] == {
+        "model": {"width": 8, "init": "per_signal"}, "prune": {}, "level": 2, "stage": "retrain", "scheme": "random",
+        "data": {}, "optim": dense["optim"]}
+    assert configs["retrain random mask up to stage1 seed=0 level=4"]["prune"] == {"scope": "stage1"}
     svm = configs["svm:digits rotnet seed=0 level=2"]
     assert svm["stage"] == "svm" and svm["folds"] == 3 and "costs" in svm
     assert configs["probe:fashion_mnist npid seed=0 level=2"]["features"] == "standardised"
@@ -115,7 +120,7 @@ def test_the_interpreter_refuses_a_check_it_does_not_know(tmp_path):
 def test_what_each_stage_kind_writes(built):
     saves = built["saves"]
     assert saves["imp rotnet seed=0 level=0"] == ["mask.pt", "model.pt", "weights.json"]  # natural sparsity of W_T
-    assert saves["imp rotnet seed=0 level=2"] == saves["retrain rotnet random seed=0 level=2"] == ["mask.pt", "model.pt"]
+    assert saves["imp rotnet seed=0 level=2"] == saves["retrain random mask seed=0 level=2"] == ["mask.pt", "model.pt"]
     # Fine-tuning keeps its tuned network and mask; probes and SVMs only measure (result.json).
     assert saves["finetune:digits rotnet seed=0 level=2"] == ["mask.pt", "model.pt"]
     assert saves["probe:digits rotnet seed=0 level=2"] == saves["svm:digits rotnet seed=0 level=2"] == []

@@ -59,7 +59,9 @@ def test_packed_plan_is_one_task_per_chain_and_level_with_its_evaluations(tmp_pa
     cfg = tiny_config(tmp_path, seeds=[0, 1])
     cfg.launcher = replace(cfg.launcher, pack=True)
     arrays = submission.plan(cfg, stages(cfg))
-    assert len(arrays) == 3 * 2 + 1  # per level: the IMP array and one array of packs; the dense re-trainings
+    # Per level: the IMP array and one array of packs; the dense re-trainings; the shared random
+    # re-trainings of levels 1 and 2 (one array each: like the dense stage, they wait for nothing).
+    assert len(arrays) == 3 * 2 + 1 + 2
     for a in arrays:
         if a[0][0].kind == "imp" or getattr(a[0][0], "shared", False):
             assert all(len(task) == 1 for task in a)
@@ -70,8 +72,9 @@ def test_packed_plan_is_one_task_per_chain_and_level_with_its_evaluations(tmp_pa
             labels = [s.label for s in task]
             assert len({(s.signal, s.seed, s.level) for s in task}) == 1 and task[0].level == level
             # Three re-training starts, and RotNet's probe; at level 0 the two random starts are the dense
-            # stage, and RotNet's pack also holds the probe of its initial weights.
-            want = (4 if task[0].signal == "rotnet" else 3) - (2 if level == 0 else 0) \
+            # stage, at a pruned level the random start is the shared one, and RotNet's pack also holds the
+            # probe of its initial weights.
+            want = (4 if task[0].signal == "rotnet" else 3) - (2 if level == 0 else 1) \
                 + (1 if level == 0 and task[0].signal == "rotnet" else 0)
             assert len(task) == want, labels
 

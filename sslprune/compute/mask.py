@@ -73,10 +73,22 @@ def magnitude(weights: Dict[str, torch.Tensor], mask: Mask, rate: float) -> Mask
     return _unflatten(flat, mask)
 
 
-def shuffled(mask: Mask, generator: torch.Generator) -> Mask:
-    """A random mask with the same global number of survivors (a random permutation of the flat mask)."""
-    flat = torch.cat([m.flatten() for m in mask.values()])
-    return _unflatten(flat[torch.randperm(len(flat), generator=generator)], mask)
+def survivors(total: int, rate: float, levels: int) -> int:
+    """How many of `total` prunable weights `levels` levels of `magnitude` at `rate` keep (its count
+    alone: ceil(rate * kept) removed per level), whatever the weights."""
+    kept = total
+    for _ in range(levels):
+        kept -= int(math.ceil(rate * kept))
+    return kept
+
+
+def drawn(like: Mask, kept: int, generator: torch.Generator) -> Mask:
+    """A random mask over `like`'s weights keeping `kept` of them, positions drawn from `generator`
+    (the random baseline: it depends on the count and the draw, not on which weights a mask kept)."""
+    n = sum(m.numel() for m in like.values())
+    flat = torch.zeros(n)
+    flat[torch.randperm(n, generator=generator)[:kept]] = 1
+    return _unflatten(flat, like)
 
 
 def adjusted_random(mask: Mask, trained: Dict[str, torch.Tensor], generator: torch.Generator) -> Mask:

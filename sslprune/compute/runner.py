@@ -307,16 +307,17 @@ def _network(r: Start, data, outputs: int, load) -> models.Network:
 def _mask(m, net, load) -> masks.Mask:
     if m.rule == "ones":
         return masks.ones(net, m.ignore, m.scope)
+    if m.rule == "drawn":
+        like = masks.ones(net, m.ignore, m.scope)
+        return masks.drawn(like, masks.survivors(masks.count(like)[1], m.rate, m.level), seeds.generator(*m.seed))
     saved = load(m.file)
     if m.rule == "file":
         return saved
     if m.rule == "magnitude":
         return masks.magnitude(load(m.weights), saved, m.rate)
-    if m.rule == "shuffled":
-        return masks.shuffled(saved, seeds.generator(*m.seed))
     if m.rule == "adjusted":
         return masks.adjusted_random(saved, load(m.weights), seeds.generator(*m.seed))
-    raise ValueError(f"mask rule {m.rule!r} is not one of ones, file, magnitude, shuffled, adjusted")
+    raise ValueError(f"mask rule {m.rule!r} is not one of ones, drawn, file, magnitude, adjusted")
 
 
 def rewind_step(r: Start, loader) -> int:

@@ -112,6 +112,8 @@ def experiment_settings(cfg: Config) -> dict:
 
 
 def run_name(stage) -> str:
+    if getattr(stage, "shared", False):  # one run for every signal (the report shows each signal's row)
+        return f"retrain {'dense' if stage.dense else 'random mask'} s{stage.seed} L{stage.level}"
     what = {"retrain": f"retrain {stage.signal} {getattr(stage, 'scheme', '')}",
             "probe": f"{stage.evaluation} {stage.signal}"}.get(stage.kind, f"{stage.kind} {stage.signal}")
     return f"{what} s{stage.seed} L{stage.level}"

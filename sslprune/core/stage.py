@@ -13,6 +13,10 @@ Store layout (open_lth style: hashes name what changes the numbers, seeds and le
     .../level_<L>/finetune_<hash>/                      full fine-tuning of that level's network, mask kept
     .../level_0/init_probe_<hash>/, init_svm_<hash>/    the same evaluations of the chain's initial weights
                                                         (the paper's "random features" reference)
+    <store>/dense/<model>/seed_<s>/retrain_<hash>/      level 0's random starts: one dense network per seed
+    <store>/random/<model, pruning>/seed_<s>/level_<L>/retrain_<hash>/
+                                                        the random mask of level L, one per seed for every
+                                                        signal pruned with the same rate, ignore and scope
 
 `result.json` is written last and lists the size and sha256 of every output: a stage with a
 valid one is done and is never recomputed; a stage without it resumes from its checkpoint; a
@@ -29,8 +33,9 @@ from typing import Optional
 
 from . import store as files
 from .errors import Corrupt, MissingInput
-from .identity import chain_digest, memo, memo_digest
-from .schema import Config, DataConfig, from_dict
+from .identity import chain_digest, identity, memo, memo_digest
+from .schema import Config, DataConfig, PruneConfig, from_dict
+from .sweep import signal_prune
 
 DONE = files.DONE
 # Every file a stage may write besides result.json: recorded with size and sha256 in result.json.
@@ -188,6 +193,13 @@ class ImpLevel(Stage):
 # fresh weights from the seed, a mask of ones (a shuffled or adjusted mask of ones is all ones),
 # the same batches. Computed once, in one shared directory, and reported under every name.
 DENSE_SCHEMES = ("random_reinit", "random", "random_adjusted")
+# At a pruned level the random start is one draw per (seed, level) too (issue 22): a random mask
+# keeping as many weights as IMP's level L keeps, drawn from the seed and the level alone, on fresh
+# weights. The count is a function of the prunable weights (model, scope, ignore), the rate and L,
+# not of which signal's magnitudes found the mask: each signal compared with its own random draw
+# compared it with a coin flip at high sparsity (a draw that keeps no weight of the stem reads one
+# class), and a signal's "above random" flipped with the seeds.
+SHARED_RANDOM = "random"
 
 
 class Retrain(Stage):
@@ -200,9 +212,21 @@ class Retrain(Stage):
         self.scheme = scheme
 
     @property
-    def shared(self) -> bool:
+    def dense(self) -> bool:
         """The dense network trained from scratch on labels, shared by every signal and by these starts."""
         return self.level == 0 and self.scheme in DENSE_SCHEMES
+
+    @property
+    def shared(self) -> bool:
+        """One stage for every signal of a seed (pruned with the same rate, ignore and scope): the
+        dense network from scratch at level 0, the random mask at a pruned level."""
+        return self.dense or self.scheme == SHARED_RANDOM
+
+    def mask_spec(self) -> dict:
+        """What the shared random mask's count depends on besides the level: the pruning settings of
+        the signal but its rewind point (which changes the magnitudes, not how many survive)."""
+        p = signal_prune(self.cfg, self.signal)
+        return identity(dataclasses.replace(p, rewind=PruneConfig().rewind))
 
     def _where(self) -> str:
         r = self.cfg.retrain
@@ -210,13 +234,21 @@ class Retrain(Stage):
         if self.shared:
             known = memo(self.cfg)
             store = known.get("store") or os.path.normpath(self.cfg.store)
-            return f"{store}/dense/{memo_digest(self.cfg, ('dense',), self.cfg.model)}/seed_{self.seed}/{retrain}"
+            if self.dense:
+                return f"{store}/dense/{memo_digest(self.cfg, ('dense',), self.cfg.model)}/seed_{self.seed}/{retrain}"
+            scope = signal_prune(self.cfg, self.signal).scope
+            pruned = memo_digest(self.cfg, ("random", scope), self.cfg.model, self.mask_spec())
+            return f"{store}/random/{pruned}/seed_{self.seed}/level_{self.level}/{retrain}"
         return f"{self._level()}/{retrain}/{self.scheme}"
 
     @property
     def label(self) -> str:
-        if self.shared:
+        if self.dense:
             return f"retrain dense from scratch seed={self.seed} level=0"
+        if self.shared:
+            scope = signal_prune(self.cfg, self.signal).scope
+            where = "" if scope == "all" else f" up to {scope}"
+            return f"retrain random mask{where} seed={self.seed} level={self.level}"
         return f"retrain {self.signal} {self.scheme} seed={self.seed} level={self.level}"
 
     @property
@@ -225,7 +257,7 @@ class Retrain(Stage):
 
     def parents(self):
         if self.shared:
-            return []  # fresh weights and a mask of ones: no IMP level needed
+            return []  # fresh weights and a mask of ones or drawn from the seed: no IMP level needed
         return [ImpLevel(self.cfg, self.signal, self.seed, self.level)]
 
 

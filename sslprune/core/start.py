@@ -3,7 +3,7 @@
 `of(stage)` says, for every kind of stage, what its training (or evaluation) is built from: which
 weights (a fresh network from which seed, a parent's model.pt, the rewind point rewind.pt, the
 transfer source's trained network), which mask (none kept back, a parent's, a random permutation of
-it from which seed, layerwise), the head (kept, or fresh from which seed), which parameters train,
+it from which seed, layerwise, IMP's count drawn at random), the head (kept, or fresh from which seed), which parameters train,
 the schedule's first step, when the rewind point is saved, which checks the result must pass, and
 which data, task and inputs. The compute plane turns the record into a network, a mask, a task,
 data and a loop (sslprune.compute.runner.build), and nothing else decides how a stage starts: the
@@ -50,10 +50,11 @@ class Masking:
 
     `rule`: "ones" (every weight IMP may prune kept, the names from `ignore` and `scope`: layerwise
     pruning keeps the layers up to that cut point), "file" (`file` as saved), "magnitude" (`file`
-    with `rate` of its survivors of smallest |w| in `weights` removed), "shuffled" (a random
-    permutation of `file` drawn from `seed`: the same global count), "adjusted" (`file`'s count drawn
-    at random after the weights `weights` has at zero, from `seed`). `applied`: the loop keeps pruned
-    weights at zero; False where the stage only reports it (a probe trains its head alone)."""
+    with `rate` of its survivors of smallest |w| in `weights` removed), "adjusted" (`file`'s count drawn
+    at random after the weights `weights` has at zero, from `seed`), "drawn" (as many of the weights
+    "ones" keeps as `level` levels of pruning at `rate` leave, at random from `seed`: no file, so one
+    draw serves every signal). `applied`: the loop keeps pruned weights at zero; False where the stage
+    only reports it (a probe trains its head alone)."""
 
     rule: str
     file: Optional[str] = None
@@ -63,6 +64,7 @@ class Masking:
     ignore: tuple = ()
     scope: str = "all"
     applied: bool = True
+    level: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -151,13 +153,16 @@ def _imp(stage: ImpLevel) -> Start:
 
 def _retrain(stage: Retrain) -> Start:
     """The mask of IMP level L re-trained on labels from the stage's scheme: winning ticket (rewound
-    backbone, fresh head), random re-init (fresh weights), random (a shuffled mask, fresh weights),
-    random adjusted (a random mask avoiding the dense network's zeros, fresh weights). All see the
-    same batches: they differ only in mask and initial weights."""
+    backbone, fresh head), random re-init (fresh weights), random (IMP's count of weights drawn at
+    random, fresh weights: one stage for every signal), random adjusted (a random mask avoiding the
+    dense network's zeros, fresh weights). All see the same batches: they differ only in mask and
+    initial weights."""
     cfg, r = stage.cfg, stage.cfg.retrain
-    config = {"stage": "retrain", "scheme": "dense" if stage.shared else stage.scheme, "data": identity(r.data),
+    config = {"stage": "retrain", "scheme": "dense" if stage.dense else stage.scheme, "data": identity(r.data),
               "optim": identity(r.optim)}
-    if not stage.shared:
+    if stage.shared and not stage.dense:  # the random mask of every signal: what its count depends on
+        config = {"model": identity(cfg.model), "prune": stage.mask_spec(), "level": stage.level, **config}
+    elif not stage.shared:
         config = {"chain": chain_identity(cfg, stage.signal), **config}
     common = dict(label=stage.label, kind="retrain", model=cfg.model, data=r.data, task=LABELS, trains="all",
                   inputs="images", optim=r.optim, batches=(stage.seed, "retrain", stage.level), first_step="0",
@@ -165,8 +170,13 @@ def _retrain(stage: Retrain) -> Start:
                   saves=("mask.pt", "model.pt"), config=config)
     # Fresh weights for every random start come from one seed, so they differ only in the mask.
     fresh = Weights((stage.seed, "reinit"))
-    if stage.shared:  # level 0's random starts: the dense network from scratch, for every signal
+    if stage.dense:  # level 0's random starts: the dense network from scratch, for every signal
         return Start(weights=fresh, head="keep", head_seed=None, mask=Masking("ones"), **common)
+    if stage.shared:  # the random mask of level L, for every signal: IMP's count, drawn from the seed
+        prune = signal_prune(cfg, stage.signal)
+        drawn = Masking("drawn", rate=prune.rate, seed=(stage.seed, "random-mask", stage.level),
+                        ignore=tuple(prune.ignore), scope=prune.scope, level=stage.level)
+        return Start(weights=fresh, head="keep", head_seed=None, mask=drawn, **common)
     imp = stage.parents()[0]
     mask = _file(imp, "mask.pt")
     if stage.scheme == "winning_ticket":
@@ -174,8 +184,6 @@ def _retrain(stage: Retrain) -> Start:
                      head="fresh", head_seed=(stage.seed, "head"), mask=Masking("file", file=mask), **common)
     if stage.scheme == "random_reinit":
         masking = Masking("file", file=mask)
-    elif stage.scheme == "random":
-        masking = Masking("shuffled", file=mask, seed=(stage.seed, "random-mask", stage.level))
     elif stage.scheme == "random_adjusted":
         # Random, but the weights the trained dense network (level 0) has at zero are removed first.
         dense = _file(ImpLevel(cfg, stage.signal, stage.seed, 0), "model.pt")
@@ -261,7 +269,7 @@ def _seed(parts: Optional[tuple]) -> str:
 
 def _stage(stage: Stage) -> str:
     if isinstance(stage, Retrain):
-        what = "dense" if stage.shared else f"{stage.signal} {stage.scheme}"
+        what = "dense" if stage.dense else "random (shared)" if stage.shared else f"{stage.signal} {stage.scheme}"
     elif isinstance(stage, Evaluation):
         what = f"{stage.signal} {stage.data.name}" + ("@init" if stage.at_init else "")
     else:
@@ -283,8 +291,10 @@ def _row(stage: Stage, r: Start, names: dict) -> tuple:
         mask = _short(m.file, names)
     elif m.rule == "magnitude":
         mask = f"{_short(m.file, names)} less {m.rate} by |{_short(m.weights, names)}|"
-    elif m.rule == "shuffled":
-        mask = f"shuffled {_short(m.file, names)} (draw {_seed(m.seed)})"
+    elif m.rule == "drawn":
+        where = "ones" + ("" if m.scope == "all" else f" up to {m.scope}") + \
+            (f" except {','.join(m.ignore)}" if m.ignore else "")
+        mask = f"IMP's count after {m.level} x {m.rate} of {where} (draw {_seed(m.seed)})"
     else:
         mask = f"count of {_short(m.file, names)}, zeros of {_short(m.weights, names)} out (draw {_seed(m.seed)})"
     if not m.applied:
