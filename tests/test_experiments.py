@@ -224,6 +224,19 @@ def test_twins_rewind_at_the_papers_fraction_of_training_in_updates(name, reques
     assert seen == set().union(*(_paper_rewind(name, cfg, s) for s in cfg.signals))  # every sweep point is there
 
 
+def test_twins_run_at_least_4_seeds_and_share_their_random_baseline():
+    """Issue 22: two runs of a twin with 2 seeds each, disjoint, flipped 24 of 50 per-level flags. Every
+    twin runs 4 seeds; the random start of a pruned level is one stage per seed for every signal."""
+    for name in SMALL:
+        cfg = load(name)
+        assert len(cfg.seeds) >= 4 and len(set(cfg.seeds)) == len(cfg.seeds), (name, cfg.seeds)
+        randoms = [s for s in experiment.stages(cfg) if getattr(s, "scheme", None) == "random" and s.level > 0]
+        scopes = {signal_prune(cfg, n).scope for n in cfg.signals}
+        levels = [lv for lv in (cfg.retrain.levels or range(cfg.prune.levels + 1)) if lv > 0]
+        assert len(randoms) == (len(cfg.seeds) * len(levels) * len(scopes) if "random" in cfg.retrain.schemes
+                                else 0), name
+
+
 @pytest.mark.parametrize("name", SMALL)
 def test_twins_prune_as_far_as_the_paper_looks(name):
     """Re-training twins reach about 1 % of the weights (20 levels), transfer twins go below the 5 %
@@ -280,12 +293,12 @@ def test_reduced_figure_3_runs_to_completion_and_its_report_makes_sense(tmp_path
     assert cfg.prune.levels == 20 and cfg.retrain.levels == [0, 4, 8, 12, 16, 20]
     schemes = ["winning_ticket", "random_reinit", "random", "random_adjusted"]
     # Every signal at every level of IMP, every re-training start at every re-trained level, each the
-    # mean of both seeds.
+    # mean of the twin's 4 seeds.
     for signal in ("labels", "rotnet", "exemplar"):
         for evaluation in ["pretext"] + schemes:
             got = sorted(int(s["level"]) for s in summary if s["signal"] == signal and s["evaluation"] == evaluation)
             assert got == (levels if evaluation == "pretext" else cfg.retrain.levels), (signal, evaluation, got)
-    assert all(int(s["count"]) == 2 for s in summary)
+    assert cfg.seeds == [0, 1, 2, 3] and all(int(s["count"]) == 4 for s in summary)
     # Fraction remaining is 0.8^L, up to the one weight per level that ceil() may round.
     total = files.read_json(next(store.glob("imp/*/seed_0/level_0/sparsity_report.json")))["global"]["total"]
     for s in summary:
