@@ -165,3 +165,11 @@ def test_the_shared_random_stage_keeps_imps_count_and_is_every_signals_random_ro
     rows = [r for r in report.rows(cfg) if r["evaluation"] == "random"]
     assert [(r["signal"], r["accuracy"], r["remaining"]) for r in rows] == [
         ("labels", result["accuracy"], result["remaining"]), ("rotnet", result["accuracy"], result["remaining"])]
+
+
+def test_findings_say_the_random_baseline_is_shared_where_the_experiment_retrains_one(tmp_path):
+    cfg = tiny_config(tmp_path / "s")
+    note = "Random pruning (`random`) is one network per seed and level, shared by every signal"
+    assert note in findings.markdown(cfg, [], [])
+    cfg.retrain = replace(cfg.retrain, schemes=["winning_ticket", "random_reinit"])
+    assert note not in findings.markdown(cfg, [], [])

@@ -304,6 +304,17 @@ def checks(cfg: Config, known: Optional[dict] = None) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
+def _random_note(cfg: Config) -> list[str]:
+    """How the random baseline is compared, where the experiment re-trains one."""
+    if "random" not in cfg.retrain.schemes:
+        return []
+    return ["Random pruning (`random`) is one network per seed and level, shared by every signal pruned with "
+            "the same rate and scope: as many weights as IMP keeps at that level, drawn at random from the seed "
+            "and the level, re-trained from fresh weights. Every signal's ticket and re-init are compared with "
+            "that same network, seed by seed (each signal drew its own before issue 22, and one draw that kept "
+            "no weight of some layer could decide a claim).", ""]
+
+
 def markdown(cfg: Config, findings: list[dict], unaddressed: list[str], known: Optional[dict] = None) -> str:
     lines = [f"# {cfg.experiment}: the paper's claims at this scale", "",
              "Each finding is a paired difference computed seed by seed (same seed, same level), in accuracy "
@@ -315,7 +326,7 @@ def markdown(cfg: Config, findings: list[dict], unaddressed: list[str], known: O
              "reads one and the same accuracy below 100 % (constant predictors: pruning cut the networks apart) "
              "is shown but not counted. Verdict: holds (every counted level), partly (some), does not hold (none), "
              f"{NOT_TESTED} (no counted level of this experiment in the range). Claims: "
-             "sslprune/control/claims.py.", "",
+             "sslprune/control/claims.py.", "", *_random_note(cfg),
              "Stability: every flag is recomputed leaving out one seed at a time (leave-one-seed-out: one "
              "resample per seed, deterministic; the left-out seed's differences are dropped at every level). "
              "A level's stability is the number of those resamples in which its flag (met or not) is the one "
