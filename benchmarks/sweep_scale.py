@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO_STAGES_PER_SEED = 133  # demo: 2 signals x 15 levels x (IMP + 3 starts), level 0 random starts shared, + 15 RotNet probes + 1 reference
+DEMO_STAGES_PER_SEED = 119  # demo: 2 signals x 15 levels x (IMP + 3 starts), random starts shared by both, + 15 RotNet probes + 1 reference
 WALK = """
 import json, os, sys
 n = 0

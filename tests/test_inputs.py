@@ -71,10 +71,11 @@ def _stages(*overrides: str) -> int:
 def test_free_form_maps_take_new_keys(tmp_path):
     """launcher.additional_parameters holds any sbatch option: its keys are not schema keys."""
     store = f"store={tmp_path / 'store'}"
-    # demo: 2 seeds x (2 signals x 15 levels x (IMP + 3 starts) - the 3 dense starts each signal
-    # shares at level 0 + 1 dense re-training + 15 RotNet probes + 1 random-features probe)
+    # demo: 2 seeds x (2 signals x 15 levels x (IMP + 3 starts) - the 2 dense starts each signal
+    # shares at level 0 - the 14 random starts each shares at a pruned level + 1 dense re-training
+    # + 14 shared random re-trainings + 15 RotNet probes + 1 random-features probe)
     assert _stages(store, "+launcher.additional_parameters.mail-type=END") == _stages(store) \
-        == 2 * (2 * 15 * 4 - 2 * 2 + 1 + 15 + 1) == 266
+        == 2 * (2 * 15 * 4 - 2 * 2 - 2 * 14 + 1 + 14 + 15 + 1) == 238
     assert not (tmp_path / "store").exists()
 
 
@@ -83,8 +84,9 @@ def test_new_signals_are_allowed_and_their_keys_checked(tmp_path):
     store = f"store={tmp_path / 'store'}"
     good = preset(tmp_path / "good", "signals:\n  extra:\n    task:\n      name: labels\n")
     labels_chains = _stages(store, "~signals.rotnet", "probe.signals=[]")  # what one labels signal adds
-    # ... less the dense re-training of each of the 2 seeds, which every signal shares
-    assert _stages(*good, store) == _stages(store) + labels_chains - 2
+    # ... less the dense re-training of each of the 2 seeds and the random re-training of each of its
+    # 14 pruned levels, which every signal shares
+    assert _stages(*good, store) == _stages(store) + labels_chains - 2 - 2 * 14
     refused(cli("sslprune-status", *good, store, "+signals.extra.task.nam=labels", check=False),
             "signals.extra.task.nam=labels: signals.extra.task has no key 'nam'; did you mean signals.extra.task.name?")
     assert not (tmp_path / "store").exists()
