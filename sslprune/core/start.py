@@ -2,9 +2,9 @@
 
 `of(stage)` says, for every kind of stage, what its training (or evaluation) is built from: which
 weights (a fresh network from which seed, a parent's model.pt, the rewind point rewind.pt, the
-transfer source's trained network), which mask (none kept back, a parent's, a random permutation of
-it from which seed, layerwise, IMP's count drawn at random), the head (kept, or fresh from which seed), which parameters train,
-the schedule's first step, when the rewind point is saved, which checks the result must pass, and
+transfer source's trained network), which mask (none kept back, a parent's, IMP's count of weights
+drawn at random from which seed, layerwise), the head (kept, or fresh from which seed), which
+parameters train, the schedule's first step, when the rewind point is saved, which checks the result must pass, and
 which data, task and inputs. The compute plane turns the record into a network, a mask, a task,
 data and a loop (sslprune.compute.runner.build), and nothing else decides how a stage starts: the
 difference between a winning ticket, a random re-init and a random mask is the difference between
