@@ -44,6 +44,11 @@ TASKS = {
     "exemplar": TaskConfig("exemplar", embedding=8),
     "npid": TaskConfig("npid", embedding=8, negatives=64),
     "s4l": TaskConfig("s4l", label_fraction=0.3),  # the labelled images fall unevenly on the ranks
+    # issue 24: negatives from the global batch, a queue of gathered keys, a target and a predictor
+    # with global batch norm, task-owned modules whose gradients are averaged over ranks
+    "simclr": TaskConfig("simclr", hidden=16, embedding=8),
+    "mocov2": TaskConfig("mocov2", hidden=16, embedding=8, queue=48),
+    "byol": TaskConfig("byol", hidden=16, embedding=8),
 }
 MODELS = {"resnet_small": 4, "resnet50": 8, "alexnet": 8, "vgg19": 8}  # every family; alexnet has BatchNorm1d
 CASES = [(t, m, "float64") for t in TASKS for m in MODELS] + [(t, "resnet_small", "float32") for t in TASKS]

@@ -9,7 +9,7 @@ BYOL solarisation. Scaled down for the twins' small images, and said where:
 
   - crop: the smallest crop is at least 4 x 4 pixels, so the area's lower bound is
     max(0.08, (4 / side)^2): 0.25 on 8 px digits (a 2 x 2 px crop of a digit is no digit), 0.08 from
-    14 px up (CIFAR-10 and ImageNet keep the published 0.08);
+    15 px up (CIFAR-10 and ImageNet keep the published 0.08);
   - blur: sigma and kernel scale with the side (sigma 0.1-2.0 px at 224 px, kernel 10 % of the side,
     odd); below a 3-pixel kernel there is no blur at all (SimCLR's own CIFAR-10 runs drop it), so
     digits (8 px) and CIFAR-10 (32 px: a 3 px kernel) differ here;
