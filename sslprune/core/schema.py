@@ -100,12 +100,10 @@ class TaskConfig:
     negatives: int = 16384  # npid: negatives drawn from the memory bank per image
     bank_momentum: float = 0.5  # npid: memory-bank update momentum
     rotation_weight: float = 1.0  # s4l: weight of the rotation loss next to the label loss
-    # simclr, mocov2, byol: the projection MLP's hidden width (the network's head outputs it; the
-    # task's tail maps it to `embedding`; BYOL's predictor has the same hidden width)
-    hidden: int = 2048
+    # (the network's head outputs `hidden` units; the task's tail maps them to `embedding`)
+    hidden: int = 2048  # simclr, mocov2, byol: hidden width of the projection MLP (and of BYOL's predictor)
     queue: int = 65536  # mocov2: keys in the queue
-    # mocov2: the key encoder's momentum (constant); byol: the EMA rate's base, rising to 1 by a cosine
-    target_momentum: float = 0.996
+    target_momentum: float = 0.996  # mocov2: the key encoder's momentum; byol: the EMA rate's base (rises to 1)
 
 
 @dataclass
