@@ -207,7 +207,9 @@ def test_rewind_point_carries_target_queue_tail_and_predictor(tmp_path):
             assert all(torch.equal(state["predictor"][k], v) for k, v in rewound["task"]["predictor"].items())
 
 
-@pytest.mark.parametrize("name", ["simclr", "mocov2", "byol"])
+# BYOL (target, predictor, tail, bank) in the default tier; the others slow, as their kill -9 tests.
+@pytest.mark.parametrize("name", [pytest.param("simclr", marks=pytest.mark.slow),
+                                  pytest.param("mocov2", marks=pytest.mark.slow), "byol"])
 def test_interrupted_then_resumed_equals_uninterrupted_including_the_task_state(tmp_path, name):
     import torch
     from sslprune.compute import loader as loaders, runner
