@@ -82,8 +82,6 @@ def _run(root: Path, rt: Runtime, cases: list) -> None:
 
 
 def _ranks(rank: int, world: int, root: str, cases: list) -> None:
-    from sslprune.compute.runtime import Runtime
-
     import torch
     from sslprune.compute.runtime import Runtime
 
@@ -94,8 +92,6 @@ def _ranks(rank: int, world: int, root: str, cases: list) -> None:
 
 
 def _runs(root: Path, cases: list) -> Path:
-    from sslprune.compute.runtime import Runtime
-
     import torch
     from sslprune.compute.runtime import Runtime
 
@@ -183,7 +179,6 @@ def _outcomes(root: Path, name: str) -> list:
 
 def _nan_on_rank_1(rank: int, root: str) -> None:
     from sslprune.compute import runner
-    from sslprune.compute.runtime import Runtime
 
     import torch
     from sslprune.compute import task as tasks
@@ -214,7 +209,6 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_once(tmp_path):
 
 def _clocks(rank: int, root: str) -> None:
     from sslprune.compute import runner
-    from sslprune.compute.runtime import Runtime
 
     import torch
     from sslprune.compute import checkpoint, trainer
@@ -255,8 +249,6 @@ def test_rank_0s_clock_decides_when_a_checkpoint_is_due(tmp_path):
 
 def _done_race(rank: int, root: str) -> None:
     from sslprune.compute import runner
-    from sslprune.compute.runtime import Runtime
-
     import torch
     from sslprune.compute.runtime import Runtime
 
@@ -285,8 +277,6 @@ def test_a_stage_finished_by_another_writer_between_two_ranks_reads_is_done_on_b
     and rank 0, finding it done under the lock, waited alone in the agreement. Rank 0 now reads
     and broadcasts; both return the other writer's result."""
     from sslprune.compute import runner
-    from sslprune.compute.runtime import Runtime
-
     import torch
     from sslprune.compute.runtime import Runtime
 
@@ -324,8 +314,6 @@ def _level(store: Path, level: int) -> ImpLevel:
 
 def _decisions(rank: int, root: str) -> None:
     from sslprune.compute import runner
-    from sslprune.compute.runtime import Runtime
-
     import torch
     from sslprune.compute.runtime import Runtime
 
