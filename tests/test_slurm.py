@@ -329,6 +329,7 @@ def test_a_cancelled_pending_array_is_cancelled_not_unknown(tmp_path):
     script = tmp_path / "job.sh"
     script.write_text("#!/bin/bash\ntrue\n")
     out = subprocess.run(["sbatch", "--parsable", "--partition=debug", "--time=5", "--array=0-3",
+                          f"--output={tmp_path}/%A_%a.out",  # not slurm-*.out in the checkout (pytest's cwd)
                           "--dependency=afterok:999999999", str(script)], capture_output=True, text=True, check=True)
     array = out.stdout.strip().split(";")[0]
     subprocess.run(["scancel", array], check=True)
