@@ -55,6 +55,22 @@ def cli(*args: str, timeout: float = 600, check: bool = True, env: dict | None =
     return p
 
 
+# Costly fixtures computed once per worker process under pytest-xdist (pyproject's `-n 2 --dist
+# loadgroup`): the tests that use one run on one worker, so it is computed once, not once per worker.
+# (test module or "*", fixture) -> group
+SHARED_FIXTURES = {("*", "short_demo"): "short_demo", ("test_wandb.py", "demo"): "wandb_demo",
+                   ("test_store_safety.py", "reference"): "store_safety_reference",
+                   ("test_store_safety.py", "small_run"): "store_safety_small_run"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the node ids
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for (module, fixture), group in SHARED_FIXTURES.items():
+            if fixture in item.fixturenames and module in ("*", item.path.name):
+                item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture
 def store(tmp_path) -> Path:
     return tmp_path / "store"
@@ -155,6 +171,16 @@ def fashion_mnist_configs(cfg) -> list:
 
     walk(cfg)
     return found
+
+
+def cluster_start_lock():
+    """One `slurm/*-cluster.sh start` at a time on this machine: the tiers run on two xdist workers,
+    each with its own session fixtures, and two starts at once race over the daemons' pid files."""
+    import tempfile
+
+    from filelock import FileLock
+
+    return FileLock(os.path.join(tempfile.gettempdir(), "sslprune-cluster-start.lock"))
 
 
 def wait_for(predicate, timeout: float, what: str, every: float = 1.0, queue=None):

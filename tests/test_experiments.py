@@ -109,6 +109,24 @@ def test_paper_scale_presets_carry_the_published_hyper_parameters():
     fig7 = load("fig7_rewind_resnet50")
     assert {signal_prune(fig7, s).rewind for s in fig7.signals} == {"0it", "1ep", "2500it", "5ep", "10ep"}
 
+    # Issue 24: SimCLR, MoCo v2 and BYOL with their papers' ImageNet values (LARS replaced by SGD).
+    modern = load("fig3_modern_resnet50")
+    assert sorted(modern.signals) == ["byol", "labels", "mocov2", "rotnet", "simclr"]
+    assert modern.prune.levels == 30 and modern.retrain.schemes == ["winning_ticket", "random_reinit", "random"]
+    sim, moco, byol = (_optim(modern, s) for s in ("simclr", "mocov2", "byol"))
+    assert (sim.batch_size, sim.lr, sim.weight_decay, sim.warmup_epochs, sim.epochs, sim.schedule) == (
+        4096, 4.8, 1e-6, 10, 100, "cosine")
+    assert (moco.batch_size, moco.lr, moco.weight_decay, moco.epochs, moco.schedule) == (256, 0.03, 1e-4, 200, "cosine")
+    assert (byol.batch_size, byol.lr, byol.weight_decay, byol.warmup_epochs, byol.epochs) == (4096, 3.2, 1.5e-6, 10, 1000)
+    t = {s: modern.signals[s].task for s in ("simclr", "mocov2", "byol")}
+    assert (t["simclr"].temperature, t["simclr"].hidden, t["simclr"].embedding) == (0.1, 2048, 128)
+    assert (t["mocov2"].temperature, t["mocov2"].queue, t["mocov2"].target_momentum) == (0.2, 65536, 0.999)
+    assert (t["byol"].target_momentum, t["byol"].hidden, t["byol"].embedding) == (0.996, 4096, 256)
+    for name in ("simclr", "mocov2", "byol"):  # every value with its source
+        for group in ("task", "optim"):
+            text = (CONF / group / f"{name if group == 'task' else 'imagenet_' + name}.yaml").read_text()
+            assert "2020" in text and ("LARS" in text or name == "mocov2" or group == "task"), (group, name)
+
 
 def test_sweeps_name_one_chain_per_variant_and_share_nothing():
     fig7 = load("table1_rewind_resnet50_small", "store=/s")
@@ -280,6 +298,30 @@ def test_twins_train_their_dense_networks_in_the_papers_schedule_shape():
 
 
 # ------------------------------------------------------------------ Figure 3, reduced, to completion
+
+
+@pytest.mark.twin
+@pytest.mark.slow
+def test_reduced_modern_figure_3_runs_to_completion_and_tests_the_claims_for_each_new_signal(tmp_path):
+    """Issue 24's twin: every signal at every level, every start at every re-trained level, and
+    findings.md testing the paper's self-supervised claims for SimCLR, MoCo v2 and BYOL."""
+    store = tmp_path / "store"
+    p = cli("sslprune-run", "experiment=fig3_modern_resnet50_small", f"store={store}", timeout=6000)
+    assert "ran " in p.stdout
+    cfg = load("fig3_modern_resnet50_small", f"store={store}")
+    out = store / "reports" / cfg.experiment
+    summary = list(csv.DictReader(open(out / "summary.csv")))
+    levels = list(range(cfg.prune.levels + 1))
+    for signal in ("labels", "rotnet", "simclr", "mocov2", "byol"):
+        for evaluation in ["pretext"] + cfg.retrain.schemes:
+            got = sorted(int(s["level"]) for s in summary if s["signal"] == signal and s["evaluation"] == evaluation)
+            assert got == (levels if evaluation == "pretext" else cfg.retrain.levels), (signal, evaluation, got)
+    assert all(int(s["count"]) == len(cfg.seeds) for s in summary)
+    text = (out / "findings.md").read_text()
+    for claim in ("ssl_reinit_matches_labels", "ssl_ticket_below_labels", "ssl_ticket_above_random"):
+        for name in ("simclr", "mocov2", "byol"):
+            assert f"| {claim} | {name} |" in text, (claim, name)
+
 
 
 @pytest.mark.twin

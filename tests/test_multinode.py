@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli, wait_for as waiting
+from conftest import ROOT, cli, cluster_start_lock, wait_for as waiting
 
 pytestmark = pytest.mark.slurm
 
@@ -34,8 +34,9 @@ def two_node_cluster():
     missing = [t for t in ("ip", "nsenter", "unshare") if shutil.which(t) is None]
     if missing:
         pytest.skip(f"the two-node SLURM cluster needs {', '.join(missing)}")
-    p = subprocess.run(["bash", str(ROOT / "slurm" / "two-node-cluster.sh"), "start"], capture_output=True, text=True,
-                       timeout=1200)
+    with cluster_start_lock():  # xdist's workers each ask for the one two-node cluster
+        p = subprocess.run(["bash", str(ROOT / "slurm" / "two-node-cluster.sh"), "start"], capture_output=True,
+                           text=True, timeout=1200)
     if p.returncode != 0:
         pytest.fail(f"two-node SLURM cluster did not start:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
 

@@ -7,13 +7,11 @@ import os
 import subprocess
 from datetime import datetime, timezone
 
-import pytest
-
 from sslprune.control import reproduction
 from sslprune.core import machine
 from sslprune.control.verdict import STABLE
 
-from conftest import ROOT, cli, tiny_config
+from conftest import ROOT, SHORT_DEMO, cli, tiny_config
 
 
 def test_the_section_says_when_where_and_how_the_results_were_computed(tmp_path):
@@ -69,17 +67,11 @@ def test_the_commit_is_git_describe_of_the_tree_or_unknown(tmp_path):
     assert reproduction.commit(tmp_path) == "v0.1-dirty"
 
 
-TINY = ["experiment=demo", "prune.levels=1", "seeds=[0,1]", "model.width=4", "signals.labels.optim.epochs=1",
-        "signals.rotnet.optim.epochs=1", "retrain.optim.epochs=1", "probe.optim.epochs=1",
-        "signals.labels.optim.milestones=[]", "signals.rotnet.optim.milestones=[]", "retrain.optim.milestones=[]",
-        "probe.optim.milestones=[]", "run.quiet=true", "wandb.mode=disabled"]
-
-
-@pytest.mark.slow
-def test_sslprune_report_writes_the_reproduction_section_of_a_tiny_run(tmp_path):
-    args = [f"store={tmp_path / 'store'}", *TINY]
-    cli("sslprune-run", *args)
-    out = tmp_path / "store" / "reports" / "demo"
+def test_sslprune_report_writes_the_reproduction_section_of_a_run(short_demo):
+    """On the session's short demo (conftest): the report adds reproduction.md only when asked."""
+    store, _ = short_demo
+    args = ["experiment=demo", f"store={store}", *SHORT_DEMO]
+    out = store / "reports" / "demo"
     assert not (out / "reproduction.md").exists()  # only when asked for
     cli("sslprune-report", *args, "--reproduction")
     text = (out / "reproduction.md").read_text()

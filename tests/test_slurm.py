@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli, wait_for
+from conftest import ROOT, cli, cluster_start_lock, wait_for
 from sslprune.core import errors
 
 pytestmark = pytest.mark.slurm
@@ -23,8 +23,9 @@ SLURM = ["launcher=slurm_local", "launcher.time_min=20"]
 
 @pytest.fixture(scope="session", autouse=True)
 def cluster():
-    p = subprocess.run(["bash", str(ROOT / "slurm" / "local-cluster.sh"), "start"], capture_output=True, text=True,
-                       timeout=1200)
+    with cluster_start_lock():  # xdist's workers (and other checkouts' runs) each ask for the one cluster
+        p = subprocess.run(["bash", str(ROOT / "slurm" / "local-cluster.sh"), "start"], capture_output=True,
+                           text=True, timeout=1200)
     if p.returncode != 0:
         pytest.fail(f"local SLURM cluster did not start:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
 
@@ -328,6 +329,7 @@ def test_a_cancelled_pending_array_is_cancelled_not_unknown(tmp_path):
     script = tmp_path / "job.sh"
     script.write_text("#!/bin/bash\ntrue\n")
     out = subprocess.run(["sbatch", "--parsable", "--partition=debug", "--time=5", "--array=0-3",
+                          f"--output={tmp_path}/%A_%a.out",  # not slurm-*.out in the checkout (pytest's cwd)
                           "--dependency=afterok:999999999", str(script)], capture_output=True, text=True, check=True)
     array = out.stdout.strip().split(";")[0]
     subprocess.run(["scancel", array], check=True)

@@ -8,6 +8,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 
 from sslprune.core import store as files
 from sslprune.core.identity import identity, digest, chain_identity
@@ -103,21 +104,38 @@ def _kill_when(cmd: list[str], ready, delay: float) -> None:
     p.wait()
 
 
+# Issue 24's two-view signals (slow: one CLI chain each), with their task state compared too: the
+# projection tail, the kNN bank, and MoCo v2's key encoder and queue / BYOL's target and predictor.
+TWO_VIEWS = ["signal={0}", "+task@signals.{0}.task={0}", "+optim@signals.{0}.optim=demo", "signals.{0}.task.hidden=32",
+             "signals.{0}.task.embedding=16", "signals.{0}.task.queue=512", "signals.{0}.task.target_momentum=0.99",
+             "signals.{0}.optim.epochs=12", "signals.{0}.optim.milestones=[8]"]
+
+
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
+    _kill_9_then_resume(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["simclr", "mocov2", "byol"])
+def test_kill_9_then_resume_equals_uninterrupted_for_two_view_signals(tmp_path, name):
+    _kill_9_then_resume(tmp_path, *(o.format(name) for o in TWO_VIEWS))
+
+
+def _kill_9_then_resume(tmp_path, *extra: str):
     import torch
     from sslprune.compute import checkpoint
 
     ref, killed = tmp_path / "ref", tmp_path / "killed"
-    cli(*_imp(ref))
+    cli(*_imp(ref, *extra))
     # Kill during level 0 (checkpoints are written every step, so some kills land mid-write) ...
-    _kill_when(_imp(killed), lambda: (killed / "imp").exists() and
+    _kill_when(_imp(killed, *extra), lambda: (killed / "imp").exists() and
                any((killed / "imp").glob("*/seed_0/level_0/checkpoint.pt")), 0.7)
     level0 = _chain_dir(killed) / "level_0"
     assert not (level0 / "result.json").exists(), "killed too late: level 0 already finished"
     # ... then again during level 1, after resuming level 0.
-    _kill_when(_imp(killed), lambda: any((killed / "imp").glob("*/seed_0/level_1/checkpoint.pt")), 0.3)
+    _kill_when(_imp(killed, *extra), lambda: any((killed / "imp").glob("*/seed_0/level_1/checkpoint.pt")), 0.3)
     assert (level0 / "result.json").exists() and not (_chain_dir(killed) / "level_1" / "result.json").exists()
-    out = cli(*_imp(killed)).stdout
+    out = cli(*_imp(killed, *extra)).stdout
     assert "resumed from" in out
     for level in (0, 1):
         a, b = _chain_dir(ref) / f"level_{level}", _chain_dir(killed) / f"level_{level}"
@@ -129,9 +147,21 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
         for f in ("mask.pt",):
             ma, mb = checkpoint.load(a / f), checkpoint.load(b / f)
             assert all(torch.equal(ma[k], mb[k]) for k in ma)
-    rewind_a = checkpoint.load(_chain_dir(ref) / "level_0" / "rewind.pt")["model"]
-    rewind_b = checkpoint.load(_chain_dir(killed) / "level_0" / "rewind.pt")["model"]
-    assert all(torch.equal(rewind_a[k], rewind_b[k]) for k in rewind_a)
+    rewind_a = checkpoint.load(_chain_dir(ref) / "level_0" / "rewind.pt")
+    rewind_b = checkpoint.load(_chain_dir(killed) / "level_0" / "rewind.pt")
+    a, b = dict(_tensors(rewind_a)), dict(_tensors(rewind_b))  # W_k and the task's state with it
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    if extra:  # the two-view signals: the rewind point holds the task's modules and target
+        assert {"tail", "bank"} <= set(rewind_a["task"]) and ("target" in rewind_a["task"]) == ("simclr" not in extra[0])
+
+
+def _tensors(state, prefix=""):
+    """Every tensor of a nested state dict, by its dotted path."""
+    for k, v in state.items():
+        if isinstance(v, dict):
+            yield from _tensors(v, f"{prefix}{k}.")
+        elif hasattr(v, "shape"):
+            yield f"{prefix}{k}", v
 
 
 def test_finished_stage_is_not_recomputed(tmp_path):

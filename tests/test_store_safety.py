@@ -165,15 +165,29 @@ def _results(store: Path) -> dict:
     return {p.parent: p.stat().st_mtime_ns for p in store.rglob("result.json")}
 
 
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    """The SMALL experiment run once; each test damages its own copy (`_copy_store`)."""
+    store = tmp_path_factory.mktemp("small") / "store"
+    cli("sslprune-run", f"store={store}", *SMALL)
+    return store
+
+
+def _copy_store(small_run: Path, store: Path) -> list[str]:
+    """A copy of the SMALL store (stage folders are named by config alone, not by the store's path),
+    and the arguments that run the experiment on it."""
+    shutil.copytree(small_run, store, symlinks=True)
+    return [f"store={store}", *SMALL]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated model.pt", "unparsable result.json", "a flipped byte in mask.pt"])
-def test_a_damaged_finished_stage_is_reported_and_recomputed_alone(tmp_path, damage):
+def test_a_damaged_finished_stage_is_reported_and_recomputed_alone(tmp_path, small_run, damage):
     import torch
     from sslprune.compute import checkpoint
 
     store = tmp_path / "store"
-    args = [f"store={store}", *SMALL]
-    cli("sslprune-run", *args)
+    args = _copy_store(small_run, store)
     level = sorted(store.glob("imp/*/seed_0/level_1"))[0]
     original = checkpoint.load(level / "model.pt")
     mask = checkpoint.load(level / "mask.pt")
@@ -208,10 +222,9 @@ def test_a_damaged_finished_stage_is_reported_and_recomputed_alone(tmp_path, dam
 
 
 @pytest.mark.slow
-def test_stale_temporary_files_are_removed_on_start(tmp_path):
+def test_stale_temporary_files_are_removed_on_start(tmp_path, small_run):
     store = tmp_path / "store"
-    args = [f"store={store}", *SMALL, "prune.levels=0"]
-    cli("sslprune-run", *args)
+    args = _copy_store(small_run, store)
     level0 = next(store.glob("imp/*/seed_0/level_0"))
     stale = [level0 / ".model.pt.k3j4.tmp", level0 / "retrain_x" / ".checkpoint.pt.a1.tmp"]
     (level0 / "retrain_x").mkdir()

@@ -126,6 +126,18 @@ def global_count(count: torch.Tensor) -> tuple[torch.Tensor, int]:
     return count, torch.distributed.get_world_size()
 
 
+def average_gradients(params: list) -> None:
+    """The mean over ranks of the gradients of parameters DDP does not hold (a task's own modules),
+    summed rank by rank then divided, as DDP averages the network's."""
+    if not active():
+        return
+    world = torch.distributed.get_world_size()
+    for p in params:
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad.div_(world)
+
+
 class _AllReduceSum(torch.autograd.Function):
     """Sum over ranks, differentiable: the gradient of a sum is the sum of the gradients."""
 

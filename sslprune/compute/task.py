@@ -19,14 +19,25 @@ A task's protocol (all but `prepare` and `loss` have defaults in `Labels`):
     bind(loader)                 called once the training loader exists (before any checkpoint is
                                  loaded): a task that needs the training set (its size, its labels
                                  `loader.train_labels`) takes it here
+  optional (the two-view tasks of issue 24; the trainer does nothing for a task without them):
+    modules()                    task-owned trainable modules (a projection tail, BYOL's predictor):
+                                 optimised beside the network, never pruned, their gradients
+                                 averaged over ranks as DDP does the network's; part of the state
+    begin(model, mask, step, total)  once before a fit's first step, after any state was loaded:
+                                 a momentum task makes its target from the (masked) network unless
+                                 its state brought one, and learns the schedule's length
+    after_step(model, mask, step)    after every optimizer step, once the mask is applied, with the
+                                 number of updates done: the momentum / EMA target update, queue push
 
 One module per family: classification (Labels, MultiLabel), rotation (RotNet, S4L), exemplar,
-npid; every collective they need is sslprune.compute.distributed's. `make` picks one by name.
+npid, contrastive (SimCLR), momentum (MoCoV2, BYOL); every collective they need is sslprune.compute.distributed's. `make` picks one by name.
 """
 from __future__ import annotations
 
 from .classification import Labels, MultiLabel
+from .contrastive import SimCLR
 from .exemplar import Exemplar
+from .momentum import BYOL, MoCoV2
 from .npid import NPID
 from .rotation import RotNet, S4L
 
@@ -53,4 +64,10 @@ def make(cfg: TaskConfig, data):
         return NPID(cfg, data.num_classes)
     if cfg.name == "s4l":
         return S4L(data.num_classes, cfg.rotation_weight)
+    if cfg.name == "simclr":
+        return SimCLR(cfg, data)
+    if cfg.name == "mocov2":
+        return MoCoV2(cfg, data)
+    if cfg.name == "byol":
+        return BYOL(cfg, data)
     raise ConfigError(f"task.name={cfg.name!r} is not one of {', '.join(TASKS)}")

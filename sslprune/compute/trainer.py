@@ -1,6 +1,7 @@
 """The training loop: one plain loop, read top to bottom.
 
-What varies between stages enters through the task (what a batch means), the mask (what stays
+What varies between stages enters through the task (what a batch means, and for the two-view
+tasks its own trainable modules and momentum target: `modules`, `begin`, `after_step`), the mask (what stays
 zero), the step at which the schedule starts (rewinding), and step-boundary hooks (saving the
 rewind point). Resuming is loading the latest checkpoint: batches, augmentation, every random
 number a task draws (seed.Draws) and the learning rate are pure functions of the step, so a
@@ -102,7 +103,10 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
     device = next(net.parameters()).device
     spe = job.loader.steps_per_epoch
     total = job.optim.epochs * spe
-    opt = optimizer(job.optim, job.params if job.params is not None else net.parameters())
+    # A task's own trainable modules (a projection tail, BYOL's predictor) train beside the network.
+    extra = [p for m in getattr(job.task, "modules", list)() for p in m.parameters()]
+    opt = optimizer(job.optim, [*(job.params if job.params is not None else net.parameters()), *extra])
+    after_step = getattr(job.task, "after_step", None)
     apply_mask = masks.Applier(net, job.mask)
     step = job.start_step
     state = job.resume if job.resume is not None else checkpoint.resume_state(job.checkpoint, progress.note)
@@ -154,6 +158,9 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
         return bool(run.checkpoint_minutes) and time.monotonic() - last_save > 60 * run.checkpoint_minutes
 
     job.model.train()
+    begin = getattr(job.task, "begin", None)
+    if begin is not None:  # after the state was loaded and the mask applied: a momentum task's target
+        begin(net, job.mask, step, total)
     batches = None
     first_step_at = time.time() if step >= total else None  # nothing left to train: set-up is all there was
     time_due = False  # under DDP: rank 0's clock, as of the last agreement
@@ -187,9 +194,12 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
         loss = job.task.loss(logits, target)  # fp32, autocast off
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(extra)  # outside DDP: averaged here as DDP averages the network's
         opt.step()
         apply_mask()
         step += 1
+        if after_step is not None:
+            after_step(net, job.mask, step)
 
         loss = loss.detach()
         first_bad = torch.where(~torch.isfinite(loss) & (first_bad < 0), step - 1, first_bad)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-SELF_SUPERVISED = ("rotnet", "exemplar", "npid")
+SELF_SUPERVISED = ("rotnet", "exemplar", "npid", "simclr", "mocov2", "byol")  # the last three: issue 24
 SPARSE = (0.0, 0.2)  # the winning-ticket claims: 20% of the weights left or fewer
 PRUNED = (0.0, 0.999)  # every pruned level (level 0 excluded)
 

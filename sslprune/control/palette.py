@@ -17,9 +17,13 @@ SCHEME_COLORS = {"winning_ticket": "#1f77b4", "random_reinit": "#ff7f0e", "rando
 # Fixed colours per task, so a signal looks the same in every by-start panel and figure (the paper's
 # figures are not available as text here: these are matplotlib's tab colours, one hue per task, none
 # of them a baseline's: grey random, purple adjusted random).
+# The two-view signals of issue 24 take the last two tab colours (cyan, olive) and a dark red of
+# tab20b; PALETTE gains three dark tab20b colours so a second signal of a task still finds a free one.
 TASK_COLORS = {"labels": "#1f77b4", "rotnet": "#d62728", "exemplar": "#2ca02c", "npid": "#e377c2",
-               "s4l": "#8c564b"}
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
-TASK_NAMES = {"labels": "labels", "rotnet": "RotNet", "exemplar": "Exemplar", "npid": "NPID", "s4l": "S4L"}
+               "s4l": "#8c564b", "simclr": "#17becf", "mocov2": "#bcbd22", "byol": "#843c39"}
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+           "#393b79", "#637939", "#7b4173")
+TASK_NAMES = {"labels": "labels", "rotnet": "RotNet", "exemplar": "Exemplar", "npid": "NPID", "s4l": "S4L",
+              "simclr": "SimCLR", "mocov2": "MoCo v2", "byol": "BYOL"}
 METRIC_NAMES = {"top1": "top-1 accuracy", "mAP": "mAP", "knn_top1": "kNN top-1 accuracy",
                 "pair_top1": "pair retrieval top-1"}

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 DATASETS = ("digits", "fashion_mnist", "cifar10", "imagenet", "places205", "voc07")
 MODELS = ("resnet_small", "resnet18_cifar", "resnet50", "alexnet", "alexnet_cifar", "vgg19")
-TASKS = ("labels", "rotnet", "exemplar", "npid", "s4l")
+TASKS = ("labels", "rotnet", "exemplar", "npid", "s4l", "simclr", "mocov2", "byol")
 LABEL_SUBSETS = ("images", "classes")
 # Named cut points of each model, input to output: prune.scope=<cut> prunes the layers up to and
 # including that one (sslprune.model.cut_points maps each name to its parameters). Kept here,
@@ -94,12 +94,16 @@ class TaskConfig:
     label_fraction: float = 1.0
     label_subset: str = "images"
     subset_seed: int = 0
-    embedding: int = 128  # exemplar and npid: size of the (L2-normalised) embedding the head outputs
+    embedding: int = 128  # exemplar, npid (the head's size), simclr, mocov2, byol: the L2-normalised embedding
     margin: float = 0.5  # exemplar: triplet margin
-    temperature: float = 0.07  # npid: softmax temperature
+    temperature: float = 0.07  # npid, simclr, mocov2: softmax temperature
     negatives: int = 16384  # npid: negatives drawn from the memory bank per image
     bank_momentum: float = 0.5  # npid: memory-bank update momentum
     rotation_weight: float = 1.0  # s4l: weight of the rotation loss next to the label loss
+    # (the network's head outputs `hidden` units; the task's tail maps them to `embedding`)
+    hidden: int = 2048  # simclr, mocov2, byol: hidden width of the projection MLP (and of BYOL's predictor)
+    queue: int = 65536  # mocov2: keys in the queue
+    target_momentum: float = 0.996  # mocov2: the key encoder's momentum; byol: the EMA rate's base (rises to 1)
 
 
 @dataclass

@@ -160,8 +160,10 @@ def validate_task(key: str, t: TaskConfig) -> None:
         raise ConfigError(f"{key}.label_fraction={t.label_fraction} needs labels: only tasks labels and s4l use it "
                           f"(task {t.name!r} uses no labels)")
     _choice(f"{key}.label_subset", t.label_subset, LABEL_SUBSETS)
-    for k in ("embedding", "margin", "temperature", "negatives"):
+    for k in ("embedding", "margin", "temperature", "negatives", "hidden", "queue"):
         _positive(f"{key}.{k}", getattr(t, k))
+    if not (isinstance(t.target_momentum, (int, float)) and 0 <= t.target_momentum < 1):
+        raise ConfigError(f"{key}.target_momentum={t.target_momentum!r} must be in [0, 1)")
     if not 0 <= t.bank_momentum < 1:
         raise ConfigError(f"{key}.bank_momentum={t.bank_momentum} must be in [0, 1)")
     if t.rotation_weight < 0:
