@@ -300,8 +300,7 @@ def test_twins_train_their_dense_networks_in_the_papers_schedule_shape():
 # ------------------------------------------------------------------ Figure 3, reduced, to completion
 
 
-@pytest.mark.twin
-@pytest.mark.slow
+@pytest.mark.reproduction  # over an hour here: run by hand (`-m reproduction`), not in CI's tiers
 def test_reduced_modern_figure_3_runs_to_completion_and_tests_the_claims_for_each_new_signal(tmp_path):
     """Issue 24's twin: every signal at every level, every start at every re-trained level, and
     findings.md testing the paper's self-supervised claims for SimCLR, MoCo v2 and BYOL."""
@@ -326,21 +325,25 @@ def test_reduced_modern_figure_3_runs_to_completion_and_tests_the_claims_for_eac
 
 @pytest.mark.twin
 def test_reduced_figure_3_runs_to_completion_and_its_report_makes_sense(tmp_path):
+    """CI's reproduction check: the Figure-3 twin to completion at 2 of its 4 seeds (seeds=[0,1]),
+    which keeps `.ci/run` within its 35 minutes; the 4-seed run and its findings are
+    docs/reproduction.md's (benchmarks/seed_agreement.py measures how stable they are)."""
     store = tmp_path / "store"
-    p = cli("sslprune-run", "experiment=fig3_imagenet_resnet50_small", f"store={store}", timeout=3000)
+    p = cli("sslprune-run", "experiment=fig3_imagenet_resnet50_small", f"store={store}", "seeds=[0,1]", timeout=3000)
     assert "ran " in p.stdout
-    cfg = load("fig3_imagenet_resnet50_small", f"store={store}")
+    cfg = load("fig3_imagenet_resnet50_small", f"store={store}", "seeds=[0,1]")
     summary = list(csv.DictReader(open(store / "reports" / cfg.experiment / "summary.csv")))
     levels = list(range(cfg.prune.levels + 1))
     assert cfg.prune.levels == 20 and cfg.retrain.levels == [0, 4, 8, 12, 16, 20]
     schemes = ["winning_ticket", "random_reinit", "random", "random_adjusted"]
     # Every signal at every level of IMP, every re-training start at every re-trained level, each the
-    # mean of the twin's 4 seeds.
+    # mean of the two seeds run.
     for signal in ("labels", "rotnet", "exemplar"):
         for evaluation in ["pretext"] + schemes:
             got = sorted(int(s["level"]) for s in summary if s["signal"] == signal and s["evaluation"] == evaluation)
             assert got == (levels if evaluation == "pretext" else cfg.retrain.levels), (signal, evaluation, got)
-    assert cfg.seeds == [0, 1, 2, 3] and all(int(s["count"]) == 4 for s in summary)
+    assert load("fig3_imagenet_resnet50_small").seeds == [0, 1, 2, 3]  # the preset's own
+    assert cfg.seeds == [0, 1] and all(int(s["count"]) == 2 for s in summary)
     # Fraction remaining is 0.8^L, up to the one weight per level that ceil() may round.
     total = files.read_json(next(store.glob("imp/*/seed_0/level_0/sparsity_report.json")))["global"]["total"]
     for s in summary:
