@@ -21,7 +21,9 @@ A task's protocol (all but `prepare` and `loss` have defaults in `Labels`):
                                  `loader.train_labels`) takes it here
 
 One module per family: classification (Labels, MultiLabel), rotation (RotNet, S4L), exemplar,
-npid; every collective they need is sslprune.compute.distributed's. `make` picks one by name.
+npid; every collective they need is sslprune.compute.distributed's. `make` builds one through the
+door every task goes through (sslprune.compute.factory): a built-in by name, or a config's `_target_`.
+The protocol as a `typing.Protocol`: sslprune.compute.protocol.Task (docs/extending.md).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from .classification import Labels, MultiLabel
 from .exemplar import Exemplar
 from .npid import NPID
 from .rotation import RotNet, S4L
+from . import factory
 
 from ..core.errors import ConfigError
 from ..core.schema import TaskConfig, TASKS
@@ -39,18 +42,39 @@ def labels(data):
     return make(TaskConfig("labels"), data)
 
 
-def make(cfg: TaskConfig, data):
-    """The task of a config on a data set (`data` is a dataset.MemoryData / FolderData)."""
-    if cfg.name == "labels" and getattr(data, "multilabel", False):
+# The built-in tasks: the first implementations of the Task protocol (sslprune.compute.protocol),
+# built through the same door as a config's `_target_`, with the task config as their argument.
+def labels_task(data, cfg: TaskConfig):
+    if getattr(data, "multilabel", False):
         return MultiLabel(data.num_classes, getattr(data, "classes", ()))
-    if cfg.name == "labels":
-        return Labels(data.num_classes)
-    if cfg.name == "rotnet":
-        return RotNet()
-    if cfg.name == "exemplar":
-        return Exemplar(cfg, data.mean, data.std)
-    if cfg.name == "npid":
-        return NPID(cfg, data.num_classes)
-    if cfg.name == "s4l":
-        return S4L(data.num_classes, cfg.rotation_weight)
-    raise ConfigError(f"task.name={cfg.name!r} is not one of {', '.join(TASKS)}")
+    return Labels(data.num_classes)
+
+
+def rotnet(data, cfg: TaskConfig):
+    return RotNet()
+
+
+def exemplar(data, cfg: TaskConfig):
+    return Exemplar(cfg, data.mean, data.std)
+
+
+def npid(data, cfg: TaskConfig):
+    return NPID(cfg, data.num_classes)
+
+
+def s4l(data, cfg: TaskConfig):
+    return S4L(data.num_classes, cfg.rotation_weight)
+
+
+BUILTIN = {name: f"{__name__}.{'labels_task' if name == 'labels' else name}" for name in TASKS}
+
+
+def make(cfg: TaskConfig, data):
+    """The task of a config on a data set (`data` is a dataset.MemoryData / FolderData, or what a
+    data set's `_target_` returned): `task._target_` called with `data` and the node's keyword
+    arguments, or the built-in of `task.name` with the task config."""
+    if cfg._target_ is not None:
+        return factory.build("task._target_", cfg._target_, cfg.kwargs, data=data)
+    if cfg.name not in BUILTIN:
+        raise ConfigError(f"task.name={cfg.name!r} is not one of {', '.join(TASKS)}")
+    return factory.build("task.name", BUILTIN[cfg.name], {"cfg": cfg}, data=data)

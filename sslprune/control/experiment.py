@@ -112,7 +112,7 @@ def check_inputs(cfg: Config) -> None:
         for i, d in enumerate(ev.datasets):  # the evaluated network's first layer must take these images
             for name in ev.signals:
                 mine, theirs = load(d), load(signal_data(cfg, name))
-                if mine.channels != theirs.channels:
+                if None not in (mine.channels, theirs.channels) and mine.channels != theirs.channels:
                     raise ConfigError(f"{key}.datasets[{i}] ({mine.name}, {mine.channels} channels) cannot evaluate "
                                       f"signal {name}, trained on {theirs.name} ({theirs.channels} channels)")
     for name, sig in cfg.signals.items():
@@ -121,7 +121,7 @@ def check_inputs(cfg: Config) -> None:
                               f"single-label data, {signal_data(cfg, name).name} is multi-label")
         if sig.init_from is not None:  # the source network's first layer must take the target's images
             mine, theirs = load(signal_data(cfg, name)), load(signal_data(cfg, sig.init_from))
-            if mine.channels != theirs.channels:
+            if None not in (mine.channels, theirs.channels) and mine.channels != theirs.channels:
                 raise ConfigError(f"signals.{name}.init_from={sig.init_from}: {sig.init_from} trains on "
                                   f"{theirs.name} ({theirs.channels} channels) but {name} on {mine.name} "
                                   f"({mine.channels} channels)")
