@@ -60,7 +60,8 @@ def config(preset: str = "demo", *overrides: str, store: Optional[Union[str, Pat
     from .core.validation import check_keys, ready
 
     register_schema()
-    if preset not in presets():
+    plugin = any(o.startswith("hydra.searchpath=") for o in overrides)  # a plugin's experiment files
+    if preset not in presets() and not plugin:
         raise ConfigError(f"experiment={preset!r} is not a preset: one of {', '.join(presets())}")
     args = [f"experiment={preset}", *overrides] + ([f"store={store}"] if store is not None else [])
     # Inside a running Hydra app (or a notebook that initialised Hydra) compose with our own
