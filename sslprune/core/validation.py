@@ -27,10 +27,11 @@ def check_keys(tree: Mapping, schema: type = None) -> None:
     """Raise ConfigError naming the first key of `tree` (a composed config as plain dicts and lists)
     that `schema` does not have, with the closest schema key when there is one.
 
-    Hydra's `+key=value` adds keys to a typed config without complaint and OmegaConf.to_object then
+    Hydra's `+key=value` adds keys to a typed config without complaint and schema.from_dict then
     drops them, so a typo (`+prune.rat=0.5`) would run with the default silently. Free-form maps
     (`Dict[str, Any]`, e.g. launcher.additional_parameters) take any key; maps and lists of schema
-    objects (signals, probe.datasets) have each entry checked."""
+    objects (signals, probe.datasets) have each entry checked. A node with a `_target_` takes any
+    key too: its other keys are the target's keyword arguments (checked when a stage starts)."""
     _walk(tree, schema or Config, "")
 
 
