@@ -355,9 +355,9 @@ def builtin(schema: type) -> tuple:
 
 
 def _open_default(schema: type) -> dict:
-    out = to_dict(schema())
-    out.pop("kwargs")  # a target's arguments are the node's own other keys
-    return out
+    # `kwargs` stays (empty): `model.kwargs.depth=26` is another spelling of `+model.depth=26`, and
+    # `--cfg job` prints what the typed config holds.
+    return to_dict(schema())
 
 
 def _composable_hint(hint: Any) -> Any:
