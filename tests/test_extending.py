@@ -247,6 +247,44 @@ def test_the_plugin_runs_end_to_end_through_report_findings_and_offline_wandb(pl
 
 
 @pytest.mark.slow
+def test_a_stage_trains_on_a_data_set_target(plugin, tmp_path):
+    cfg = _config(tmp_path, "data._target_=patchpos.data.stripes", "data.name=stripes", "+data.n_train=512",
+                  "retrain.data._target_=patchpos.data.stripes", "retrain.data.name=stripes",
+                  "signals.labels.optim.epochs=15", "signals.labels.optim.milestones=[]", "model.width=4")
+    result = api.run_stage(cfg, "imp labels seed=0 level=0")
+    assert result["accuracy"] > 0.5  # 4 stripe orientations: chance is 0.25
+    assert chain_identity(cfg, "labels")["data"] == {"name": "stripes", "_target_": "patchpos.data.stripes",
+                                                     "kwargs": {"n_train": 512}}
+
+
+@pytest.mark.slow
+def test_the_plugin_installs_as_a_package_and_is_found_there(tmp_path):
+    import shutil
+
+    from test_install import _builder
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    src = tmp_path / "src"
+    shutil.copytree(PLUGIN, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    builder, isolation = _builder(env)
+    subprocess.run([builder, "-m", "pip", "install", "-q", "--no-deps", *isolation, "--target", tmp_path / "site", src],
+                   check=True, env=env, cwd=tmp_path, timeout=600)
+    code = f"""
+import patchpos
+from sslprune import api
+from sslprune.compute import dataset, model, task
+cfg = api.config("patch_position", {SEARCH!r}, store={str(tmp_path / 'store')!r})
+net = model.build(cfg.model, 1, 4, 0)
+pp = task.make(cfg.signals["patch"].task, dataset.load(cfg.data))
+print(patchpos.__file__, net.backbone.out_features, pp.num_outputs)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                         env={**env, "PYTHONPATH": str(tmp_path / "site")})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(tmp_path / "site" / "patchpos" / "__init__.py"), "16", "4"]
+
+
+@pytest.mark.slow
 def test_a_kill_9_of_the_plugin_stage_resumes_bit_for_bit(plugin, tmp_path):
     import torch
 

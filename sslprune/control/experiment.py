@@ -98,6 +98,8 @@ def check_inputs(cfg: Config) -> None:
     for data_key, data_cfg, optim_key, optim, signal in uses:
         data = load(data_cfg)
         # An ImageFolder tree is counted up to one batch (a smaller one failed once its stage had started).
+        if data_cfg._target_ is not None:
+            continue  # the user's data set: its size is known once a stage loads it
         n = data.train_count if data.in_memory else catalog.folder_images(data_cfg, optim.batch_size)
         if n is None:
             continue
