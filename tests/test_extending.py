@@ -140,7 +140,10 @@ def test_builtins_and_the_plugin_meet_the_protocols_through_one_door(plugin):
     from sslprune.compute import dataset, model, protocol, task
     from sslprune.compute.model import CifarResNet
 
+    from sslprune.core.schema import MODELS, TASKS
+
     data = dataset.load(DataConfig(name="digits"))
+    assert tuple(model.BUILTIN) == MODELS and tuple(task.BUILTIN) == TASKS  # every built-in name is built here
     for name, path in model.BUILTIN.items():
         assert path == f"sslprune.compute.model.{name}"
         net = model.build(ModelConfig(name=name, width=2), 1, 4, 0)

@@ -66,7 +66,9 @@ def s4l(data, cfg: TaskConfig):
     return S4L(data.num_classes, cfg.rotation_weight)
 
 
-BUILTIN = {name: f"{__name__}.{'labels_task' if name == 'labels' else name}" for name in TASKS}
+# task.name -> the import path of its factory, called as factory(data=..., cfg=<TaskConfig>).
+BUILTIN = {"labels": f"{__name__}.labels_task", "rotnet": f"{__name__}.rotnet", "exemplar": f"{__name__}.exemplar",
+           "npid": f"{__name__}.npid", "s4l": f"{__name__}.s4l"}
 
 
 def make(cfg: TaskConfig, data):
