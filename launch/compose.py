@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sslprune.core.errors import (ConfigError, DataCorrupt, DataMissing, MissingInput, NonFiniteLoss,  # torch-free
                                   StoreError, Unsafe)
-from sslprune.core.schema import Config
+from sslprune.core.schema import Config, from_dict
 from sslprune.core.validation import check_keys, ready
 from sslprune.api import register_schema
 
@@ -32,8 +32,8 @@ def typed(cfg: DictConfig, writes: bool = False, announce: bool = True) -> Confi
     (main) process: its one state line comes before any work, and worker processes inherit the
     decision instead of each printing it again (wandb_mode.announce). Apps that never log to
     W&B (status, sync) pass False."""
-    check_keys(OmegaConf.to_container(cfg, resolve=False))  # before to_object drops unknown keys
-    obj = ready(OmegaConf.to_object(cfg), writes)
+    check_keys(OmegaConf.to_container(cfg, resolve=False))  # before from_dict drops unknown keys
+    obj = ready(from_dict(OmegaConf.to_container(cfg, resolve=True)), writes)
     if announce:
         from sslprune.control import wandb_mode
 

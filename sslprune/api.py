@@ -41,7 +41,9 @@ def register_schema() -> None:
     (`sslprune_schema`): the apps (launch/compose.py) and `config` compose against it."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="sslprune_schema", node=Config)
+    from .core.schema import composable
+
+    ConfigStore.instance().store(name="sslprune_schema", node=composable())
 
 
 def config(preset: str = "demo", *overrides: str, store: Optional[Union[str, Path]] = None) -> Config:
@@ -54,10 +56,12 @@ def config(preset: str = "demo", *overrides: str, store: Optional[Union[str, Pat
     from omegaconf.errors import OmegaConfBaseException
 
     from .control import hydra_globals
+    from .core.schema import from_dict
     from .core.validation import check_keys, ready
 
     register_schema()
-    if preset not in presets():
+    plugin = any(o.startswith("hydra.searchpath=") for o in overrides)  # a plugin's experiment files
+    if preset not in presets() and not plugin:
         raise ConfigError(f"experiment={preset!r} is not a preset: one of {', '.join(presets())}")
     args = [f"experiment={preset}", *overrides] + ([f"store={store}"] if store is not None else [])
     # Inside a running Hydra app (or a notebook that initialised Hydra) compose with our own
@@ -68,8 +72,8 @@ def config(preset: str = "demo", *overrides: str, store: Optional[Union[str, Pat
                 composed = compose(config_name="config", overrides=args)
             except (HydraException, OmegaConfBaseException) as e:  # a bad override: say which, in one line
                 raise ConfigError(str(e).strip().splitlines()[0]) from e
-        check_keys(OmegaConf.to_container(composed, resolve=False))  # before to_object drops unknown keys
-        return ready(OmegaConf.to_object(composed))
+        check_keys(OmegaConf.to_container(composed, resolve=False))  # before from_dict drops unknown keys
+        return ready(from_dict(OmegaConf.to_container(composed, resolve=True)))
 
 
 def _table(rows: list[dict]):

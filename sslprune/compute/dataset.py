@@ -8,6 +8,7 @@ CSV lists, VOC07's ImageSets and Annotations, sslprune.voc).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -17,8 +18,9 @@ import torch
 
 from ..core import catalog, voc
 from ..core.catalog import NUM_CLASSES, root_of
-from ..core.errors import DataCorrupt
+from ..core.errors import ConfigError, DataCorrupt
 from ..core.schema import DataConfig
+from . import factory
 
 
 @dataclass
@@ -147,7 +149,17 @@ _CACHE: dict = {}
 
 
 def load(cfg: DataConfig):
-    """MemoryData or FolderData for a data config (small data sets are cached per process)."""
+    """MemoryData or FolderData for a data config (small data sets are cached per process).
+
+    `data._target_`: the user's function, called with the node's keyword arguments, returns a
+    MemoryData (sslprune.compute.protocol.DataSet); it is named data.name, and the limits apply."""
+    if cfg._target_ is not None:
+        data = factory.build("data._target_", cfg._target_, cfg.kwargs)
+        if not isinstance(data, MemoryData):
+            raise ConfigError(f"data._target_={cfg._target_} returned a {type(data).__name__}, not a "
+                              "sslprune.compute.dataset.MemoryData (docs/extending.md)")
+        return dataclasses.replace(data, name=cfg.name, train=_limit(data.train, cfg.train_limit),
+                                   test=_limit(data.test, cfg.test_limit))
     catalog.check(cfg)
     root = root_of(cfg)
     if cfg.name == "voc07":

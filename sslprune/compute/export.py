@@ -125,6 +125,11 @@ def write(stage: Stage, out: Path) -> dict:
     tv = not loads_into.startswith("sslprune")
     in_channels = next(v for v in weights.values() if v.dim() == 4).shape[1]
     num_outputs = weights["head.weight"].shape[0]
+    model = {"name": cfg.model.name, "width": cfg.model.width}
+    if cfg.model._target_ is not None:  # a network of your own loads into what its target builds
+        model = {"name": cfg.model.name, "_target_": cfg.model._target_, "kwargs": cfg.model.kwargs}
+        loads_into = (f"sslprune.compute.model.build(ModelConfig(name={cfg.model.name!r}, "
+                      f"_target_={cfg.model._target_!r}, kwargs={cfg.model.kwargs!r}), {in_channels}, {num_outputs}, 0)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sizes = {"model.pt": _save(state, out / "model.pt"), "mask.pt": _save(mask, out / "mask.pt"),
@@ -134,7 +139,7 @@ def write(stage: Stage, out: Path) -> dict:
         "level": stage.level, "kind": stage.kind, "scheme": getattr(stage, "scheme", None),
         "evaluation": stage.evaluation, "accuracy": result["accuracy"], "metric": result.get("metric", "top1"),
         "remaining": result["remaining"], "stage_dir": str(stage.dir),
-        "model": {"name": cfg.model.name, "width": cfg.model.width}, "in_channels": in_channels,
+        "model": model, "in_channels": in_channels,
         "num_outputs": num_outputs, "loads_into": loads_into, "torchvision": tv,
         **{k: result[k] for k in (*costs.FIELDS, "input_size") if k in result},
         "bytes": sizes, "compact_vs_dense": sizes["compact.pt"] / sizes["model.pt"],

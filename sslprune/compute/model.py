@@ -16,6 +16,7 @@ from torch import nn
 
 from ..core.errors import ConfigError
 from ..core.schema import ModelConfig, CUT_POINTS, MODELS
+from . import factory
 
 
 class BasicBlock(nn.Module):
@@ -220,25 +221,49 @@ def seeded_linear(in_features: int, out_features: int, generator: torch.Generato
 HEAD = "head."  # parameter-name prefix of the last fully-connected layer: never pruned
 
 
+# The built-in backbones: the first implementations of the Backbone protocol
+# (sslprune.compute.protocol), built through the same door as a config's `_target_`.
+def resnet_small(in_channels: int, width: int) -> CifarResNet:
+    return CifarResNet(in_channels, [1, 1, 1], [width, 2 * width, 4 * width])
+
+
+def resnet18_cifar(in_channels: int, width: int) -> CifarResNet:
+    return CifarResNet(in_channels, [2, 2, 2, 2], [width, 2 * width, 4 * width, 8 * width])
+
+
+def resnet50(in_channels: int, width: int) -> TorchvisionBackbone:  # width is torchvision's width_per_group
+    return TorchvisionBackbone("resnet50", in_channels, width)
+
+
+def alexnet(in_channels: int, width: int) -> AlexNet:
+    return AlexNet(in_channels, width)
+
+
+def alexnet_cifar(in_channels: int, width: int) -> AlexNet:
+    return AlexNet(in_channels, width, ALEXNET_CIFAR, grid=4)
+
+
+def vgg19(in_channels: int, width: int) -> VGG:
+    return VGG(in_channels, width)
+
+
+BUILTIN = {name: f"{__name__}.{name}" for name in MODELS}  # model.name -> its import path
+
+
 def build(cfg: ModelConfig, in_channels: int, num_outputs: int, seed: int) -> Network:
-    """Build a network with weights drawn from `seed` alone (independent of global RNG state)."""
-    if cfg.name not in MODELS:
+    """Build a network with weights drawn from `seed` alone (independent of global RNG state).
+
+    The backbone comes from `model._target_` (called with in_channels and the node's keyword
+    arguments) or from the built-in of `model.name` (with `width`); the head is sslprune's."""
+    if cfg._target_ is None and cfg.name not in MODELS:
         raise ConfigError(f"model.name={cfg.name!r} is not one of {', '.join(MODELS)}")
+    path, kwargs = (cfg._target_, cfg.kwargs) if cfg._target_ is not None else (BUILTIN[cfg.name], {"width": cfg.width})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        w = cfg.width
-        if cfg.name == "resnet_small":
-            backbone = CifarResNet(in_channels, [1, 1, 1], [w, 2 * w, 4 * w])
-        elif cfg.name == "resnet18_cifar":
-            backbone = CifarResNet(in_channels, [2, 2, 2, 2], [w, 2 * w, 4 * w, 8 * w])
-        elif cfg.name == "resnet50":  # width is torchvision's width_per_group (64 = standard)
-            backbone = TorchvisionBackbone("resnet50", in_channels, w)
-        elif cfg.name == "alexnet":
-            backbone = AlexNet(in_channels, w)
-        elif cfg.name == "alexnet_cifar":
-            backbone = AlexNet(in_channels, w, ALEXNET_CIFAR, grid=4)
-        else:  # vgg19
-            backbone = VGG(in_channels, w)
+        backbone = factory.build("model._target_", path, kwargs, in_channels=in_channels)
+        if not isinstance(getattr(backbone, "out_features", None), int):
+            raise ConfigError(f"model._target_={path} built a {type(backbone).__name__} without an integer "
+                              "`out_features` (the size of its penultimate features; docs/extending.md)")
         return Network(backbone, num_outputs)
 
 

@@ -26,7 +26,7 @@ from ..core.schema import OptimConfig
 from ..core.stage import DONE, OUTPUTS, Stage
 from ..core.start import Start
 from . import checkpoint, dataset, loader as loaders, mask as masks, model as models, seed as seeds, task as tasks
-from . import cost as costs, sparsity, subset as subsets
+from . import cost as costs, factory, sparsity, subset as subsets
 from .runtime import Runtime, from_environment, local
 from .trainer import Fit, evaluate, fit
 
@@ -75,6 +75,9 @@ def run(stage: Stage, rt=None, interrupt=None, started: Optional[float] = None, 
     until the process group's timeout (30 minutes)."""
     if rt == "environment":
         return run(stage, from_environment(stage.cfg.run), interrupt, started, observer, mirror)
+    # A target's module imported and its keyword arguments checked before anything is decided or
+    # written: a misspelt argument is one line naming it, and the stage's folder stays untouched.
+    factory.check_config(stage.cfg, stage.signal)
     if rt is not None and rt.world > 1 and not rt.is_writer:
         decision = rt.decide(COMPUTE)
         if decision == FOUND_DONE:

@@ -30,7 +30,10 @@ A task's protocol (all but `prepare` and `loss` have defaults in `Labels`):
                                  number of updates done: the momentum / EMA target update, queue push
 
 One module per family: classification (Labels, MultiLabel), rotation (RotNet, S4L), exemplar,
-npid, contrastive (SimCLR), momentum (MoCoV2, BYOL); every collective they need is sslprune.compute.distributed's. `make` picks one by name.
+npid, contrastive (SimCLR), momentum (MoCoV2, BYOL); every collective they need is
+sslprune.compute.distributed's. `make` builds one through the door every task goes through
+(sslprune.compute.factory): a built-in by name, or a config's `_target_`.
+The protocol as a `typing.Protocol`: sslprune.compute.protocol.Task (docs/extending.md).
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ from .exemplar import Exemplar
 from .momentum import BYOL, MoCoV2
 from .npid import NPID
 from .rotation import RotNet, S4L
+from . import factory
 
 from ..core.errors import ConfigError
 from ..core.schema import TaskConfig, TASKS
@@ -50,24 +54,54 @@ def labels(data):
     return make(TaskConfig("labels"), data)
 
 
-def make(cfg: TaskConfig, data):
-    """The task of a config on a data set (`data` is a dataset.MemoryData / FolderData)."""
-    if cfg.name == "labels" and getattr(data, "multilabel", False):
+# The built-in tasks: the first implementations of the Task protocol (sslprune.compute.protocol),
+# built through the same door as a config's `_target_`, with the task config as their argument.
+def labels_task(data, cfg: TaskConfig):
+    if getattr(data, "multilabel", False):
         return MultiLabel(data.num_classes, getattr(data, "classes", ()))
-    if cfg.name == "labels":
-        return Labels(data.num_classes)
-    if cfg.name == "rotnet":
-        return RotNet()
-    if cfg.name == "exemplar":
-        return Exemplar(cfg, data.mean, data.std)
-    if cfg.name == "npid":
-        return NPID(cfg, data.num_classes)
-    if cfg.name == "s4l":
-        return S4L(data.num_classes, cfg.rotation_weight)
-    if cfg.name == "simclr":
-        return SimCLR(cfg, data)
-    if cfg.name == "mocov2":
-        return MoCoV2(cfg, data)
-    if cfg.name == "byol":
-        return BYOL(cfg, data)
-    raise ConfigError(f"task.name={cfg.name!r} is not one of {', '.join(TASKS)}")
+    return Labels(data.num_classes)
+
+
+def rotnet(data, cfg: TaskConfig):
+    return RotNet()
+
+
+def exemplar(data, cfg: TaskConfig):
+    return Exemplar(cfg, data.mean, data.std)
+
+
+def npid(data, cfg: TaskConfig):
+    return NPID(cfg, data.num_classes)
+
+
+def s4l(data, cfg: TaskConfig):
+    return S4L(data.num_classes, cfg.rotation_weight)
+
+
+def simclr(data, cfg: TaskConfig):
+    return SimCLR(cfg, data)
+
+
+def mocov2(data, cfg: TaskConfig):
+    return MoCoV2(cfg, data)
+
+
+def byol(data, cfg: TaskConfig):
+    return BYOL(cfg, data)
+
+
+# task.name -> the import path of its factory, called as factory(data=..., cfg=<TaskConfig>).
+BUILTIN = {"labels": f"{__name__}.labels_task", "rotnet": f"{__name__}.rotnet", "exemplar": f"{__name__}.exemplar",
+           "npid": f"{__name__}.npid", "s4l": f"{__name__}.s4l", "simclr": f"{__name__}.simclr",
+           "mocov2": f"{__name__}.mocov2", "byol": f"{__name__}.byol"}
+
+
+def make(cfg: TaskConfig, data):
+    """The task of a config on a data set (`data` is a dataset.MemoryData / FolderData, or what a
+    data set's `_target_` returned): `task._target_` called with `data` and the node's keyword
+    arguments, or the built-in of `task.name` with the task config."""
+    if cfg._target_ is not None:
+        return factory.build("task._target_", cfg._target_, cfg.kwargs, data=data)
+    if cfg.name not in BUILTIN:
+        raise ConfigError(f"task.name={cfg.name!r} is not one of {', '.join(TASKS)}")
+    return factory.build("task.name", BUILTIN[cfg.name], {"cfg": cfg}, data=data)

@@ -98,6 +98,8 @@ def check_inputs(cfg: Config) -> None:
     for data_key, data_cfg, optim_key, optim, signal in uses:
         data = load(data_cfg)
         # An ImageFolder tree is counted up to one batch (a smaller one failed once its stage had started).
+        if data_cfg._target_ is not None:
+            continue  # the user's data set: its size is known once a stage loads it
         n = data.train_count if data.in_memory else catalog.folder_images(data_cfg, optim.batch_size)
         if n is None:
             continue
@@ -112,7 +114,7 @@ def check_inputs(cfg: Config) -> None:
         for i, d in enumerate(ev.datasets):  # the evaluated network's first layer must take these images
             for name in ev.signals:
                 mine, theirs = load(d), load(signal_data(cfg, name))
-                if mine.channels != theirs.channels:
+                if None not in (mine.channels, theirs.channels) and mine.channels != theirs.channels:
                     raise ConfigError(f"{key}.datasets[{i}] ({mine.name}, {mine.channels} channels) cannot evaluate "
                                       f"signal {name}, trained on {theirs.name} ({theirs.channels} channels)")
     for name, sig in cfg.signals.items():
@@ -121,7 +123,7 @@ def check_inputs(cfg: Config) -> None:
                               f"single-label data, {signal_data(cfg, name).name} is multi-label")
         if sig.init_from is not None:  # the source network's first layer must take the target's images
             mine, theirs = load(signal_data(cfg, name)), load(signal_data(cfg, sig.init_from))
-            if mine.channels != theirs.channels:
+            if None not in (mine.channels, theirs.channels) and mine.channels != theirs.channels:
                 raise ConfigError(f"signals.{name}.init_from={sig.init_from}: {sig.init_from} trains on "
                                   f"{theirs.name} ({theirs.channels} channels) but {name} on {mine.name} "
                                   f"({mine.channels} channels)")

@@ -26,13 +26,21 @@ from ..core import store as files
 from ..core.rewind import REWIND
 from ..core.schema import CUT_POINTS, Config
 from ..core.sweep import signal_prune
-from .claims import CLAIMS, Claim, Term
+from .claims import CLAIMS, SELF_SUPERVISED, Claim, Term
 from .spread import mean_stderr
 from .verdict import (NOT_TESTED, STABLE, counted, leave_one_seed_out, level_stability, met, stability,
                       tied_level, verdict)
 
 COLUMNS = ["experiment", "claim", "subject", "evaluation", "comparison", "expect", "level", "remaining", "mean",
            "stderr", "count", "met", "verdict", "stability", "verdict_stability"]
+
+
+def _among(task, tasks: tuple) -> bool:
+    """Whether a claim about `tasks` is about this signal's task. A task of a `_target_` (a user's
+    pretext task) is not labels: a claim about the self-supervised signals is about it too."""
+    if task._target_ is not None:
+        return set(SELF_SUPERVISED) <= set(tasks)
+    return task.name in tasks
 
 
 def _zero(rewind: str) -> bool:
@@ -48,7 +56,9 @@ class _Signals:
         self.names = sorted(cfg.signals)
         self.first_scope = None
         order = ("all",) + CUT_POINTS.get(cfg.model.name, ())
-        scopes = sorted({self.scope(n) for n in self.names} - {"all"}, key=order.index)
+        # A network of a `_target_` has cut points the control plane cannot know: its scopes by name.
+        scopes = sorted({self.scope(n) for n in self.names} - {"all"},
+                        key=lambda s: (order.index(s) if s in order else len(order), s))
         if scopes:
             self.first_scope = scopes[0]
 
@@ -68,7 +78,7 @@ class _Signals:
         out = []
         for n in self.names:
             t = self.task(n)
-            if t.name not in claim.tasks or self.source(n) is not None:
+            if not _among(t, claim.tasks) or self.source(n) is not None:
                 continue
             if claim.labels == "all" and t.label_fraction < 1 or claim.labels == "subset" and t.label_fraction >= 1:
                 continue

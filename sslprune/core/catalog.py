@@ -315,7 +315,11 @@ def check(cfg: DataConfig) -> None:
 
 
 def facts(cfg: DataConfig) -> Facts:
-    """A data set's facts, its files checked on the way (DataMissing / DataCorrupt naming the file)."""
+    """A data set's facts, its files checked on the way (DataMissing / DataCorrupt naming the file).
+
+    A data set of a `_target_` is the user's code: nothing is known before it runs (None)."""
+    if cfg._target_ is not None:
+        return Facts(cfg.name, None, None, None)
     if cfg.name not in DATASETS:
         raise ConfigError(f"data.name={cfg.name!r} is not one of {', '.join(DATASETS)}")
     if cfg.name == "digits":

@@ -11,9 +11,12 @@ runs of the new default get new ones.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
+
+from .errors import ConfigError
 
 DATASETS = ("digits", "fashion_mnist", "cifar10", "imagenet", "places205", "voc07")
 MODELS = ("resnet_small", "resnet18_cifar", "resnet50", "alexnet", "alexnet_cifar", "vgg19")
@@ -68,6 +71,10 @@ class DataConfig:
     # device (nvjpeg on a GPU), the workers only reading files; `workers` in the DataLoader workers
     # (PIL, the CPU path); `auto` = device on a GPU, workers on CPU. The same crops either way.
     decode: str = runtime("auto")
+    # Your own data set (docs/extending.md): the import path of a function returning a data set, called with the node's
+    # other keys as keyword arguments (`kwargs`, kept apart from the schema's own keys). null = built-in.
+    _target_: Optional[str] = None
+    kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -82,6 +89,10 @@ class ModelConfig:
     # `shared` gives every signal of a seed the same start (what ran before this field existed; an
     # ablation). Fresh weights of re-training (random re-init, random) are shared either way.
     init: str = legacy("per_signal", before="shared")
+    # Your own network (docs/extending.md): the import path of a backbone class or function, called with the node's
+    # other keys as keyword arguments (`kwargs`, kept apart from the schema's own keys). null = built-in.
+    _target_: Optional[str] = None
+    kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -104,6 +115,10 @@ class TaskConfig:
     hidden: int = 2048  # simclr, mocov2, byol: hidden width of the projection MLP (and of BYOL's predictor)
     queue: int = 65536  # mocov2: keys in the queue
     target_momentum: float = 0.996  # mocov2: the key encoder's momentum; byol: the EMA rate's base (rises to 1)
+    # Your own task (docs/extending.md): the import path of a task class or function, called with the node's
+    # other keys as keyword arguments (`kwargs`, kept apart from the schema's own keys). null = built-in.
+    _target_: Optional[str] = None
+    kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -332,26 +347,103 @@ class Config:
 
 
 
+# Nodes a `_target_` can name: Hydra composes them as open maps (`composable`), so a target's
+# keyword arguments sit beside it (`model: {_target_: my_lab.nets.build, depth: 26}`).
+OPEN = (DataConfig, ModelConfig, TaskConfig)
+_COMPOSABLE: dict = {}
+
+
+def builtin(schema: type) -> tuple:
+    """The built-in names of an OPEN node's kind."""
+    return {DataConfig: DATASETS, ModelConfig: MODELS, TaskConfig: TASKS}[schema]
+
+
+def _open_default(schema: type) -> dict:
+    # `kwargs` stays (empty): `model.kwargs.depth=26` is another spelling of `+model.depth=26`, and
+    # `--cfg job` prints what the typed config holds.
+    return to_dict(schema())
+
+
+def _composable_hint(hint: Any) -> Any:
+    if hint in OPEN:
+        return Dict[str, Any]
+    if dataclasses.is_dataclass(hint):
+        return composable(hint)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return Optional[_composable_hint(next(a for a in args if a is not type(None)))]
+    if origin in (list, List) and args:
+        return List[_composable_hint(args[0])]
+    if origin in (dict, Dict) and len(args) == 2:
+        return Dict[args[0], _composable_hint(args[1])]
+    return hint
+
+
+def composable(schema: type = None) -> type:
+    """The schema Hydra composes into (registered as `sslprune_schema`): `schema`'s dataclasses with
+    every OPEN node a `Dict[str, Any]` holding its defaults, so it takes a target's keyword
+    arguments as keys. `from_dict` turns the composed tree back into the typed schema."""
+    schema = schema or Config
+    if schema not in _COMPOSABLE:
+        hints = typing.get_type_hints(schema)
+        made = []
+        for f in dataclasses.fields(schema):
+            hint = hints[f.name]
+            if hint in OPEN:
+                spec = field(default_factory=functools.partial(_open_default, hint))
+            elif dataclasses.is_dataclass(hint):
+                spec = field(default_factory=composable(hint))
+            elif f.default_factory is not dataclasses.MISSING:
+                spec = field(default_factory=f.default_factory)
+            else:
+                spec = field(default=f.default)
+            made.append((f.name, _composable_hint(hint), spec))
+        _COMPOSABLE[schema] = dataclasses.make_dataclass(schema.__name__, made)
+    return _COMPOSABLE[schema]
+
+
+def _typed(value: Any, hint: Any, at: str) -> Any:
+    """A scalar of an OPEN node (Hydra no longer types those): ints where floats go, else refused."""
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    kinds = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    if hint in kinds and (not isinstance(value, hint) or hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{at}={value!r} must be {kinds[hint]}")
+    return value
+
+
 def to_dict(cfg: Any) -> Any:
     """A config as plain JSON data (every field, defaults included): what a job record carries."""
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
 
 
-def from_dict(data: Any, schema: Any = None) -> Any:
-    """The inverse of to_dict: a typed Config (or any schema dataclass) from plain data."""
+def from_dict(data: Any, schema: Any = None, at: str = "") -> Any:
+    """The inverse of to_dict: a typed Config (or any schema dataclass) from plain data; also the
+    composed tree of the `composable` schema, whose OPEN nodes' other keys become `kwargs`."""
     schema = schema or Config
     if dataclasses.is_dataclass(schema):
         hints = typing.get_type_hints(schema)
-        return schema(**{f.name: from_dict(data[f.name], hints[f.name]) for f in dataclasses.fields(schema)
-                         if f.name in data})
+        names = {f.name for f in dataclasses.fields(schema)}
+        out = schema(**{f.name: from_dict(data[f.name], hints[f.name], f"{at}.{f.name}" if at else f.name)
+                        for f in dataclasses.fields(schema) if f.name in data})
+        if schema in OPEN:
+            for f in dataclasses.fields(schema):
+                if f.name in data and f.name != "kwargs":
+                    setattr(out, f.name, _typed(getattr(out, f.name), hints[f.name], f"{at}.{f.name}"))
+            out.kwargs = {**out.kwargs, **{k: v for k, v in data.items() if k not in names}}
+            if out._target_ is not None and out.name in builtin(schema):
+                # A target left with the preset's built-in name would be reported as that network
+                # or task: it is named after its own last part instead (model.name sets another).
+                out.name = out._target_.rsplit(".", 1)[-1]
+        return out
     origin, args = typing.get_origin(schema), typing.get_args(schema)
     if data is None:
         return None
     if origin is typing.Union:  # Optional[X]
-        return from_dict(data, next(a for a in args if a is not type(None)))
+        return from_dict(data, next(a for a in args if a is not type(None)), at)
     if origin in (list, List):
-        return [from_dict(v, args[0] if args else Any) for v in data]
+        return [from_dict(v, args[0] if args else Any, f"{at}[{i}]") for i, v in enumerate(data)]
     if origin in (dict, Dict):
-        return {k: from_dict(v, args[1] if args else Any) for k, v in data.items()}
+        return {k: from_dict(v, args[1] if args else Any, f"{at}.{k}") for k, v in data.items()}
     return data
 

@@ -11,12 +11,12 @@ import typing
 from pathlib import Path
 from typing import Any, List, Mapping, Optional
 
-from . import store
+from . import store, target as targets
 from .errors import ConfigError
 from .rewind import REWIND
 from .schema import (CUT_POINTS, DATASETS, DECODES, DEVICES, INITS, LABEL_SUBSETS, LAUNCHERS, MODELS, OPTIMIZERS,
                      PROBE_FEATURES, SCHEDULES, SCHEMES, SVM_FEATURES, TASKS, WANDB_FALLBACKS, WANDB_MODES, Config,
-                     DataConfig, LauncherConfig, OptimConfig, TaskConfig, WandbConfig)
+                     DataConfig, LauncherConfig, OptimConfig, OPEN, builtin, TaskConfig, WandbConfig)
 from .sweep import expand
 
 
@@ -27,17 +27,21 @@ def check_keys(tree: Mapping, schema: type = None) -> None:
     """Raise ConfigError naming the first key of `tree` (a composed config as plain dicts and lists)
     that `schema` does not have, with the closest schema key when there is one.
 
-    Hydra's `+key=value` adds keys to a typed config without complaint and OmegaConf.to_object then
+    Hydra's `+key=value` adds keys to a typed config without complaint and schema.from_dict then
     drops them, so a typo (`+prune.rat=0.5`) would run with the default silently. Free-form maps
     (`Dict[str, Any]`, e.g. launcher.additional_parameters) take any key; maps and lists of schema
-    objects (signals, probe.datasets) have each entry checked."""
+    objects (signals, probe.datasets) have each entry checked. A node with a `_target_` takes any
+    key too: its other keys are the target's keyword arguments (checked when a stage starts)."""
     _walk(tree, schema or Config, "")
 
 
 def _walk(tree: Mapping, schema: type, at: str) -> None:
     hints = typing.get_type_hints(schema)
+    targeted = schema in OPEN and tree.get("_target_") is not None
     for key, value in tree.items():
         path = f"{at}.{key}" if at else str(key)
+        if key not in hints and targeted:
+            continue  # a keyword argument of the target (checked against it when its stage starts)
         if key not in hints:
             shown = json.dumps(value, default=str) if isinstance(value, (dict, list)) else value
             near = difflib.get_close_matches(str(key), list(hints), n=1)
@@ -100,8 +104,23 @@ def _count(key: str, value) -> None:
         raise ConfigError(f"{key}={value!r} must be an integer >= 0")
 
 
+def _target(key: str, node) -> bool:
+    """Check a node's `_target_` can be found (nothing is imported); True when it has one."""
+    if node._target_ is None:
+        if node.kwargs:
+            raise ConfigError(f"{key}.kwargs={node.kwargs} without {key}._target_: only a target takes them")
+        return False
+    targets.find(f"{key}._target_", node._target_)
+    _name(f"{key}.name", node.name)
+    if node.name in builtin(type(node)):
+        raise ConfigError(f"{key}.name={node.name!r} is a built-in name but {key}._target_={node._target_} is set: "
+                          "give yours its own name")
+    return True
+
+
 def validate_data(key: str, d: DataConfig) -> None:
-    _choice(f"{key}.name", d.name, DATASETS)
+    if not _target(key, d):
+        _choice(f"{key}.name", d.name, DATASETS)
     _choice(f"{key}.decode", d.decode, DECODES)
     _positive(f"{key}.image_size", d.image_size)
     _count(f"{key}.workers", d.workers)
@@ -153,7 +172,8 @@ def _rewind(key: str, value) -> tuple[float, str]:
 
 
 def validate_task(key: str, t: TaskConfig) -> None:
-    _choice(f"{key}.name", t.name, TASKS)
+    if not _target(key, t):
+        _choice(f"{key}.name", t.name, TASKS)
     if not (isinstance(t.label_fraction, (int, float)) and 0 < t.label_fraction <= 1):
         raise ConfigError(f"{key}.label_fraction={t.label_fraction!r} must be in (0, 1]")
     if t.label_fraction < 1 and t.name not in ("labels", "s4l"):
@@ -212,7 +232,8 @@ def validate(cfg: Config) -> None:
     """Everything that can be checked before work starts; raises ConfigError naming the key."""
     _name("experiment", cfg.experiment)
     validate_data("data", cfg.data)
-    _choice("model.name", cfg.model.name, MODELS)
+    if not _target("model", cfg.model):
+        _choice("model.name", cfg.model.name, MODELS)
     _positive("model.width", cfg.model.width)
     _choice("model.init", cfg.model.init, INITS)
     p = cfg.prune
@@ -226,11 +247,12 @@ def validate(cfg: Config) -> None:
     if p.scopes or p.rewinds:
         raise ConfigError("prune.scopes / prune.rewinds must be expanded into signals first (config.expand)")
     cuts = ("all",) + CUT_POINTS.get(cfg.model.name, ())
-    _choice("prune.scope", p.scope, cuts)
+    if cfg.model._target_ is None:  # a target's cut points are its own: checked when its network is built
+        _choice("prune.scope", p.scope, cuts)
     for name, s in cfg.signals.items():
         validate_task(f"signals.{name}.task", s.task)
         validate_optim(f"signals.{name}.optim", s.optim)
-        if s.scope is not None:
+        if s.scope is not None and cfg.model._target_ is None:
             _choice(f"signals.{name}.scope", s.scope, cuts)
         if s.data is not None:
             validate_data(f"signals.{name}.data", s.data)
