@@ -67,9 +67,12 @@ def test_config_leaves_an_initialised_hydra_as_it_was(tmp_path):
 
 def test_where_and_stage_find_stages_by_label_and_name_the_closest_on_a_typo(tmp_path):
     cfg = api.config("demo", "prune.levels=2", store=tmp_path)
-    d = api.where(cfg, "retrain rotnet random seed=1 level=2")
-    assert d.parent.parent == api.where(cfg, "imp rotnet seed=1 level=2") and d.name == "random"
+    d = api.where(cfg, "retrain rotnet random_reinit seed=1 level=2")
+    assert d.parent.parent == api.where(cfg, "imp rotnet seed=1 level=2") and d.name == "random_reinit"
     assert str(d).startswith(str(tmp_path / "imp"))
+    # The random start at a pruned level is one stage for every signal (issue 22), under random/.
+    shared = api.where(cfg, "retrain random mask seed=1 level=2")
+    assert shared.relative_to(tmp_path).parts[0] == "random" and shared.parent.name == "level_2"
     assert api.stage(cfg, "probe:digits rotnet seed=0 level=1").kind == "probe"
     with pytest.raises(ConfigError, match=r"no stage labelled 'imp rotnet seed=0 level=7'.*closest: imp rotnet seed=0 "
                                           r"level=\d"):
@@ -81,8 +84,9 @@ def test_tables_are_lists_of_dicts_without_pandas(tmp_path, monkeypatch):
     cfg = api.config("demo", "prune.levels=1", store=tmp_path)
     rows = api.stages(cfg)
     # seeds x signals x levels x (IMP + 3 starts) + probes, level 0's random starts one stage per seed,
-    # + the probe of RotNet's initial weights per seed
-    assert isinstance(rows, list) and len(rows) == 2 * 2 * 2 * 4 + 2 * 2 - 2 * 3 + 2
+    # + the probe of RotNet's initial weights per seed, and level 1's random start one stage per seed
+    # for both signals (issue 22)
+    assert isinstance(rows, list) and len(rows) == 2 * 2 * 2 * 4 + 2 * 2 - 2 * 3 + 2 - 2
     assert {r["state"] for r in rows} == {"todo"}
     assert api.results(cfg) == [] and api.summary(cfg) == []
 
