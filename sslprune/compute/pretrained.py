@@ -90,8 +90,8 @@ def read(path: str) -> dict:
         raise ConfigError(f"model.weights={path} is not a checkpoint: it holds objects other than tensors and "
                           "numbers (read with weights_only=True, nothing in it was run)") from None
     except Damaged as e:
-        raise ConfigError(f"model.weights={path} is not a checkpoint ({str(e).split(' cannot be read ', 1)[-1]})") \
-            from None
+        why = str(e).split(" cannot be read ", 1)[-1].strip("()")
+        raise ConfigError(f"model.weights={path} is not a checkpoint ({why})") from None
 
 
 def _tensors(obj) -> bool:
