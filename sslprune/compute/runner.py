@@ -19,11 +19,12 @@ from typing import Callable, Optional
 import torch
 
 from ..core import machine, start as starts, store as files
-from ..core.errors import Corrupt, MissingInput
+from ..core.errors import ConfigError, Corrupt, MissingInput
 from ..core.progress import Progress, clock, open_for
 from ..core.rewind import rewind_steps
 from ..core.schema import OptimConfig
 from ..core.stage import DONE, OUTPUTS, Stage
+from ..core.sweep import signal_data, signal_prune
 from ..core.start import Start
 from . import checkpoint, dataset, loader as loaders, mask as masks, model as models, seed as seeds, task as tasks
 from . import cost as costs, factory, pretrained, sparsity, subset as subsets
@@ -79,7 +80,7 @@ def run(stage: Stage, rt=None, interrupt=None, started: Optional[float] = None, 
     # A target's module imported and its keyword arguments checked before anything is decided or
     # written: a misspelt argument is one line naming it, and the stage's folder stays untouched.
     factory.check_config(stage.cfg, stage.signal)
-    check_pretrained(stage)
+    check_network(stage)
     if rt is not None and rt.world > 1 and not rt.is_writer:
         decision = rt.decide(COMPUTE)
         if decision == FOUND_DONE:
@@ -120,24 +121,51 @@ def run(stage: Stage, rt=None, interrupt=None, started: Optional[float] = None, 
         return _compute(stage, rt, interrupt, started, observer, mirror)
 
 
-def check_pretrained(stage: Stage) -> None:
-    """A pretrained file that does not fit the network, refused in one line before the stage's folder
-    is touched (the network is built on the meta device: names and shapes, no weights)."""
-    r = starts.of(stage) if stage.kind == "imp" and stage.level == 0 else None
-    if r is None or r.weights.part != "pretrained" or stage.done():
+def check_network(stage: Stage) -> None:
+    """What only the built network can tell, refused in one line before the stage's folder is touched:
+    a pretrained file that does not fit it, a `prune.scope` that is not a cut point of a target's
+    network. The network is built on the meta device (names and shapes, no weights)."""
+    cfg = stage.cfg
+    sig = cfg.signals.get(stage.signal)
+    if sig is None:
         return
-    data = _channels(r.data)
-    with torch.device("meta"):
-        net = models.build(r.model, data, 1, 0)
-    pretrained.check(r.weights.load, r.weights.key, net.backbone)
+    scope = signal_prune(cfg, stage.signal).scope
+    loads = stage.kind == "imp" and stage.level == 0 and cfg.model.weights is not None and sig.init_from is None
+    cuts = cfg.model._target_ is not None and scope != "all"  # a built-in's scope is checked when planning
+    if not (loads or cuts) or stage.done():
+        return
+    data = signal_data(cfg, stage.signal)
+    channels = _channels(data, needed=loads)
+    try:
+        with torch.device("meta"):
+            net = models.build(cfg.model, channels, 1, 0)
+    except (RuntimeError, NotImplementedError):  # a target whose construction reads tensor values
+        net = models.build(cfg.model, channels, 1, 0)
+    if cuts:
+        key = f"signals.{stage.signal}.scope" if sig.scope is not None else "prune.scope"
+        if "@" in stage.signal and scope in stage.signal.split("@")[1:]:
+            key = "prune.scopes"
+        try:
+            points = list(models.cut_points(net))
+        except ValueError:
+            raise ConfigError(f"{key}={scope}: model._target_={cfg.model._target_} names no cut points (a `cuts` "
+                              "attribute, docs/extending.md), so only `all` can be pruned") from None
+        if scope not in points:
+            raise ConfigError(f"{key}={scope} is not a cut point of model._target_={cfg.model._target_} "
+                              f"(its cut points: all, {', '.join(points)})")
+    if loads:
+        pretrained.check(cfg.model.weights, cfg.model.weights_key, net.backbone)
 
 
-def _channels(d) -> int:
-    """The input channels of data set `d` without loading it (a target's data set: loaded)."""
+def _channels(d, needed: bool) -> int:
+    """The input channels of data set `d`: known without loading it for a built-in; a target's data set is
+    loaded only when the channels matter (a pretrained file's first layer), else any count will do."""
     from ..core import catalog
 
     channels = catalog.facts(d).channels if d._target_ is None else None
-    return channels if channels is not None else dataset.load(d).channels
+    if channels is None:
+        channels = dataset.load(d).channels if needed else 3
+    return channels
 
 
 def _broadcast(rt: Optional[Runtime], decision: int) -> None:
