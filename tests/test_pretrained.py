@@ -213,10 +213,16 @@ def test_a_file_that_is_not_a_torch_file_is_not_a_checkpoint(tmp_path):
     assert str(e.value) == f"model.weights={path} is not a checkpoint (not a whole torch file: truncated or overwritten)"
 
 
+SHORT = ("seeds=[0]", "prune.levels=1", "~signals.rotnet", "retrain.schemes=[]", "probe.signals=[]",
+         "data.train_limit=256", "data.test_limit=128", "wandb.mode=disabled", "run.workers=1")
+
+
 def _config(tmp_path, *overrides):
-    return api.config("demo", "seeds=[0]", "prune.levels=1", "~signals.rotnet", "retrain.schemes=[]", "probe.signals=[]",
-                      "data.train_limit=256", "data.test_limit=128", "wandb.mode=disabled", "run.workers=1",
-                      *overrides, store=tmp_path / "store")
+    return api.config("demo", *SHORT, *overrides, store=tmp_path / "store")
+
+
+def cfg_overrides(path):
+    return (*SHORT, f"model.weights={path}", "prune.rewinds=[0it,2it]")
 
 
 @pytest.mark.parametrize("value, message", [
@@ -268,7 +274,7 @@ def test_a_short_chain_from_a_loaded_file(small, tmp_path):
     state, features, _ = small
     path = tmp_path / "moco.pth"
     torch.save(LAYOUTS["mocov2"](state, features), path)
-    cfg = _config(tmp_path, f"model.weights={path}", "prune.rewinds=[0it,2it]")
+    cfg = api.config("demo", *cfg_overrides(path), store=tmp_path / "store")
     assert api.run(cfg) == 4
     for rewind in ("0it", "2it"):
         level0 = api.where(cfg, f"imp labels@{rewind} seed=0 level=0")
@@ -290,6 +296,21 @@ def test_a_short_chain_from_a_loaded_file(small, tmp_path):
         assert all(torch.equal(mask[k], expected[k]) for k in mask)
         l1 = json.loads((level1 / "result.json").read_text())
         assert (l1["start_step"], l1["steps"]) == (int(rewind[0]), 16)
+    # Level 0 stopped part-way to k and run again continues to the same W_k and keeps W_0 as its result.
+    from sslprune.compute import runner
+    from sslprune.core.errors import Interrupted
+
+    again = api.config("demo", *[o for o in cfg_overrides(path)], store=tmp_path / "again")
+    stage = api.stage(again, "imp labels@2it seed=0 level=0")
+    polls = iter([False, True])
+    with pytest.raises(Interrupted):
+        runner.run(stage, interrupt=lambda: next(polls))
+    assert checkpoint.load(stage.dir / "checkpoint.pt", verify=False)["step"] == 1
+    assert not (stage.dir / "rewind.pt").exists()
+    runner.run(stage)
+    first = api.where(cfg, "imp labels@2it seed=0 level=0")
+    for name in ("model.pt", "rewind.pt", "mask.pt"):
+        assert (stage.dir / name).read_bytes() == (first / name).read_bytes(), name
     rows = (tmp_path / "store" / "reports" / "demo" / "results.csv").read_text().splitlines()
     assert sorted(r.split(",")[1] + " " + r.split(",")[6] for r in rows[1:]) == [
         "labels@0it 0", "labels@0it 1", "labels@2it 0", "labels@2it 1"]
