@@ -4,8 +4,8 @@ files are one line; a crafted pickle runs nothing; the file's sha256 is chain id
 chain runs from a loaded file."""
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -48,14 +48,16 @@ LAYOUTS = {
         **_prefixed("module.base_encoder.", {**s, **_head(s, f)}),
         **_prefixed("module.momentum_encoder.", {k: v + 1 for k, v in list(s.items())[:3]}),
         "module.predictor.0.weight": torch.randn(4, 4)}},
-    "dino": lambda s, f: {"epoch": 100, "teacher": {**_prefixed("backbone.", s), "head.mlp.0.weight": torch.randn(8, f)},
+    "dino": lambda s, f: {"epoch": 100,
+                          "teacher": {**_prefixed("backbone.", s), "head.mlp.0.weight": torch.randn(8, f)},
                           "student": {**_prefixed("module.backbone.", {k: v + 1 for k, v in s.items()}),
                                       "module.head.mlp.0.weight": torch.randn(8, f)}},
     "vissl": lambda s, f: {"phase_idx": 3, "classy_state_dict": {"base_model": {"model": {
         "trunk": _prefixed("_feature_blocks.", s), "heads": {"0.clf.0.weight": torch.randn(4, f)}}}}},
     "swav": lambda s, f: {**_prefixed("module.", s), "module.projection_head.0.weight": torch.randn(8, f),
                           "module.prototypes.weight": torch.randn(16, 8)},
-    "simclr": lambda s, f: {"epoch": 100, "state_dict": {**_prefixed("module.", s), "module.fc.weight": torch.randn(4, f)}},
+    "simclr": lambda s, f: {"epoch": 100,
+                            "state_dict": {**_prefixed("module.", s), "module.fc.weight": torch.randn(4, f)}},
 }
 # What the report says of each: (entry, prefix, ignored heads, other parts ignored)
 MAPPINGS = {
@@ -263,8 +265,6 @@ def test_the_files_sha256_is_chain_identity_and_its_path_is_not(small, tmp_path)
 
 
 def checkpoint_sha(path):
-    import hashlib
-
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 

@@ -22,9 +22,10 @@ unmatched names, raised before the stage writes anything.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Optional
 
 import torch
 

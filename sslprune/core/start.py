@@ -34,10 +34,11 @@ CHECKS = ("backbone frozen", "pruned stay zero")
 @dataclass(frozen=True)
 class Weights:
     """A network built from `seed` (the parts of a derived seed), then the tensors of `load` put in:
-    `part` "all", "backbone" (the built network keeps its head) or "pretrained" (a checkpoint of any common
-    layout mapped onto the backbone, `key` its entry: sslprune.compute.pretrained). `seed` None: no draw of its own,
-    every tensor comes from `load` (built from seed 0 with the file's head size). `key`: the entry of
-    `load` holding the weights (rewind.pt holds {"model", "step", "task"})."""
+    `part` "all", "backbone" (the built network keeps its head) or "pretrained" (a checkpoint of any
+    common layout mapped onto the backbone: sslprune.compute.pretrained). `seed` None: no draw of its
+    own, every tensor comes from `load` (built from seed 0 with the file's head size). `key`: the
+    entry of `load` holding the weights (rewind.pt holds {"model", "step", "task"}; a pretrained
+    file: model.weights_key, None = found from its layout)."""
 
     seed: Optional[tuple]
     load: Optional[str] = None
@@ -127,8 +128,9 @@ def _file(stage: Stage, name: str) -> str:
 
 def _imp(stage: ImpLevel) -> Start:
     """Level 0: the dense network from its initialisation (pruning during transfer: the source's
-    trained backbone, a fresh head; a pretrained start: the file's backbone, trained only to k); level L: the previous level's trained weights pruned, the
-    survivors rewound to W_k and the schedule resumed at k (late resetting)."""
+    trained backbone, a fresh head; a pretrained start: the file's backbone, trained only to k);
+    level L: the previous level's trained weights pruned, the survivors rewound to W_k and the
+    schedule resumed at k (late resetting)."""
     cfg, sig = stage.cfg, stage.cfg.signals[stage.signal]
     prune = signal_prune(cfg, stage.signal)
     level0 = ImpLevel(cfg, stage.signal, stage.seed, 0)
