@@ -321,3 +321,17 @@ def _magnitude(weights: dict, rate: float) -> dict:
 
     return masks.magnitude({f"{k}": v for k, v in weights.items()}, {k: torch.ones_like(v) for k, v in weights.items()},
                            rate)
+
+
+def test_a_preset_names_a_pretrained_file_relative_to_where_it_runs(small, tmp_path, monkeypatch):
+    state, _, _ = small
+    torch.save(state, tmp_path / "mine.pth")
+    folder = tmp_path / "conf" / "experiment"
+    folder.mkdir(parents=True)
+    demo = (Path(api.__file__).parents[1] / "conf" / "experiment" / "demo.yaml").read_text()
+    (folder / "from_file.yaml").write_text(demo.replace("experiment: demo", "experiment: from_file") +
+                                           "model:\n  weights: mine.pth\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = api.config("from_file", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", store=tmp_path / "store")
+    assert (cfg.experiment, cfg.model.weights) == ("from_file", str(tmp_path / "mine.pth"))  # absolute: jobs read it
+    assert chain_identity(cfg, "rotnet")["weights"] == {"sha256": checkpoint_sha(tmp_path / "mine.pth")}
