@@ -237,7 +237,7 @@ def test_a_missing_file_is_one_line_before_any_work(tmp_path, value, message):
     assert str(e.value) == message.format(tmp_path)
     assert not (tmp_path / "store").exists()
     with pytest.raises(ConfigError) as e:
-        _config(tmp_path, "+model.weights_key=teacher")
+        _config(tmp_path, "model.weights_key=teacher")
     assert str(e.value) == "model.weights_key='teacher' without model.weights: it names an entry of that file"
 
 
@@ -257,7 +257,7 @@ def test_the_files_sha256_is_chain_identity_and_its_path_is_not(small, tmp_path)
     torch.save({k: v + 1 for k, v in state.items()}, a)  # the same file, other weights: a new directory
     changed = _config(tmp_path, f"model.weights={a}")
     assert chain_digest(changed, "labels") not in (chain_digest(first, "labels"), chain_digest(plain, "labels"))
-    keyed = _config(tmp_path, f"model.weights={a}", "+model.weights_key=state_dict")
+    keyed = _config(tmp_path, f"model.weights={a}", "model.weights_key=state_dict")
     assert chain_identity(keyed, "labels")["weights"] == {"sha256": checkpoint_sha(a), "key": "state_dict"}
     # What never reads the file (the dense and random re-training starts) keeps its directory.
     for scheme, level in (("random_reinit", 0), ("random", 1)):
