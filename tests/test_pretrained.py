@@ -178,6 +178,18 @@ def test_a_mismatch_is_one_line_naming_the_file_and_the_first_unmatched_names(sm
         "(8,); stem.1.running_var is (16,), the network's stem.1.running_var (8,) ...")
 
 
+def test_a_local_run_refuses_a_file_that_does_not_fit_before_any_stage_runs(small, tmp_path, capsys):
+    state, _, _ = small
+    path = tmp_path / "wide.pth"
+    torch.save(models.build(ModelConfig("resnet_small", width=16), 1, 4, 2).backbone.state_dict(), path)
+    cfg = _config(tmp_path, f"model.weights={path}", "retrain.schemes=[random_reinit]")
+    with pytest.raises(ConfigError, match=rf"^model.weights={path}: 45 tensors differ in shape from the network's: "):
+        api.run(cfg)
+    assert "stages" not in capsys.readouterr().out  # refused before the run's first line
+    store = tmp_path / "store"
+    assert not (store / "imp").exists() and not (store / "dense").exists()
+
+
 class Crafted:
     """A pickle whose loading would create a file (what a malicious checkpoint does with os.system)."""
 
