@@ -347,3 +347,21 @@ def test_a_preset_names_a_pretrained_file_relative_to_where_it_runs(small, tmp_p
     cfg = api.config("from_file", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", store=tmp_path / "store")
     assert (cfg.experiment, cfg.model.weights) == ("from_file", str(tmp_path / "mine.pth"))  # absolute: jobs read it
     assert chain_identity(cfg, "rotnet")["weights"] == {"sha256": checkpoint_sha(tmp_path / "mine.pth")}
+
+
+def test_the_start_records_of_a_pretrained_chain(small, tmp_path):
+    """What each stage starts from, side by side (sslprune.core.start.table): level 0 loads the file and
+    stops at k keeping W_0; level 1 rewinds to level 0's rewind.pt, its mask from level 0's magnitudes."""
+    from sslprune.core import start
+    from sslprune.core.stage import ImpLevel
+
+    state, _, _ = small
+    path = tmp_path / "tv.pth"
+    torch.save(state, path)
+    cfg = _config(tmp_path, f"model.weights={path}", "prune.rewind=3it")
+    rows = start.table([ImpLevel(cfg, "labels", 0, 0), ImpLevel(cfg, "labels", 0, 1)]).splitlines()
+    cells = [[c.strip() for c in r.split(" | ")] for r in rows[2:]]  # the mask cell holds |w| bars
+    assert [c[1:4] + c[6:7] for c in cells] == [
+        ["draw 0/init/labels, pretrained <- " + str(path), "keep", "ones", "from 0, saves k=3it, stops at k, keeps W_0"],
+        ["draw 0/init/labels, all <- labels L0 rewind.pt", "keep", "labels L0 mask.pt less 0.2 by |labels L0 model.pt|",
+         "from k=3it"]]
