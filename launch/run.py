@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from sslprune.core.errors import Stopped
-from sslprune.api import compute, uses_cuda  # the compute plane, imported when a stage computes
+from sslprune.api import check_networks, compute, uses_cuda  # the compute plane, imported when a stage computes
 from sslprune.launch.compose import CONFIG_PATH, typed, user_errors
 from sslprune.launch.report import publish
 
@@ -35,7 +35,7 @@ def execute(cfg: DictConfig) -> None:
         from sslprune.control import local
 
         try:
-            local.run_local(c, compute, uses_cuda)
+            local.run_local(c, compute, uses_cuda, check_networks)
         except Stopped as e:  # Ctrl-C / SIGTERM: what was kept and how to resume are printed
             # The run is over. Python resets its handlers to the default while it shuts down, so a
             # Ctrl-C landing then killed the process by SIGINT (-2) instead of exit 130; SIG_IGN holds.

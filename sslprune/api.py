@@ -112,7 +112,7 @@ def run(cfg: Config) -> int:
     from .control import local, report as report_, wandb_mode, wandb_report
 
     wandb_mode.announce(cfg.wandb)
-    ran = local.run_local(cfg, compute, uses_cuda)
+    ran = local.run_local(cfg, compute, uses_cuda, check_networks)
     report_.write(cfg)
     wandb_report.publish(cfg)
     return ran
@@ -155,6 +155,20 @@ def compute(stage, rt=None, interrupt=None, started: Optional[float] = None, obs
     from .control import dashboard
 
     return runner.run(stage, rt, interrupt, started, observer, mirror=dashboard.observer)
+
+
+def check_networks(cfg: Config) -> None:
+    """What only a built network can tell, for every chain before any stage runs (imports torch): a
+    pretrained file that does not fit the network, a target network's scope that is not one of its
+    cut points (sslprune.compute.runner.check_network on each signal's level 0; a stage checks its
+    own again when it starts, as a SLURM job does)."""
+    if cfg.model.weights is None and cfg.model._target_ is None:
+        return  # nothing to check: the runner's imports stay out of a plain run's start-up
+    from .compute import runner
+    from .core.stage import ImpLevel
+
+    for signal in cfg.signals:
+        runner.check_network(ImpLevel(cfg, signal, cfg.seeds[0], 0))
 
 
 def uses_cuda(run) -> bool:

@@ -60,7 +60,8 @@ def cli(*args: str, timeout: float = 600, check: bool = True, env: dict | None =
 # (test module or "*", fixture) -> group
 SHARED_FIXTURES = {("*", "short_demo"): "short_demo", ("test_wandb.py", "demo"): "wandb_demo",
                    ("test_store_safety.py", "reference"): "store_safety_reference",
-                   ("test_store_safety.py", "small_run"): "store_safety_small_run"}
+                   ("test_store_safety.py", "small_run"): "store_safety_small_run",
+                   ("test_pretrained.py", "resnet50"): "pretrained_resnet50"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the node ids

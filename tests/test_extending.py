@@ -135,6 +135,38 @@ def test_unknown_keyword_arguments_stop_the_stage_before_it_touches_its_folder(p
         runner.run(api.stage(cfg, "retrain patch winning_ticket seed=0 level=0"))
 
 
+def test_a_scope_the_target_network_lacks_stops_the_stage_before_it_touches_its_folder(plugin, tmp_path):
+    """A target's cut points are its own (planning cannot know them): a bad prune.scope is one line at the
+    stage's start naming the key and the value, not a traceback from inside the built mask."""
+    from sslprune.compute import runner
+
+    cfg = _config(tmp_path, *NET, "prune.scope=conv9")
+    stage = api.stage(cfg, "imp rotnet seed=0 level=0")
+    with pytest.raises(ConfigError) as e:
+        runner.run(stage)
+    assert str(e.value) == ("prune.scope=conv9 is not a cut point of model._target_=patchpos.nets.tiny_cnn "
+                            "(its cut points: all, conv1, conv2)")
+    assert not Path(stage.dir).exists() and not (tmp_path / "store").exists()
+    cfg = _config(tmp_path, *NET, "+signals.rotnet.scope=conv3", "prune.levels=2")
+    with pytest.raises(ConfigError, match=r"^signals.rotnet.scope=conv3 is not a cut point of "):
+        runner.run(api.stage(cfg, "retrain random mask up to conv3 seed=0 level=2"))
+    runner.check_network(api.stage(_config(tmp_path, *NET, "prune.scope=conv2"), "imp rotnet seed=0 level=0"))
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    (lab / "plain_nets.py").write_text(
+        "from torch import nn\n\n\nclass Flat(nn.Sequential):\n    out_features = 4\n\n"
+        "    def __init__(self, in_channels):\n        super().__init__(nn.Flatten(), nn.LazyLinear(4))\n")
+    sys.path.insert(0, str(lab))
+    try:
+        cfg = _config(tmp_path, "model._target_=plain_nets.Flat", "prune.scope=conv1")
+        with pytest.raises(ConfigError) as e:
+            runner.run(api.stage(cfg, "imp labels seed=0 level=0"))
+    finally:
+        sys.path.remove(str(lab))
+    assert str(e.value) == ("prune.scope=conv1: model._target_=plain_nets.Flat names no cut points (a `cuts` "
+                            "attribute, docs/extending.md), so only `all` can be pruned")
+
+
 def test_builtins_and_the_plugin_meet_the_protocols_through_one_door(plugin):
     import torch
 

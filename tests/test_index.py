@@ -26,7 +26,8 @@ def test_chain_json_spells_out_every_value_and_who_used_it(store):
     assert doc["task"] == dataclasses.asdict(TaskConfig("rotnet")) and doc["task"]["negatives"] == 16384
     assert doc["identity"]["task"] == {}
     assert doc["signal"] == "rotnet" and doc["chain"] == rot.parent.name
-    assert doc["model"] == {"name": "resnet_small", "width": 4, "init": "per_signal", "_target_": None, "kwargs": {}}
+    assert doc["model"] == {"name": "resnet_small", "width": 4, "init": "per_signal", "_target_": None, "kwargs": {},
+                            "weights": None, "weights_key": None}
     assert doc["data"]["name"] == "digits" and doc["optim"]["epochs"] == 2 and doc["prune"]["rewind"] == "3it"
     assert doc["init_from"] is None and doc["used_by"] == [{"experiment": "tiny", "signal": "rotnet"}]
     # unchanged: not rewritten; another experiment using the same chain is added to used_by

@@ -19,14 +19,15 @@ from typing import Callable, Optional
 import torch
 
 from ..core import machine, start as starts, store as files
-from ..core.errors import Corrupt, MissingInput
+from ..core.errors import ConfigError, Corrupt, MissingInput
 from ..core.progress import Progress, clock, open_for
 from ..core.rewind import rewind_steps
 from ..core.schema import OptimConfig
 from ..core.stage import DONE, OUTPUTS, Stage
+from ..core.sweep import signal_data, signal_prune
 from ..core.start import Start
 from . import checkpoint, dataset, loader as loaders, mask as masks, model as models, seed as seeds, task as tasks
-from . import cost as costs, factory, sparsity, subset as subsets
+from . import cost as costs, factory, pretrained, sparsity, subset as subsets
 from .runtime import Runtime, from_environment, local
 from .trainer import Fit, evaluate, fit
 
@@ -44,6 +45,7 @@ class Setup:
     train_mask: masks.Mask  # what the loop applies: `mask`, or none where the mask is only reported
     task_state: Optional[dict] = None  # the task's state to start from (NPID's bank at the rewind point)
     features: object = None  # a standardised probe's features (sslprune.compute.probe.Features)
+    pretrained: Optional[dict] = None  # how a pretrained file's names met the backbone's (result.json)
     frozen: Optional[dict] = None  # the frozen backbone's tensors as built ("backbone frozen" check)
 
 
@@ -78,6 +80,7 @@ def run(stage: Stage, rt=None, interrupt=None, started: Optional[float] = None, 
     # A target's module imported and its keyword arguments checked before anything is decided or
     # written: a misspelt argument is one line naming it, and the stage's folder stays untouched.
     factory.check_config(stage.cfg, stage.signal)
+    check_network(stage)
     if rt is not None and rt.world > 1 and not rt.is_writer:
         decision = rt.decide(COMPUTE)
         if decision == FOUND_DONE:
@@ -116,6 +119,53 @@ def run(stage: Stage, rt=None, interrupt=None, started: Optional[float] = None, 
         if decision == FOUND_DONE:
             return stage.result()
         return _compute(stage, rt, interrupt, started, observer, mirror)
+
+
+def check_network(stage: Stage) -> None:
+    """What only the built network can tell, refused in one line before the stage's folder is touched:
+    a pretrained file that does not fit it, a `prune.scope` that is not a cut point of a target's
+    network. The network is built on the meta device (names and shapes, no weights)."""
+    cfg = stage.cfg
+    sig = cfg.signals.get(stage.signal)
+    if sig is None:
+        return
+    scope = signal_prune(cfg, stage.signal).scope
+    loads = stage.kind == "imp" and stage.level == 0 and cfg.model.weights is not None and sig.init_from is None
+    cuts = cfg.model._target_ is not None and scope != "all"  # a built-in's scope is checked when planning
+    if not (loads or cuts) or stage.done():
+        return
+    data = signal_data(cfg, stage.signal)
+    channels = _channels(data, needed=loads)
+    try:
+        with torch.device("meta"):
+            net = models.build(cfg.model, channels, 1, 0)
+    except (RuntimeError, NotImplementedError):  # a target whose construction reads tensor values
+        net = models.build(cfg.model, channels, 1, 0)
+    if cuts:
+        key = f"signals.{stage.signal}.scope" if sig.scope is not None else "prune.scope"
+        if "@" in stage.signal and scope in stage.signal.split("@")[1:]:
+            key = "prune.scopes"
+        try:
+            points = list(models.cut_points(net))
+        except ValueError:
+            raise ConfigError(f"{key}={scope}: model._target_={cfg.model._target_} names no cut points (a `cuts` "
+                              "attribute, docs/extending.md), so only `all` can be pruned") from None
+        if scope not in points:
+            raise ConfigError(f"{key}={scope} is not a cut point of model._target_={cfg.model._target_} "
+                              f"(its cut points: all, {', '.join(points)})")
+    if loads:
+        pretrained.check(cfg.model.weights, cfg.model.weights_key, net.backbone)
+
+
+def _channels(d, needed: bool) -> int:
+    """The input channels of data set `d`: known without loading it for a built-in; a target's data set is
+    loaded only when the channels matter (a pretrained file's first layer), else any count will do."""
+    from ..core import catalog
+
+    channels = catalog.facts(d).channels if d._target_ is None else None
+    if channels is None:
+        channels = dataset.load(d).channels if needed else 3
+    return channels
 
 
 def _broadcast(rt: Optional[Runtime], decision: int) -> None:
@@ -188,7 +238,11 @@ def _train(stage: Stage, rt: Runtime, progress: Progress, interrupt=None) -> dic
         if "mask.pt" in r.saves and not (stage.dir / "mask.pt").exists():
             files.write_json(masks.report(s.mask), stage.dir / "sparsity_report.json")
             checkpoint.save(s.mask, stage.dir / "mask.pt")
+    if s.pretrained is not None:
+        progress.note(s.pretrained.pop("line"))
     net = s.net.to(rt.device)
+    # A pretrained level 0 is the network as loaded: kept aside while it trains to the rewind point.
+    start = {k: v.detach().clone() for k, v in net.state_dict().items()} if r.until == "k" else None
     seed = seeds.derive(*r.batches)
     if s.features is not None:
         loader = s.features.loader(s.optim.batch_size, seed, rt.device, rt.rank, rt.world)
@@ -215,10 +269,13 @@ def _train(stage: Stage, rt: Runtime, progress: Progress, interrupt=None) -> dic
     hooks = [_rewind_saver(r, s.task, loader, rt.is_writer)] if r.save_rewind else []
     job = Fit(model=model, net=net, task=s.task, loader=loader, optim=s.optim, mask=s.train_mask,
               checkpoint=stage.dir / checkpoint.LATEST, start_step=first_step(r, loader),
+              end_step=rewind_step(r, loader) if r.until == "k" else None,
               params=params, hooks=hooks, interrupt=interrupt,
               agree=rt.agree_all if rt.world > 1 else None, resume=resume, threads=threads)
     info = fit(job, stage.cfg.run, progress, rt.is_writer)
     info["threads"] = threads
+    if start is not None:
+        net.load_state_dict(start)  # W_k is in rewind.pt; the level's result is W_0
     metrics = evaluate(net, s.task, loader, stage.cfg.run.eval_batch_size, stage.cfg.run.amp)
     check(s, net)
     if rt.is_writer and "model.pt" in r.saves:
@@ -228,6 +285,8 @@ def _train(stage: Stage, rt: Runtime, progress: Progress, interrupt=None) -> dic
             files.write_json(sparsity.summary(weights), stage.dir / "weights.json")
     # A standardised probe's L-BFGS reference: the optimum its SGD should reach.
     extra = (s.features.reference(s.optim.weight_decay) or {}) if s.features is not None else {}
+    if s.pretrained is not None:
+        extra["pretrained"] = s.pretrained
     return {**info, **metrics, **extra, "remaining": masks.density(s.mask), "evaluation": stage.evaluation,
             **cost(r.model, s.data, s.task.num_outputs, s.mask)}
 
@@ -270,9 +329,10 @@ def build(r: Start, rt: Runtime, eval_batch_size: int) -> Setup:
         data = subsets.restrict(data, r.task, indices)
     task = tasks.make(r.task, data) if r.task is not None else None
     outputs = task.num_outputs if task is not None else data.num_classes
-    net = _network(r, data, outputs, load)
+    net, mapping = _network(r, data, outputs, load)
     mask = _mask(r.mask, net, load)
     s = Setup(record=r, net=net, task=task, data=data, optim=r.optim, mask=mask,
+              pretrained=None if mapping is None else {**mapping.summary(), "line": mapping.line()},
               train_mask=mask if r.mask.applied else {},
               task_state=(load(r.task_state).get("task") or None) if r.task_state is not None else None)
     if r.inputs == "standardised features":
@@ -289,14 +349,17 @@ def build(r: Start, rt: Runtime, eval_batch_size: int) -> Setup:
     return s
 
 
-def _network(r: Start, data, outputs: int, load) -> models.Network:
+def _network(r: Start, data, outputs: int, load) -> tuple:
+    """(network, the pretrained file's mapping or None)."""
     w = r.weights
     if w.seed is None:  # every tensor from the file: no draw of its own, the head's size from the file
         weights = load(w.load)
         net = models.build(r.model, data.channels, weights["head.weight"].shape[0], 0)
         net.load_state_dict(weights)
-        return net
+        return net, None
     net = models.build(r.model, data.channels, outputs, seeds.derive(*w.seed))
+    if w.part == "pretrained":
+        return net, pretrained.load(w.load, w.key, net.backbone)
     if w.load is not None:
         weights = load(w.load)
         if w.key is not None:
@@ -304,7 +367,7 @@ def _network(r: Start, data, outputs: int, load) -> models.Network:
         if w.part == "backbone":
             weights = {**net.state_dict(), **{k: v for k, v in weights.items() if k.startswith("backbone.")}}
         net.load_state_dict(weights)
-    return net
+    return net, None
 
 
 def _mask(m, net, load) -> masks.Mask:

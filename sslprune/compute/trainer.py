@@ -44,6 +44,7 @@ class Fit:
     mask: masks.Mask
     checkpoint: Path
     start_step: int = 0  # the schedule starts here (k when rewound), training runs to the end
+    end_step: Optional[int] = None  # stop here instead (the schedule unchanged): a pretrained level 0 stops at k
     params: Optional[Iterable[nn.Parameter]] = None  # default: all parameters
     hooks: list[Hook] = field(default_factory=list)
     net: Optional[nn.Module] = None
@@ -162,9 +163,10 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
     if begin is not None:  # after the state was loaded and the mask applied: a momentum task's target
         begin(net, job.mask, step, total)
     batches = None
-    first_step_at = time.time() if step >= total else None  # nothing left to train: set-up is all there was
+    end = total if job.end_step is None else job.end_step
+    first_step_at = time.time() if step >= end else None  # nothing left to train: set-up is all there was
     time_due = False  # under DDP: rank 0's clock, as of the last agreement
-    while step < total:
+    while step < end:
         if step % every == 0:
             wanted = bool(job.interrupt is not None and job.interrupt())
             if job.agree is not None:  # rank 0's clock decides for all: the ranks' clocks differ
@@ -207,7 +209,7 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
         right, n = job.task.score(logits.detach(), target)
         correct += right
         seen = seen + n  # an int, or a tensor (no host sync until the log line)
-        if step % run.log_every == 0 or step == total:
+        if step % run.log_every == 0 or step == end:
             check_finite(step)
             n = step - last_log_step
             now = time.monotonic()
@@ -218,7 +220,7 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
             seen, last_log, last_log_step = 0, now, step
         due = (run.checkpoint_steps and step % run.checkpoint_steps == 0) or \
               (time_due if job.agree is not None else clock_due())
-        if due and step < total:
+        if due and step < end:
             check_finite(step, weights=True)  # never overwrite a good checkpoint with a diverged one
             save(step)
             last_save, time_due = time.monotonic(), False
@@ -226,7 +228,10 @@ def fit(job: Fit, run: RunConfig, progress: Progress, is_writer: bool = True) ->
     for hook in job.hooks:
         hook(step, net)
     save(step)
-    return {"steps": total, "start_step": job.start_step, "first_step_at": first_step_at}
+    out = {"steps": total, "start_step": job.start_step, "first_step_at": first_step_at}
+    if job.end_step is not None:
+        out["end_step"] = end  # stopped early (the schedule's length stays `steps`)
+    return out
 
 
 @torch.no_grad()

@@ -92,17 +92,22 @@ def verify(stages: list[Stage]) -> list[str]:
     return lines
 
 
-def run_local(cfg: Config, compute: Callable, uses_cuda: Callable[[RunConfig], bool]) -> int:
+def run_local(cfg: Config, compute: Callable, uses_cuda: Callable[[RunConfig], bool],
+              check: Optional[Callable[[Config], None]] = None) -> int:
     """Run every missing stage of the experiment here; returns how many stages ran.
 
     The app layer passes in the compute plane (sslprune.api): `compute(stage, rt, interrupt, started,
     observer)` runs one stage in this process or a worker (a module-level function: it pickles by
-    name), `uses_cuda(cfg.run)` says whether stages compute on a GPU (it imports torch)."""
+    name), `uses_cuda(cfg.run)` says whether stages compute on a GPU (it imports torch), `check(cfg)`
+    refuses what only a built network can tell (a pretrained file that does not fit it, a target's
+    scope), for every chain before any stage runs."""
     # The data checks first: they are torch-free, so a bad data root is answered before torch loads
     # (uses_cuda imports it: about 2 s). run.device=cuda without a GPU is refused next, before any
     # work and even on a finished store.
     check_inputs(cfg)
     cuda = uses_cuda(cfg.run)
+    if check is not None:
+        check(cfg)
     write_chains(cfg)
     all_chains = chains(cfg)
     damaged = verify([s for c in all_chains for s in c])

@@ -45,6 +45,8 @@ DESCRIPTIONS = {
     "model.init": "dense initial weights: `per_signal` drawn from the seed and the signal's base name (independent starts, as in the paper); `shared`: one start per seed (an ablation)",
     "model._target_": "your own network (docs/extending.md): import path of a backbone class or function, called with `in_channels` and this node's other keys; null = the built-in `name`",
     "model.kwargs": "the target's keyword arguments, written as this node's other keys (`model: {_target_: my_lab.nets.build, depth: 26}`); identity",
+    "model.weights": "a pretrained start (docs/extending.md): a checkpoint file (torchvision, MoCo, DINO, VISSL, SwAV/SimCLR ports, timm) whose backbone is IMP's level 0, not trained; the path is not identity, the file's sha256 is",
+    "model.weights_key": "the entry of `model.weights` holding the network (DINO: `teacher` or `student`); null = found from the file's layout",
     "prune": "iterative magnitude pruning (config group `prune=`)",
     "prune.rate": "fraction of the remaining prunable weights removed per level, in (0, 1); density at level L is (1-rate)^L",
     "prune.levels": "last level of the chain; a path part, not identity (levels can be added later)",

@@ -8,6 +8,7 @@ import hashlib
 import json
 from typing import Any
 
+from . import pretrained
 from .schema import Config, SignalConfig
 from .sweep import signal_data, signal_prune
 
@@ -44,6 +45,12 @@ def chain_identity(cfg: Config, signal: str) -> dict:
     s: SignalConfig = cfg.signals[signal]
     out = {"data": identity(signal_data(cfg, signal)), "model": identity(cfg.model), "task": identity(s.task),
            "optim": identity(s.optim), "prune": identity(signal_prune(cfg, signal))}
+    known = memo(cfg)
+    if "weights" not in known:  # hashing the file once per config, not once per stage
+        known["weights"] = pretrained.identity(cfg.model)
+    weights = known["weights"]
+    if weights is not None:  # a pretrained start: the file's contents (left out otherwise: old names stay)
+        out["weights"] = weights
     if s.init_from is not None:  # pruning during transfer: the pretrained source is part of what it is
         out["init_from"] = chain_identity(cfg, s.init_from)
     return out

@@ -93,6 +93,12 @@ class ModelConfig:
     # other keys as keyword arguments (`kwargs`, kept apart from the schema's own keys). null = built-in.
     _target_: Optional[str] = None
     kwargs: Dict[str, Any] = field(default_factory=dict)
+    # A pretrained start (docs/extending.md): a checkpoint file whose backbone weights are IMP's level 0
+    # (no pretraining stage). The path is not identity, the file's sha256 is (sslprune.core.pretrained).
+    weights: Optional[str] = runtime(None)
+    # The entry of that file holding the network (DINO's `teacher` or `student`, `state_dict`, ...);
+    # null = found from the file's layout (DINO: teacher). Identity when set (with the sha256).
+    weights_key: Optional[str] = runtime(None)
 
 
 @dataclass

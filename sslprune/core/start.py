@@ -34,9 +34,11 @@ CHECKS = ("backbone frozen", "pruned stay zero")
 @dataclass(frozen=True)
 class Weights:
     """A network built from `seed` (the parts of a derived seed), then the tensors of `load` put in:
-    `part` "all" or "backbone" (the built network keeps its head). `seed` None: no draw of its own,
-    every tensor comes from `load` (built from seed 0 with the file's head size). `key`: the entry of
-    `load` holding the weights (rewind.pt holds {"model", "step", "task"})."""
+    `part` "all", "backbone" (the built network keeps its head) or "pretrained" (a checkpoint of any
+    common layout mapped onto the backbone: sslprune.compute.pretrained). `seed` None: no draw of its
+    own, every tensor comes from `load` (built from seed 0 with the file's head size). `key`: the
+    entry of `load` holding the weights (rewind.pt holds {"model", "step", "task"}; a pretrained
+    file: model.weights_key, None = found from its layout)."""
 
     seed: Optional[tuple]
     load: Optional[str] = None
@@ -94,6 +96,9 @@ class Start:
     checks: tuple  # "backbone frozen", "pruned stay zero": what the result must pass
     saves: tuple  # model files the stage writes besides result.json and config.json
     config: dict  # config.json: what the stage's numbers depend on
+    # "end" of the schedule, or "k": a pretrained level 0 trains only to the rewind point (to save W_k)
+    # and its result (model.pt, the test metrics) is the network as loaded, W_0.
+    until: str = "end"
 
 
 def of(stage: Stage) -> Start:
@@ -123,8 +128,9 @@ def _file(stage: Stage, name: str) -> str:
 
 def _imp(stage: ImpLevel) -> Start:
     """Level 0: the dense network from its initialisation (pruning during transfer: the source's
-    trained backbone, a fresh head); level L: the previous level's trained weights pruned, the
-    survivors rewound to W_k and the schedule resumed at k (late resetting)."""
+    trained backbone, a fresh head; a pretrained start: the file's backbone, trained only to k);
+    level L: the previous level's trained weights pruned, the survivors rewound to W_k and the
+    schedule resumed at k (late resetting)."""
     cfg, sig = stage.cfg, stage.cfg.signals[stage.signal]
     prune = signal_prune(cfg, stage.signal)
     level0 = ImpLevel(cfg, stage.signal, stage.seed, 0)
@@ -141,6 +147,12 @@ def _imp(stage: ImpLevel) -> Start:
             source = _file(stage.parents()[0], "model.pt")
             weights, head, head_seed = Weights(init_seed(stage), source, part="backbone"), "fresh", \
                 (stage.seed, "transfer-head")
+        elif cfg.model.weights is not None:
+            # A pretrained start: level 0 is the loaded network (its head drawn from the seed, sized by
+            # the task), not trained; it only runs to the rewind point k to save W_k (k = 0: the file).
+            weights = Weights(init_seed(stage), cfg.model.weights, key=cfg.model.weights_key, part="pretrained")
+            return Start(weights=weights, head="keep", head_seed=None, mask=ones, first_step="0",
+                         save_rewind=rewind, task_state=None, until="k", **common)
         else:
             weights, head, head_seed = Weights(init_seed(stage)), "keep", None
         return Start(weights=weights, head=head, head_seed=head_seed, mask=ones, first_step="0",
@@ -303,6 +315,8 @@ def _row(stage: Stage, r: Start, names: dict) -> tuple:
     schedule = f"from k={r.rewind}" if r.first_step == "k" else "from 0"
     if r.save_rewind:
         schedule += f", saves k={r.rewind}"
+    if r.until == "k":
+        schedule += ", stops at k, keeps W_0"
     if r.trains == "none":
         schedule = "-"
     return (_stage(stage), weights, head, mask, r.trains, data, schedule, ",".join(r.checks) or "-")

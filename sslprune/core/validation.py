@@ -11,7 +11,7 @@ import typing
 from pathlib import Path
 from typing import Any, List, Mapping, Optional
 
-from . import store, target as targets
+from . import pretrained, store, target as targets
 from .errors import ConfigError
 from .rewind import REWIND
 from .schema import (CUT_POINTS, DATASETS, DECODES, DEVICES, INITS, LABEL_SUBSETS, LAUNCHERS, MODELS, OPTIMIZERS,
@@ -236,6 +236,11 @@ def validate(cfg: Config) -> None:
         _choice("model.name", cfg.model.name, MODELS)
     _positive("model.width", cfg.model.width)
     _choice("model.init", cfg.model.init, INITS)
+    if cfg.model.weights is not None:
+        pretrained.check("model.weights", cfg.model.weights)
+    elif cfg.model.weights_key is not None:
+        raise ConfigError(f"model.weights_key={cfg.model.weights_key!r} without model.weights: it names an entry "
+                          "of that file")
     p = cfg.prune
     if not (isinstance(p.rate, (int, float)) and 0 < p.rate < 1):
         raise ConfigError(f"prune.rate={p.rate} must be in the open interval (0, 1)")
@@ -393,6 +398,7 @@ def ready(cfg: Config, writes: bool = False) -> Config:
     The apps (launch/compose.py) and the Python API (api.config) both end here."""
     obj: Config = expand(cfg)
     obj.store = os.path.abspath(os.path.expanduser(obj.store))
+    obj.model.weights = pretrained.resolve(obj.model.weights)  # a job reads it from wherever it runs
     validate(obj)
     store.folder_or_absent(Path(obj.store))
     if writes:
