@@ -351,13 +351,17 @@ def test_a_packed_job_runs_its_stages_in_one_process_and_resumes_after_preemptio
     ref = tiny(tmp_path / "local", *common, "run.workers=1", signals=("labels",), seeds="[0]", levels=1, width=8,
                epochs=1)
     p = cli("sslprune-run", *args, *SLURM)
-    assert "submitted 5 stage(s) in 3 array(s)" in p.stdout, p.stdout  # IMP 0, IMP 1, the pack of level 1
+    # IMP 0, IMP 1, the pack of level 1's starts from its mask, and the random start of level 1, which
+    # is one stage for every signal (issue 22) and waits for no parent: a job of its own
+    assert "submitted 5 stage(s) in 4 array(s)" in p.stdout, p.stdout
     reference = subprocess.Popen(["sslprune-run", *ref], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True)
     try:
         recs = {r["stage"]: (d, r) for d, r in job_records(tmp_path / "packed").items()}
-        starts = [recs[f"retrain labels {s} seed=0 level=1"] for s in ("winning_ticket", "random_reinit", "random")]
-        assert len({r["job_id"] for _, r in starts}) == 1  # one job for the three starts
+        starts = [recs[f"retrain labels {s} seed=0 level=1"] for s in ("winning_ticket", "random_reinit")]
+        assert len({r["job_id"] for _, r in starts}) == 1  # one job for the two starts from the mask
+        shared = recs["retrain random mask seed=0 level=1"]
+        assert shared[1]["job_id"] != starts[0][1]["job_id"]
         job = starts[0][1]["job_id"]
         first, second = Path(starts[0][0]), Path(starts[1][0])
         wait_for(lambda: (first / "result.json").exists() and step(second) >= 30, 600,
@@ -378,7 +382,7 @@ def test_a_packed_job_runs_its_stages_in_one_process_and_resumes_after_preemptio
     assert "retrain labels winning_ticket seed=0 level=1: first training step" in log
     local = {json.loads(f.read_text())["evaluation"]: f.parent for f in (tmp_path / "local").rglob("result.json")
              if json.loads(f.read_text())["kind"] == "retrain"}
-    for d, _ in starts:
+    for d, _ in starts + [shared]:
         r = json.loads((Path(d) / "result.json").read_text())
         assert models_equal(Path(d) / "model.pt", local[r["evaluation"]] / "model.pt"), r["evaluation"]
         assert r["accuracy"] == json.loads((local[r["evaluation"]] / "result.json").read_text())["accuracy"]

@@ -404,7 +404,14 @@ def composable(schema: type = None) -> type:
             else:
                 spec = field(default=f.default)
             made.append((f.name, _composable_hint(hint), spec))
-        _COMPOSABLE[schema] = dataclasses.make_dataclass(schema.__name__, made)
+        made = dataclasses.make_dataclass(f"Composable{schema.__name__}", made)
+        # Importable as sslprune.core.schema.Composable<name>, so it pickles by reference: a
+        # submitit job of Hydra's launcher restores the ConfigStore (which holds these classes) from
+        # a pickle, and a class pickled by value loses dataclasses.MISSING's identity, so the job's
+        # composition failed with "Cannot assign _MISSING_TYPE to Dict[str, Any]".
+        made.__module__ = __name__
+        globals()[made.__name__] = made
+        _COMPOSABLE[schema] = made
     return _COMPOSABLE[schema]
 
 
@@ -453,3 +460,5 @@ def from_dict(data: Any, schema: Any = None, at: str = "") -> Any:
         return {k: from_dict(v, args[1] if args else Any, f"{at}.{k}") for k, v in data.items()}
     return data
 
+
+composable()  # made at import, so that a process unpickling them finds them here
