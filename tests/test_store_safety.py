@@ -604,3 +604,21 @@ def test_a_linked_exports_folder_is_refused_and_nothing_is_written_outside(tmp_p
         f"sslprune: error: {store / 'exports'} is a symbolic link (to {outside}) inside the store {store}; "
         "the store never follows one: remove it and re-run"], p.stderr
     assert list(outside.iterdir()) == []
+
+
+# Bytes the unpickler fails on in ways other than UnpicklingError: a memo read of an index never
+# stored (KeyError; what os.urandom over both checkpoints once produced, crashing the stage), a
+# protocol-2 stream that ends after its header (EOFError). Each is a damaged file, not a crash.
+@pytest.mark.parametrize("data, why", [(b"\x80\x02h\xd5.", "KeyError: 213"), (b"\x80\x02", "EOFError")],
+                         ids=["memo-read", "header-only"])
+def test_damaged_bytes_that_break_the_unpickler_are_damaged_and_skipped(tmp_path, data, why):
+    from sslprune.compute import checkpoint
+
+    latest = tmp_path / "checkpoint.pt"
+    latest.write_bytes(data)
+    with pytest.raises(errors.Damaged, match=r"checkpoint\.pt cannot be read"):
+        checkpoint.load(latest, verify=False)
+    notes = []
+    assert checkpoint.resume_state(latest, notes.append) is None
+    assert len(notes) == 1 and notes[0].startswith(f"warning: {latest} cannot be read (") and why in notes[0]
+    assert notes[0].endswith("; resuming from the start of the stage instead")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -53,7 +54,11 @@ def load(path: Path, verify: bool = True) -> Any:
                          "(sslprune never writes such files); nothing in it was run. Delete it to recompute "
                          "the stage.") from None
         raise Damaged(f"{path} cannot be read (not a whole torch file: truncated or overwritten)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError) as e:
+    # Damaged bytes fail anywhere in the unpickler: a memo lookup of an index never stored is a
+    # KeyError, a wrong operand a TypeError or struct.error (random bytes over a checkpoint crashed
+    # the stage with a KeyError instead of falling back to the previous checkpoint).
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError, TypeError,
+            AttributeError, OverflowError, struct.error) as e:
         if isinstance(e, FileNotFoundError):
             raise
         first = (str(e).splitlines() or [type(e).__name__])[0]
