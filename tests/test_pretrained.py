@@ -365,3 +365,33 @@ def test_the_start_records_of_a_pretrained_chain(small, tmp_path):
         ["draw 0/init/labels, pretrained <- " + str(path), "keep", "ones", "from 0, saves k=3it, stops at k, keeps W_0"],
         ["draw 0/init/labels, all <- labels L0 rewind.pt", "keep", "labels L0 mask.pt less 0.2 by |labels L0 model.pt|",
          "from k=3it"]]
+
+
+@pytest.mark.slow
+def test_a_pretrained_chain_through_the_apps_status_figures_and_offline_wandb(small, tmp_path):
+    """The apps treat a pretrained start as any chain: sslprune-run with W&B offline draws the
+    report's figures, sslprune-status sees it complete, and level 0's W&B run records the file and
+    the stage's own accuracy under the stage's run name."""
+    import subprocess
+
+    from conftest import cli
+    from test_wandb import WANDB, env_for, offline_dirs
+
+    from sslprune.control import dashboard
+
+    state, features, _ = small
+    path = tmp_path / "moco.pth"
+    torch.save(LAYOUTS["mocov2"](state, features), path)
+    args = [f"store={tmp_path / 'store'}", *(o for o in cfg_overrides(path) if o != "wandb.mode=disabled")]
+    env = env_for(tmp_path / "home")
+    cli("sslprune-run", *args, "wandb=offline", "wandb.system_metrics=false", env=env, timeout=1200)
+    assert (tmp_path / "store" / "reports" / "demo" / "accuracy_vs_remaining.png").stat().st_size > 0
+    assert json.loads(cli("sslprune-status", *args, "--json").stdout)["complete"]
+    cfg = api.config("demo", *cfg_overrides(path), store=tmp_path / "store")
+    stage = api.stage(cfg, "imp labels@0it seed=0 level=0")
+    (run_dir,) = offline_dirs(Path(stage.dir))
+    got = json.loads(subprocess.run([WANDB, "leet", "inspect", "--summary", "--json", str(run_dir)], env=env,
+                                    capture_output=True, text=True, timeout=60, check=True, cwd=env["HOME"]).stdout)
+    assert got["state"] == "finished" and got["name"] == dashboard.run_name(stage)
+    assert got["config"]["model"]["weights"] == str(path)
+    assert got["summary"]["accuracy"] == stage.result()["accuracy"]
