@@ -323,27 +323,23 @@ def test_reduced_modern_figure_3_runs_to_completion_and_tests_the_claims_for_eac
 
 
 
-@pytest.mark.twin
-def test_reduced_figure_3_runs_to_completion_and_its_report_makes_sense(tmp_path):
-    """CI's reproduction check: the Figure-3 twin to completion at 2 of its 4 seeds (seeds=[0,1]),
-    which keeps `.ci/run` within its 35 minutes; the 4-seed run and its findings are
-    docs/reproduction.md's (benchmarks/seed_agreement.py measures how stable they are)."""
+def _twin_to_completion(tmp_path, experiment, seeds):
+    """Runs a twin to completion at `seeds` and checks its report: every signal at every level of
+    IMP, every re-training start at every re-trained level, each the mean of the seeds run; the
+    fraction remaining; the paper's sanity check at the sparsest level; the findings."""
     store = tmp_path / "store"
-    p = cli("sslprune-run", "experiment=fig3_imagenet_resnet50_small", f"store={store}", "seeds=[0,1]", timeout=3000)
+    p = cli("sslprune-run", f"experiment={experiment}", f"store={store}", f"seeds={seeds}", timeout=3000)
     assert "ran " in p.stdout
-    cfg = load("fig3_imagenet_resnet50_small", f"store={store}", "seeds=[0,1]")
+    cfg = load(experiment, f"store={store}", f"seeds={seeds}")
     summary = list(csv.DictReader(open(store / "reports" / cfg.experiment / "summary.csv")))
     levels = list(range(cfg.prune.levels + 1))
     assert cfg.prune.levels == 20 and cfg.retrain.levels == [0, 4, 8, 12, 16, 20]
-    schemes = ["winning_ticket", "random_reinit", "random", "random_adjusted"]
-    # Every signal at every level of IMP, every re-training start at every re-trained level, each the
-    # mean of the two seeds run.
     for signal in ("labels", "rotnet", "exemplar"):
-        for evaluation in ["pretext"] + schemes:
+        for evaluation in ["pretext"] + cfg.retrain.schemes:
             got = sorted(int(s["level"]) for s in summary if s["signal"] == signal and s["evaluation"] == evaluation)
             assert got == (levels if evaluation == "pretext" else cfg.retrain.levels), (signal, evaluation, got)
-    assert load("fig3_imagenet_resnet50_small").seeds == [0, 1, 2, 3]  # the preset's own
-    assert cfg.seeds == [0, 1] and all(int(s["count"]) == 2 for s in summary)
+    assert load(experiment).seeds == [0, 1, 2, 3]  # the preset's own
+    assert cfg.seeds == seeds and all(int(s["count"]) == len(seeds) for s in summary)
     # Fraction remaining is 0.8^L, up to the one weight per level that ceil() may round.
     total = files.read_json(next(store.glob("imp/*/seed_0/level_0/sparsity_report.json")))["global"]["total"]
     for s in summary:
@@ -357,11 +353,26 @@ def test_reduced_figure_3_runs_to_completion_and_its_report_makes_sense(tmp_path
     for f in ("results.csv", "summary.md", "findings.md", "accuracy_vs_remaining.png", "rewind.md",
               "natural_sparsity.csv"):
         assert (store / "reports" / cfg.experiment / f).exists(), f
-    # The findings name the experiment and test the re-training claims of Figure 3 (as test_findings
-    # pins for a tiny run).
+    # The findings name the experiment and test the re-training claims of the figure (as
+    # test_findings pins for a tiny run).
     text = (store / "reports" / cfg.experiment / "findings.md").read_text()
     assert text.startswith(f"# {cfg.experiment}: the paper's claims"), text[:200]
     assert "labels_ticket_above_reinit" in text
+
+
+@pytest.mark.twin
+def test_reduced_figure_5_runs_to_completion_and_its_report_makes_sense(tmp_path):
+    """CI's reproduction check: the Figure-5 twin (the cheapest twin: AlexNet at width 4, three
+    starts) to completion at 2 of its 4 seeds, which keeps `.ci/run` within its 35 minutes; the
+    4-seed runs and their findings are docs/reproduction.md's."""
+    _twin_to_completion(tmp_path, "fig5_alexnet_imagenet_small", [0, 1])
+
+
+@pytest.mark.reproduction  # about 14 minutes here at 2 seeds: run by hand (`-m reproduction`)
+def test_reduced_figure_3_runs_to_completion_and_its_report_makes_sense(tmp_path):
+    """The Figure-3 twin to completion at 2 of its 4 seeds, with its fourth start (random pruning
+    adjusted per layer); CI's check until the Figure-5 twin took its place for time."""
+    _twin_to_completion(tmp_path, "fig3_imagenet_resnet50_small", [0, 1])
 
 
 # ------------------------------------------------------------------ pruning during transfer
