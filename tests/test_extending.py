@@ -358,6 +358,10 @@ def slurm_cluster():
         pytest.fail(f"local SLURM cluster did not start:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
 
 
+# In rough seconds on the SLURM tier's 2 cores: conftest hands the longest tests out first.
+LONGEST = {"test_the_plugin_runs_on_slurm_as_it_runs_locally": 60}
+
+
 @pytest.mark.slurm
 def test_the_plugin_runs_on_slurm_as_it_runs_locally(plugin, slurm_cluster, tmp_path):
     from test_slurm import SLURM, wait_complete

@@ -17,6 +17,9 @@ from conftest import cli
 from test_slurm import SLURM, cluster, job_records, logs, sacct_states, status, step, tiny, wait_complete, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.slurm
+# The longest tests, in rough seconds on the tier's 2 cores: conftest hands them out first (longest first).
+LONGEST = {"test_sigterm_alone_checkpoints_and_requeues_a_two_task_job": 80,
+           "test_usr2_after_the_stage_finished_does_not_fail_the_job": 40}
 
 
 def usr2_while_live(job: str, trigger: Path, stop: threading.Event, sent: list) -> None:
