@@ -70,6 +70,11 @@ def pytest_collection_modifyitems(config, items):
         for (module, fixture), group in SHARED_FIXTURES.items():
             if fixture in item.fixturenames and module in ("*", item.path.name):
                 item.add_marker(pytest.mark.xdist_group(group))
+    # xdist's loadgroup hands tests to the workers in collection order: a long test collected last
+    # leaves the other worker idle until it ends. A module's LONGEST (test name -> rough seconds on
+    # the tier's 2 cores) puts those tests first, longest first; the rest keep their order.
+    items.sort(key=lambda item: -getattr(getattr(item, "module", None), "LONGEST", {}).get(
+        getattr(item, "originalname", item.name), 0))
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ from test_slurm import SLURM, cluster, tiny, wait_complete  # noqa: F401 (cluste
 from sslprune.core import errors
 
 pytestmark = pytest.mark.slurm
+# The longest tests, in seconds (the SLURM tier at load 16 on 2 cores): conftest hands them out first.
+LONGEST = {"test_store_path_with_spaces_and_shell_syntax_runs_and_executes_nothing": 58}
 
 
 def test_store_path_with_spaces_and_shell_syntax_runs_and_executes_nothing(tmp_path):

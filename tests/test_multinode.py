@@ -19,6 +19,9 @@ import pytest
 from conftest import ROOT, cli, cluster_start_lock, wait_for as waiting
 
 pytestmark = pytest.mark.slurm
+# The longest tests, in seconds (the SLURM tier at load 16 on 2 cores): conftest hands them out first.
+LONGEST = {"test_two_nodes_and_a_packed_job_give_the_bytes_of_one_node_with_two_tasks": 246,
+           "test_a_two_node_stage_requeued_and_preempted_mid_stage_gives_the_same_bytes": 177}
 
 CONF = "/etc/slurm-two-node/slurm.conf"
 NETNS = "/run/netns/sslprune-n1"
@@ -63,6 +66,12 @@ def records(store: Path) -> dict[str, dict]:
 
 
 def complete(args) -> bool:
+    """Every stage done. sslprune-status (Python and a config: about 1 s of CPU, the jobs' CPU) is asked
+    only once the two-node cluster's squeue (milliseconds) lists none of the store's jobs."""
+    (store,) = [Path(a.split("=", 1)[1]) for a in args if a.startswith("store=")]
+    arrays = {r["array_job_id"] for r in records(store).values()}
+    if arrays & set(on_cluster("squeue", "-h", "-r", "-o", "%F", check=False).stdout.split()):
+        return False
     return json.loads(on_cluster("sslprune-status", *args, "--json").stdout)["complete"]
 
 
@@ -135,7 +144,7 @@ def test_two_nodes_and_a_packed_job_give_the_bytes_of_one_node_with_two_tasks(tm
     assert "submitted 4 stage(s) in 3 array(s)" in p.stdout, p.stdout  # IMP 0, IMP 1, the pack of level 1
     q = on_cluster("sslprune-run", *one, *ONE_NODE)
     assert "submitted 4 stage(s) in 4 array(s)" in q.stdout, q.stdout
-    wait_for(lambda: not crashed(tmp_path / "two") and complete(two) and complete(one), 600, "both runs to finish", 3)
+    wait_for(lambda: not crashed(tmp_path / "two") and complete(two) and complete(one), 600, "both runs to finish")
     by = {r["stage"]: r for r in records(tmp_path / "two").values()}
     packed = {by[f"retrain labels {s} seed=0 level=1"]["job_id"] for s in ("winning_ticket", "random_reinit")}
     assert len(packed) == 1  # both starts in one job
@@ -154,15 +163,17 @@ def test_a_two_node_stage_requeued_and_preempted_mid_stage_gives_the_same_bytes(
     """`scontrol requeue` (SIGTERM, no checkpoint() call), then USR2 (preemption or time limit),
     both in the middle of a two-node stage: it resumes each time from its checkpoint and ends with
     the bytes of an uninterrupted run on one node with two tasks."""
-    # About 200 steps: every DDP step waits on a few dozen small collectives, about 0.3 s a step on 2 busy cores.
+    # 154 steps: every DDP step waits on a few dozen small collectives, about 0.3 s a step on 2 busy
+    # cores; the requeue goes at step 20 and USR2 30 steps after the restart, leaving about 90 steps.
     extra = ["retrain.schemes=[]", "run.interrupt_every=5", "run.checkpoint_steps=10"]
-    two = args_for(tmp_path / "two", *extra, epochs=9, batch=64)
-    one = args_for(tmp_path / "one", *extra, epochs=9, batch=64)
+    epochs = 7
+    two = args_for(tmp_path / "two", *extra, epochs=epochs, batch=64)
+    one = args_for(tmp_path / "one", *extra, epochs=epochs, batch=64)
     on_cluster("sslprune-run", *two, *TWO_NODES)
     on_cluster("sslprune-run", *one, *ONE_NODE)
     ((d, rec),) = records(tmp_path / "two").items()
     d, job = Path(d), rec["job_id"]
-    total = 9 * (1437 // 64)
+    total = epochs * (1437 // 64)
     wait_for(lambda: step(d) >= 20, 300, "the two-node job to train", 0.5)
     on_cluster("scontrol", "requeue", job)
     wait_for(lambda: "restart 1:" in logs(tmp_path / "two", job), 120, "the requeued job to restart")
@@ -170,7 +181,7 @@ def test_a_two_node_stage_requeued_and_preempted_mid_stage_gives_the_same_bytes(
     wait_for(lambda: step(d) >= s + 30, 300, "30 steps after the requeue", 0.5)
     on_cluster("scancel", "--signal=USR2", job)
     wait_for(lambda: "restart 2:" in logs(tmp_path / "two", job), 120, "the job to requeue itself after USR2")
-    wait_for(lambda: complete(two) and complete(one), 600, "both runs to finish", 3)
+    wait_for(lambda: complete(two) and complete(one), 600, "both runs to finish")
     log = logs(tmp_path / "two", job)
     assert ranks_on(log) == {0: "n1", 1: "n2"}, log[-3000:]
     stops = {int(r): int(s) for r, s in re.findall(r"rank (\d): interrupted at step (\d+)", log)}

@@ -17,6 +17,13 @@ from conftest import ROOT, cli, cluster_start_lock, wait_for
 from sslprune.core import errors
 
 pytestmark = pytest.mark.slurm
+# The longest tests, in seconds (the SLURM tier at load 16 on 2 cores): conftest hands them out first.
+LONGEST = {"test_demo_through_arrays_matches_local_run": 226, "test_requeue_preemption_and_cancel_resume_to_the_same_result": 216,
+           "test_failure_is_retried_then_only_the_failed_part_is_resubmitted": 226,
+           "test_a_packed_job_runs_its_stages_in_one_process_and_resumes_after_preemption": 129,
+           "test_ddp_preemption_stops_every_rank_at_the_same_step_and_resumes_bit_for_bit": 157,
+           "test_transfer_chains_and_new_evaluations_run_as_dependent_arrays": 88,
+           "test_two_task_ddp_job_matches_one_process": 89}
 
 SLURM = ["launcher=slurm_local", "launcher.time_min=20"]
 
@@ -53,8 +60,27 @@ def counts(st: dict, *keys: str) -> dict:
     return {kind: {k: c[k] for k in keys} for kind, c in st["kinds"].items()}
 
 
+def live(store: Path) -> bool:
+    """Whether SLURM still runs, or will run, a job of the store's ledger (squeue: milliseconds, no
+    Python); a job whose dependency can never be satisfied (its parent failed) will not."""
+    arrays = {r["array_job_id"] for r in job_records(store).values()}
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%F %r"], capture_output=True, text=True).stdout
+    return any(job in arrays and reason != "DependencyNeverSatisfied"
+               for job, reason in (line.split(maxsplit=1) for line in out.splitlines() if " " in line))
+
+
+def store_of(args) -> Path:
+    (store,) = [a.split("=", 1)[1].strip("'") for a in args if a.startswith("store=")]
+    return Path(store)
+
+
 def wait_complete(args, timeout: float = 420) -> dict:
-    return wait_for(lambda: (lambda s: s if s["complete"] else None)(status(args)), timeout, "all stages done", 3)
+    """sslprune-status once every stage is done. It is asked only when squeue has none of the store's
+    jobs left to run: each ask starts Python and composes the config, about 1 s of CPU, and asked every
+    3 s while the jobs ran, the polls of the tier's two workers took half a core of two from the jobs."""
+    store = store_of(args)
+    return wait_for(lambda: None if live(store) else (lambda s: s if s["complete"] else None)(status(args)), timeout,
+                    "all stages done", 1)
 
 
 def job_records(store: Path) -> dict[str, dict]:
@@ -145,11 +171,14 @@ def test_demo_through_arrays_matches_local_run(tmp_path):
 def test_requeue_preemption_and_cancel_resume_to_the_same_result(tmp_path):
     """One job: `scontrol requeue`, then USR2 (preemption/time limit), then scancel and re-submission."""
     common = ["signals.labels.optim.batch_size=32", "run.log_every=10", "retrain.schemes=[]"]
-    # About 5000 steps: long enough that an idle machine cannot finish the job between the status
-    # polls below (the test needs it still running after the second requeue).
-    args = tiny(tmp_path / "slurm", *common, signals=("labels",), seeds="[0]", levels=0, width=8, epochs=120,
+    # 1760 steps: the signals below are sent after about 420 steps (20, +100, +150, +150, each waited
+    # for on progress.json every 0.2 s; the cancel came at step 642 on 2 cores at load 18), leaving
+    # over 1000 steps for the job to be still running when it is cancelled. Every step more is paid
+    # twice (job and reference), on the tier's 2 cores.
+    epochs = 40
+    args = tiny(tmp_path / "slurm", *common, signals=("labels",), seeds="[0]", levels=0, width=8, epochs=epochs,
                 quiet=False)
-    ref_args = tiny(tmp_path / "local", *common, signals=("labels",), seeds="[0]", levels=0, width=8, epochs=120,
+    ref_args = tiny(tmp_path / "local", *common, signals=("labels",), seeds="[0]", levels=0, width=8, epochs=epochs,
                 quiet=False)
     cli("sslprune-run", *args, *SLURM)
     ((d, rec),) = job_records(tmp_path / "slurm").items()
@@ -157,24 +186,24 @@ def test_requeue_preemption_and_cancel_resume_to_the_same_result(tmp_path):
     reference = subprocess.Popen(["sslprune-run", *ref_args], cwd=ROOT, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
     try:
-        total = 120 * (1437 // 32)
-        wait_for(lambda: step(d) >= 20, 300, "the job to start training")
+        total = epochs * (1437 // 32)
+        wait_for(lambda: step(d) >= 20, 300, "the job to start training", 0.2)
         st = status(args)
         assert counts(st, "running", "pending", "done") == {"imp": {"running": 1, "pending": 0, "done": 0}}
         (r,) = st["running"]
         assert r["job_id"] == job and r["total"] == total and r["step"] >= 20
         assert {"loss", "acc", "lr"} <= set(r["latest"]) and "acc" in r["best"]
         s = step(d)
-        wait_for(lambda: step(d) >= s + 100, 300, "100 more steps")
+        wait_for(lambda: step(d) >= s + 100, 300, "100 more steps", 0.2)
         assert not (d / "result.json").exists()
         subprocess.run(["scontrol", "requeue", job], check=True)  # external: no checkpoint() call
         wait_for(lambda: "preempted" if status(args)["kinds"]["imp"]["preempted"] == 1 else None, 30,
                  "status to show the requeued job as preempted", 0.5)
         s = step(d)
-        wait_for(lambda: step(d) >= s + 150, 300, "150 steps after the requeue")
+        wait_for(lambda: step(d) >= s + 150, 300, "150 steps after the requeue", 0.2)
         subprocess.run(["scancel", "--signal=USR2", job], check=True)  # what SLURM sends before the time limit
         s = step(d)
-        wait_for(lambda: step(d) >= s + 150, 300, "150 steps after the USR2 requeue")
+        wait_for(lambda: step(d) >= s + 150, 300, "150 steps after the USR2 requeue", 0.2)
         assert not (d / "result.json").exists()
         subprocess.run(["scancel", job], check=True)
         st = wait_for(lambda: (lambda s: s if s["kinds"]["imp"]["failed"] == 1 else None)(status(args)), 60,
@@ -206,8 +235,10 @@ def test_failure_is_retried_then_only_the_failed_part_is_resubmitted(tmp_path):
     assert "submitted 2 stage(s)" in p.stdout, p.stdout
     recs = {r["stage"]: r for r in job_records(tmp_path).values()}
     failing = recs["imp labels seed=0 level=1"]["job_id"]
-    st = wait_for(lambda: (lambda s: s if s["kinds"]["imp"]["failed"] == 1 and s["kinds"]["retrain"]["blocked"] == 1
-                           else None)(status(base)), 180, "the failure and the blocked child")
+    # sslprune-status (about 1 s of CPU) only once squeue has none of the store's jobs left to run.
+    st = wait_for(lambda: None if live(tmp_path) else (
+        lambda s: s if s["kinds"]["imp"]["failed"] == 1 and s["kinds"]["retrain"]["blocked"] == 1 else None)(
+        status(base)), 180, "the failure and the blocked child")
     assert counts(st, "done", "failed", "blocked", "pending", "running") == {
         "imp": {"done": 1, "failed": 1, "blocked": 0, "pending": 0, "running": 0},
         "retrain": {"done": 1, "failed": 0, "blocked": 1, "pending": 0, "running": 0}}
@@ -296,15 +327,19 @@ def test_ddp_preemption_stops_every_rank_at_the_same_step_and_resumes_bit_for_bi
     equal an uninterrupted 2-task run's. Before, only rank 0 stopped and the other hung in a collective."""
     common = ["retrain.schemes=[]", "signals.labels.optim.batch_size=32", "run.log_every=10", "run.interrupt_every=5",
               "launcher.tasks_per_node=2"]
-    args = tiny(tmp_path / "stopped", *common, signals=("labels",), seeds="[0]", levels=0, width=8, epochs=20,
+    # 176 steps: USR2 goes at step 40 (progress.json polled every 0.2 s) and both ranks stop within
+    # run.interrupt_every=5 steps of it (at 45 on 2 cores at load 18), far from the end; each step more
+    # is paid by 4 processes.
+    epochs = 4
+    args = tiny(tmp_path / "stopped", *common, signals=("labels",), seeds="[0]", levels=0, width=8, epochs=epochs,
                 quiet=False)
-    ref = tiny(tmp_path / "straight", *common, signals=("labels",), seeds="[0]", levels=0, width=8, epochs=20)
+    ref = tiny(tmp_path / "straight", *common, signals=("labels",), seeds="[0]", levels=0, width=8, epochs=epochs)
     cli("sslprune-run", *args, *SLURM)
     cli("sslprune-run", *ref, *SLURM)
     ((d, rec),) = job_records(tmp_path / "stopped").items()
     d, job = Path(d), rec["job_id"]
-    total = 20 * (1437 // 32)
-    wait_for(lambda: step(d) >= 40, 300, "the 2-task job to start training")
+    total = epochs * (1437 // 32)
+    wait_for(lambda: step(d) >= 40, 300, "the 2-task job to start training", 0.2)
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
     wait_for(lambda: "REQUEUED" in sacct_states(job), 120, "the job to requeue itself")
     wait_complete(args, 600)
@@ -344,8 +379,11 @@ def test_a_packed_job_runs_its_stages_in_one_process_and_resumes_after_preemptio
     in the middle of the second requeues the job, which skips the first (done) and resumes the
     second from its checkpoint. Results equal unpacked local runs', each stage has its own result,
     and result.json says how long the job took to reach its first training step."""
+    # 264 steps a re-training: USR2 goes at the second stage's step 30 (progress.json polled every
+    # 0.2 s) and it stops within run.interrupt_every steps (at 36 on 2 cores at load 18), far from its
+    # end; each step more is paid 6 times (3 stages, here and in the local reference).
     common = ["retrain.schemes=[winning_ticket,random_reinit,random]", "retrain.levels=[1]",
-              "retrain.optim.batch_size=32", "retrain.optim.epochs=30", "run.log_every=10", "run.checkpoint_steps=20"]
+              "retrain.optim.batch_size=32", "retrain.optim.epochs=6", "run.log_every=10", "run.checkpoint_steps=20"]
     args = tiny(tmp_path / "packed", *common, "launcher.pack=true", signals=("labels",), seeds="[0]", levels=1,
                 width=8, epochs=1, quiet=False)
     ref = tiny(tmp_path / "local", *common, "run.workers=1", signals=("labels",), seeds="[0]", levels=1, width=8,
@@ -365,7 +403,7 @@ def test_a_packed_job_runs_its_stages_in_one_process_and_resumes_after_preemptio
         job = starts[0][1]["job_id"]
         first, second = Path(starts[0][0]), Path(starts[1][0])
         wait_for(lambda: (first / "result.json").exists() and step(second) >= 30, 600,
-                 "the second stage of the pack to train")
+                 "the second stage of the pack to train", 0.2)
         done_at = (first / "result.json").stat().st_mtime_ns
         subprocess.run(["scancel", "--signal=USR2", job], check=True)
         st = wait_complete(args, 600)

@@ -14,9 +14,14 @@ from pathlib import Path
 import pytest
 
 from conftest import cli
-from test_slurm import SLURM, cluster, job_records, logs, sacct_states, status, step, tiny, wait_complete, wait_for  # noqa: F401
+from test_slurm import SLURM, cluster, job_records, live, logs, sacct_states, status, step, tiny, wait_complete, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.slurm
+# The longest tests, in seconds (the SLURM tier at load 16 on 2 cores): conftest hands them out first.
+LONGEST = {"test_sigterm_alone_checkpoints_and_requeues_a_two_task_job": 214,
+           "test_a_cancelled_parent_task_cancels_only_its_own_dependants": 98,
+           "test_svm_and_standardised_probe_jobs_are_one_task_and_give_the_same_result": 91,
+           "test_usr2_after_the_stage_finished_does_not_fail_the_job": 62}
 
 
 def usr2_while_live(job: str, trigger: Path, stop: threading.Event, sent: list) -> None:
@@ -65,12 +70,14 @@ def test_sigterm_alone_checkpoints_and_requeues_a_two_task_job(tmp_path):
     dependant. Rank 1 says it stopped, not that it saved a checkpoint (only rank 0 writes)."""
     common = ["signals.labels.optim.batch_size=32", "run.log_every=10", "run.interrupt_every=5",
               "launcher.tasks_per_node=2"]
-    args = tiny(tmp_path, *common, signals=("labels",), seeds="[0]", levels=0, width=8, epochs=8, quiet=False)
+    # 176 steps: TERM goes at step 30 (progress.json polled every 0.2 s), both ranks stop within
+    # run.interrupt_every=5 steps of it, far from the end; each step more is paid by 2 processes.
+    args = tiny(tmp_path, *common, signals=("labels",), seeds="[0]", levels=0, width=8, epochs=4, quiet=False)
     cli("sslprune-run", *args, *SLURM)
     recs = {r["stage"]: (Path(d), r) for d, r in job_records(tmp_path).items()}
     d, rec = recs["imp labels seed=0 level=0"]
     job = rec["job_id"]
-    wait_for(lambda: step(d) >= 30, 300, "the 2-task job to start training")
+    wait_for(lambda: step(d) >= 30, 300, "the 2-task job to start training", 0.2)
     subprocess.run(["scancel", "--signal=TERM", job], check=True)
     wait_for(lambda: "REQUEUED" in sacct_states(job), 120, "the job to requeue itself")
     final = wait_complete(args, 600)
@@ -111,9 +118,11 @@ def test_a_cancelled_parent_task_cancels_only_its_own_dependants(tmp_path):
     # A job spends its first ~20 s importing: cancelled as soon as it runs, it is still starting.
     wait_for(lambda: slurm.state(imp["job_id"]) == "RUNNING", 300, "RotNet seed 1's IMP task to run", 0.2)
     subprocess.run(["scancel", imp["job_id"]], check=True)
-    st = wait_for(lambda: (lambda s: s if s["kinds"]["probe"]["done"] == 3 and s["kinds"]["imp"]["done"] == 3
-                           and s["kinds"]["probe"]["blocked"] == 1 else None)(status(args)), 300,
-                  "every stage but the cancelled one and its probe")
+    # sslprune-status (about 1 s of CPU) only once squeue has none of the store's jobs left to run.
+    st = wait_for(lambda: None if live(tmp_path) else (
+        lambda s: s if s["kinds"]["probe"]["done"] == 3 and s["kinds"]["imp"]["done"] == 3
+        and s["kinds"]["probe"]["blocked"] == 1 else None)(status(args)), 300,
+        "every stage but the cancelled one and its probe")
     assert {x["stage"]: x["state"] for x in st["problems"]} == {
         "imp rotnet seed=1 level=0": "failed", "probe:digits rotnet seed=1 level=0": "blocked"}
     for job, final in ((probe0["job_id"], "COMPLETED"), (probe1["job_id"], "CANCELLED")):
