@@ -115,8 +115,10 @@ def matrix_runs(tmp_path_factory):
     return _runs(tmp_path_factory.mktemp("ranks"), MATRIX)
 
 
-@pytest.mark.parametrize("task,model,dtype", [c if c in FAMILY else pytest.param(*c, marks=pytest.mark.slow)
-                                              for c in CASES])
+# The matrix's cases share one module fixture (every case trained at once): under pytest-xdist they
+# run on one worker, in one xdist_group, or each worker would train the whole matrix (90 s each).
+@pytest.mark.parametrize("task,model,dtype", [c if c in FAMILY else pytest.param(
+    *c, marks=[pytest.mark.slow, pytest.mark.xdist_group("ranks_matrix")]) for c in CASES])
 def test_two_ranks_train_as_one(request, task, model, dtype):
     import torch
     from sslprune.compute import checkpoint
