@@ -32,6 +32,7 @@ def _started(store: Path) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("interrupt_reference")  # one worker computes `reference`, not both (40 s each)
 @pytest.mark.parametrize("signum,to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)])
 def test_a_signal_stops_the_run_checkpointed_and_the_rerun_resumes(tmp_path, reference, signum, to_group):
     store = tmp_path / "store"

@@ -115,8 +115,10 @@ def matrix_runs(tmp_path_factory):
     return _runs(tmp_path_factory.mktemp("ranks"), MATRIX)
 
 
-@pytest.mark.parametrize("task,model,dtype", [c if c in FAMILY else pytest.param(*c, marks=pytest.mark.slow)
-                                              for c in CASES])
+# The matrix's cases share one module fixture (every case trained at once): under pytest-xdist they
+# run on one worker, in one xdist_group, or each worker would train the whole matrix (90 s each).
+@pytest.mark.parametrize("task,model,dtype", [c if c in FAMILY else pytest.param(
+    *c, marks=[pytest.mark.slow, pytest.mark.xdist_group("ranks_matrix")]) for c in CASES])
 def test_two_ranks_train_as_one(request, task, model, dtype):
     import torch
     from sslprune.compute import checkpoint
@@ -352,6 +354,7 @@ def decisions(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ranks_decisions")  # on one worker, which computes `decisions` once
 def test_a_failure_of_rank_0_before_it_decides_ends_every_rank_at_once(decisions):
     """Only a missing parent was broadcast: any other error of rank 0 before its decision (a link
     in the store, a `.lock` that is a folder or a FIFO, Ctrl-C while it waits for the lock) left the
@@ -367,6 +370,7 @@ def test_a_failure_of_rank_0_before_it_decides_ends_every_rank_at_once(decisions
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ranks_decisions")  # on one worker, which computes `decisions` once
 def test_a_done_stage_whose_parent_was_set_aside_is_done_on_every_rank(decisions):
     """Rank 0 required the parents before it read `done`: a finished stage whose parent was set
     aside since returned its result in one process but raised MissingInput on every rank of a
