@@ -91,3 +91,54 @@ def test_a_second_ctrl_c_stops_at_once_with_a_short_message(tmp_path, workers):
     assert len(said) == 1 and said[0].startswith("[sslprune] stopped at once by a second Ctrl-C: ")
     assert said[0].endswith(f"kept in {store}; the running stages lose what they trained since their last "
                             "checkpoint (nothing is corrupted); re-run the same command to resume")
+
+
+def _children(pid: int) -> list[int]:
+    """The pids whose parent is `pid` (from /proc: no psutil in the test extra)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Running or sleeping: not gone and not a zombie (an orphan's zombie may wait for a reaper)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("interrupt_reference")
+def test_kill_9_of_the_main_process_stops_its_workers_and_the_rerun_resumes(tmp_path, reference):
+    """`kill -9` of sslprune-run leaves its worker processes without a parent: they stop at their
+    next step, checkpointed, instead of training the rest of their chains unseen (found when a test's
+    timeout killed a twin's sslprune-run and its two workers trained on for over an hour)."""
+    store = tmp_path / "store"
+    p = subprocess.Popen(["sslprune-run", f"store={store}", *ARGS], cwd=ROOT, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    t0 = time.monotonic()
+    while not _started(store):
+        assert p.poll() is None and time.monotonic() - t0 < 300, "the run ended before it could be killed"
+        time.sleep(0.05)
+    workers = [c for c in _children(p.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes().decode(errors="replace")]
+    assert len(workers) == 2, workers  # 2 cores: 2 worker processes (pool + resource tracker aside)
+    p.kill()
+    p.wait()
+    t1 = time.monotonic()
+    while any(_alive(w) for w in workers):
+        assert time.monotonic() - t1 < 60, "the workers outlived the main process by a minute"
+        time.sleep(0.1)
+    # Nothing finished is lost and nothing half-done counts as done: the re-run resumes to the
+    # numbers of an uninterrupted run.
+    assert any(store.rglob("checkpoint.pt"))
+    cli("sslprune-run", f"store={store}", *ARGS)
+    assert (store / "reports").exists()
+    for ref in reference.glob("reports/*/results.csv"):
+        assert (store / ref.relative_to(reference)).read_bytes() == ref.read_bytes()

@@ -37,22 +37,31 @@ from .index import write_chains
 
 _stop: Optional[object] = None  # the worker's view of the main process's stop event
 _events: Optional[object] = None  # where the worker's stages report their progress (the Display)
+_parent: Optional[int] = None  # the main process's pid, to notice when it is gone
 
 
 def _worker_init(event, queue) -> None:
-    global _stop, _events
-    _stop, _events = event, queue
+    global _stop, _events, _parent
+    _stop, _events, _parent = event, queue, os.getppid()
     # Ctrl-C reaches the whole process group: the worker must not die mid-write, it stops at the
     # next step boundary when the main process sets the event.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def _orphaned() -> bool:
+    """In a worker: the main process that started it is gone (its pid is no longer our parent)."""
+    return _parent is not None and os.getppid() != _parent
+
+
 def _run_chain(cfg: Config, chain_index: int, compute: Callable, interrupt: Optional[Callable[[], bool]] = None,
                observer=None) -> dict:
     """Run the missing stages of one chain with `compute` (stage, rt, interrupt, started, observer) ->
     result; stops (checkpointed) when `interrupt` says so."""
-    interrupt = interrupt or (lambda: _stop is not None and _stop.is_set())
+    # A worker also stops (checkpointed, at its next step) when the main process is gone: after a
+    # `kill -9` of sslprune-run it would otherwise train the rest of its chain unseen, holding the
+    # stages' locks against the re-run, for as long as the chain takes (an hour for a twin's chain).
+    interrupt = interrupt or (lambda: _stop is not None and (_stop.is_set() or _orphaned()))
     if observer is None and _events is not None:
         observer = QueueObserver(_events, os.getpid())
     done = []
@@ -64,6 +73,8 @@ def _run_chain(cfg: Config, chain_index: int, compute: Callable, interrupt: Opti
         try:
             compute(stage, interrupt=interrupt, observer=observer)
         except Interrupted as e:
+            if _orphaned():  # checkpointed; nobody is left to take the result or give more work
+                os._exit(1)
             return {"done": done, "stopped": f"{stage.label} at step {e.step} (checkpoint {stage.dir})"}
         done.append(stage.label)
     return {"done": done, "stopped": None}
