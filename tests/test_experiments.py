@@ -163,10 +163,11 @@ def shrink(cfg):
                                     levels=None),
         probe=dataclasses.replace(cfg.probe, datasets=[_shrink_data(d) for d in cfg.probe.datasets],
                                   optim=_shrink_optim(cfg.probe.optim), levels=None),
-        svm=dataclasses.replace(cfg.svm, datasets=[_shrink_data(d) for d in cfg.svm.datasets], folds=2, levels=None),
+        svm=dataclasses.replace(cfg.svm, datasets=[_shrink_data(d) for d in cfg.svm.datasets], folds=2, levels=None,
+                                costs=cfg.svm.costs[:2]),
         finetune=dataclasses.replace(cfg.finetune, datasets=[_shrink_data(d) for d in cfg.finetune.datasets],
                                      optim=_shrink_optim(cfg.finetune.optim), levels=None),
-        run=dataclasses.replace(cfg.run, quiet=True, workers=2, log_every=1))
+        run=dataclasses.replace(cfg.run, quiet=True, workers=1, threads=1, log_every=1))
 
 
 @pytest.mark.parametrize("name", SMALL)
