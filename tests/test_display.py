@@ -19,6 +19,9 @@ from sslprune.control.display import Display
 
 from conftest import ROOT
 
+# The default tier's longest tests here (seconds on its 2 cores, idle): handed out first (conftest).
+LONGEST = {"test_a_log_gets_plain_lines_at_a_fixed_cadence": 12}
+
 HEADLINE = re.compile(r"\[sslprune\] demo: (\d+)/(\d+) stages done, elapsed \d\d:\d\d, "
                       r"(about \d\d:\d\d left|time left: after the first stage)")
 ARGS = ["model.width=4", "seeds=[0]", "prune.levels=1", "retrain.schemes=[winning_ticket]", "probe.signals=[]",
