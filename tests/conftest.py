@@ -61,7 +61,9 @@ def cli(*args: str, timeout: float = 600, check: bool = True, env: dict | None =
 SHARED_FIXTURES = {("*", "short_demo"): "short_demo", ("test_wandb.py", "demo"): "wandb_demo",
                    ("test_store_safety.py", "reference"): "store_safety_reference",
                    ("test_store_safety.py", "small_run"): "store_safety_small_run",
-                   ("test_pretrained.py", "resnet50"): "pretrained_resnet50"}
+                   ("test_pretrained.py", "resnet50"): "pretrained_resnet50",
+                   ("test_presets.py", "bad_runs"): "presets_bad_runs", ("test_method.py", "chain"): "method_chain",
+                   ("test_records.py", "built"): "records_built"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the node ids

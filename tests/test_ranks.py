@@ -115,9 +115,11 @@ def matrix_runs(tmp_path_factory):
     return _runs(tmp_path_factory.mktemp("ranks"), MATRIX)
 
 
-# The matrix's cases share one module fixture (every case trained at once): under pytest-xdist they
-# run on one worker, in one xdist_group, or each worker would train the whole matrix (90 s each).
-@pytest.mark.parametrize("task,model,dtype", [c if c in FAMILY else pytest.param(
+# The family cases share one module fixture, requested inside the test (so conftest's SHARED_FIXTURES,
+# which reads the fixture names, cannot see it), and so do the matrix's (every case trained at once):
+# each set in one xdist_group, on one worker, or each worker would train all of its cases.
+@pytest.mark.parametrize("task,model,dtype", [pytest.param(*c, marks=pytest.mark.xdist_group("ranks_family"))
+                                              if c in FAMILY else pytest.param(
     *c, marks=[pytest.mark.slow, pytest.mark.xdist_group("ranks_matrix")]) for c in CASES])
 def test_two_ranks_train_as_one(request, task, model, dtype):
     import torch

@@ -17,6 +17,9 @@ from sslprune.core.stage import ImpLevel
 
 from conftest import ROOT, cli, tiny_config
 
+# The default tier's longest tests here (seconds on its 2 cores, idle): handed out first (conftest).
+LONGEST = {"test_kill_9_then_resume_equals_uninterrupted": 41, "test_finished_stage_is_not_recomputed": 12}
+
 # model.init (issue 13) made the default a per-signal initialisation, which trains different
 # networks than every run before it: default configs get new names (these two), while init=shared,
 # what ran before the field existed, keeps the old ones (GOLDEN_SHARED, test below).

@@ -29,6 +29,9 @@ from sslprune.core.schema import WandbConfig
 
 from conftest import ROOT
 
+# The default tier's longest tests here (seconds on its 2 cores, idle): handed out first (conftest).
+LONGEST = {"test_wandb_state_line_is_printed_once_per_command_before_work_starts": 14}
+
 WANDB = str(Path(sys.executable).with_name("wandb"))
 FAKE_KEY = "0123456789abcdef" * 2 + "01234567"  # 40 characters: well-formed, accepted by no server
 
