@@ -64,20 +64,22 @@ def _run_chain(cfg: Config, chain_index: int, compute: Callable, interrupt: Opti
     interrupt = interrupt or (lambda: _stop is not None and (_stop.is_set() or _orphaned()))
     if observer is None and _events is not None:
         observer = QueueObserver(_events, os.getpid())
-    done = []
+    done, stopped = [], None
     for stage in chains(cfg)[chain_index]:
         if interrupt():
-            return {"done": done, "stopped": stage.label}
+            stopped = stage.label
+            break
         if stage.done():
             continue
         try:
             compute(stage, interrupt=interrupt, observer=observer)
         except Interrupted as e:
-            if _orphaned():  # checkpointed; nobody is left to take the result or give more work
-                os._exit(1)
-            return {"done": done, "stopped": f"{stage.label} at step {e.step} (checkpoint {stage.dir})"}
+            stopped = f"{stage.label} at step {e.step} (checkpoint {stage.dir})"
+            break
         done.append(stage.label)
-    return {"done": done, "stopped": None}
+    if _orphaned():  # everything is checkpointed; nobody is left to take the result or give more work,
+        os._exit(1)  # and the dead pool's queue would keep this worker waiting forever
+    return {"done": done, "stopped": stopped}
 
 
 # ---------------------------------------------------------------- main side
