@@ -19,6 +19,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # Tests never log to W&B, whatever the developer's credentials (tests/test_wandb.py sets its own env).
 os.environ["WANDB_MODE"] = "disabled"
 
+# Idle OpenMP threads sleep instead of spinning, in this process and every command, pool worker and
+# SLURM job it starts (set before torch loads). The two xdist workers share 2 cores, and a stage
+# computing on 2 threads beside the other worker spun its idle threads: the default tier took 7 min
+# 00 s and 13 min 24 s of CPU, with PASSIVE 5 min 56 s and 11 min 29 s (2026-12-06, back to back).
+# How threads wait changes no number: the golden tests pass either way.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def tiny_optim(epochs: int = 2, **kw) -> OptimConfig:
     return OptimConfig(**{"optimizer": "sgd", "lr": 0.05, "batch_size": 128, "epochs": epochs, **kw})
