@@ -14,6 +14,7 @@ predictor) are left out; a flag only one set tests is listed, not compared.
 `--fast` reads the finished stages of both sets and compares (seconds): use it on a store a run
 of the full or a reduced configuration left, with the same overrides. The last lines are always
 
+    signs: <k> of <n> per-level differences on the same side of zero
     verdicts: <k> of <n> the same
     agreement: <k> of <n> per-level flags (<percent> %)
 
@@ -65,7 +66,9 @@ def agreement(cfg, a: list[int], b: list[int]) -> dict:
     fb, vb = flags(dataclasses.replace(cfg, seeds=list(b)))
     both = sorted(set(fa) & set(fb))
     verdicts = sorted(set(va) & set(vb))
+    sign = lambda m: (m > 0) - (m < 0)  # noqa: E731
     return {"a": fa, "b": fb, "both": both, "same": [k for k in both if fa[k][0] == fb[k][0]],
+            "signs_same": [k for k in both if sign(fa[k][1]) == sign(fb[k][1])],
             "differ": [k for k in both if fa[k][0] != fb[k][0]], "only": sorted(set(fa) ^ set(fb)),
             "verdicts": verdicts, "verdicts_same": [k for k in verdicts if va[k] == vb[k]]}
 
@@ -84,6 +87,7 @@ def lines(result: dict, a: list[int], b: list[int]) -> list[str]:
     for k in result["only"]:
         out.append(f"  tested by one set only: {k[0]} {k[1]} {k[2]} level {k[3]}")
     n, k = len(result["both"]), len(result["same"])
+    out.append(f"signs: {len(result['signs_same'])} of {n} per-level differences on the same side of zero")
     out.append(f"verdicts: {len(result['verdicts_same'])} of {len(result['verdicts'])} the same")
     out.append(f"agreement: {k} of {n} per-level flags" + (f" ({100 * k / n:.1f} %)" if n else " (none compared)"))
     return out

@@ -52,6 +52,7 @@ def test_fast_mode_counts_the_flags_two_seed_sets_agree_on(tmp_path):
         "A +25.39 ± 0.00 met, B -3.52 ± 28.91 not met",
         "  differs: ssl_ticket_above_random rotnet winning_ticket level 10 (10.74% left): "
         "A +37.50 ± 0.00 met, B +8.59 ± 28.91 not met",
+        "signs: 5 of 7 per-level differences on the same side of zero",  # the first two above differ
         "verdicts: 4 of 7 the same",
         "agreement: 4 of 7 per-level flags (57.1 %)"]
 
