@@ -27,6 +27,16 @@ os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+# The entries of a stage's result.json that say how long it took, not what it computed: the only
+# ones two runs of the same stage may differ in.
+TIMES = ("seconds", "setup_s", "startup_s")
+
+
+def numbers(result: dict) -> dict:
+    """A result.json's content without its TIMES: what must be equal when a stage is computed again."""
+    return {k: v for k, v in result.items() if k not in TIMES}
+
+
 def tiny_optim(epochs: int = 2, **kw) -> OptimConfig:
     return OptimConfig(**{"optimizer": "sgd", "lr": 0.05, "batch_size": 128, "epochs": epochs, **kw})
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli, cluster_start_lock, wait_for as waiting
+from conftest import ROOT, cli, cluster_start_lock, numbers, wait_for as waiting
 
 pytestmark = pytest.mark.slurm
 # The longest tests, in seconds (the SLURM tier at load 16 on 2 cores): conftest hands them out first.
@@ -27,7 +27,6 @@ CONF = "/etc/slurm-two-node/slurm.conf"
 NETNS = "/run/netns/sslprune-n1"
 TWO_NODES = ["launcher=slurm_two_node", "launcher.nodes=2", "launcher.tasks_per_node=1"]
 ONE_NODE = ["launcher=slurm_two_node", "launcher.nodes=1", "launcher.tasks_per_node=2"]
-TIMING = {"seconds", "setup_s", "startup_s"}  # the only entries of result.json that may differ between runs
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -113,7 +112,7 @@ def stage_files(store: Path) -> dict[str, bytes]:
         assert {"model.pt", "mask.pt"} <= set(r["outputs"]), r["outputs"]
         for name in r["outputs"]:
             out[str(result.parent.relative_to(store) / name)] = (result.parent / name).read_bytes()
-        out[str(result.relative_to(store))] = json.dumps({k: v for k, v in r.items() if k not in TIMING},
+        out[str(result.relative_to(store))] = json.dumps(numbers(r),
                                                          sort_keys=True).encode()
     return out
 
