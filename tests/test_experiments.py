@@ -25,7 +25,7 @@ from sslprune.core.stage import ImpLevel
 # The default tier's longest tests here (seconds on its 2 cores, idle): handed out first (conftest).
 LONGEST = {"test_transfer_chain_starts_from_the_source_network_and_waits_for_it": 18,
            "test_reduced_twin_runs_every_stage_for_a_few_steps": 10,
-           "test_reduced_figure_5_runs_to_completion_and_its_report_makes_sense": 1123}  # beside the SLURM tier
+           "test_reduced_figure_5_runs_to_completion_and_its_report_makes_sense": 380}  # alone, -m twin
 
 CONF = ROOT / "conf"
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
@@ -400,7 +400,8 @@ def test_reduced_figure_5_runs_to_completion_and_its_report_makes_sense(tmp_path
     report, the findings, the paper's sanity inequality), not a scientific sample: the seeds, the
     standard errors and the verdicts' stability are docs/reproduction.md's 4-seed runs'. One seed
     brought `.ci/run` from 43 min 52 s (the twin at 2 seeds: 12 min 21 s) to 35 min 25 s. Then
-    the re-run of its levels 0-2 (issue 22): the Figure-3 twin's 13 such stages took 71 s alone."""
+    the re-run of its levels 0-2 (issue 22): the Figure-3 twin's 13 such stages took 71 s alone.
+    Both together: 6 min 20 s alone on 2 cores (2026-12-07)."""
     _twin_to_completion(tmp_path, "fig5_alexnet_imagenet_small", [0])
     _rerun_gives_the_same_bytes(tmp_path, "fig5_alexnet_imagenet_small", [0])
 

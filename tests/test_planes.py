@@ -157,6 +157,20 @@ def test_core_control_and_api_import_nothing_heavy_in_a_fresh_interpreter():
     assert after_all == [], f"importing the control plane and the API loaded {after_all}"
 
 
+def test_collecting_every_test_imports_no_heavy_library():
+    """Issue 21: collection stays fast because no test module imports torch, torchvision, Hydra,
+    submitit or wandb at module level (tests import them inside the tests that use them). Collected
+    in a fresh interpreter (this process has imported them already), every tier (-m "")."""
+    never = HEAVY + ("hydra", "omegaconf", "submitit", "wandb")
+    code = ("import json, sys, pytest\n"
+            "rc = pytest.main(['--collect-only', '-q', '-m', '', '-n', '0', '-p', 'no:cacheprovider', 'tests'])\n"
+            "print(json.dumps([int(rc), sorted({m.split('.')[0] for m in sys.modules} & set(%r))]))\n") % (never,)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    rc, loaded = json.loads(out.stdout.splitlines()[-1])
+    assert rc == 0, out.stdout[-2000:]
+    assert loaded == [], f"collecting the tests imported {loaded}"
+
+
 def _without_heavy(tmp_path: Path) -> dict:
     """An environment whose torch, torchvision, torchcodec, sklearn and scipy raise ImportError on import."""
     blocked = tmp_path / "blocked"

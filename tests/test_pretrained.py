@@ -11,15 +11,25 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
-import torchvision
 
 from sslprune import api
-from sslprune.compute import checkpoint, model as models, pretrained
 from sslprune.core.errors import ConfigError
 from sslprune.core.identity import chain_digest, chain_identity
 from sslprune.core.schema import ModelConfig
 from sslprune.core.stage import Retrain
+
+# torch, torchvision and the compute plane are imported by the first test, not at collection (issue
+# 21: collection imports no torch; it was 2 s of the default tier's 6 s collection).
+torch = torchvision = checkpoint = models = pretrained = None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _heavy_imports():
+    global torch, torchvision, checkpoint, models, pretrained
+    import torch
+    import torchvision
+
+    from sslprune.compute import checkpoint, model as models, pretrained
 
 
 def _head(state: dict, features: int) -> dict:
