@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
 import re
+import subprocess
 
 import pytest
 import yaml
@@ -370,16 +372,34 @@ def _twin_to_completion(tmp_path, experiment, seeds):
     assert "labels_ticket_above_reinit" in text
 
 
-def _rerun_gives_the_same_bytes(tmp_path, name, seeds, levels=2):
-    """Issue 22: a re-run on the same machine gives the same numbers byte for byte. prune.levels is
-    a path part, not identity, so the twin at prune.levels=2 in a fresh store computes again exactly
-    the stages of levels 0-2 of the full run in tmp_path/store: each must record the same numbers,
+def _rerun_args(name, seeds, levels=2):
+    """prune.levels is a path part, not identity, so the twin at prune.levels=`levels` computes
+    exactly the stages of levels 0..`levels` of the full run; the re-trained levels up to `levels`
+    with it (a path part too: the others would be beyond the chain)."""
+    return [f"seeds={seeds}", f"prune.levels={levels}",
+            f"retrain.levels={[lv for lv in load(name).retrain.levels if lv <= levels]}"]
+
+
+def _start_rerun(tmp_path, name, seeds, levels=2) -> subprocess.Popen:
+    """The re-run of issue 22, into a fresh store (tmp_path/again), started beside the full run:
+    both on the same 2 cores at once, each with its own workers, so the re-run also checks that
+    what else runs on the machine and in which order its workers take stages leave no trace in
+    the bytes. (It also fills the cores the full run's chains leave idle.)"""
+    e = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "again.log", "w") as log:  # a file, not a pipe nobody reads while the twin runs
+        return subprocess.Popen(["sslprune-run", f"experiment={name}", f"store={tmp_path / 'again'}",
+                                 *_rerun_args(name, seeds, levels)], cwd=ROOT, env=e, stdout=log,
+                                stderr=subprocess.STDOUT)
+
+
+def _rerun_gives_the_same_bytes(tmp_path, name, seeds, rerun: subprocess.Popen, levels=2):
+    """Issue 22: a re-run on the same machine gives the same numbers byte for byte. Each stage of
+    the re-run (`_start_rerun`) must record the same numbers as the full run in tmp_path/store,
     and the same bytes in every file it wrote (weights, mask, rewind point, sparsity report)."""
     full, again = tmp_path / "store", tmp_path / "again"
-    # The re-trained levels up to `levels` (a path part too: the others would be beyond the chain).
-    args = [f"seeds={seeds}", f"prune.levels={levels}",
-            f"retrain.levels={[lv for lv in load(name).retrain.levels if lv <= levels]}"]
-    cli("sslprune-run", f"experiment={name}", f"store={again}", *args, timeout=1800)
+    rerun.wait(timeout=1800)
+    assert rerun.returncode == 0, (tmp_path / "again.log").read_text()[-4000:]
+    args = _rerun_args(name, seeds, levels)
     stages = experiment.stages(load(name, f"store={again}", *args))
     kinds = {type(s).__name__ for s in stages}
     assert {"ImpLevel", "Retrain"} <= kinds, kinds
@@ -400,10 +420,16 @@ def test_reduced_figure_5_runs_to_completion_and_its_report_makes_sense(tmp_path
     report, the findings, the paper's sanity inequality), not a scientific sample: the seeds, the
     standard errors and the verdicts' stability are docs/reproduction.md's 4-seed runs'. One seed
     brought `.ci/run` from 43 min 52 s (the twin at 2 seeds: 12 min 21 s) to 35 min 25 s. Then
-    the re-run of its levels 0-2 (issue 22): the Figure-3 twin's 13 such stages took 71 s alone.
-    Both together: 6 min 20 s alone on 2 cores (2026-12-07)."""
-    _twin_to_completion(tmp_path, "fig5_alexnet_imagenet_small", [0])
-    _rerun_gives_the_same_bytes(tmp_path, "fig5_alexnet_imagenet_small", [0])
+    the re-run of its levels 0-2 (issue 22), started beside the full run; one after the other,
+    both took 6 min 20 s alone on 2 cores (2026-12-07)."""
+    rerun = _start_rerun(tmp_path, "fig5_alexnet_imagenet_small", [0])
+    try:
+        _twin_to_completion(tmp_path, "fig5_alexnet_imagenet_small", [0])
+    except BaseException:
+        rerun.kill()
+        rerun.wait()
+        raise
+    _rerun_gives_the_same_bytes(tmp_path, "fig5_alexnet_imagenet_small", [0], rerun)
 
 
 @pytest.mark.reproduction  # about 14 minutes here at 2 seeds: run by hand (`-m reproduction`)
