@@ -63,10 +63,15 @@ def tiny_config(store: Path, **kw) -> Config:
 # that PATH happens to find first (each git worktree of the project has its own venv).
 os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
+def cli_env(env: dict | None = None) -> dict:
+    """The environment `cli` runs a console script in; a test that starts one with Popen (to run
+    beside something else) uses it too, so its numbers can be compared with a `cli` run's."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+
+
 def cli(*args: str, timeout: float = 600, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run one of the console scripts the way a user does, from a clean subprocess."""
-    e = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    p = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, env=e, cwd=ROOT)
+    p = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, env=cli_env(env), cwd=ROOT)
     if check and p.returncode != 0:
         raise AssertionError(f"{args} exited {p.returncode}\nstdout:\n{p.stdout[-4000:]}\nstderr:\n{p.stderr[-4000:]}")
     return p

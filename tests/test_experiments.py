@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
 import re
 import subprocess
 
@@ -19,7 +18,7 @@ from sslprune.core.rewind import REWIND, rewind_steps
 from sslprune.core.schema import DataConfig, OptimConfig
 from sslprune.core.sweep import signal_data, signal_prune
 
-from conftest import ROOT, cli, fashion_mnist_configs, numbers
+from conftest import ROOT, cli, cli_env, fashion_mnist_configs, numbers
 from sslprune.api import compute
 from sslprune.api import uses_cuda
 from sslprune.core.stage import ImpLevel
@@ -385,10 +384,9 @@ def _start_rerun(tmp_path, name, seeds, levels=2) -> subprocess.Popen:
     both on the same 2 cores at once, each with its own workers, so the re-run also checks that
     what else runs on the machine and in which order its workers take stages leave no trace in
     the bytes. (It also fills the cores the full run's chains leave idle.)"""
-    e = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(tmp_path / "again.log", "w") as log:  # a file, not a pipe nobody reads while the twin runs
         return subprocess.Popen(["sslprune-run", f"experiment={name}", f"store={tmp_path / 'again'}",
-                                 *_rerun_args(name, seeds, levels)], cwd=ROOT, env=e, stdout=log,
+                                 *_rerun_args(name, seeds, levels)], cwd=ROOT, env=cli_env(), stdout=log,
                                 stderr=subprocess.STDOUT)
 
 
