@@ -23,7 +23,7 @@ def test_the_section_says_when_where_and_how_the_results_were_computed(tmp_path)
         path.parent.mkdir()
         path.write_text("{}")
         os.utime(path, (0, datetime(2026, 12, 5, 10 + i, 30, tzinfo=timezone.utc).timestamp()))
-        results[str(path)] = {"kind": kind, "device": "cpu", "cpu_model": cpu,
+        results[str(path)] = {"kind": kind, "device": "cpu", "cpu_model": cpu, "seconds": 10.25 * (i + 1),
                               **({} if threads is None else {"threads": threads})}
     results[str(tmp_path / "never_ran" / "result.json")] = None
     found = [{"claim": "labels_ticket_above_reinit", "subject": "labels", "evaluation": "winning_ticket",
@@ -31,14 +31,15 @@ def test_the_section_says_when_where_and_how_the_results_were_computed(tmp_path)
               "stability": 0.5, "unstable": 0.5 < STABLE}]
     text = reproduction.markdown(cfg, ["prune.levels=1", "seeds=[0,1]"], results, found, "v1.2-3-gabc1234",
                                  datetime(2026, 12, 6, 12, 0, tzinfo=timezone.utc))
-    assert text.splitlines()[:9] == [
+    assert text.splitlines()[:10] == [
         "## Reproduction: tiny", "",
         "- results computed: 2026-12-05 10:30 to 2026-12-05 13:30 UTC (4 stages; the times of their result.json)",
         "- section written: 2026-12-06 12:00 UTC",
         "- commit: v1.2-3-gabc1234 (`git describe` of the installed tree when this section was written)",
         "- threads: 1 (2 stages), 2 (1 stages)",  # the SVM's scikit-learn records none and is not counted
         "- CPU model: AMD EPYC 7B13 (3 stages), Intel Xeon (1 stages)",
-        "- device: cpu", ""]
+        "- device: cpu",
+        "- stage time: 102 s summed over the stages' result.json `seconds`", ""]  # 10.25 x (1+2+3+4), rounded
     assert "sslprune-run experiment=tiny prune.levels=1 'seeds=[0,1]'\n" \
            "sslprune-report experiment=tiny prune.levels=1 'seeds=[0,1]' --reproduction\n" in text
     assert text.endswith("| labels_ticket_above_reinit | labels | winning_ticket | 1 / 1 | holds, *unstable* | 1 / 2 |\n")
@@ -46,6 +47,10 @@ def test_the_section_says_when_where_and_how_the_results_were_computed(tmp_path)
     text = reproduction.markdown(cfg, [], {"r.json": {"kind": "imp", "threads": 1}}, [], "unknown",
                                  datetime(2026, 12, 6, tzinfo=timezone.utc))
     assert "- CPU model: not recorded\n" in text and "- results computed: not recorded (1 stages" in text
+    assert "- stage time: not recorded\n" in text
+    text = reproduction.markdown(cfg, [], {"a": {"seconds": 1.5}, "b": {"kind": "svm"}}, [], "unknown",
+                                 datetime(2026, 12, 6, tzinfo=timezone.utc))
+    assert "- stage time: 2 s summed over the stages' result.json `seconds` (1 stages without it)\n" in text
 
 
 def test_the_command_names_the_experiment_once_and_quotes_for_the_shell():

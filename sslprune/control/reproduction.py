@@ -52,6 +52,18 @@ def _counts(values: list) -> str:
     return ", ".join(f"{v} ({n} stages)" for v, n in sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+def _stage_time(done: list) -> str:
+    """The sum of the stages' `seconds`: what the results cost to compute, whichever run computed
+    them. A twin computed in a store that already held some of its stages (another twin's IMP
+    chains) took less wall time than it costs; its cost on W workers never idle is this sum / W."""
+    seconds = [r["seconds"] for r in done if isinstance(r.get("seconds"), (int, float))]
+    if not seconds:
+        return NOT_RECORDED
+    missing = len(done) - len(seconds)
+    return (f"{round(sum(seconds)):,} s summed over the stages' result.json `seconds`"
+            + (f" ({missing} stages without it)" if missing else ""))
+
+
 def markdown(cfg: Config, overrides: list[str], results: dict, found: list[dict], tree_commit: str,
              written: datetime) -> str:
     """`results`: {result.json path: its content} of the finished stages."""
@@ -66,6 +78,7 @@ def markdown(cfg: Config, overrides: list[str], results: dict, found: list[dict]
              f"- threads: {_counts([r.get('threads') for r in trained]) if trained else NOT_RECORDED}",
              f"- CPU model: {_counts([r.get('cpu_model') for r in done.values()]) if done else NOT_RECORDED}",
              f"- device: {_counts([r.get('device') for r in done.values()]) if done else NOT_RECORDED}",
+             f"- stage time: {_stage_time(list(done.values()))}",
              "", "Reproduce the results and this report:", "", "```",
              command(cfg.experiment, overrides), command(cfg.experiment, overrides, "sslprune-report",
                                                          ("--reproduction",)),
