@@ -42,6 +42,7 @@ def test_the_section_says_when_where_and_how_the_results_were_computed(tmp_path)
         "- stage time: 102 s summed over the stages' result.json `seconds`", ""]  # 10.25 x (1+2+3+4), rounded
     assert "sslprune-run experiment=tiny prune.levels=1 'seeds=[0,1]'\n" \
            "sslprune-report experiment=tiny prune.levels=1 'seeds=[0,1]' --reproduction\n" in text
+    assert "on another CPU model they differ, by about as much as another seed" in text  # measured, not only the last digits
     assert text.endswith("| labels_ticket_above_reinit | labels | winning_ticket | 1 / 1 | holds, *unstable* | 1 / 2 |\n")
     # stages computed before result.json recorded the CPU say so
     text = reproduction.markdown(cfg, [], {"r.json": {"kind": "imp", "threads": 1}}, [], "unknown",

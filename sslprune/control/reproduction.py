@@ -84,8 +84,9 @@ def markdown(cfg: Config, overrides: list[str], results: dict, found: list[dict]
                                                          ("--reproduction",)),
              "```", "",
              "CPU results depend on the thread count and the CPU model (oneDNN and MKL choose kernels by "
-             "instruction set): on another CPU the numbers may differ in the last digits and verdicts near "
-             "a threshold may turn.", "",
+             "instruction set): on another CPU model they differ, by about as much as "
+             "another seed's, and verdicts near a threshold may turn (measured: docs/reproduction.md, "
+             "Across CPU models).", "",
              "### Findings (findings.md)", "", *claims_found.summary(found), ""]
     return "\n".join(lines)
 
