@@ -122,7 +122,7 @@ DESCRIPTIONS = {
     "run.quiet": "no progress output",
     "run.progress_seconds": "`sslprune-run`'s status line interval when its output is not a terminal (a log, CI)",
     "run.interrupt_every": "DDP: steps between the ranks' agreement on stopping, so all ranks stop at the same step",
-    "run.workers": "local parallel processes for independent chains; 0 = one per core on CPU, 1 on GPU",
+    "run.workers": "local parallel processes for independent chains, those with the most work left first (`sslprune/control/workload.py`); 0 = one per core on CPU, 1 on GPU",
     "launcher": "where stages run (config group `launcher=`); never identity",
     "launcher.name": "`local` here; `submitit_local` one submitit job per chain here; `slurm` job arrays with dependencies",
     "launcher.partition": "sbatch `--partition`; null = the cluster's default",
