@@ -173,3 +173,20 @@ def test_findings_say_the_random_baseline_is_shared_where_the_experiment_retrain
     assert note in findings.markdown(cfg, [], [])
     cfg.retrain = replace(cfg.retrain, schemes=["winning_ticket", "random_reinit"])
     assert note not in findings.markdown(cfg, [], [])
+
+
+def test_a_shared_stage_records_the_same_whichever_signals_chain_computes_it(tmp_path):
+    """Its result.json said the task of the chain that reached it first (labels in the experiment's
+    order, Exemplar once local runs started the longest chains first): the Figure-6 twin's dense
+    stages differed in `signal_task` alone between two runs of the same code on the same machine."""
+    from conftest import numbers
+
+    results, files_ = [], []
+    for signal in ("labels", "rotnet"):
+        cfg = tiny_config(tmp_path / signal)
+        stage = Retrain(cfg, signal, 0, 0, "random_reinit")
+        assert stage.shared and stage.dense
+        results.append(numbers(compute(stage)))
+        files_.append((stage.dir / "model.pt").read_bytes())
+    assert results[0]["signal_task"] is None
+    assert results[0] == results[1] and files_[0] == files_[1]
