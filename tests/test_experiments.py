@@ -311,7 +311,7 @@ def test_twins_train_their_dense_networks_in_the_papers_schedule_shape():
 # ------------------------------------------------------------------ Figure 3, reduced, to completion
 
 
-@pytest.mark.reproduction  # about 55 minutes here at its 4 seeds: run by hand (`-m reproduction`), not in CI's tiers
+@pytest.mark.reproduction  # 28-30 minutes at its 4 seeds on an AMD EPYC, about 55 on an Intel Xeon: run by hand (`-m reproduction`), not in CI's tiers
 def test_reduced_modern_figure_3_runs_to_completion_and_tests_the_claims_for_each_new_signal(tmp_path):
     """Issue 24's twin: every signal at every level, every start at every re-trained level, and
     findings.md testing the paper's self-supervised claims for SimCLR, MoCo v2 and BYOL."""
