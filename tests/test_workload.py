@@ -15,7 +15,7 @@ from sslprune.api import compute as real_compute, uses_cuda
 def test_the_figure6_twin_starts_its_exemplar_chains_first_seed_after_seed(tmp_path):
     cfg = api.config("fig6_cifar10_vgg19_small", store=tmp_path)
     chains = experiment.chains(cfg)
-    order = workload.longest_first(cfg, chains, range(len(chains)))
+    order = workload.longest_first(chains, range(len(chains)))
     seeds = list(cfg.seeds)
     assert [(chains[i][0].signal, chains[i][0].seed) for i in order] == \
         [(s, seed) for s in ("exemplar", "rotnet", "labels") for seed in seeds]
@@ -25,8 +25,7 @@ def test_the_figure6_twin_starts_its_exemplar_chains_first_seed_after_seed(tmp_p
     imp = cfg.prune.levels + 1
     retrains = 1 + 1 + 3 * (len(cfg.retrain.levels) - 1)  # level 0: ticket, dense; then 3 per pruned level
     retrains += len(cfg.retrain.levels) - 1  # the shared random mask of each pruned level
-    left = {chains[i][0].signal: sum(workload.passes(s) for s in {s.key(): s for s in chains[i]}.values())
-            for i in order[::len(seeds)]}
+    left = {chains[i][0].signal: workload.work(chains[i]) for i in order[::len(seeds)]}
     assert left == {"exemplar": imp * 180 + retrains * 30, "rotnet": imp * 120 + retrains * 30,
                     "labels": imp * 30 + retrains * 30}
 
@@ -38,7 +37,7 @@ def test_what_is_done_no_longer_counts(tmp_path):
     # Exemplar seed 0 pruned to its last level (a resumed run): only its re-trainings are left, less
     # than any labels chain holds, so it goes last.
     done = frozenset(s.key() for s in chains[first] if s.kind == "imp")
-    order = workload.longest_first(cfg, chains, range(len(chains)), done)
+    order = workload.longest_first(chains, range(len(chains)), done)
     assert order[-1] == first
     assert [chains[i][0].signal for i in order[:3]] == ["exemplar"] * 3
 

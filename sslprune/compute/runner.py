@@ -193,10 +193,7 @@ def _compute(stage: Stage, rt: Runtime, interrupt, started: Optional[float] = No
     except BaseException as e:
         monitor.fail(e)
         raise
-    # A shared stage (the dense network from scratch, a level's random mask) is every signal's:
-    # which signal's task it records must not depend on which chain or job happened to compute it.
-    task = None if getattr(stage, "shared", False) else stage.cfg.signals[stage.signal].task.name
-    result.update({"kind": stage.kind, "signal_task": task,
+    result.update({"kind": stage.kind, "signal_task": stage.signal_task,
                    "seed": stage.seed, "level": stage.level, "seconds": round(time.monotonic() - t0, 3),
                    "device": str(rt.device), "world": rt.world, "cpu_model": machine.cpu_model()})
     first = result.pop("first_step_at", None)

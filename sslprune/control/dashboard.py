@@ -94,8 +94,7 @@ def remaining(stage) -> Optional[float]:
 def describe(stage) -> dict:
     """The fields that identify a stage (these override the stage-app selectors of the config)."""
     return {"experiment": stage.cfg.experiment, "kind": stage.kind, "signal": stage.signal,
-            "signal_task": None if getattr(stage, "shared", False) else stage.cfg.signals[stage.signal].task.name,
-            "seed": stage.seed, "level": stage.level,
+            "signal_task": stage.signal_task, "seed": stage.seed, "level": stage.level,
             "remaining": remaining(stage), "evaluation": stage.evaluation,
             "scheme": getattr(stage, "scheme", None),
             "probe_dataset": stage.data.name if stage.kind in ("probe", "svm", "finetune") else None,

@@ -28,10 +28,10 @@ from ..core.errors import Interrupted, Stopped
 from ..core.progress import clock
 from ..core.schema import Config, RunConfig
 from ..core.stage import Stage
+from . import workload
 from .display import DirectObserver, Display, QueueObserver
 from .experiment import chains, check_inputs, depth
 from .index import write_chains
-from . import workload
 
 
 # ---------------------------------------------------------------- worker side
@@ -128,10 +128,10 @@ def run_local(cfg: Config, compute: Callable, uses_cuda: Callable[[RunConfig], b
     for line in damaged:
         print(f"[sslprune] warning: {line}; it is recomputed", flush=True)
     states = {s.key(): s.state() for c in all_chains for s in c}
-    todo = [i for i, c in enumerate(all_chains) if any(states[s.key()] != "done" for s in c)]
     done = frozenset(k for k, v in states.items() if v == "done")
+    todo = [i for i, c in enumerate(all_chains) if any(s.key() not in done for s in c)]
     total = len(states)
-    missing = sum(1 for v in states.values() if v != "done")
+    missing = total - len(done)
     print(f"[sslprune] experiment {cfg.experiment}: {total} stages, {total - missing} already done, "
           f"{missing} to run" + (f" ({len(damaged)} corrupt: recomputed)" if damaged else "") +
           f", store {cfg.store}", flush=True)
@@ -153,7 +153,7 @@ def run_local(cfg: Config, compute: Callable, uses_cuda: Callable[[RunConfig], b
         # Chains that start from another chain's network (pruning during transfer) wait for a later wave.
         for wave in sorted({depth(cfg, all_chains[i][0].signal) for i in todo}):
             batch = [i for i in todo if depth(cfg, all_chains[i][0].signal) == wave]
-            batch = workload.longest_first(cfg, all_chains, batch, done)
+            batch = workload.longest_first(all_chains, batch, done)
             if workers <= 1:
                 observer = DirectObserver(display) if display is not None else None
                 for i in batch:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..core.schema import Config
 from ..core.stage import Finetune, ImpLevel, Probe, Retrain, Stage
 
 # Forward passes per image of a training step: RotNet and S4L feed the four quarter turns, the
@@ -39,13 +38,15 @@ def passes(stage: Stage) -> float:
     return 0.0
 
 
-def longest_first(cfg: Config, chains: Sequence[Sequence[Stage]], todo: Sequence[int],
-                  done: frozenset = frozenset()) -> list[int]:
-    """The chain indices `todo` ordered by the work their stages not in `done` (stage keys) still
-    hold, most first; ties keep the given order (seed by seed), so equal chains of one signal start
-    seed after seed and two workers rarely wait on the same seed's shared random stages."""
-    def left(i: int) -> float:
-        # level 0's random starts are one stage listed under three schemes: count it once
-        return sum(passes(s) for s in {s.key(): s for s in chains[i]}.values() if s.key() not in done)
+def work(chain: Sequence[Stage], done: frozenset = frozenset()) -> float:
+    """The passes of the chain's stages not in `done` (stage keys), each stage once: level 0's
+    random starts are one stage listed under three schemes."""
+    return sum(passes(s) for s in {s.key(): s for s in chain}.values() if s.key() not in done)
 
-    return sorted(todo, key=lambda i: -left(i))
+
+def longest_first(chains: Sequence[Sequence[Stage]], todo: Sequence[int],
+                  done: frozenset = frozenset()) -> list[int]:
+    """The chain indices `todo` ordered by the work they still hold, most first; ties keep the
+    given order (seed by seed), so equal chains of one signal start seed after seed and two workers
+    rarely wait on the same seed's shared random stages."""
+    return sorted(todo, key=lambda i: -work(chains[i], done))

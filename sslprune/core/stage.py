@@ -162,6 +162,11 @@ class Stage:
         """The `evaluation` column of results.csv: pretext, a re-training start, or probe:<dataset>."""
         raise NotImplementedError
 
+    @property
+    def signal_task(self) -> Optional[str]:
+        """The task of the stage's signal, as result.json and W&B record it."""
+        return self.cfg.signals[self.signal].task.name
+
     def require_parents(self) -> None:
         for p in self.parents():
             if not p.done():
@@ -254,6 +259,12 @@ class Retrain(Stage):
     @property
     def evaluation(self) -> str:
         return self.scheme
+
+    @property
+    def signal_task(self) -> Optional[str]:
+        # A shared stage is every signal's: which task it records must not depend on which chain
+        # or job happened to compute it (it said the first chain's: labels, later Exemplar).
+        return None if self.shared else super().signal_task
 
     def parents(self):
         if self.shared:
